@@ -1,0 +1,1204 @@
+//! Clause-by-clause tests of the relay's behavior contract (docs/behavior-contract.md).
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::wire::{ModelsUpdate, Pong, WorkerError};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+struct Harness {
+    relay: Relay,
+    now: Instant,
+    provider: ProviderId,
+    /// Workers that do not answer pings (all others do, as a live worker would).
+    silent: Vec<u64>,
+    /// Outputs seen while answering pings, not yet returned by `outputs`.
+    seen: Vec<Output>,
+}
+
+fn w(id: u64) -> WorkerId {
+    WorkerId::new(id)
+}
+
+fn r(id: u64) -> RequestId {
+    RequestId::new(id)
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_config(RelayConfig::default())
+    }
+
+    fn with_config(config: RelayConfig) -> Self {
+        Self {
+            relay: Relay::new(config),
+            now: Instant::now(),
+            provider: ProviderId::new("local"),
+            silent: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        self.relay.handle(self.now, input).expect("valid input");
+    }
+
+    fn open(&mut self, worker: u64) {
+        self.handle(Input::WorkerConnected {
+            worker: w(worker),
+            provider: self.provider.clone(),
+            wire: WireVersion::V1,
+            auth: AuthOutcome::Accepted,
+        });
+    }
+
+    fn frame(&mut self, worker: u64, message: WorkerMessage) {
+        self.handle(Input::WorkerFrame {
+            worker: w(worker),
+            message,
+        });
+    }
+
+    fn register(&mut self, worker: u64, models: &[&str], max_concurrent: u32) {
+        self.frame(
+            worker,
+            WorkerMessage::Register(Register {
+                worker_name: format!("worker-{worker}"),
+                models: models.iter().map(|m| m.to_string()).collect(),
+                max_concurrent,
+                protocol_version: Some("2026-04-bridge-v1".into()),
+                current_load: None,
+            }),
+        );
+    }
+
+    /// Connects and registers a worker, discarding the ack.
+    fn worker(&mut self, worker: u64, models: &[&str], max_concurrent: u32) {
+        self.open(worker);
+        self.register(worker, models, max_concurrent);
+        let outputs = self.outputs();
+        assert!(
+            outputs.iter().any(|o| matches!(
+                o,
+                Output::SendToWorker {
+                    message: ServerMessage::RegisterAck(_),
+                    ..
+                }
+            )),
+            "{outputs:?}"
+        );
+    }
+
+    fn request(&mut self, id: u64, model: &str) {
+        self.handle(Input::RequestArrived(NewRequest {
+            id: r(id),
+            provider: self.provider.clone(),
+            model: ModelName::new(model),
+            endpoint_path: "/v1/chat/completions".into(),
+            streaming: true,
+            body: Bytes::from(format!("{{\"model\":\"{model}\"}}")),
+            headers: Headers::new(),
+        }));
+    }
+
+    fn chunk(&mut self, worker: u64, request: u64, text: &'static str) {
+        self.frame(
+            worker,
+            WorkerMessage::ResponseChunk(ResponseChunk {
+                request_id: r(request),
+                chunk: Bytes::from_static(text.as_bytes()),
+            }),
+        );
+    }
+
+    fn complete(&mut self, worker: u64, request: u64) {
+        self.frame(
+            worker,
+            WorkerMessage::ResponseComplete(ResponseComplete {
+                request_id: r(request),
+                status_code: 200,
+                headers: Headers::new(),
+                body: Bytes::new(),
+                token_counts: None,
+            }),
+        );
+    }
+
+    /// Lets `by` pass, firing every deadline on the way at its own instant;
+    /// workers not marked silent answer their pings at once.
+    fn advance(&mut self, by: Duration) {
+        let target = self.now + by;
+        while let Some(at) = self.relay.poll_timeout() {
+            if at > target {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.relay.handle_timeout(self.now);
+            let outputs: Vec<Output> = std::iter::from_fn(|| self.relay.poll_output()).collect();
+            for output in outputs {
+                match output {
+                    Output::SendToWorker {
+                        worker,
+                        message: ServerMessage::Ping(_),
+                    } if !self.silent.contains(&worker.get()) => {
+                        let pong = WorkerMessage::Pong(Pong {
+                            current_load: 0,
+                            timestamp_unix_ms: None,
+                        });
+                        self.frame(worker.get(), pong);
+                    }
+                    other => self.seen.push(other),
+                }
+            }
+        }
+        self.now = target;
+    }
+
+    /// Everything the relay asked for since the last call, except pings answered.
+    fn outputs(&mut self) -> Vec<Output> {
+        let mut outputs = std::mem::take(&mut self.seen);
+        outputs.extend(std::iter::from_fn(|| self.relay.poll_output()));
+        outputs
+    }
+}
+
+fn dispatched(outputs: &[Output]) -> Vec<(u64, u64)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendToWorker {
+                worker,
+                message: ServerMessage::Request(frame),
+            } => Some((worker.get(), frame.request_id.get())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ended(outputs: &[Output]) -> Vec<(u64, Outcome)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::RequestEnded { request, outcome } => Some((request.get(), outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancels(outputs: &[Output]) -> Vec<(u64, u64, CancelReason)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendToWorker {
+                worker,
+                message: ServerMessage::Cancel(cancel),
+            } => Some((worker.get(), cancel.request_id.get(), cancel.reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closes(outputs: &[Output]) -> Vec<(u64, CloseReason)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::CloseWorker { worker, reason } => Some((worker.get(), reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failed(failure: Failure) -> Outcome {
+    Outcome::Failed {
+        failure,
+        streamed: false,
+    }
+}
+
+fn completed_ok() -> Outcome {
+    Outcome::Completed(Completion {
+        status_code: 200,
+        headers: Headers::new(),
+        body: Bytes::new(),
+        token_counts: None,
+    })
+}
+
+// ---- registration ----
+
+#[test]
+fn registration_acks_with_the_sanitized_models_and_warnings() {
+    let mut h = Harness::new();
+    h.open(1);
+    h.register(1, &[" a ", "b", "a", ""], 2);
+    let outputs = h.outputs();
+    let [
+        Output::SendToWorker {
+            worker,
+            message: ServerMessage::RegisterAck(ack),
+        },
+    ] = &outputs[..]
+    else {
+        panic!("{outputs:?}");
+    };
+    assert_eq!(*worker, w(1));
+    assert_eq!(ack.worker_id, w(1));
+    assert_eq!(ack.models, [ModelName::new("a"), ModelName::new("b")]);
+    assert_eq!(ack.warnings.len(), 2, "{:?}", ack.warnings);
+    assert_eq!(ack.protocol_version.as_deref(), Some("2026-04-bridge-v1"));
+    assert_eq!(
+        h.relay.models(&h.provider),
+        [ModelName::new("a"), ModelName::new("b")]
+    );
+}
+
+#[test]
+fn a_rejected_secret_closes_the_link_as_unauthorized() {
+    let mut h = Harness::new();
+    h.handle(Input::WorkerConnected {
+        worker: w(1),
+        provider: h.provider.clone(),
+        wire: WireVersion::V1,
+        auth: AuthOutcome::Rejected,
+    });
+    assert_eq!(closes(&h.outputs()), [(1, CloseReason::Unauthorized)]);
+    assert_eq!(h.relay.worker_count(), 0);
+}
+
+#[test]
+fn a_first_frame_other_than_register_is_a_protocol_error() {
+    let mut h = Harness::new();
+    h.open(1);
+    h.frame(
+        1,
+        WorkerMessage::Pong(Pong {
+            current_load: 0,
+            timestamp_unix_ms: None,
+        }),
+    );
+    let closed = closes(&h.outputs());
+    assert!(
+        matches!(&closed[..], [(1, CloseReason::ProtocolError(_))]),
+        "{closed:?}"
+    );
+    assert!(closed[0].1.is_violation());
+}
+
+#[test]
+fn an_incompatible_protocol_version_is_a_protocol_error() {
+    let mut h = Harness::new();
+    h.open(1);
+    h.frame(
+        1,
+        WorkerMessage::Register(Register {
+            worker_name: "w".into(),
+            models: vec!["m".into()],
+            max_concurrent: 1,
+            protocol_version: Some("2030-01-bridge-v7".into()),
+            current_load: None,
+        }),
+    );
+    let closed = closes(&h.outputs());
+    assert!(
+        matches!(&closed[..], [(1, CloseReason::ProtocolError(d))] if d.contains("2030-01-bridge-v7"))
+    );
+}
+
+#[test]
+fn registering_twice_is_a_protocol_error() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.register(1, &["m"], 1);
+    assert!(matches!(
+        &closes(&h.outputs())[..],
+        [(1, CloseReason::ProtocolError(_))]
+    ));
+}
+
+#[test]
+fn a_link_that_does_not_register_in_time_is_closed() {
+    let mut h = Harness::new();
+    h.open(1);
+    h.advance(h.relay.config().register_timeout);
+    assert_eq!(closes(&h.outputs()), [(1, CloseReason::RegisterTimeout)]);
+    assert_eq!(h.relay.worker_count(), 0);
+}
+
+#[test]
+fn an_undecodable_frame_closes_the_link_with_a_protocol_error() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.handle(Input::WorkerFrameInvalid {
+        worker: w(1),
+        detail: "invalid v1 JSON frame".into(),
+    });
+    assert!(matches!(
+        &closes(&h.outputs())[..],
+        [(1, CloseReason::ProtocolError(_))]
+    ));
+}
+
+#[test]
+fn duplicate_live_ids_are_driver_errors() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    let again = h.relay.handle(
+        h.now,
+        Input::WorkerConnected {
+            worker: w(1),
+            provider: h.provider.clone(),
+            wire: WireVersion::V1,
+            auth: AuthOutcome::Accepted,
+        },
+    );
+    assert_eq!(again, Err(InputError::DuplicateWorker(w(1))));
+    h.request(1, "m");
+    let again = h.relay.handle(
+        h.now,
+        Input::RequestArrived(NewRequest {
+            id: r(1),
+            provider: h.provider.clone(),
+            model: ModelName::new("m"),
+            endpoint_path: "/v1/completions".into(),
+            streaming: false,
+            body: Bytes::new(),
+            headers: Headers::new(),
+        }),
+    );
+    assert_eq!(again, Err(InputError::DuplicateRequest(r(1))));
+}
+
+// ---- selection ----
+
+#[test]
+fn only_workers_advertising_the_exact_model_get_it() {
+    let mut h = Harness::new();
+    h.worker(1, &["llama"], 4);
+    h.worker(2, &["Llama"], 4);
+    h.request(1, "Llama");
+    h.request(2, "llama");
+    assert_eq!(dispatched(&h.outputs()), [(2, 1), (1, 2)]);
+}
+
+#[test]
+fn full_and_draining_workers_get_no_new_work() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.worker(2, &["m"], 5);
+    h.handle(Input::DrainWorker {
+        worker: w(2),
+        timeout: 30 * SECOND,
+        reason: None,
+    });
+    h.outputs();
+    h.request(1, "m");
+    h.request(2, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    assert_eq!(h.relay.request_status(r(2)), Some(RequestStatus::Queued));
+}
+
+#[test]
+fn the_least_loaded_worker_goes_first_counting_reported_load() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 8);
+    h.worker(2, &["m"], 8);
+    // Worker 1 reports 3 requests of its own (another relay's).
+    h.frame(
+        1,
+        WorkerMessage::Pong(Pong {
+            current_load: 3,
+            timestamp_unix_ms: None,
+        }),
+    );
+    for id in 1..=4 {
+        h.request(id, "m");
+    }
+    // Worker 2 takes requests until its load (in flight) passes worker 1's (3 reported).
+    assert_eq!(dispatched(&h.outputs()), [(2, 1), (2, 2), (2, 3), (1, 4)]);
+}
+
+#[test]
+fn equal_loads_are_served_round_robin() {
+    let mut h = Harness::new();
+    for worker in 1..=3 {
+        h.worker(worker, &["m"], 1);
+    }
+    let mut order = Vec::new();
+    for id in 1..=6 {
+        h.request(id, "m");
+        let out = dispatched(&h.outputs());
+        let (worker, _) = out[0];
+        order.push(worker);
+        h.complete(worker, id);
+        h.outputs();
+    }
+    assert_eq!(order, [1, 2, 3, 1, 2, 3]);
+}
+
+#[test]
+fn a_custom_selection_policy_decides() {
+    /// Prefers the highest worker id.
+    struct HighestId;
+    impl SelectionPolicy for HighestId {
+        fn rank(&self, load: &WorkerLoad) -> SelectionRank {
+            SelectionRank(u64::MAX - load.worker.get(), 0)
+        }
+    }
+    let mut h = Harness::new();
+    h.relay = Relay::with_policy(RelayConfig::default(), Box::new(HighestId));
+    h.worker(1, &["m"], 4);
+    h.worker(2, &["m"], 4);
+    h.request(1, "m");
+    h.request(2, "m");
+    assert_eq!(dispatched(&h.outputs()), [(2, 1), (2, 2)]);
+}
+
+// ---- queue ----
+
+#[test]
+fn a_model_no_worker_ever_advertised_fails_at_once() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "other");
+    assert_eq!(ended(&h.outputs()), [(1, failed(Failure::UnknownModel))]);
+    assert_eq!(h.relay.open_requests(), 0);
+}
+
+#[test]
+fn a_known_model_with_no_worker_now_waits_in_the_queue() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    h.request(1, "m");
+    assert_eq!(h.relay.request_status(r(1)), Some(RequestStatus::Queued));
+    h.worker(2, &["m"], 1);
+    // The registration output was consumed by `worker`; the dispatch came with it.
+    assert_eq!(
+        h.relay.request_status(r(1)),
+        Some(RequestStatus::Assigned {
+            worker: w(2),
+            streamed: false
+        })
+    );
+}
+
+#[test]
+fn a_freed_worker_takes_the_oldest_request_it_can_serve() {
+    let mut h = Harness::new();
+    h.worker(1, &["a"], 1);
+    h.worker(2, &["b"], 1);
+    h.request(1, "a"); // to worker 1
+    h.request(2, "b"); // to worker 2
+    h.request(3, "b"); // waits
+    h.request(4, "a"); // waits
+    h.request(5, "a"); // waits
+    h.outputs();
+    h.complete(1, 1);
+    // Worker 1 serves only "a": request 4 is the oldest it can serve, though 3 is older.
+    assert_eq!(dispatched(&h.outputs()), [(1, 4)]);
+    h.complete(1, 4);
+    assert_eq!(dispatched(&h.outputs()), [(1, 5)]);
+    h.complete(2, 2);
+    assert_eq!(dispatched(&h.outputs()), [(2, 3)]);
+}
+
+#[test]
+fn a_worker_serving_several_models_takes_the_oldest_across_them() {
+    let mut h = Harness::new();
+    h.worker(1, &["a"], 1);
+    h.request(1, "a");
+    h.outputs();
+    h.worker(2, &["b"], 1);
+    h.request(2, "b");
+    h.request(3, "b"); // oldest waiting
+    h.request(4, "a");
+    h.outputs();
+    h.worker(3, &["a", "b"], 2);
+    assert_eq!(
+        h.relay.request_status(r(3)),
+        Some(RequestStatus::Assigned {
+            worker: w(3),
+            streamed: false
+        })
+    );
+    assert_eq!(
+        h.relay.request_status(r(4)),
+        Some(RequestStatus::Assigned {
+            worker: w(3),
+            streamed: false
+        })
+    );
+}
+
+#[test]
+fn a_full_queue_refuses_with_queue_full() {
+    let mut h = Harness::with_config(RelayConfig {
+        max_queue_len: 2,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    for id in 1..=4 {
+        h.request(id, "m");
+    }
+    let outputs = h.outputs();
+    assert_eq!(dispatched(&outputs), [(1, 1)]);
+    assert_eq!(ended(&outputs), [(4, failed(Failure::QueueFull))]);
+    assert_eq!(h.relay.queue_len(&h.provider), 2);
+}
+
+#[test]
+fn a_zero_bound_means_an_unbounded_queue() {
+    let mut h = Harness::with_config(RelayConfig {
+        max_queue_len: 0,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    for id in 1..=1000 {
+        h.request(id, "m");
+    }
+    assert!(ended(&h.outputs()).is_empty());
+    assert_eq!(h.relay.queue_len(&h.provider), 999);
+}
+
+#[test]
+fn waiting_past_the_queue_timeout_fails_with_queue_timeout() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.outputs();
+    h.advance(h.relay.config().queue_timeout - SECOND);
+    assert!(ended(&h.outputs()).is_empty());
+    h.advance(SECOND);
+    assert_eq!(ended(&h.outputs()), [(2, failed(Failure::QueueTimeout))]);
+    // The running request is under the request timeout only.
+    assert!(h.relay.request_status(r(1)).is_some());
+}
+
+#[test]
+fn a_requeue_never_extends_the_queue_deadline() {
+    let mut h = Harness::new();
+    let queue_timeout = h.relay.config().queue_timeout;
+    h.worker(1, &["m"], 1);
+    h.worker(2, &["m"], 1);
+    h.request(1, "m"); // worker 1
+    h.request(2, "m"); // worker 2
+    h.request(3, "m"); // waits
+    h.outputs();
+    h.advance(queue_timeout - 5 * SECOND);
+    h.complete(2, 2); // request 3 goes to worker 2
+    h.outputs();
+    // Worker 2 dies: request 3 goes back to the queue with its original deadline.
+    h.handle(Input::WorkerDisconnected { worker: w(2) });
+    h.frame(
+        1,
+        WorkerMessage::Pong(Pong {
+            current_load: 1,
+            timestamp_unix_ms: None,
+        }),
+    );
+    assert_eq!(h.relay.request_status(r(3)), Some(RequestStatus::Queued));
+    h.advance(5 * SECOND);
+    assert_eq!(ended(&h.outputs()), [(3, failed(Failure::QueueTimeout))]);
+}
+
+#[test]
+fn a_requeue_after_the_queue_deadline_fails_unless_a_worker_is_free() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.outputs();
+    h.advance(h.relay.config().queue_timeout + SECOND);
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    assert_eq!(ended(&h.outputs()), [(1, failed(Failure::QueueTimeout))]);
+}
+
+// ---- requeue ----
+
+#[test]
+fn requests_of_a_lost_worker_go_back_to_the_front_of_the_queue() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 2);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.request(3, "m"); // waits behind the two running
+    h.outputs();
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    assert!(ended(&h.outputs()).is_empty());
+    assert_eq!(h.relay.requeue_count(r(1)), Some(1));
+    h.worker(2, &["m"], 1);
+    assert_eq!(
+        h.relay.request_status(r(1)),
+        Some(RequestStatus::Assigned {
+            worker: w(2),
+            streamed: false
+        })
+    );
+    h.complete(2, 1);
+    assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
+    h.complete(2, 2);
+    assert_eq!(dispatched(&h.outputs()), [(2, 3)]);
+}
+
+#[test]
+fn a_requeued_request_goes_to_a_free_worker_at_once() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.worker(2, &["m"], 1);
+    h.request(1, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    assert_eq!(dispatched(&h.outputs()), [(2, 1)]);
+}
+
+#[test]
+fn requeue_stops_after_three_losses() {
+    let mut h = Harness::new();
+    h.request(1, "m"); // unknown model: fails
+    h.outputs();
+    h.worker(100, &["m"], 1);
+    h.handle(Input::WorkerDisconnected { worker: w(100) });
+    h.request(1, "m");
+    for loss in 1..=4u64 {
+        h.worker(loss, &["m"], 1);
+        h.handle(Input::WorkerDisconnected { worker: w(loss) });
+        let outputs = h.outputs();
+        if loss <= 3 {
+            assert!(ended(&outputs).is_empty(), "loss {loss}: {outputs:?}");
+            assert_eq!(h.relay.requeue_count(r(1)), Some(loss as u8));
+        } else {
+            assert_eq!(ended(&outputs), [(1, failed(Failure::RequeueExhausted))]);
+        }
+    }
+    assert_eq!(h.relay.stats().requeues, 3);
+}
+
+#[test]
+fn a_request_that_already_streamed_ends_with_worker_lost_instead_of_a_requeue() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.worker(2, &["m"], 1);
+    h.request(1, "m");
+    h.chunk(1, 1, "data: a\n\n");
+    h.outputs();
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    let outputs = h.outputs();
+    assert_eq!(
+        ended(&outputs),
+        [(
+            1,
+            Outcome::Failed {
+                failure: Failure::WorkerLost,
+                streamed: true
+            }
+        )]
+    );
+    assert!(dispatched(&outputs).is_empty(), "never a duplicate stream");
+}
+
+#[test]
+fn a_requeue_into_a_full_queue_fails_with_no_capacity() {
+    let mut h = Harness::with_config(RelayConfig {
+        max_queue_len: 1,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m"); // fills the queue
+    h.outputs();
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    assert_eq!(ended(&h.outputs()), [(1, failed(Failure::NoCapacity))]);
+    assert_eq!(h.relay.queue_len(&h.provider), 1);
+}
+
+// ---- cancellation ----
+
+#[test]
+fn a_gone_client_removes_its_queued_request() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.outputs();
+    h.handle(Input::ClientGone { request: r(2) });
+    let outputs = h.outputs();
+    assert_eq!(ended(&outputs), [(2, Outcome::Cancelled)]);
+    assert!(cancels(&outputs).is_empty());
+    assert_eq!(h.relay.queue_len(&h.provider), 0);
+    h.complete(1, 1);
+    assert!(dispatched(&h.outputs()).is_empty());
+}
+
+#[test]
+fn a_gone_client_cancels_its_running_request_at_the_worker() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.outputs();
+    h.handle(Input::ClientGone { request: r(1) });
+    let outputs = h.outputs();
+    assert_eq!(cancels(&outputs), [(1, 1, CancelReason::ClientDisconnect)]);
+    assert_eq!(ended(&outputs), [(1, Outcome::Cancelled)]);
+    // The slot is free again: the queued request goes out.
+    assert_eq!(dispatched(&outputs), [(1, 2)]);
+}
+
+#[test]
+fn the_request_timeout_cancels_at_the_worker_with_reason_timeout() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.outputs();
+    h.advance(h.relay.config().request_timeout);
+    let outputs = h.outputs();
+    assert_eq!(cancels(&outputs), [(1, 1, CancelReason::Timeout)]);
+    assert_eq!(ended(&outputs), [(1, failed(Failure::RequestTimeout))]);
+}
+
+#[test]
+fn the_request_timeout_mid_stream_says_chunks_went_out() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.chunk(1, 1, "data: x\n\n");
+    h.outputs();
+    h.advance(h.relay.config().request_timeout);
+    assert_eq!(
+        ended(&h.outputs()),
+        [(
+            1,
+            Outcome::Failed {
+                failure: Failure::RequestTimeout,
+                streamed: true
+            }
+        )]
+    );
+}
+
+#[test]
+fn late_chunks_and_completions_are_dropped_and_counted() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.handle(Input::ClientGone { request: r(1) });
+    h.outputs();
+    h.chunk(1, 1, "data: late\n\n");
+    h.complete(1, 1);
+    assert!(h.outputs().is_empty());
+    assert_eq!(h.relay.stats().late_frames, 2);
+    assert_eq!(h.relay.stats().protocol_violations, 0);
+}
+
+#[test]
+fn frames_about_requests_never_assigned_are_violations_and_repeats_close_the_link() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 2);
+    h.worker(2, &["m"], 2);
+    h.request(1, "m"); // to worker 1
+    h.outputs();
+    // Worker 2 speaks about worker 1's request, and about one that never existed.
+    h.chunk(2, 1, "data: forged\n\n");
+    h.complete(2, 99);
+    let outputs = h.outputs();
+    assert!(outputs.is_empty(), "{outputs:?}");
+    assert_eq!(h.relay.stats().protocol_violations, 2);
+    h.complete(2, 98);
+    assert_eq!(closes(&h.outputs()), [(2, CloseReason::TooManyViolations)]);
+    // Worker 1's request is untouched.
+    assert_eq!(
+        h.relay.request_status(r(1)),
+        Some(RequestStatus::Assigned {
+            worker: w(1),
+            streamed: false
+        })
+    );
+}
+
+// ---- heartbeats ----
+
+#[test]
+fn pings_go_out_on_the_interval() {
+    let mut h = Harness::new();
+    let interval = h.relay.config().heartbeat_interval;
+    h.worker(1, &["m"], 1);
+    h.silent.push(1);
+    h.advance(interval - SECOND);
+    assert!(h.outputs().is_empty());
+    h.advance(SECOND);
+    let outputs = h.outputs();
+    assert!(matches!(
+        &outputs[..],
+        [Output::SendToWorker {
+            message: ServerMessage::Ping(_),
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_worker_silent_for_the_heartbeat_window_is_lost_and_its_requests_requeued() {
+    let mut h = Harness::new();
+    let config = h.relay.config().clone();
+    h.worker(1, &["m"], 1);
+    h.worker(2, &["m"], 1);
+    h.request(1, "m"); // worker 1
+    h.outputs();
+    // Worker 2 answers its pings; worker 1 stays silent.
+    h.silent.push(1);
+    h.advance(config.heartbeat_interval);
+    assert!(closes(&h.outputs()).is_empty());
+    h.advance(config.heartbeat_timeout);
+    let outputs = h.outputs();
+    assert_eq!(closes(&outputs), [(1, CloseReason::HeartbeatTimeout)]);
+    assert_eq!(dispatched(&outputs), [(2, 1)]);
+}
+
+#[test]
+fn any_frame_from_the_worker_counts_as_a_sign_of_life() {
+    let mut h = Harness::new();
+    let config = h.relay.config().clone();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.silent.push(1);
+    h.advance(config.heartbeat_interval);
+    h.chunk(1, 1, "data: busy\n\n");
+    h.advance(config.heartbeat_timeout);
+    assert!(closes(&h.outputs()).is_empty());
+}
+
+#[test]
+fn pongs_carry_load_and_re_rank_the_worker() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 4);
+    h.worker(2, &["m"], 4);
+    h.frame(
+        2,
+        WorkerMessage::Pong(Pong {
+            current_load: 2,
+            timestamp_unix_ms: None,
+        }),
+    );
+    h.request(1, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    h.frame(
+        2,
+        WorkerMessage::Pong(Pong {
+            current_load: 0,
+            timestamp_unix_ms: None,
+        }),
+    );
+    h.request(2, "m");
+    assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
+}
+
+// ---- drain ----
+
+#[test]
+fn a_draining_worker_finishes_its_work_then_its_link_closes() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 2);
+    h.request(1, "m");
+    h.outputs();
+    h.handle(Input::DrainWorker {
+        worker: w(1),
+        timeout: 30 * SECOND,
+        reason: Some("maintenance".into()),
+    });
+    let outputs = h.outputs();
+    assert!(matches!(
+        &outputs[..],
+        [Output::SendToWorker { message: ServerMessage::GracefulShutdown(g), .. }]
+            if g.drain_timeout_secs == Some(30) && g.reason.as_deref() == Some("maintenance")
+    ));
+    h.request(2, "m");
+    assert_eq!(h.relay.request_status(r(2)), Some(RequestStatus::Queued));
+    h.chunk(1, 1, "data: still going\n\n");
+    h.complete(1, 1);
+    let outputs = h.outputs();
+    assert_eq!(ended(&outputs), [(1, completed_ok())]);
+    assert_eq!(closes(&outputs), [(1, CloseReason::Drained)]);
+    assert!(dispatched(&outputs).is_empty());
+}
+
+#[test]
+fn an_idle_worker_closes_at_once_when_drained() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.handle(Input::DrainWorker {
+        worker: w(1),
+        timeout: 30 * SECOND,
+        reason: None,
+    });
+    assert_eq!(closes(&h.outputs()), [(1, CloseReason::Drained)]);
+}
+
+#[test]
+fn at_the_drain_deadline_running_requests_are_handled_as_lost() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 2);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.chunk(1, 2, "data: partial\n\n");
+    h.handle(Input::DrainWorker {
+        worker: w(1),
+        timeout: 10 * SECOND,
+        reason: None,
+    });
+    h.worker(2, &["m"], 1); // a replacement, busy with nothing
+    h.outputs();
+    h.advance(10 * SECOND);
+    let outputs = h.outputs();
+    assert_eq!(
+        cancels(&outputs),
+        [
+            (1, 1, CancelReason::GracefulShutdown),
+            (1, 2, CancelReason::GracefulShutdown)
+        ]
+    );
+    assert_eq!(closes(&outputs), [(1, CloseReason::DrainTimeout)]);
+    assert_eq!(dispatched(&outputs), [(2, 1)]);
+    assert_eq!(
+        ended(&outputs),
+        [(
+            2,
+            Outcome::Failed {
+                failure: Failure::WorkerLost,
+                streamed: true
+            }
+        )]
+    );
+}
+
+#[test]
+fn queued_work_goes_to_a_replacement_while_a_worker_drains() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.handle(Input::DrainWorker {
+        worker: w(1),
+        timeout: 30 * SECOND,
+        reason: None,
+    });
+    h.outputs();
+    h.open(2);
+    h.register(2, &["m"], 1);
+    assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
+}
+
+// ---- models ----
+
+#[test]
+fn a_models_update_changes_routing_at_once_and_dispatches_waiting_requests() {
+    let mut h = Harness::new();
+    h.worker(1, &["a"], 2);
+    h.worker(2, &["b"], 1);
+    h.handle(Input::WorkerDisconnected { worker: w(2) });
+    h.request(1, "b"); // known, but nobody serves it now
+    h.outputs();
+    h.frame(
+        1,
+        WorkerMessage::ModelsUpdate(ModelsUpdate {
+            models: vec!["a".into(), "b".into()],
+            current_load: 0,
+        }),
+    );
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    h.frame(
+        1,
+        WorkerMessage::ModelsUpdate(ModelsUpdate {
+            models: vec!["b".into()],
+            current_load: 1,
+        }),
+    );
+    h.request(2, "a");
+    assert_eq!(h.relay.request_status(r(2)), Some(RequestStatus::Queued));
+    assert_eq!(h.relay.models(&h.provider), [ModelName::new("b")]);
+}
+
+#[test]
+fn a_models_refresh_is_sent_to_registered_workers_only() {
+    let mut h = Harness::new();
+    h.worker(1, &["a"], 1);
+    h.open(2);
+    h.handle(Input::RefreshModels { worker: w(1) });
+    h.handle(Input::RefreshModels { worker: w(2) });
+    let outputs = h.outputs();
+    assert!(matches!(
+        &outputs[..],
+        [Output::SendToWorker { worker, message: ServerMessage::ModelsRefresh(_) }] if *worker == w(1)
+    ));
+}
+
+// ---- ends ----
+
+#[test]
+fn a_worker_error_fails_the_request_with_its_code() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.outputs();
+    h.frame(
+        1,
+        WorkerMessage::Error(WorkerError {
+            request_id: Some(r(1)),
+            code: "backend_unreachable".into(),
+            message: "connection refused".into(),
+        }),
+    );
+    assert_eq!(
+        ended(&h.outputs()),
+        [(
+            1,
+            failed(Failure::WorkerError {
+                code: "backend_unreachable".into(),
+                message: "connection refused".into()
+            })
+        )]
+    );
+}
+
+#[test]
+fn a_stream_past_the_size_limit_fails_and_is_cancelled() {
+    let mut h = Harness::with_config(RelayConfig {
+        max_stream_bytes: 10,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.chunk(1, 1, "12345");
+    h.chunk(1, 1, "678901");
+    let outputs = h.outputs();
+    assert_eq!(
+        cancels(&outputs),
+        [(1, 1, CancelReason::Other("stream_too_large".into()))]
+    );
+    assert_eq!(
+        ended(&outputs),
+        [(
+            1,
+            Outcome::Failed {
+                failure: Failure::StreamTooLarge,
+                streamed: true
+            }
+        )]
+    );
+}
+
+#[test]
+fn chunks_reach_the_client_in_order_without_copies() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.outputs();
+    let payload = Bytes::from_static(b"data: one\n\n");
+    h.frame(
+        1,
+        WorkerMessage::ResponseChunk(ResponseChunk {
+            request_id: r(1),
+            chunk: payload.clone(),
+        }),
+    );
+    h.chunk(1, 1, "data: two\n\n");
+    h.complete(1, 1);
+    let outputs = h.outputs();
+    let chunks: Vec<&Bytes> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::StreamChunk { chunk, .. } => Some(chunk),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(chunks, [&payload, &Bytes::from_static(b"data: two\n\n")]);
+    assert_eq!(chunks[0].as_ptr(), payload.as_ptr());
+    assert!(matches!(outputs.last(), Some(Output::RequestEnded { .. })));
+}
+
+#[test]
+fn shutdown_fails_queued_and_new_requests_and_drains_every_worker() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.worker(2, &["m"], 1);
+    h.request(1, "m"); // worker 1
+    h.request(2, "m"); // worker 2
+    h.request(3, "m"); // waits
+    h.outputs();
+    h.handle(Input::Shutdown {
+        drain_timeout: 20 * SECOND,
+    });
+    let outputs = h.outputs();
+    assert_eq!(ended(&outputs), [(3, failed(Failure::ShuttingDown))]);
+    let drains = outputs
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::SendToWorker {
+                    message: ServerMessage::GracefulShutdown(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(drains, 2);
+    h.request(4, "m");
+    assert_eq!(ended(&h.outputs()), [(4, failed(Failure::ShuttingDown))]);
+    h.complete(1, 1);
+    h.complete(2, 2);
+    let outputs = h.outputs();
+    assert_eq!(
+        closes(&outputs),
+        [(1, CloseReason::Drained), (2, CloseReason::Drained)]
+    );
+    assert!(h.relay.is_idle());
+    h.open(3);
+    assert_eq!(closes(&h.outputs()), [(3, CloseReason::Shutdown)]);
+}
+
+#[test]
+fn deadlines_are_disarmed_when_things_end() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.handle(Input::ClientGone { request: r(2) });
+    h.complete(1, 1);
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    assert_eq!(h.relay.timers.len(), 0);
+    assert_eq!(h.relay.poll_timeout(), None);
+}
+
+#[test]
+fn a_refusal_before_any_chunk_requeues_the_request_and_rests_the_worker() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 2);
+    h.worker(2, &["m"], 2);
+    h.request(1, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    h.frame(
+        1,
+        WorkerMessage::Error(WorkerError {
+            request_id: Some(r(1)),
+            code: crate::wire::REFUSED_DRAINING.into(),
+            message: "draining".into(),
+        }),
+    );
+    let outputs = h.outputs();
+    assert_eq!(dispatched(&outputs), [(2, 1)]);
+    assert!(ended(&outputs).is_empty());
+    assert_eq!(h.relay.requeue_count(r(1)), Some(1));
+    // Worker 1 gets nothing until it speaks again.
+    h.request(2, "m");
+    assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
+    h.frame(
+        1,
+        WorkerMessage::Pong(Pong {
+            current_load: 0,
+            timestamp_unix_ms: None,
+        }),
+    );
+    h.request(3, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
+}

@@ -1,0 +1,449 @@
+//! Tests of the worker session's side of the contract.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::wire::{Cancel, GracefulShutdown, ModelsRefresh, Ping, RegisterAck};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+struct Harness {
+    session: WorkerSession,
+    now: Instant,
+}
+
+fn r(id: u64) -> RequestId {
+    RequestId::new(id)
+}
+
+impl Harness {
+    fn new(max_concurrent: u32) -> Self {
+        Self {
+            session: WorkerSession::new(SessionConfig {
+                worker_name: "gpu-1".into(),
+                models: vec!["m".into()],
+                max_concurrent,
+                jitter_seed: 42,
+                ..SessionConfig::default()
+            }),
+            now: Instant::now(),
+        }
+    }
+
+    fn handle(&mut self, input: SessionInput) -> Vec<SessionOutput> {
+        self.session.handle(self.now, input);
+        self.outputs()
+    }
+
+    fn outputs(&mut self) -> Vec<SessionOutput> {
+        std::iter::from_fn(|| self.session.poll_output()).collect()
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<SessionOutput> {
+        let target = self.now + by;
+        while let Some(at) = self.session.poll_timeout() {
+            if at > target {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.session.handle_timeout(self.now);
+        }
+        self.now = target;
+        self.outputs()
+    }
+
+    fn frame(&mut self, message: ServerMessage) -> Vec<SessionOutput> {
+        self.handle(SessionInput::Frame(message))
+    }
+
+    /// Brings the session to registered, discarding the outputs on the way.
+    fn registered(max_concurrent: u32) -> Self {
+        let mut h = Self::new(max_concurrent);
+        assert_eq!(h.outputs(), [SessionOutput::Connect]);
+        h.handle(SessionInput::LinkUp {
+            wire: WireVersion::V2,
+        });
+        h.ack();
+        h
+    }
+
+    fn ack(&mut self) -> Vec<SessionOutput> {
+        self.frame(ServerMessage::RegisterAck(RegisterAck {
+            worker_id: WorkerId::new(7),
+            models: vec![ModelName::new("m")],
+            warnings: vec![],
+            protocol_version: None,
+        }))
+    }
+
+    fn request(&mut self, id: u64) -> Vec<SessionOutput> {
+        self.frame(ServerMessage::Request(Arc::new(RequestFrame {
+            request_id: r(id),
+            model: ModelName::new("m"),
+            endpoint_path: "/v1/chat/completions".into(),
+            is_streaming: true,
+            body: Bytes::from_static(b"{}"),
+            headers: Headers::new(),
+        })))
+    }
+
+    fn complete(&mut self, id: u64) -> Vec<SessionOutput> {
+        self.handle(SessionInput::BackendComplete {
+            request: r(id),
+            status_code: 200,
+            headers: Headers::new(),
+            body: Bytes::new(),
+            token_counts: None,
+        })
+    }
+}
+
+fn started(outputs: &[SessionOutput]) -> Vec<u64> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            SessionOutput::StartRequest(frame) => Some(frame.request_id.get()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn aborted(outputs: &[SessionOutput]) -> Vec<(u64, CancelReason)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            SessionOutput::AbortRequest { request, reason } => {
+                Some((request.get(), reason.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn refusals(outputs: &[SessionOutput]) -> Vec<(u64, String)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            SessionOutput::Send(WorkerMessage::Error(WorkerError {
+                request_id: Some(id),
+                code,
+                ..
+            })) => Some((id.get(), code.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reconnect_delay(outputs: &[SessionOutput]) -> Option<Duration> {
+    outputs.iter().find_map(|o| match o {
+        SessionOutput::Reconnecting { after } => Some(*after),
+        _ => None,
+    })
+}
+
+#[test]
+fn the_session_dials_at_once_and_registers_when_the_link_is_up() {
+    let mut h = Harness::new(3);
+    assert_eq!(h.outputs(), [SessionOutput::Connect]);
+    let outputs = h.handle(SessionInput::LinkUp {
+        wire: WireVersion::V1,
+    });
+    assert_eq!(
+        outputs,
+        [SessionOutput::Send(WorkerMessage::Register(Register {
+            worker_name: "gpu-1".into(),
+            models: vec!["m".into()],
+            max_concurrent: 3,
+            protocol_version: Some("2026-04-bridge-v1".into()),
+            current_load: Some(0),
+        }))]
+    );
+    let outputs = h.ack();
+    assert!(
+        matches!(&outputs[..], [SessionOutput::Registered { worker_id, .. }] if worker_id.get() == 7)
+    );
+    assert!(h.session.is_serving());
+}
+
+#[test]
+fn pings_are_answered_with_the_current_load_and_the_echoed_timestamp() {
+    let mut h = Harness::registered(4);
+    h.request(1);
+    h.request(2);
+    let outputs = h.frame(ServerMessage::Ping(Ping {
+        timestamp_unix_ms: Some(123),
+    }));
+    assert_eq!(
+        outputs,
+        [SessionOutput::Send(WorkerMessage::Pong(Pong {
+            current_load: 2,
+            timestamp_unix_ms: Some(123),
+        }))]
+    );
+}
+
+#[test]
+fn requests_are_admitted_up_to_max_concurrent_and_refused_beyond() {
+    let mut h = Harness::registered(2);
+    assert_eq!(started(&h.request(1)), [1]);
+    assert_eq!(started(&h.request(2)), [2]);
+    let outputs = h.request(3);
+    assert!(started(&outputs).is_empty());
+    assert_eq!(refusals(&outputs), [(3, REFUSED_AT_CAPACITY.to_string())]);
+    // A repeat of a running request is ignored, not started twice.
+    assert!(h.request(1).is_empty());
+    h.complete(1);
+    assert_eq!(started(&h.request(4)), [4]);
+}
+
+#[test]
+fn a_cancel_aborts_only_the_request_it_names() {
+    let mut h = Harness::registered(2);
+    h.request(1);
+    h.request(2);
+    let outputs = h.frame(ServerMessage::Cancel(Cancel {
+        request_id: r(2),
+        reason: CancelReason::ClientDisconnect,
+    }));
+    assert_eq!(aborted(&outputs), [(2, CancelReason::ClientDisconnect)]);
+    assert_eq!(h.session.current_load(), 1);
+    // Unknown or repeated cancels do nothing.
+    assert!(
+        h.frame(ServerMessage::Cancel(Cancel {
+            request_id: r(2),
+            reason: CancelReason::Timeout,
+        }))
+        .is_empty()
+    );
+}
+
+#[test]
+fn backend_results_become_frames_and_results_of_aborted_requests_are_dropped() {
+    let mut h = Harness::registered(2);
+    h.request(1);
+    let outputs = h.handle(SessionInput::BackendChunk {
+        request: r(1),
+        chunk: Bytes::from_static(b"data: a\n\n"),
+    });
+    assert_eq!(
+        outputs,
+        [SessionOutput::Send(WorkerMessage::ResponseChunk(
+            ResponseChunk {
+                request_id: r(1),
+                chunk: Bytes::from_static(b"data: a\n\n"),
+            }
+        ))]
+    );
+    let outputs = h.handle(SessionInput::BackendFailed {
+        request: r(1),
+        code: "backend_unreachable".into(),
+        message: "connection refused".into(),
+    });
+    assert_eq!(refusals(&outputs), [(1, "backend_unreachable".to_string())]);
+    assert_eq!(h.session.current_load(), 0);
+    // Anything about request 1 from now on is stale.
+    assert!(h.complete(1).is_empty());
+    assert!(
+        h.handle(SessionInput::BackendChunk {
+            request: r(1),
+            chunk: Bytes::from_static(b"x"),
+        })
+        .is_empty()
+    );
+}
+
+#[test]
+fn losing_the_link_aborts_running_requests_and_reconnects_with_backoff() {
+    let mut h = Harness::registered(2);
+    h.request(1);
+    h.request(2);
+    let outputs = h.handle(SessionInput::LinkDown);
+    assert_eq!(
+        aborted(&outputs),
+        [
+            (1, CancelReason::WorkerDisconnect),
+            (2, CancelReason::WorkerDisconnect)
+        ]
+    );
+    let first = reconnect_delay(&outputs).expect("a reconnect is scheduled");
+    assert!(first >= SECOND && first <= SECOND * 3 / 2, "{first:?}");
+    assert!(h.advance(first - Duration::from_millis(1)).is_empty());
+    assert_eq!(
+        h.advance(Duration::from_millis(1)),
+        [SessionOutput::Connect]
+    );
+    // The dial fails: the next delay doubles.
+    let second = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
+    assert!(second >= 2 * SECOND && second <= 3 * SECOND, "{second:?}");
+}
+
+#[test]
+fn a_registration_resets_the_backoff() {
+    let mut h = Harness::new(1);
+    h.outputs();
+    for _ in 0..4 {
+        let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
+        h.advance(delay);
+    }
+    h.handle(SessionInput::LinkUp {
+        wire: WireVersion::V2,
+    });
+    h.ack();
+    let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
+    assert!(delay <= SECOND * 3 / 2, "{delay:?}");
+}
+
+#[test]
+fn no_ack_in_time_drops_the_link() {
+    let mut h = Harness::new(1);
+    h.outputs();
+    h.handle(SessionInput::LinkUp {
+        wire: WireVersion::V2,
+    });
+    let outputs = h.advance(SessionConfig::default().register_timeout);
+    assert_eq!(outputs, [SessionOutput::CloseLink]);
+    assert!(reconnect_delay(&h.handle(SessionInput::LinkDown)).is_some());
+}
+
+#[test]
+fn a_server_drain_refuses_new_work_finishes_the_rest_and_reconnects_after_the_close() {
+    let mut h = Harness::registered(2);
+    h.request(1);
+    h.frame(ServerMessage::GracefulShutdown(GracefulShutdown {
+        reason: None,
+        drain_timeout_secs: Some(30),
+    }));
+    assert!(!h.session.is_serving());
+    assert_eq!(refusals(&h.request(2)), [(2, REFUSED_DRAINING.to_string())]);
+    let outputs = h.complete(1);
+    assert!(matches!(
+        &outputs[..],
+        [SessionOutput::Send(WorkerMessage::ResponseComplete(_))]
+    ));
+    // The server closes the idle link; the worker comes back.
+    let outputs = h.handle(SessionInput::LinkDown);
+    let delay = reconnect_delay(&outputs).unwrap();
+    assert_eq!(h.advance(delay), [SessionOutput::Connect]);
+    assert!(!h.session.has_exited());
+}
+
+#[test]
+fn a_server_drain_that_never_closes_the_link_is_ended_by_the_worker() {
+    let mut h = Harness::registered(1);
+    h.frame(ServerMessage::GracefulShutdown(GracefulShutdown {
+        reason: None,
+        drain_timeout_secs: Some(10),
+    }));
+    assert!(h.advance(10 * SECOND).is_empty());
+    assert_eq!(
+        h.advance(SessionConfig::default().drain_grace),
+        [SessionOutput::CloseLink]
+    );
+}
+
+#[test]
+fn a_local_shutdown_stops_advertising_finishes_running_work_then_exits() {
+    let mut h = Harness::registered(2);
+    h.request(1);
+    let outputs = h.handle(SessionInput::Shutdown);
+    assert_eq!(
+        outputs,
+        [SessionOutput::Send(WorkerMessage::ModelsUpdate(
+            ModelsUpdate {
+                models: vec![],
+                current_load: 1,
+            }
+        ))]
+    );
+    assert_eq!(refusals(&h.request(2)), [(2, REFUSED_DRAINING.to_string())]);
+    let outputs = h.complete(1);
+    assert_eq!(outputs.last(), Some(&SessionOutput::CloseLink));
+    assert_eq!(h.handle(SessionInput::LinkDown), [SessionOutput::Exit]);
+    assert!(h.session.has_exited());
+    assert_eq!(h.session.poll_timeout(), None);
+}
+
+#[test]
+fn a_local_shutdown_when_idle_or_disconnected_exits_at_once() {
+    let mut h = Harness::registered(1);
+    assert_eq!(h.handle(SessionInput::Shutdown), [SessionOutput::CloseLink]);
+    assert_eq!(h.handle(SessionInput::LinkDown), [SessionOutput::Exit]);
+
+    let mut h = Harness::new(1);
+    h.outputs();
+    h.handle(SessionInput::LinkDown);
+    assert_eq!(h.handle(SessionInput::Shutdown), [SessionOutput::Exit]);
+}
+
+#[test]
+fn the_local_shutdown_deadline_aborts_what_still_runs() {
+    let mut h = Harness::registered(1);
+    h.request(1);
+    h.handle(SessionInput::Shutdown);
+    let outputs = h.advance(SessionConfig::default().shutdown_timeout);
+    assert_eq!(aborted(&outputs), [(1, CancelReason::ServerShutdown)]);
+    assert_eq!(outputs.last(), Some(&SessionOutput::CloseLink));
+    assert_eq!(h.handle(SessionInput::LinkDown), [SessionOutput::Exit]);
+}
+
+#[test]
+fn model_changes_are_sent_when_registered_and_owed_until_then() {
+    let mut h = Harness::registered(1);
+    let outputs = h.handle(SessionInput::ModelsChanged(vec!["m".into(), "n".into()]));
+    assert_eq!(
+        outputs,
+        [SessionOutput::Send(WorkerMessage::ModelsUpdate(
+            ModelsUpdate {
+                models: vec!["m".into(), "n".into()],
+                current_load: 0,
+            }
+        ))]
+    );
+    // The same list again is not news.
+    assert!(
+        h.handle(SessionInput::ModelsChanged(vec!["m".into(), "n".into()]))
+            .is_empty()
+    );
+    assert_eq!(
+        h.frame(ServerMessage::ModelsRefresh(ModelsRefresh { reason: None })),
+        [SessionOutput::RefreshModels]
+    );
+    // While disconnected, the new list goes out in the next register.
+    h.handle(SessionInput::LinkDown);
+    assert!(
+        h.handle(SessionInput::ModelsChanged(vec!["o".into()]))
+            .is_empty()
+    );
+    let delay = h.session.poll_timeout().unwrap() - h.now;
+    h.advance(delay);
+    let outputs = h.handle(SessionInput::LinkUp {
+        wire: WireVersion::V2,
+    });
+    assert!(matches!(
+        &outputs[..],
+        [SessionOutput::Send(WorkerMessage::Register(Register { models, .. }))] if models == &["o".to_string()]
+    ));
+}
+
+#[test]
+fn the_same_seed_gives_the_same_reconnect_schedule() {
+    let schedule = |seed| {
+        let mut session = WorkerSession::new(SessionConfig {
+            jitter_seed: seed,
+            ..SessionConfig::default()
+        });
+        let mut now = Instant::now();
+        let start = now;
+        let mut attempts = Vec::new();
+        for _ in 0..5 {
+            while session.poll_output().is_some() {}
+            session.handle(now, SessionInput::LinkDown);
+            now = session.poll_timeout().unwrap();
+            session.handle_timeout(now);
+            attempts.push(now - start);
+        }
+        attempts
+    };
+    assert_eq!(schedule(9), schedule(9));
+    assert_ne!(schedule(9), schedule(10));
+}

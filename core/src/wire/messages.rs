@@ -1,0 +1,367 @@
+//! The protocol messages, worker → server and server → worker (PROTOCOL.md).
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::format::{payload, skip_empty_bytes, skip_empty_headers, skip_empty_vec, skip_none};
+use crate::ids::{ModelName, RequestId, WorkerId};
+
+/// A frame a worker sends to the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    /// First frame on every link: who the worker is and what it serves.
+    Register(Register),
+    /// The worker's model list changed.
+    ModelsUpdate(ModelsUpdate),
+    /// A piece of a streaming response, already framed as SSE.
+    ResponseChunk(ResponseChunk),
+    /// The end of a response (status, headers and the body of a non-streaming one).
+    ResponseComplete(ResponseComplete),
+    /// Answer to a ping, with the worker's load.
+    Pong(Pong),
+    /// A failure, for one request or for the link.
+    Error(WorkerError),
+}
+
+/// A frame the server sends to a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Registration accepted: the worker's id and its sanitized model list.
+    RegisterAck(RegisterAck),
+    /// Work for the worker (shared, so dispatching and requeueing never copy it).
+    Request(Arc<RequestFrame>),
+    /// Stop working on a request.
+    Cancel(Cancel),
+    /// Liveness probe; the worker answers with a pong.
+    Ping(Ping),
+    /// Take no new work, finish what is running, then the link closes.
+    GracefulShutdown(GracefulShutdown),
+    /// Re-read the backend's models and send a `models_update`.
+    ModelsRefresh(ModelsRefresh),
+}
+
+/// `register`: sent once, as the first frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// Human-readable name of the worker.
+    pub worker_name: String,
+    /// Models as the worker lists them, before sanitizing.
+    pub models: Vec<String>,
+    /// Requests the worker runs at once.
+    pub max_concurrent: u32,
+    /// Protocol version string; existing workers send `2026-04-bridge-v1`.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub protocol_version: Option<String>,
+    /// Requests already running on the worker (for instance for another relay).
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub current_load: Option<u32>,
+}
+
+/// `models_update`: the worker's full new model list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelsUpdate {
+    /// Models as the worker lists them, before sanitizing.
+    pub models: Vec<String>,
+    /// Requests running on the worker.
+    #[serde(default)]
+    pub current_load: u32,
+}
+
+/// `response_chunk`: SSE bytes forwarded to the client unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseChunk {
+    /// The request this chunk belongs to.
+    pub request_id: RequestId,
+    /// Already-framed SSE text.
+    #[serde(with = "payload")]
+    pub chunk: Bytes,
+}
+
+/// `response_complete`: the end of a response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseComplete {
+    /// The request that ended.
+    pub request_id: RequestId,
+    /// HTTP status from the backend.
+    pub status_code: u16,
+    /// Response headers from the backend.
+    #[serde(default, skip_serializing_if = "skip_empty_headers")]
+    pub headers: Headers,
+    /// Body of a non-streaming response; empty after a stream.
+    #[serde(default, with = "payload", skip_serializing_if = "skip_empty_bytes")]
+    pub body: Bytes,
+    /// Token usage, when the backend reports it.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub token_counts: Option<TokenCounts>,
+}
+
+/// Token usage reported by the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCounts {
+    /// Tokens in the prompt.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub prompt_tokens: Option<u64>,
+    /// Tokens generated.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub completion_tokens: Option<u64>,
+    /// Sum of both.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub total_tokens: Option<u64>,
+}
+
+/// `pong`: answer to a ping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// Requests running on the worker.
+    pub current_load: u32,
+    /// The ping's timestamp, echoed.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub timestamp_unix_ms: Option<u64>,
+}
+
+/// `error` from a worker, about one request or the whole link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerError {
+    /// The request that failed, if the error is about one.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub request_id: Option<RequestId>,
+    /// Machine-readable error code.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// `register_ack`: registration accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterAck {
+    /// Id of this worker link on the server.
+    pub worker_id: WorkerId,
+    /// The model list after sanitizing: what the server routes to this worker.
+    pub models: Vec<ModelName>,
+    /// What sanitizing changed, in words.
+    #[serde(default, skip_serializing_if = "skip_empty_vec")]
+    pub warnings: Vec<String>,
+    /// Protocol version the server speaks on this link.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub protocol_version: Option<String>,
+}
+
+/// `request`: a client request for the worker to run against its backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Id to put on every frame about this request.
+    pub request_id: RequestId,
+    /// The model the client asked for.
+    pub model: ModelName,
+    /// Backend path, for instance `/v1/chat/completions`.
+    pub endpoint_path: String,
+    /// Whether the client asked for a stream.
+    pub is_streaming: bool,
+    /// The client's JSON body, unchanged.
+    #[serde(with = "payload")]
+    pub body: Bytes,
+    /// Client headers the worker forwards to the backend.
+    #[serde(default, skip_serializing_if = "skip_empty_headers")]
+    pub headers: Headers,
+}
+
+/// `cancel`: stop one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The request to stop.
+    pub request_id: RequestId,
+    /// Why it is stopped.
+    pub reason: CancelReason,
+}
+
+/// `ping`: liveness probe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Server wall-clock time, echoed by the pong.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub timestamp_unix_ms: Option<u64>,
+}
+
+/// `graceful_shutdown`: drain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GracefulShutdown {
+    /// Why the worker is drained.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub reason: Option<String>,
+    /// Seconds the server waits for running requests before it closes the link.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub drain_timeout_secs: Option<u64>,
+}
+
+/// `models_refresh`: ask the worker to re-read its backend's models.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelsRefresh {
+    /// Why a refresh is asked for.
+    #[serde(default, skip_serializing_if = "skip_none")]
+    pub reason: Option<String>,
+}
+
+/// Why a request was cancelled.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CancelReason {
+    /// The client went away.
+    ClientDisconnect,
+    /// The request ran past its deadline.
+    Timeout,
+    /// The worker is being drained.
+    GracefulShutdown,
+    /// The worker's link was lost.
+    WorkerDisconnect,
+    /// The request was requeued too many times.
+    RequeueExhausted,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// A reason this version does not know.
+    Other(String),
+}
+
+impl CancelReason {
+    /// The reason as it appears on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::ClientDisconnect => "client_disconnect",
+            Self::Timeout => "timeout",
+            Self::GracefulShutdown => "graceful_shutdown",
+            Self::WorkerDisconnect => "worker_disconnect",
+            Self::RequeueExhausted => "requeue_exhausted",
+            Self::ServerShutdown => "server_shutdown",
+            Self::Other(other) => other,
+        }
+    }
+
+    fn from_wire(text: &str) -> Self {
+        match text {
+            "client_disconnect" => Self::ClientDisconnect,
+            "timeout" => Self::Timeout,
+            "graceful_shutdown" => Self::GracefulShutdown,
+            "worker_disconnect" => Self::WorkerDisconnect,
+            "requeue_exhausted" => Self::RequeueExhausted,
+            "server_shutdown" => Self::ServerShutdown,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for CancelReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CancelReason {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(Self::from_wire(&text))
+    }
+}
+
+/// HTTP headers as `{name: value}`, in the order they were given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Appends a header.
+    pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// The first value of `name`, compared without regard to case.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The headers in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HeadersVisitor;
+
+        impl<'de> Visitor<'de> for HeadersVisitor {
+            type Value = Headers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of header names to string values")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
+                // The size hint comes from the peer: never trust it for allocation.
+                let mut pairs = Vec::with_capacity(access.size_hint().unwrap_or(0).min(64));
+                while let Some((name, value)) = access.next_entry::<String, String>()? {
+                    pairs.push((name, value));
+                }
+                Ok(Headers(pairs))
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Headers, E> {
+                Ok(Headers::new())
+            }
+        }
+
+        if deserializer.is_human_readable() {
+            // `any`, so that an explicit JSON `null` reads as no headers.
+            deserializer.deserialize_any(HeadersVisitor)
+        } else {
+            deserializer.deserialize_map(HeadersVisitor)
+        }
+    }
+}
