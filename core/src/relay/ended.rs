@@ -12,7 +12,7 @@ use crate::ids::{RequestId, WorkerId};
 #[derive(Debug)]
 pub(crate) struct EndedRequests {
     capacity: usize,
-    order: VecDeque<RequestId>,
+    order: VecDeque<(RequestId, WorkerId)>,
     worker_of: FxHashMap<RequestId, WorkerId>,
 }
 
@@ -31,11 +31,13 @@ impl EndedRequests {
             return;
         }
         if self.order.len() == self.capacity
-            && let Some(oldest) = self.order.pop_front()
+            && let Some((oldest, its_worker)) = self.order.pop_front()
+            && self.worker_of.get(&oldest) == Some(&its_worker)
         {
+            // Only if no later record of the same request replaced this one.
             self.worker_of.remove(&oldest);
         }
-        self.order.push_back(request);
+        self.order.push_back((request, worker));
         self.worker_of.insert(request, worker);
     }
 
@@ -60,5 +62,15 @@ mod tests {
         assert!(ended.ended_on(RequestId::new(2), w));
         assert!(ended.ended_on(RequestId::new(3), w));
         assert!(!ended.ended_on(RequestId::new(3), WorkerId::new(2)));
+    }
+
+    #[test]
+    fn a_later_record_of_the_same_request_survives_eviction_of_the_earlier_one() {
+        let mut ended = EndedRequests::new(2);
+        let (a, b) = (WorkerId::new(1), WorkerId::new(2));
+        ended.insert(RequestId::new(1), a); // refused on worker 1
+        ended.insert(RequestId::new(1), b); // then ended on worker 2
+        ended.insert(RequestId::new(2), a); // evicts the first record only
+        assert!(ended.ended_on(RequestId::new(1), b));
     }
 }

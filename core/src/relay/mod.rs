@@ -698,6 +698,7 @@ impl Relay {
             worker.external_load = pong.current_load.saturating_sub(worker.in_flight_count());
             worker.refusing = false;
             self.rerank(worker_id);
+            self.fill_worker(worker_id); // it may have been resting after a refusal
         }
     }
 

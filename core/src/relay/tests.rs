@@ -1202,3 +1202,28 @@ fn a_refusal_before_any_chunk_requeues_the_request_and_rests_the_worker() {
     h.request(3, "m");
     assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
 }
+
+#[test]
+fn a_resting_worker_takes_queued_work_when_it_speaks_again() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.frame(
+        1,
+        WorkerMessage::Error(WorkerError {
+            request_id: Some(r(1)),
+            code: crate::wire::REFUSED_AT_CAPACITY.into(),
+            message: "busy".into(),
+        }),
+    );
+    assert_eq!(h.relay.request_status(r(1)), Some(RequestStatus::Queued));
+    h.outputs();
+    h.frame(
+        1,
+        WorkerMessage::Pong(Pong {
+            current_load: 0,
+            timestamp_unix_ms: None,
+        }),
+    );
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+}
