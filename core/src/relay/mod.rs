@@ -829,13 +829,7 @@ impl Relay {
             };
             request.state = RequestState::Detached;
             if streamed {
-                self.finish(
-                    request_id,
-                    Outcome::Failed {
-                        failure: Failure::WorkerLost,
-                        streamed: true,
-                    },
-                );
+                self.fail(request_id, Failure::WorkerLost, true);
             } else if self.count_requeue(request_id) && !self.try_assign(request_id) {
                 to_front.push(request_id);
             }
@@ -852,13 +846,7 @@ impl Relay {
             return false;
         };
         if request.requeues >= self.config.max_requeues {
-            self.finish(
-                request_id,
-                Outcome::Failed {
-                    failure: Failure::RequeueExhausted,
-                    streamed: false,
-                },
-            );
+            self.fail(request_id, Failure::RequeueExhausted, false);
             return false;
         }
         request.requeues += 1;
@@ -1032,13 +1020,7 @@ impl Relay {
             None
         };
         if let Some(failure) = failure {
-            self.finish(
-                request_id,
-                Outcome::Failed {
-                    failure,
-                    streamed: false,
-                },
-            );
+            self.fail(request_id, failure, false);
             return;
         }
         let request = self.requests.get_mut(&request_id).expect("checked above");
@@ -1139,13 +1121,7 @@ impl Relay {
                     } else {
                         Failure::QueueTimeout
                     };
-                    self.finish(
-                        request_id,
-                        Outcome::Failed {
-                            failure,
-                            streamed: false,
-                        },
-                    );
+                    self.fail(request_id, failure, false);
                     return;
                 }
             }
@@ -1159,23 +1135,11 @@ impl Relay {
                         reason: CancelReason::Timeout,
                     }),
                 );
-                self.finish(
-                    request_id,
-                    Outcome::Failed {
-                        failure: Failure::RequestTimeout,
-                        streamed,
-                    },
-                );
+                self.fail(request_id, Failure::RequestTimeout, streamed);
                 return;
             }
             RequestState::Detached if timed_out => {
-                self.finish(
-                    request_id,
-                    Outcome::Failed {
-                        failure: Failure::RequestTimeout,
-                        streamed: false,
-                    },
-                );
+                self.fail(request_id, Failure::RequestTimeout, false);
                 return;
             }
             RequestState::Assigned { .. } | RequestState::Detached => {}
@@ -1183,6 +1147,11 @@ impl Relay {
         let next = request.next_deadline();
         self.timers
             .rearm(TimerOwner::Request(request_id), &mut request.timer, next);
+    }
+
+    /// Ends a live request with a failure.
+    fn fail(&mut self, request_id: RequestId, failure: Failure, streamed: bool) {
+        self.finish(request_id, Outcome::Failed { failure, streamed });
     }
 
     /// Ends a live request: one `RequestEnded`, then its worker slot goes to the next waiting request.
@@ -1272,13 +1241,7 @@ impl Relay {
                     reason: CancelReason::Other("stream_too_large".into()),
                 }),
             );
-            self.finish(
-                request_id,
-                Outcome::Failed {
-                    failure: Failure::StreamTooLarge,
-                    streamed,
-                },
-            );
+            self.fail(request_id, Failure::StreamTooLarge, streamed);
             return;
         }
         *streamed = true;
@@ -1362,13 +1325,7 @@ impl Relay {
             .collect();
         queued.sort_by_key(|id| self.requests[id].arrival);
         for request_id in queued {
-            self.finish(
-                request_id,
-                Outcome::Failed {
-                    failure: Failure::ShuttingDown,
-                    streamed: false,
-                },
-            );
+            self.fail(request_id, Failure::ShuttingDown, false);
         }
         let mut workers: Vec<WorkerId> = self.workers.keys().copied().collect();
         workers.sort();

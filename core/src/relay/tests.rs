@@ -125,6 +125,27 @@ impl Harness {
         );
     }
 
+    fn pong(&mut self, worker: u64, current_load: u32) {
+        self.frame(
+            worker,
+            WorkerMessage::Pong(Pong {
+                current_load,
+                timestamp_unix_ms: None,
+            }),
+        );
+    }
+
+    fn error(&mut self, worker: u64, request: u64, code: &str, message: &str) {
+        self.frame(
+            worker,
+            WorkerMessage::Error(WorkerError {
+                request_id: Some(r(request)),
+                code: code.into(),
+                message: message.into(),
+            }),
+        );
+    }
+
     /// Lets `by` pass, firing every deadline on the way at its own instant;
     /// workers not marked silent answer their pings at once.
     fn advance(&mut self, by: Duration) {
@@ -141,13 +162,7 @@ impl Harness {
                     Output::SendToWorker {
                         worker,
                         message: ServerMessage::Ping(_),
-                    } if !self.silent.contains(&worker.get()) => {
-                        let pong = WorkerMessage::Pong(Pong {
-                            current_load: 0,
-                            timestamp_unix_ms: None,
-                        });
-                        self.frame(worker.get(), pong);
-                    }
+                    } if !self.silent.contains(&worker.get()) => self.pong(worker.get(), 0),
                     other => self.seen.push(other),
                 }
             }
@@ -270,13 +285,7 @@ fn a_rejected_secret_closes_the_link_as_unauthorized() {
 fn a_first_frame_other_than_register_is_a_protocol_error() {
     let mut h = Harness::new();
     h.open(1);
-    h.frame(
-        1,
-        WorkerMessage::Pong(Pong {
-            current_load: 0,
-            timestamp_unix_ms: None,
-        }),
-    );
+    h.pong(1, 0);
     let closed = closes(&h.outputs());
     assert!(
         matches!(&closed[..], [(1, CloseReason::ProtocolError(_))]),
@@ -404,13 +413,7 @@ fn the_least_loaded_worker_goes_first_counting_reported_load() {
     h.worker(1, &["m"], 8);
     h.worker(2, &["m"], 8);
     // Worker 1 reports 3 requests of its own (another relay's).
-    h.frame(
-        1,
-        WorkerMessage::Pong(Pong {
-            current_load: 3,
-            timestamp_unix_ms: None,
-        }),
-    );
+    h.pong(1, 3);
     for id in 1..=4 {
         h.request(id, "m");
     }
@@ -591,13 +594,7 @@ fn a_requeue_never_extends_the_queue_deadline() {
     h.outputs();
     // Worker 2 dies: request 3 goes back to the queue with its original deadline.
     h.handle(Input::WorkerDisconnected { worker: w(2) });
-    h.frame(
-        1,
-        WorkerMessage::Pong(Pong {
-            current_load: 1,
-            timestamp_unix_ms: None,
-        }),
-    );
+    h.pong(1, 1);
     assert_eq!(h.relay.request_status(r(3)), Some(RequestStatus::Queued));
     h.advance(5 * SECOND);
     assert_eq!(ended(&h.outputs()), [(3, failed(Failure::QueueTimeout))]);
@@ -873,22 +870,10 @@ fn pongs_carry_load_and_re_rank_the_worker() {
     let mut h = Harness::new();
     h.worker(1, &["m"], 4);
     h.worker(2, &["m"], 4);
-    h.frame(
-        2,
-        WorkerMessage::Pong(Pong {
-            current_load: 2,
-            timestamp_unix_ms: None,
-        }),
-    );
+    h.pong(2, 2);
     h.request(1, "m");
     assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
-    h.frame(
-        2,
-        WorkerMessage::Pong(Pong {
-            current_load: 0,
-            timestamp_unix_ms: None,
-        }),
-    );
+    h.pong(2, 0);
     h.request(2, "m");
     assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
 }
@@ -1040,14 +1025,7 @@ fn a_worker_error_fails_the_request_with_its_code() {
     h.worker(1, &["m"], 1);
     h.request(1, "m");
     h.outputs();
-    h.frame(
-        1,
-        WorkerMessage::Error(WorkerError {
-            request_id: Some(r(1)),
-            code: "backend_unreachable".into(),
-            message: "connection refused".into(),
-        }),
-    );
+    h.error(1, 1, "backend_unreachable", "connection refused");
     assert_eq!(
         ended(&h.outputs()),
         [(
@@ -1177,14 +1155,7 @@ fn a_refusal_before_any_chunk_requeues_the_request_and_rests_the_worker() {
     h.worker(2, &["m"], 2);
     h.request(1, "m");
     assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
-    h.frame(
-        1,
-        WorkerMessage::Error(WorkerError {
-            request_id: Some(r(1)),
-            code: crate::wire::REFUSED_DRAINING.into(),
-            message: "draining".into(),
-        }),
-    );
+    h.error(1, 1, crate::wire::REFUSED_DRAINING, "draining");
     let outputs = h.outputs();
     assert_eq!(dispatched(&outputs), [(2, 1)]);
     assert!(ended(&outputs).is_empty());
@@ -1192,13 +1163,7 @@ fn a_refusal_before_any_chunk_requeues_the_request_and_rests_the_worker() {
     // Worker 1 gets nothing until it speaks again.
     h.request(2, "m");
     assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
-    h.frame(
-        1,
-        WorkerMessage::Pong(Pong {
-            current_load: 0,
-            timestamp_unix_ms: None,
-        }),
-    );
+    h.pong(1, 0);
     h.request(3, "m");
     assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
 }
@@ -1208,22 +1173,9 @@ fn a_resting_worker_takes_queued_work_when_it_speaks_again() {
     let mut h = Harness::new();
     h.worker(1, &["m"], 1);
     h.request(1, "m");
-    h.frame(
-        1,
-        WorkerMessage::Error(WorkerError {
-            request_id: Some(r(1)),
-            code: crate::wire::REFUSED_AT_CAPACITY.into(),
-            message: "busy".into(),
-        }),
-    );
+    h.error(1, 1, crate::wire::REFUSED_AT_CAPACITY, "busy");
     assert_eq!(h.relay.request_status(r(1)), Some(RequestStatus::Queued));
     h.outputs();
-    h.frame(
-        1,
-        WorkerMessage::Pong(Pong {
-            current_load: 0,
-            timestamp_unix_ms: None,
-        }),
-    );
+    h.pong(1, 0);
     assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
 }

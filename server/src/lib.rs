@@ -1,0 +1,1 @@
+//! The ModelRelay server: the HTTP API in front of the relay core.

@@ -1,0 +1,1 @@
+//! Deterministic network-fault simulation of the ModelRelay server and worker.

@@ -1,0 +1,1 @@
+//! Links that carry ModelRelay protocol frames between the server and its workers.

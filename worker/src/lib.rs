@@ -1,0 +1,1 @@
+//! The ModelRelay worker: connects out to the relay and calls a local backend.
