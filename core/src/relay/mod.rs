@@ -5,8 +5,8 @@
 //! ```
 //! # use std::time::Instant;
 //! # use modelrelay_core::relay::{Relay, RelayConfig, Input, Output};
+//! # fn drive(now: Instant) {
 //! let mut relay = Relay::new(RelayConfig::default());
-//! let now = Instant::now();
 //! // ... relay.handle(now, input) for each event ...
 //! while let Some(output) = relay.poll_output() {
 //!     match output {
@@ -20,6 +20,7 @@
 //!     // sleep until `at`, then:
 //!     relay.handle_timeout(at);
 //! }
+//! # }
 //! ```
 
 mod config;
@@ -1334,6 +1335,3 @@ impl Relay {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -51,10 +51,4 @@ impl Timers {
         }
         self.pending.pop_first().map(|(_, owner)| owner)
     }
-
-    /// Number of armed deadlines.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.pending.len()
-    }
 }

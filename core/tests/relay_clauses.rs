@@ -2,8 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::*;
-use crate::wire::{ModelsUpdate, Pong, WorkerError};
+use bytes::Bytes;
+use modelrelay_core::relay::*;
+use modelrelay_core::wire::{
+    CancelReason, Headers, ModelsUpdate, Pong, Register, ResponseChunk, ResponseComplete,
+    ServerMessage, WireVersion, WorkerError, WorkerMessage,
+};
+use modelrelay_core::{ModelName, ProviderId, RequestId, WorkerId};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -1144,7 +1149,6 @@ fn deadlines_are_disarmed_when_things_end() {
     h.handle(Input::ClientGone { request: r(2) });
     h.complete(1, 1);
     h.handle(Input::WorkerDisconnected { worker: w(1) });
-    assert_eq!(h.relay.timers.len(), 0);
     assert_eq!(h.relay.poll_timeout(), None);
 }
 
@@ -1155,7 +1159,7 @@ fn a_refusal_before_any_chunk_requeues_the_request_and_rests_the_worker() {
     h.worker(2, &["m"], 2);
     h.request(1, "m");
     assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
-    h.error(1, 1, crate::wire::REFUSED_DRAINING, "draining");
+    h.error(1, 1, modelrelay_core::wire::REFUSED_DRAINING, "draining");
     let outputs = h.outputs();
     assert_eq!(dispatched(&outputs), [(2, 1)]);
     assert!(ended(&outputs).is_empty());
@@ -1173,7 +1177,7 @@ fn a_resting_worker_takes_queued_work_when_it_speaks_again() {
     let mut h = Harness::new();
     h.worker(1, &["m"], 1);
     h.request(1, "m");
-    h.error(1, 1, crate::wire::REFUSED_AT_CAPACITY, "busy");
+    h.error(1, 1, modelrelay_core::wire::REFUSED_AT_CAPACITY, "busy");
     assert_eq!(h.relay.request_status(r(1)), Some(RequestStatus::Queued));
     h.outputs();
     h.pong(1, 0);

@@ -1,9 +1,17 @@
-//! Tests of the worker session's side of the contract.
+//! Clause-by-clause tests of the worker session (docs/behavior-contract.md).
 
 use std::time::{Duration, Instant};
 
-use super::*;
-use crate::wire::{Cancel, GracefulShutdown, ModelsRefresh, Ping, RegisterAck};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use modelrelay_core::session::*;
+use modelrelay_core::wire::{
+    Cancel, CancelReason, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate, Ping, Pong,
+    REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, RequestFrame, ResponseChunk,
+    ServerMessage, WireVersion, WorkerError, WorkerMessage,
+};
+use modelrelay_core::{ModelName, RequestId, WorkerId};
 
 const SECOND: Duration = Duration::from_secs(1);
 

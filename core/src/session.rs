@@ -507,6 +507,3 @@ impl WorkerSession {
         self.outputs.push_back(SessionOutput::Exit);
     }
 }
-
-#[cfg(test)]
-mod tests;
