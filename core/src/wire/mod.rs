@@ -30,6 +30,16 @@ pub const V2_ALPN: &[u8] = b"modelrelay/2";
 /// The version byte that starts every v2 frame.
 pub const V2_FRAME_VERSION: u8 = 2;
 
+/// Client headers that travel with a request to the backend; all others stay at the relay.
+pub const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
+    "authorization",
+    "content-type",
+    "openai-organization",
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+];
+
 /// `error` code of a worker that refuses a request because it is draining.
 pub const REFUSED_DRAINING: &str = "worker_draining";
 /// `error` code of a worker that refuses a request because all its slots are busy.

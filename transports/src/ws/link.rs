@@ -1,0 +1,236 @@
+//! Reading and writing protocol messages on a WebSocket.
+
+use std::marker::PhantomData;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use modelrelay_core::wire::{DecodeError, EncodeError, FrameLimits, WireMessage, WireVersion};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+
+/// Why a link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The WebSocket itself failed (I/O, framing, size limit).
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+    /// A frame did not decode as a protocol message.
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    /// A message could not be encoded (a non-UTF-8 payload on v1).
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+    /// A text frame on a v2 link or a binary frame on a v1 link.
+    #[error("{found} frame on a {wire:?} link")]
+    WrongFrameType {
+        /// `text` or `binary`.
+        found: &'static str,
+        /// The link's encoding.
+        wire: WireVersion,
+    },
+}
+
+impl LinkError {
+    /// Whether the peer sent something malformed (rather than the link breaking).
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(self, Self::Decode(_) | Self::WrongFrameType { .. })
+    }
+}
+
+/// The receiving half: decodes each message as it arrives.
+pub struct WsReader<S, M> {
+    stream: SplitStream<WebSocketStream<S>>,
+    wire: WireVersion,
+    limits: FrameLimits,
+    closed: bool,
+    close_frame: Option<(u16, String)>,
+    _message: PhantomData<fn() -> M>,
+}
+
+/// The sending half: encodes messages; frames leave on [`WsWriter::flush`].
+pub struct WsWriter<S, M> {
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    wire: WireVersion,
+    _message: PhantomData<fn(M)>,
+}
+
+/// Splits a WebSocket into a reader of `In` messages and a writer of `Out` messages.
+pub fn split<S, In, Out>(
+    socket: WebSocketStream<S>,
+    wire: WireVersion,
+    limits: FrameLimits,
+) -> (WsReader<S, In>, WsWriter<S, Out>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (sink, stream) = socket.split();
+    (
+        WsReader {
+            stream,
+            wire,
+            limits,
+            closed: false,
+            close_frame: None,
+            _message: PhantomData,
+        },
+        WsWriter {
+            sink,
+            wire,
+            _message: PhantomData,
+        },
+    )
+}
+
+impl<S, M> WsReader<S, M>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    M: WireMessage,
+{
+    /// The next message; `None` once the peer closed the link or it failed.
+    pub async fn next(&mut self) -> Option<Result<M, LinkError>> {
+        while !self.closed {
+            let message = match self.stream.next().await {
+                None => break,
+                Some(Err(error)) => {
+                    self.closed = true;
+                    return Some(Err(error.into()));
+                }
+                Some(Ok(message)) => message,
+            };
+            let frame: Bytes = match (message, self.wire) {
+                (Message::Text(text), WireVersion::V1) => text.into(),
+                (Message::Binary(bytes), WireVersion::V2) => bytes,
+                (Message::Text(_), wire) => {
+                    return Some(Err(LinkError::WrongFrameType {
+                        found: "text",
+                        wire,
+                    }));
+                }
+                (Message::Binary(_), wire) => {
+                    return Some(Err(LinkError::WrongFrameType {
+                        found: "binary",
+                        wire,
+                    }));
+                }
+                (Message::Close(frame), _) => {
+                    self.close_frame = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    break;
+                }
+                // Pings are answered by tungstenite itself; pongs and raw frames carry nothing.
+                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => continue,
+            };
+            return Some(
+                self.wire
+                    .decode(&frame, self.limits)
+                    .map_err(LinkError::from),
+            );
+        }
+        self.closed = true;
+        None
+    }
+
+    /// The code and reason of the peer's close frame, once [`WsReader::next`] returned `None`.
+    pub fn close_frame(&self) -> Option<(u16, &str)> {
+        self.close_frame
+            .as_ref()
+            .map(|(code, reason)| (*code, reason.as_str()))
+    }
+}
+
+impl<S, M> WsWriter<S, M>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    M: WireMessage,
+{
+    /// Queues a message; it goes out at the next [`WsWriter::flush`].
+    pub async fn feed(&mut self, message: &M) -> Result<(), LinkError> {
+        let frame = self.wire.encode(message)?;
+        let message = match self.wire {
+            WireVersion::V1 => Message::Text(Utf8Bytes::try_from(frame).map_err(|_| {
+                // serde_json only writes UTF-8; reaching this is a bug, reported as an encoding failure.
+                LinkError::WebSocket(tungstenite::Error::Utf8(
+                    "encoder produced invalid UTF-8".into(),
+                ))
+            })?),
+            WireVersion::V2 => Message::Binary(frame),
+        };
+        self.sink.feed(message).await?;
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        self.sink.flush().await?;
+        Ok(())
+    }
+
+    /// Sends a close frame and closes, consuming the writer.
+    pub async fn close_now(mut self, code: u16, reason: &str) -> Result<(), LinkError> {
+        self.close(code, reason).await
+    }
+
+    /// Sends a close frame with `code` and `reason`, then closes.
+    pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), LinkError> {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from(truncate_reason(reason)),
+        };
+        self.sink.send(Message::Close(Some(frame))).await?;
+        self.sink.close().await?;
+        Ok(())
+    }
+}
+
+/// What a link's writer is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outgoing<M> {
+    /// Send a message.
+    Message(M),
+    /// Send a close frame and end the link.
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+impl<S, M> WsWriter<S, M>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    M: WireMessage,
+{
+    /// Writes what arrives on `queue` until it closes or a close is asked for;
+    /// frames are flushed whenever the queue runs empty, so bursts share one write.
+    pub async fn run(
+        mut self,
+        mut queue: mpsc::UnboundedReceiver<Outgoing<M>>,
+    ) -> Result<(), LinkError> {
+        while let Some(item) = queue.recv().await {
+            match item {
+                Outgoing::Message(message) => {
+                    self.feed(&message).await?;
+                    if queue.is_empty() {
+                        self.flush().await?;
+                    }
+                }
+                Outgoing::Close { code, reason } => return self.close(code, &reason).await,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Close reasons must fit a control frame (123 bytes).
+fn truncate_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
