@@ -1,1 +1,16 @@
-//! The ModelRelay worker: connects out to the relay and calls a local backend.
+//! The ModelRelay worker: connects out to the relay, registers its backend's
+//! models and capacity, and serves the requests the relay sends it.
+//!
+//! [`driver::run`] drives the core's `WorkerSession` with a [`link::Dialer`]
+//! (how to reach the relay) and a [`backend::Backend`] (how to call the model
+//! server); both are swappable, so the fault simulation runs this same code
+//! over a simulated network.
+
+pub mod backend;
+pub mod driver;
+pub mod link;
+pub mod logging;
+pub mod simulated_backend;
+pub mod tls;
+
+pub use driver::{ModelSource, WorkerOptions, run};

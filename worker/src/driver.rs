@@ -1,0 +1,595 @@
+//! The worker's driver: runs the [`WorkerSession`] against a real link and backend.
+//!
+//! One task owns the session. Link reader/writer tasks and one task per backend
+//! call report back over a channel; the session's outputs are carried out
+//! right after each event.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::Method;
+use modelrelay_core::RequestId;
+use modelrelay_core::session::{SessionConfig, SessionInput, SessionOutput, WorkerSession};
+use modelrelay_core::wire::{
+    FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, RequestFrame, ServerMessage, TokenCounts,
+    WireVersion, WorkerMessage,
+};
+use modelrelay_transports::close_code;
+use modelrelay_transports::ws::Outgoing;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{debug, error, info, warn};
+
+use crate::backend::{Backend, BackendError, BackendRequest, collect_body, list_models};
+use crate::link::{ConnectError, Dialer, LinkReader, ProtocolChoice, RelayEndpoint, connect};
+
+/// Where the worker's model list comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A fixed list.
+    List(Vec<String>),
+    /// Whatever the backend's `GET /v1/models` lists (`--models '*'`).
+    Discover,
+}
+
+/// Everything the driver needs besides its dialer and backend.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The relay to connect to.
+    pub endpoint: RelayEndpoint,
+    /// The shared worker secret.
+    pub secret: String,
+    /// Name, slots, backoff and timeouts (its `models` are set from `models`).
+    pub session: SessionConfig,
+    /// Where the model list comes from.
+    pub models: ModelSource,
+    /// How often to re-read the backend's models (`None`: never).
+    pub models_poll_interval: Option<Duration>,
+    /// Which protocol versions to speak.
+    pub protocol: ProtocolChoice,
+    /// Frame size limit on the link.
+    pub limits: FrameLimits,
+    /// How long a dial and handshake may take.
+    pub connect_timeout: Duration,
+    /// Largest non-streaming backend response passed on.
+    pub max_response_bytes: usize,
+}
+
+impl WorkerOptions {
+    /// Options with the defaults of the `modelrelay-worker` command.
+    pub fn new(endpoint: RelayEndpoint, secret: String, models: ModelSource) -> Self {
+        Self {
+            endpoint,
+            secret,
+            session: SessionConfig::default(),
+            models,
+            models_poll_interval: None,
+            protocol: ProtocolChoice::Auto,
+            limits: FrameLimits::default(),
+            connect_timeout: Duration::from_secs(10),
+            max_response_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Something a helper task reports to the driver.
+enum Event {
+    LinkUp {
+        generation: u64,
+        wire: WireVersion,
+        outbound: mpsc::UnboundedSender<Outgoing<WorkerMessage>>,
+    },
+    LinkFailed {
+        generation: u64,
+        error: ConnectError,
+    },
+    Frame {
+        generation: u64,
+        message: ServerMessage,
+    },
+    LinkClosed {
+        generation: u64,
+        cause: String,
+        refused: bool,
+    },
+    Backend(SessionInput),
+    Models(Result<Vec<String>, BackendError>),
+}
+
+/// The current link, from the driver's side.
+enum LinkState {
+    None,
+    Connecting {
+        generation: u64,
+        task: AbortHandle,
+    },
+    Up {
+        generation: u64,
+        outbound: mpsc::UnboundedSender<Outgoing<WorkerMessage>>,
+    },
+}
+
+/// Runs a worker until it has shut down: `shutdown` resolving starts a graceful stop
+/// (finish running requests, then exit).
+///
+/// Every task it starts (link, backend calls) belongs to it: dropping the
+/// returned future aborts them all and drops their connections, as a crash would.
+pub async fn run<D: Dialer>(
+    options: WorkerOptions,
+    dialer: D,
+    backend: Arc<dyn Backend>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let dialer = Arc::new(dialer);
+    let (events, mut inbox) = mpsc::unbounded_channel::<Event>();
+    let mut session_config = options.session.clone();
+    session_config.models = match &options.models {
+        ModelSource::List(models) => models.clone(),
+        ModelSource::Discover => discover_at_start(&*backend).await,
+    };
+    let mut session = WorkerSession::new(session_config);
+    let mut driver = Driver {
+        options,
+        dialer,
+        backend,
+        events,
+        link: LinkState::None,
+        generation: 0,
+        running: HashMap::new(),
+        tasks: JoinSet::new(),
+    };
+    let mut poll = driver.options.models_poll_interval.map(|every| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut stopping = false;
+    loop {
+        while let Some(output) = session.poll_output() {
+            if driver.carry_out(output, &mut session) {
+                return;
+            }
+        }
+        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            Some(event) = inbox.recv() => driver.on_event(event, &mut session),
+            () = sleep_until(deadline) => session.handle_timeout(now()),
+            () = &mut shutdown, if !stopping => {
+                stopping = true;
+                info!("shutting down: finishing running requests");
+                session.handle(now(), SessionInput::Shutdown);
+            }
+            _ = tick(&mut poll) => driver.refresh_models(),
+            Some(_) = driver.tasks.join_next(), if !driver.tasks.is_empty() => {}
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(poll: &mut Option<tokio::time::Interval>) {
+    match poll {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The model list to register with; empty (and a warning) if the backend cannot say yet.
+async fn discover_at_start(backend: &dyn Backend) -> Vec<String> {
+    match tokio::time::timeout(Duration::from_secs(10), list_models(backend)).await {
+        Ok(Ok(models)) => {
+            info!(?models, "models discovered from the backend");
+            models
+        }
+        Ok(Err(error)) => {
+            warn!(%error, "cannot list the backend's models yet; registering without models and retrying");
+            Vec::new()
+        }
+        Err(_) => {
+            warn!(
+                "the backend did not list its models within 10 s; registering without models and retrying"
+            );
+            Vec::new()
+        }
+    }
+}
+
+struct Driver<D: Dialer> {
+    options: WorkerOptions,
+    dialer: Arc<D>,
+    backend: Arc<dyn Backend>,
+    events: mpsc::UnboundedSender<Event>,
+    link: LinkState,
+    generation: u64,
+    running: HashMap<RequestId, AbortHandle>,
+    /// Everything this driver started; dropped with it.
+    tasks: JoinSet<()>,
+}
+
+impl<D: Dialer> Driver<D> {
+    /// Carries out one session output; returns whether the worker is done.
+    fn carry_out(&mut self, output: SessionOutput, session: &mut WorkerSession) -> bool {
+        match output {
+            SessionOutput::Connect => self.dial(),
+            SessionOutput::Send(message) => {
+                if let LinkState::Up { outbound, .. } = &self.link {
+                    let _ = outbound.send(Outgoing::Message(message));
+                }
+            }
+            SessionOutput::CloseLink => match &self.link {
+                // The reader reports the close when the relay answers it.
+                LinkState::Up { outbound, .. } => {
+                    let _ = outbound.send(Outgoing::Close {
+                        code: close_code::NORMAL,
+                        reason: "worker closing".into(),
+                    });
+                }
+                LinkState::Connecting { task, .. } => {
+                    task.abort();
+                    self.link = LinkState::None;
+                    session.handle(now(), SessionInput::LinkDown);
+                }
+                LinkState::None => session.handle(now(), SessionInput::LinkDown),
+            },
+            SessionOutput::StartRequest(frame) => self.start_request(frame),
+            SessionOutput::AbortRequest { request, reason } => {
+                if let Some(task) = self.running.remove(&request) {
+                    debug!(%request, %reason, "aborting the backend call");
+                    task.abort();
+                }
+            }
+            SessionOutput::RefreshModels => self.refresh_models(),
+            SessionOutput::Registered {
+                worker_id,
+                models,
+                warnings,
+            } => {
+                info!(%worker_id, ?models, "registered with the relay");
+                for warning in warnings {
+                    warn!(%warning, "the relay changed the model list");
+                }
+            }
+            SessionOutput::Reconnecting { after } => {
+                info!(
+                    after_ms = after.as_millis() as u64,
+                    "reconnecting to the relay"
+                );
+            }
+            SessionOutput::Exit => {
+                info!("worker stopped");
+                return true;
+            }
+        }
+        false
+    }
+
+    fn dial(&mut self) {
+        self.generation += 1;
+        let generation = self.generation;
+        let dialer = Arc::clone(&self.dialer);
+        let events = self.events.clone();
+        let options = self.options.clone();
+        let task = self.tasks.spawn(async move {
+            let result = connect(
+                &*dialer,
+                &options.endpoint,
+                &options.secret,
+                options.protocol,
+                options.limits,
+                options.connect_timeout,
+            )
+            .await;
+            match result {
+                Ok((reader, writer, wire)) => {
+                    let (outbound, queue) = mpsc::unbounded_channel();
+                    let _ = events.send(Event::LinkUp {
+                        generation,
+                        wire,
+                        outbound,
+                    });
+                    // One task per link: it ends when the reading side ends.
+                    let reading = read_link(reader, generation, events);
+                    tokio::pin!(reading);
+                    tokio::select! {
+                        () = &mut reading => {}
+                        result = writer.run(queue) => {
+                            if let Err(error) = result {
+                                debug!(%error, "writing to the relay failed");
+                            }
+                            reading.await;
+                        }
+                    }
+                }
+                Err(error) => {
+                    let _ = events.send(Event::LinkFailed { generation, error });
+                }
+            }
+        });
+        self.link = LinkState::Connecting { generation, task };
+    }
+
+    fn on_event(&mut self, event: Event, session: &mut WorkerSession) {
+        let current = match &self.link {
+            LinkState::None => None,
+            LinkState::Connecting { generation, .. } | LinkState::Up { generation, .. } => {
+                Some(*generation)
+            }
+        };
+        match event {
+            Event::LinkUp {
+                generation,
+                wire,
+                outbound,
+            } => {
+                if current != Some(generation) {
+                    let _ = outbound.send(Outgoing::Close {
+                        code: close_code::NORMAL,
+                        reason: "stale link".into(),
+                    });
+                    return;
+                }
+                info!(url = %self.options.endpoint.connect_url, ?wire, "connected to the relay");
+                self.link = LinkState::Up {
+                    generation,
+                    outbound,
+                };
+                session.handle(now(), SessionInput::LinkUp { wire });
+            }
+            Event::LinkFailed { generation, error } => {
+                if current == Some(generation) {
+                    warn!(%error, "cannot connect to the relay");
+                    self.link = LinkState::None;
+                    session.handle(now(), SessionInput::LinkDown);
+                }
+            }
+            Event::Frame {
+                generation,
+                message,
+            } => {
+                if current == Some(generation) {
+                    session.handle(now(), SessionInput::Frame(message));
+                }
+            }
+            Event::LinkClosed {
+                generation,
+                cause,
+                refused,
+            } => {
+                if current == Some(generation) {
+                    if refused {
+                        error!(%cause, "the relay refused this worker: check --worker-secret and --provider");
+                    } else {
+                        warn!(%cause, "link to the relay closed");
+                    }
+                    self.link = LinkState::None;
+                    session.handle(now(), SessionInput::LinkDown);
+                }
+            }
+            Event::Backend(input) => {
+                if let SessionInput::BackendComplete { request, .. }
+                | SessionInput::BackendFailed { request, .. } = &input
+                {
+                    self.running.remove(request);
+                }
+                session.handle(now(), input);
+            }
+            Event::Models(Ok(models)) => session.handle(now(), SessionInput::ModelsChanged(models)),
+            Event::Models(Err(error)) => warn!(%error, "cannot re-read the backend's models"),
+        }
+    }
+
+    fn refresh_models(&mut self) {
+        match &self.options.models {
+            ModelSource::List(_) => {}
+            ModelSource::Discover => {
+                let backend = Arc::clone(&self.backend);
+                let events = self.events.clone();
+                self.tasks.spawn(async move {
+                    let _ = events.send(Event::Models(list_models(&*backend).await));
+                });
+            }
+        }
+    }
+
+    fn start_request(&mut self, frame: Arc<RequestFrame>) {
+        let request_id = frame.request_id;
+        let backend = Arc::clone(&self.backend);
+        let events = self.events.clone();
+        let limit = self.options.max_response_bytes;
+        let task = self.tasks.spawn(async move {
+            let result = call_backend(&*backend, &frame, limit, &events).await;
+            let input = match result {
+                Ok(done) => done,
+                Err(error) => {
+                    let code = match error {
+                        BackendError::Unreachable(_) => "backend_unreachable",
+                        BackendError::Body(_) => "backend_stream_error",
+                        BackendError::Unexpected(_) => "backend_error",
+                    };
+                    SessionInput::BackendFailed {
+                        request: frame.request_id,
+                        code: code.into(),
+                        message: error.to_string(),
+                    }
+                }
+            };
+            let _ = events.send(Event::Backend(input));
+        });
+        self.running.insert(request_id, task);
+    }
+}
+
+/// Calls the backend for one request; streams SSE bodies chunk by chunk, collects others.
+async fn call_backend(
+    backend: &dyn Backend,
+    frame: &RequestFrame,
+    limit: usize,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<SessionInput, BackendError> {
+    let headers: Headers = frame
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            FORWARDED_REQUEST_HEADERS
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    let response = backend
+        .send(BackendRequest {
+            method: Method::POST,
+            path: frame.endpoint_path.clone(),
+            headers,
+            body: frame.body.clone(),
+        })
+        .await?;
+    let is_event_stream = response
+        .headers
+        .get("content-type")
+        .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+    let request = frame.request_id;
+    if frame.is_streaming && (200..300).contains(&response.status) && is_event_stream {
+        let mut body = response.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            let _ = events.send(Event::Backend(SessionInput::BackendChunk {
+                request,
+                chunk,
+            }));
+        }
+        return Ok(SessionInput::BackendComplete {
+            request,
+            status_code: response.status,
+            headers: response.headers,
+            body: Bytes::new(),
+            token_counts: None,
+        });
+    }
+    let body = collect_body(response.body, limit).await?;
+    Ok(SessionInput::BackendComplete {
+        request,
+        status_code: response.status,
+        token_counts: token_counts(&response.headers, &body),
+        headers: response.headers,
+        body,
+    })
+}
+
+/// Token usage from a JSON body's `usage` (OpenAI or Anthropic field names).
+fn token_counts(headers: &Headers, body: &[u8]) -> Option<TokenCounts> {
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        total_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<Usage>,
+    }
+    let json = headers
+        .get("content-type")
+        .is_some_and(|t| t.contains("json"));
+    if !json {
+        return None;
+    }
+    let usage = serde_json::from_slice::<WithUsage>(body).ok()?.usage?;
+    let prompt = usage.prompt_tokens.or(usage.input_tokens);
+    let completion = usage.completion_tokens.or(usage.output_tokens);
+    let total = usage.total_tokens.or_else(|| Some(prompt? + completion?));
+    Some(TokenCounts {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: total,
+    })
+}
+
+async fn read_link<S>(
+    mut reader: LinkReader<S>,
+    generation: u64,
+    events: mpsc::UnboundedSender<Event>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (cause, refused) = loop {
+        match reader.next().await {
+            Some(Ok(message)) => {
+                if events
+                    .send(Event::Frame {
+                        generation,
+                        message,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Some(Err(error)) => break (error.to_string(), false),
+            None => {
+                break match reader.close_frame() {
+                    Some((code, reason)) => (
+                        format!("closed by the relay ({code}: {reason})"),
+                        code == close_code::POLICY_VIOLATION,
+                    ),
+                    None => ("connection lost".to_owned(), false),
+                };
+            }
+        }
+    };
+    let _ = events.send(Event::LinkClosed {
+        generation,
+        cause,
+        refused,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json() -> Headers {
+        [("content-type", "application/json")].into_iter().collect()
+    }
+
+    #[test]
+    fn token_counts_come_from_openai_and_anthropic_usage() {
+        let openai = br#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+        assert_eq!(
+            token_counts(&json(), openai),
+            Some(TokenCounts {
+                prompt_tokens: Some(3),
+                completion_tokens: Some(5),
+                total_tokens: Some(8)
+            })
+        );
+        let anthropic = br#"{"type":"message","usage":{"input_tokens":4,"output_tokens":6}}"#;
+        assert_eq!(
+            token_counts(&json(), anthropic),
+            Some(TokenCounts {
+                prompt_tokens: Some(4),
+                completion_tokens: Some(6),
+                total_tokens: Some(10)
+            })
+        );
+        assert_eq!(token_counts(&json(), b"{}"), None);
+        assert_eq!(token_counts(&Headers::new(), openai), None);
+    }
+}

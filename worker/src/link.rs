@@ -1,0 +1,306 @@
+//! Reaching the relay: where to dial, how (TCP or TLS), and the WebSocket handshake.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_transports::ws::client::{HandshakeError, handshake};
+use modelrelay_transports::ws::{WsReader, WsWriter, split};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use url::Url;
+
+/// Where the relay is and how to reach its worker endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayEndpoint {
+    /// Host to dial.
+    pub host: String,
+    /// Port to dial.
+    pub port: u16,
+    /// Whether the link runs over TLS.
+    pub tls: bool,
+    /// The `ws://` or `wss://` URL of the worker endpoint, with `?provider=`.
+    pub connect_url: String,
+}
+
+/// Why a proxy URL cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// Not a URL.
+    #[error("invalid proxy URL {url:?}: {reason}")]
+    Invalid {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A scheme other than http, https, ws, wss.
+    #[error("proxy URL scheme {0:?} is not supported (use http://, https://, ws:// or wss://)")]
+    UnsupportedScheme(String),
+}
+
+impl RelayEndpoint {
+    /// Reads `--proxy-url` (the relay's base URL) for `provider`.
+    pub fn parse(proxy_url: &str, provider: &str) -> Result<Self, EndpointError> {
+        let invalid = |reason: String| EndpointError::Invalid {
+            url: proxy_url.to_owned(),
+            reason,
+        };
+        let url = Url::parse(proxy_url).map_err(|e| invalid(e.to_string()))?;
+        let (tls, ws_scheme) = match url.scheme() {
+            "http" | "ws" => (false, "ws"),
+            "https" | "wss" => (true, "wss"),
+            other => return Err(EndpointError::UnsupportedScheme(other.to_owned())),
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| invalid("no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| invalid("no port".into()))?;
+        let mut connect = url.clone();
+        connect
+            .set_scheme(ws_scheme)
+            .map_err(|()| invalid("cannot form a WebSocket URL".into()))?;
+        let base_path = url.path().trim_end_matches('/');
+        let path = if base_path.ends_with("/v1/worker/connect") {
+            base_path.to_owned()
+        } else {
+            format!("{base_path}/v1/worker/connect")
+        };
+        connect.set_path(&path);
+        connect.set_query(None);
+        connect.query_pairs_mut().append_pair("provider", provider);
+        Ok(Self {
+            host,
+            port,
+            tls,
+            connect_url: connect.to_string(),
+        })
+    }
+}
+
+/// Opens byte streams to the relay; the simulation supplies its own.
+pub trait Dialer: Send + Sync + 'static {
+    /// The stream a dial yields.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Connects to `endpoint` (TLS included when it says so).
+    fn dial(
+        &self,
+        endpoint: &RelayEndpoint,
+    ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Dials over the machine's network, with TLS from the given settings for `wss://`.
+#[derive(Clone)]
+pub struct NetDialer {
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl NetDialer {
+    /// A dialer; `tls` is needed only for `https://`/`wss://` relays.
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        Self { tls }
+    }
+}
+
+impl Dialer for NetDialer {
+    type Stream = NetStream;
+
+    async fn dial(&self, endpoint: &RelayEndpoint) -> io::Result<NetStream> {
+        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+        tcp.set_nodelay(true)?;
+        if !endpoint.tls {
+            return Ok(NetStream::Plain(tcp));
+        }
+        let config = self.tls.clone().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "TLS is not set up for this worker",
+            )
+        })?;
+        let name = ServerName::try_from(endpoint.host.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = TlsConnector::from(config).connect(name, tcp).await?;
+        Ok(NetStream::Tls(Box::new(tls)))
+    }
+}
+
+/// A TCP stream, with or without TLS.
+pub enum NetStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for NetStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NetStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Which protocol versions the worker may speak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolChoice {
+    /// v2 if the relay speaks it, else v1.
+    #[default]
+    Auto,
+    /// Only v1 (JSON), as existing workers speak.
+    V1,
+    /// Only v2.
+    V2,
+}
+
+/// Why the worker could not open a link.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No TCP/TLS connection.
+    #[error("cannot reach the relay at {endpoint}: {source}")]
+    Dial {
+        /// Where.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// No answer in time.
+    #[error("the relay at {0} did not answer within the connect timeout")]
+    Timeout(String),
+    /// The WebSocket handshake failed.
+    #[error("handshake with the relay failed: {0}")]
+    Handshake(#[from] HandshakeError),
+}
+
+/// A link's reading half (server frames) on stream `S`.
+pub type LinkReader<S> = WsReader<S, ServerMessage>;
+/// A link's writing half (worker frames) on stream `S`.
+pub type LinkWriter<S> = WsWriter<S, WorkerMessage>;
+
+/// Dials and shakes hands: v2 first unless told otherwise, v1 if the relay does not speak v2.
+pub async fn connect<D: Dialer>(
+    dialer: &D,
+    endpoint: &RelayEndpoint,
+    secret: &str,
+    protocol: ProtocolChoice,
+    limits: FrameLimits,
+    timeout: Duration,
+) -> Result<(LinkReader<D::Stream>, LinkWriter<D::Stream>, WireVersion), ConnectError> {
+    let attempt = |offer_v2: bool| async move {
+        let stream = tokio::time::timeout(timeout, dialer.dial(endpoint))
+            .await
+            .map_err(|_| ConnectError::Timeout(endpoint.connect_url.clone()))?
+            .map_err(|source| ConnectError::Dial {
+                endpoint: format!("{}:{}", endpoint.host, endpoint.port),
+                source,
+            })?;
+        let headers = [("x-worker-secret", secret)];
+        let result = tokio::time::timeout(
+            timeout,
+            handshake(stream, &endpoint.connect_url, &headers, offer_v2, limits),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout(endpoint.connect_url.clone()))?;
+        Ok::<_, ConnectError>(result?)
+    };
+    let (socket, wire) = match protocol {
+        ProtocolChoice::V1 => attempt(false).await?,
+        ProtocolChoice::V2 => attempt(true).await?,
+        ProtocolChoice::Auto => match attempt(true).await {
+            Err(ConnectError::Handshake(HandshakeError::V2NotSupported)) => attempt(false).await?,
+            other => other?,
+        },
+    };
+    let (reader, writer) = split(socket, wire, limits);
+    Ok((reader, writer, wire))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_urls_become_worker_endpoints() {
+        let e = RelayEndpoint::parse("http://relay.lan:8080", "local").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.tls), ("relay.lan", 8080, false));
+        assert_eq!(
+            e.connect_url,
+            "ws://relay.lan:8080/v1/worker/connect?provider=local"
+        );
+
+        let e = RelayEndpoint::parse("https://example.com/relay/", "gpu pool").unwrap();
+        assert_eq!((e.port, e.tls), (443, true));
+        assert_eq!(
+            e.connect_url,
+            "wss://example.com/relay/v1/worker/connect?provider=gpu+pool"
+        );
+
+        let e = RelayEndpoint::parse("ws://[::1]:9000/v1/worker/connect", "local").unwrap();
+        assert_eq!(e.host, "::1");
+        assert_eq!(
+            e.connect_url,
+            "ws://[::1]:9000/v1/worker/connect?provider=local"
+        );
+    }
+
+    #[test]
+    fn unusable_proxy_urls_say_why() {
+        assert!(matches!(
+            RelayEndpoint::parse("ftp://x", "local"),
+            Err(EndpointError::UnsupportedScheme(s)) if s == "ftp"
+        ));
+        assert!(matches!(
+            RelayEndpoint::parse("relay:8080", "local"),
+            Err(EndpointError::UnsupportedScheme(_) | EndpointError::Invalid { .. })
+        ));
+        assert!(matches!(
+            RelayEndpoint::parse("not a url", "local"),
+            Err(EndpointError::Invalid { .. })
+        ));
+    }
+}
