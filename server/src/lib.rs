@@ -1,1 +1,18 @@
-//! The ModelRelay server: the HTTP API in front of the relay core.
+//! The ModelRelay server: one OpenAI- and Anthropic-compatible endpoint in front
+//! of workers that connect out to it.
+//!
+//! Clients call `/v1/chat/completions`, `/v1/completions`, `/v1/responses`,
+//! `/v1/messages`, `/v1/embeddings` and `/v1/models`; workers connect to
+//! `/v1/worker/connect` on the same port. One task, the hub, owns the core
+//! `Relay`; handlers and links talk to it over channels.
+
+mod api;
+mod app;
+pub mod auth;
+pub mod demo;
+pub mod error;
+mod hub;
+mod links;
+
+pub use api::REQUEST_ID_HEADER;
+pub use app::{RunningServer, ServerConfig, serve};

@@ -1,0 +1,360 @@
+//! The client API: inference routes, `/v1/models`, `/health`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+use modelrelay_core::relay::{Completion, NewRequest, Outcome};
+use modelrelay_core::wire::{FORWARDED_REQUEST_HEADERS, Headers};
+use modelrelay_core::{ModelName, RequestId};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiFlavor};
+use crate::hub::{Command, Hub, ResponseEvent};
+
+/// The header naming the relay's id for a request, for logs on both sides.
+pub const REQUEST_ID_HEADER: &str = "x-modelrelay-request-id";
+
+/// The two fields the relay reads from a request body; the rest passes through untouched.
+#[derive(Deserialize)]
+struct Probe {
+    model: Option<serde_json::Value>,
+    stream: Option<serde_json::Value>,
+}
+
+/// Tells the hub when a client leaves before its request ended.
+struct ClientGuard {
+    hub: Hub,
+    request: RequestId,
+    armed: bool,
+}
+
+impl ClientGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.hub.send(Command::ClientGone {
+                request: self.request,
+            });
+        }
+    }
+}
+
+/// Handles one inference request on `path`.
+pub(crate) async fn inference(
+    State(app): State<Arc<AppState>>,
+    flavor: ApiFlavor,
+    path: &'static str,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = app.config.max_body_bytes;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(error) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    format!("The request body exceeds the limit of {limit} bytes."),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("Cannot read the request body: {error}"),
+                )
+            }
+            .into_response(flavor);
+        }
+    };
+    let probe: Probe = match serde_json::from_slice(&body) {
+        Ok(probe) => probe,
+        Err(error) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("The request body is not a JSON object: {error}"),
+            )
+            .into_response(flavor);
+        }
+    };
+    let model = match probe.model {
+        Some(serde_json::Value::String(model)) if !model.trim().is_empty() => model,
+        Some(_) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_model",
+                "`model` must be a non-empty string.",
+            )
+            .into_response(flavor);
+        }
+        None => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_model",
+                "The request has no `model`.",
+            )
+            .into_response(flavor);
+        }
+    };
+    let streaming = path != "/v1/embeddings" && probe.stream == Some(serde_json::Value::Bool(true));
+    let id = RequestId::new(app.next_request.fetch_add(1, Ordering::Relaxed));
+    let (responder, mut events) = mpsc::unbounded_channel();
+    let sent = app.hub.send(Command::Request {
+        request: NewRequest {
+            id,
+            provider: app.config.provider.clone(),
+            model: ModelName::new(&model),
+            endpoint_path: path.to_owned(),
+            streaming,
+            body,
+            headers: forwarded_headers(&parts.headers),
+        },
+        responder,
+    });
+    if !sent {
+        return shutting_down(flavor);
+    }
+    let mut guard = ClientGuard {
+        hub: app.hub.clone(),
+        request: id,
+        armed: true,
+    };
+    let mut response = match events.recv().await {
+        None => {
+            guard.disarm();
+            shutting_down(flavor)
+        }
+        Some(ResponseEvent::Ended(outcome)) => {
+            guard.disarm();
+            finish(outcome, Vec::new(), &model, flavor)
+        }
+        Some(ResponseEvent::Chunk(first)) if streaming => {
+            event_stream(first, events, guard, model, flavor)
+        }
+        Some(ResponseEvent::Chunk(first)) => {
+            // A non-streaming request answered in pieces: gather them.
+            let mut pieces = vec![first];
+            loop {
+                match events.recv().await {
+                    Some(ResponseEvent::Chunk(piece)) => pieces.push(piece),
+                    Some(ResponseEvent::Ended(outcome)) => {
+                        guard.disarm();
+                        break finish(outcome, pieces, &model, flavor);
+                    }
+                    None => {
+                        guard.disarm();
+                        break shutting_down(flavor);
+                    }
+                }
+            }
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    response
+}
+
+fn forwarded_headers(headers: &HeaderMap) -> Headers {
+    FORWARDED_REQUEST_HEADERS
+        .iter()
+        .filter_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (*name, v))
+        })
+        .collect()
+}
+
+fn shutting_down(flavor: ApiFlavor) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "The relay is shutting down.",
+    )
+    .into_response(flavor)
+}
+
+/// The answer once the request ended before any stream started.
+fn finish(outcome: Outcome, pieces: Vec<Bytes>, model: &str, flavor: ApiFlavor) -> Response {
+    match outcome {
+        Outcome::Completed(completion) => passthrough(completion, pieces),
+        Outcome::Failed { failure, .. } => {
+            ApiError::from_failure(&failure, model).into_response(flavor)
+        }
+        Outcome::Cancelled => StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
+}
+
+/// Headers that describe the hop, not the content.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The backend's status, headers and body, unchanged (4xx and 5xx included).
+fn passthrough(completion: Completion, pieces: Vec<Bytes>) -> Response {
+    let Completion {
+        status_code,
+        headers,
+        body,
+        ..
+    } = completion;
+    let body = if pieces.is_empty() {
+        body
+    } else {
+        let mut all = BytesMut::new();
+        for piece in pieces.iter().chain(std::iter::once(&body)) {
+            all.extend_from_slice(piece);
+        }
+        all.freeze()
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = StatusCode::from_u16(status_code).unwrap_or(StatusCode::BAD_GATEWAY);
+    let out = response.headers_mut();
+    for (name, value) in headers.iter() {
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) || lower == "content-length" {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(lower.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            out.append(name, value);
+        }
+    }
+    if !out.contains_key(header::CONTENT_TYPE) {
+        out.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    response
+}
+
+/// A streaming answer: the chunks as they come, byte for byte; a failure becomes one error event.
+fn event_stream(
+    first: Bytes,
+    events: mpsc::UnboundedReceiver<ResponseEvent>,
+    guard: ClientGuard,
+    model: String,
+    flavor: ApiFlavor,
+) -> Response {
+    struct Streaming {
+        first: Option<Bytes>,
+        events: mpsc::UnboundedReceiver<ResponseEvent>,
+        guard: ClientGuard,
+        model: String,
+        done: bool,
+    }
+    let state = Streaming {
+        first: Some(first),
+        events,
+        guard,
+        model,
+        done: false,
+    };
+    let chunks = stream::unfold(state, move |mut state| async move {
+        if let Some(first) = state.first.take() {
+            return Some((Ok::<_, std::convert::Infallible>(first), state));
+        }
+        if state.done {
+            return None;
+        }
+        match state.events.recv().await {
+            Some(ResponseEvent::Chunk(chunk)) => Some((Ok(chunk), state)),
+            Some(ResponseEvent::Ended(Outcome::Failed { failure, .. })) => {
+                state.guard.disarm();
+                state.done = true;
+                let event = ApiError::from_failure(&failure, &state.model).sse_event(flavor);
+                Some((Ok(event), state))
+            }
+            Some(ResponseEvent::Ended(_)) | None => {
+                state.guard.disarm();
+                None
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(chunks))
+        .expect("static headers are valid")
+}
+
+/// `GET /v1/models`: the models connected workers serve, in the OpenAI list format.
+pub(crate) async fn models(State(app): State<Arc<AppState>>) -> Response {
+    let Some(snapshot) = app.hub.snapshot().await else {
+        return shutting_down(ApiFlavor::OpenAi);
+    };
+    let data: Vec<serde_json::Value> = snapshot
+        .models
+        .iter()
+        .map(|model| json!({"id": model.as_str(), "object": "model", "created": 0, "owned_by": "modelrelay"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /health`: status, version, workers, queue depth, uptime.
+pub(crate) async fn health(State(app): State<Arc<AppState>>) -> Response {
+    let uptime_secs = app.started.elapsed().as_secs();
+    match app.hub.snapshot().await {
+        Some(snapshot) => axum::Json(json!({
+            "status": if snapshot.shutting_down { "draining" } else { "ok" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "workers_connected": snapshot.workers,
+            "queue_depth": snapshot.queue_depth,
+            "requests_in_progress": snapshot.open_requests,
+            "uptime_secs": uptime_secs,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "stopped", "version": env!("CARGO_PKG_VERSION"), "uptime_secs": uptime_secs})),
+        )
+            .into_response(),
+    }
+}
+
+/// Any other route: a 404 in the OpenAI shape.
+pub(crate) async fn not_found(request: Request) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "No route for {} {}.",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .into_response(ApiFlavor::OpenAi)
+}

@@ -1,0 +1,228 @@
+//! The server as a whole: configuration, routes, serving, graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use axum::serve::{Listener, ListenerExt};
+use modelrelay_core::ProviderId;
+use modelrelay_core::relay::RelayConfig;
+use modelrelay_core::wire::FrameLimits;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api;
+use crate::auth::{AuthLimiter, AuthLimits, WorkerSecret};
+use crate::error::ApiFlavor;
+use crate::hub::{Command, Hub};
+use crate::links;
+
+/// Everything the server needs to know.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The secret workers must present.
+    pub worker_secret: WorkerSecret,
+    /// The one provider (worker pool) this server serves.
+    pub provider: ProviderId,
+    /// Queue bound, timeouts, heartbeats and the other relay settings.
+    pub relay: RelayConfig,
+    /// Largest client request body.
+    pub max_body_bytes: usize,
+    /// Whether workers may speak protocol v2.
+    pub enable_v2: bool,
+    /// How long running requests may take once shutdown begins.
+    pub drain_timeout: Duration,
+    /// Frame size limit on worker links.
+    pub frame_limits: FrameLimits,
+    /// When addresses with failed worker logins are shut out.
+    pub auth_limits: AuthLimits,
+}
+
+impl ServerConfig {
+    /// The defaults of the `modelrelay-server` command, with this worker secret.
+    pub fn new(worker_secret: &str) -> Self {
+        Self {
+            worker_secret: WorkerSecret::new(worker_secret),
+            provider: ProviderId::new("local"),
+            relay: RelayConfig::default(),
+            max_body_bytes: 32 * 1024 * 1024,
+            enable_v2: true,
+            drain_timeout: Duration::from_secs(30),
+            frame_limits: FrameLimits::default(),
+            auth_limits: AuthLimits::default(),
+        }
+    }
+}
+
+/// The client's address, for any listener whose addresses are socket addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
+
+/// Any listener of socket addresses, so handlers can see the peer whatever the network.
+struct Peers<L>(L);
+
+impl<L: Listener<Addr = SocketAddr>> Listener for Peers<L> {
+    type Io = L::Io;
+    type Addr = SocketAddr;
+
+    fn accept(&mut self) -> impl Future<Output = (Self::Io, Self::Addr)> + Send {
+        self.0.accept()
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Peers<L>>>
+    for PeerAddr
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Peers<L>>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub(crate) config: ServerConfig,
+    pub(crate) hub: Hub,
+    pub(crate) limiter: AuthLimiter,
+    pub(crate) next_request: AtomicU64,
+    pub(crate) next_worker: AtomicU64,
+    pub(crate) started: Instant,
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    use ApiFlavor::{Anthropic, OpenAi};
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(|s, r| api::inference(s, OpenAi, "/v1/chat/completions", r)),
+        )
+        .route(
+            "/v1/completions",
+            post(|s, r| api::inference(s, OpenAi, "/v1/completions", r)),
+        )
+        .route(
+            "/v1/responses",
+            post(|s, r| api::inference(s, OpenAi, "/v1/responses", r)),
+        )
+        .route(
+            "/v1/embeddings",
+            post(|s, r| api::inference(s, OpenAi, "/v1/embeddings", r)),
+        )
+        .route(
+            "/v1/messages",
+            post(|s, r| api::inference(s, Anthropic, "/v1/messages", r)),
+        )
+        .route("/v1/models", get(api::models))
+        .route("/health", get(api::health))
+        .route("/v1/worker/connect", get(links::connect))
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains: no new work,
+/// workers told to finish, running requests given `drain_timeout`, then return.
+pub async fn serve<L>(
+    config: ServerConfig,
+    listener: L,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: Listener<Addr = SocketAddr>,
+{
+    let drain = config.drain_timeout;
+    let (hub, hub_task) = Hub::spawn(config.relay.clone(), config.provider.clone());
+    let state = Arc::new(AppState {
+        limiter: AuthLimiter::new(config.auth_limits),
+        config,
+        hub: hub.clone(),
+        next_request: AtomicU64::new(1),
+        next_worker: AtomicU64::new(1),
+        started: tokio::time::Instant::now().into_std(),
+    });
+    let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
+    let stopping = CancellationToken::new();
+    let on_shutdown = {
+        let stopping = stopping.clone();
+        let hub = hub.clone();
+        async move {
+            shutdown.await;
+            info!("shutting down: no new connections, draining workers");
+            hub.send(Command::Shutdown { drain });
+            stopping.cancel();
+        }
+    };
+    let http = axum::serve(Peers(listener), app).with_graceful_shutdown(on_shutdown);
+    // Open responses end once their workers finish or the drain deadline fails them.
+    let bound = drain + Duration::from_secs(5);
+    tokio::select! {
+        result = std::future::IntoFuture::into_future(http) => {
+            if let Err(error) = result {
+                warn!(%error, "HTTP server stopped with an error");
+            }
+        }
+        () = async { stopping.cancelled().await; tokio::time::sleep(bound).await } => {
+            warn!("open client connections outlived the drain; closing them");
+        }
+    }
+    match tokio::time::timeout(bound, hub_task).await {
+        Ok(_) => info!("relay stopped"),
+        Err(_) => warn!("workers did not finish draining in time; stopping anyway"),
+    }
+}
+
+/// A server running in the background on a loopback or other TCP address (for tests and the demo).
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Binds `addr` (port 0 picks a free one) and serves in the background.
+    pub async fn start(config: ServerConfig, addr: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let task = tokio::spawn(serve(config, listener, shutdown));
+        Ok(Self { addr, stop, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Starts a graceful shutdown without waiting.
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits for the server to have stopped.
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}

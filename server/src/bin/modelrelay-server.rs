@@ -1,0 +1,174 @@
+//! `modelrelay-server`: the relay's HTTP endpoint for clients and workers.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use clap::{CommandFactory, Parser};
+use modelrelay_core::ProviderId;
+use modelrelay_core::relay::RelayConfig;
+use modelrelay_server::{ServerConfig, demo, serve};
+use modelrelay_worker::logging::{self, LogFormat};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// One stable OpenAI- and Anthropic-compatible endpoint in front of your own
+/// model servers, which connect out to it through `modelrelay-worker`.
+#[derive(Debug, Parser)]
+#[command(name = "modelrelay-server", version, about)]
+struct Args {
+    /// Address to listen on, for clients and workers alike.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    listen: String,
+
+    /// Shared secret workers must present (required unless --demo).
+    #[arg(long, env = "WORKER_SECRET", hide_env_values = true, required_unless_present_any = ["demo", "completions"])]
+    worker_secret: Option<String>,
+
+    /// Provider (worker pool) name workers join.
+    #[arg(long, env = "PROVIDER_NAME", default_value = "local")]
+    provider: String,
+
+    /// Most requests waiting for a worker; 0 means no limit.
+    #[arg(long, env = "MAX_QUEUE_LEN", default_value_t = 100)]
+    max_queue_len: usize,
+
+    /// Seconds a request may wait for a worker.
+    #[arg(long, env = "QUEUE_TIMEOUT_SECS", default_value_t = 30)]
+    queue_timeout: u64,
+
+    /// Seconds a request may take in all.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 300)]
+    request_timeout: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    max_body_bytes: usize,
+
+    /// Seconds running requests may take after SIGTERM before the relay stops.
+    #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    drain_timeout: u64,
+
+    /// Speak only protocol v1 to workers (as older relays do).
+    #[arg(long, env = "DISABLE_PROTOCOL_V2")]
+    disable_v2: bool,
+
+    /// Run with a built-in simulated model and worker: streams with no GPU and no backend.
+    #[arg(long)]
+    demo: bool,
+
+    /// Log level or filter (RUST_LOG wins).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Print shell completions and exit.
+    #[arg(long, hide = true, value_name = "SHELL")]
+    completions: Option<clap_complete::Shell>,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(shell) = args.completions {
+        clap_complete::generate(
+            shell,
+            &mut Args::command(),
+            "modelrelay-server",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
+    logging::init(&args.log_level, args.log_format);
+    let secret = match args.worker_secret {
+        Some(secret) if !secret.is_empty() => secret,
+        Some(_) => anyhow::bail!("--worker-secret must not be empty"),
+        None => format!("demo-{:016x}", logging::process_seed()),
+    };
+    let mut config = ServerConfig::new(&secret);
+    config.provider = ProviderId::new(&args.provider);
+    config.relay = RelayConfig {
+        max_queue_len: args.max_queue_len,
+        queue_timeout: Duration::from_secs(args.queue_timeout),
+        request_timeout: Duration::from_secs(args.request_timeout),
+        ..RelayConfig::default()
+    };
+    config.max_body_bytes = args.max_body_bytes;
+    config.drain_timeout = Duration::from_secs(args.drain_timeout);
+    config.enable_v2 = !args.disable_v2;
+
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    info!(%addr, provider = %config.provider, "relay listening");
+
+    let stop = CancellationToken::new();
+    let demo_worker = if args.demo {
+        let demo = demo::start(addr, &secret, Duration::from_millis(60), stop.clone())
+            .await
+            .context("starting the demo")?;
+        let dial = demo::dial_address(addr);
+        info!(
+            "demo: a simulated model {:?} is connected; try:\n\n  curl -N http://{dial}/v1/chat/completions \\\n    -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n",
+            demo::DEMO_MODEL,
+            demo::DEMO_MODEL,
+        );
+        Some(demo.worker)
+    } else {
+        None
+    };
+
+    let on_signal = {
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+            // A second signal exits at once.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            });
+        }
+    };
+    serve(config, listener, on_signal).await;
+    if let Some(worker) = demo_worker {
+        let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+}

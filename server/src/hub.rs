@@ -1,0 +1,350 @@
+//! The hub: the one task that owns the relay core and carries out what it decides.
+//!
+//! HTTP handlers and worker links send [`Command`]s; the hub feeds them to the
+//! [`Relay`], then routes its outputs: frames to worker links, chunks and ends
+//! to waiting responses, closes to links. Deadlines come from
+//! [`Relay::poll_timeout`].
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use modelrelay_core::relay::{
+    AuthOutcome, CloseReason, Input, NewRequest, Outcome, Output, Relay, RelayConfig,
+};
+use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_core::{ModelName, ProviderId, RequestId, WorkerId};
+use modelrelay_transports::close_code;
+use modelrelay_transports::ws::Outgoing;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+/// Something for the hub to do.
+pub(crate) enum Command {
+    /// A worker link is open.
+    WorkerConnected {
+        worker: WorkerId,
+        wire: WireVersion,
+        auth: AuthOutcome,
+        name_hint: String,
+        outbound: mpsc::UnboundedSender<LinkCommand>,
+    },
+    /// A frame from a worker.
+    WorkerFrame {
+        worker: WorkerId,
+        message: WorkerMessage,
+    },
+    /// A frame from a worker that did not decode.
+    WorkerInvalid { worker: WorkerId, detail: String },
+    /// A worker link closed.
+    WorkerGone { worker: WorkerId },
+    /// A client request.
+    Request {
+        request: NewRequest,
+        responder: mpsc::UnboundedSender<ResponseEvent>,
+    },
+    /// A client went away.
+    ClientGone { request: RequestId },
+    /// Numbers for `/health` and `/v1/models`.
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// Stop taking work and drain every worker.
+    Shutdown { drain: Duration },
+}
+
+/// What a waiting response hears.
+#[derive(Debug)]
+pub(crate) enum ResponseEvent {
+    /// Stream bytes, in order.
+    Chunk(Bytes),
+    /// The end; nothing follows.
+    Ended(Outcome),
+}
+
+/// What a worker link's writer is asked to do.
+pub(crate) type LinkCommand = Outgoing<ServerMessage>;
+
+/// The relay's state, for status endpoints.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Snapshot {
+    /// Registered workers.
+    pub(crate) workers: usize,
+    /// Requests waiting.
+    pub(crate) queue_depth: usize,
+    /// Requests not ended.
+    pub(crate) open_requests: usize,
+    /// Models served now.
+    pub(crate) models: Vec<ModelName>,
+    /// Whether shutdown began.
+    pub(crate) shutting_down: bool,
+}
+
+/// A handle to send commands to the hub.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Hub {
+    /// Starts the hub task.
+    pub(crate) fn spawn(
+        config: RelayConfig,
+        provider: ProviderId,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let task = HubTask {
+            relay: Relay::new(config),
+            provider,
+            links: HashMap::new(),
+            waiting: HashMap::new(),
+        };
+        (Self { commands }, tokio::spawn(task.run(inbox)))
+    }
+
+    /// Sends a command; `false` if the hub has stopped.
+    pub(crate) fn send(&self, command: Command) -> bool {
+        self.commands.send(command).is_ok()
+    }
+
+    /// The relay's current numbers, if the hub still runs.
+    pub(crate) async fn snapshot(&self) -> Option<Snapshot> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Snapshot(reply));
+        answer.await.ok()
+    }
+}
+
+/// A request waiting for its answer.
+struct Waiting {
+    responder: mpsc::UnboundedSender<ResponseEvent>,
+    model: ModelName,
+    arrived: Instant,
+    worker: Option<WorkerId>,
+    chunks: u64,
+}
+
+struct HubTask {
+    relay: Relay,
+    provider: ProviderId,
+    links: HashMap<WorkerId, mpsc::UnboundedSender<LinkCommand>>,
+    waiting: HashMap<RequestId, Waiting>,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Commands handled per wake-up before outputs are flushed.
+const BATCH: usize = 64;
+
+impl HubTask {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let deadline = self
+                .relay
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                command = inbox.recv() => {
+                    let Some(command) = command else { break };
+                    self.apply(command);
+                    // Outputs go out after each command: a later command in the same
+                    // batch (a link closing) must not overtake them.
+                    self.flush();
+                    for _ in 1..BATCH {
+                        match inbox.try_recv() {
+                            Ok(command) => {
+                                self.apply(command);
+                                self.flush();
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    self.relay.handle_timeout(now());
+                    self.flush();
+                }
+            }
+            if self.relay.is_shutting_down() && self.relay.is_idle() {
+                info!("relay drained");
+                break;
+            }
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        if let Err(error) = self.relay.handle(now(), input) {
+            // Ids come from counters in this process; a clash is a bug worth a loud line.
+            error!(%error, "relay refused an input");
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::WorkerConnected {
+                worker,
+                wire,
+                auth,
+                name_hint,
+                outbound,
+            } => {
+                debug!(%worker, ?wire, peer = %name_hint, "worker link open");
+                self.links.insert(worker, outbound);
+                self.feed(Input::WorkerConnected {
+                    worker,
+                    provider: self.provider.clone(),
+                    wire,
+                    auth,
+                });
+            }
+            Command::WorkerFrame { worker, message } => {
+                self.feed(Input::WorkerFrame { worker, message })
+            }
+            Command::WorkerInvalid { worker, detail } => {
+                warn!(%worker, %detail, "worker sent a frame that does not decode");
+                self.feed(Input::WorkerFrameInvalid { worker, detail });
+            }
+            Command::WorkerGone { worker } => {
+                if self.links.remove(&worker).is_some() {
+                    info!(%worker, "worker link closed");
+                }
+                self.feed(Input::WorkerDisconnected { worker });
+            }
+            Command::Request { request, responder } => {
+                self.waiting.insert(
+                    request.id,
+                    Waiting {
+                        responder,
+                        model: request.model.clone(),
+                        arrived: now(),
+                        worker: None,
+                        chunks: 0,
+                    },
+                );
+                self.feed(Input::RequestArrived(request));
+            }
+            Command::ClientGone { request } => self.feed(Input::ClientGone { request }),
+            Command::Snapshot(reply) => {
+                let _ = reply.send(Snapshot {
+                    workers: self.relay.workers().filter(|w| w.registered).count(),
+                    queue_depth: self.relay.queue_len(&self.provider),
+                    open_requests: self.relay.open_requests(),
+                    models: self.relay.models(&self.provider),
+                    shutting_down: self.relay.is_shutting_down(),
+                });
+            }
+            Command::Shutdown { drain } => {
+                info!(
+                    drain_secs = drain.as_secs(),
+                    "draining workers for shutdown"
+                );
+                self.feed(Input::Shutdown {
+                    drain_timeout: drain,
+                });
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(output) = self.relay.poll_output() {
+            match output {
+                Output::SendToWorker { worker, message } => {
+                    match &message {
+                        ServerMessage::Request(frame) => {
+                            if let Some(waiting) = self.waiting.get_mut(&frame.request_id) {
+                                waiting.worker = Some(worker);
+                            }
+                        }
+                        ServerMessage::RegisterAck(ack) => self.log_registration(worker, ack),
+                        _ => {}
+                    }
+                    if let Some(link) = self.links.get(&worker) {
+                        let _ = link.send(Outgoing::Message(message));
+                    }
+                }
+                Output::CloseWorker { worker, reason } => {
+                    log_close(worker, &reason);
+                    if let Some(link) = self.links.remove(&worker) {
+                        let _ = link.send(Outgoing::Close {
+                            code: close_code_for(&reason),
+                            reason: reason.to_string(),
+                        });
+                    }
+                }
+                Output::StreamChunk { request, chunk } => {
+                    if let Some(waiting) = self.waiting.get_mut(&request) {
+                        waiting.chunks += 1;
+                        let _ = waiting.responder.send(ResponseEvent::Chunk(chunk));
+                    }
+                }
+                Output::RequestEnded { request, outcome } => {
+                    if let Some(waiting) = self.waiting.remove(&request) {
+                        log_end(request, &waiting, &outcome);
+                        let _ = waiting.responder.send(ResponseEvent::Ended(outcome));
+                    }
+                }
+            }
+        }
+    }
+
+    fn log_registration(&self, worker: WorkerId, ack: &modelrelay_core::wire::RegisterAck) {
+        let name = self
+            .relay
+            .workers()
+            .find(|w| w.id == worker)
+            .map(|w| w.name.to_owned())
+            .unwrap_or_default();
+        info!(%worker, %name, models = ?ack.models, "worker registered");
+        for warning in &ack.warnings {
+            warn!(%worker, %name, %warning, "worker model list sanitized");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The WebSocket close code for each reason the relay closes a link.
+fn close_code_for(reason: &CloseReason) -> u16 {
+    match reason {
+        CloseReason::Unauthorized | CloseReason::RegisterTimeout => close_code::POLICY_VIOLATION,
+        CloseReason::ProtocolError(_) | CloseReason::TooManyViolations => {
+            close_code::PROTOCOL_ERROR
+        }
+        CloseReason::Drained => close_code::NORMAL,
+        CloseReason::HeartbeatTimeout | CloseReason::DrainTimeout | CloseReason::Shutdown => {
+            close_code::GOING_AWAY
+        }
+    }
+}
+
+fn log_close(worker: WorkerId, reason: &CloseReason) {
+    match reason {
+        CloseReason::Drained => info!(%worker, "worker drained"),
+        reason if reason.is_violation() => warn!(%worker, %reason, "closing worker link"),
+        reason => info!(%worker, %reason, "closing worker link"),
+    }
+}
+
+fn log_end(request: RequestId, waiting: &Waiting, outcome: &Outcome) {
+    let elapsed_ms = waiting.arrived.elapsed().as_secs_f64() * 1000.0;
+    let worker = waiting.worker.map(|w| w.get());
+    match outcome {
+        Outcome::Completed(completion) => info!(
+            %request, model = %waiting.model, ?worker, status = completion.status_code,
+            chunks = waiting.chunks, elapsed_ms, "request completed"
+        ),
+        Outcome::Failed { failure, streamed } => info!(
+            %request, model = %waiting.model, ?worker, %failure, streamed,
+            chunks = waiting.chunks, elapsed_ms, "request failed"
+        ),
+        Outcome::Cancelled => info!(
+            %request, model = %waiting.model, ?worker, chunks = waiting.chunks, elapsed_ms,
+            "request cancelled by the client"
+        ),
+    }
+}

@@ -1,0 +1,167 @@
+//! Worker links: the upgrade at `/v1/worker/connect`, authentication, and one task per link.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use modelrelay_core::WorkerId;
+use modelrelay_core::relay::AuthOutcome;
+use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_transports::close_code;
+use modelrelay_transports::ws::{WebSocketStream, split, upgrade};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::app::{AppState, PeerAddr};
+use crate::hub::{Command, Hub};
+
+/// The query of a worker's connect request.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ConnectQuery {
+    provider: Option<String>,
+    /// The old way to pass the secret, still accepted.
+    worker_secret: Option<String>,
+}
+
+/// `GET /v1/worker/connect`: checks the worker, then upgrades to a WebSocket link.
+pub(crate) async fn connect(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Query(query): Query<ConnectQuery>,
+    mut request: Request,
+) -> Response {
+    let upgrade = match upgrade::inspect(request.method(), request.headers()) {
+        Ok(upgrade) => upgrade,
+        Err(error) => {
+            return (
+                StatusCode::UPGRADE_REQUIRED,
+                axum::Json(json!({"error": {"message": error.to_string(), "type": "invalid_request_error", "code": "websocket_required"}})),
+            )
+                .into_response();
+        }
+    };
+    let now = tokio::time::Instant::now().into_std();
+    if let Err(retry_after) = app.limiter.check(peer.ip(), now) {
+        warn!(%peer, "refusing a worker connection: too many failed attempts from this address");
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({"error": {"message": "Too many failed worker authentications from this address; try again later.", "type": "rate_limit_error", "code": "auth_cooldown"}})),
+        )
+            .into_response();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after.as_secs().max(1)),
+        );
+        return response;
+    }
+    let presented = request
+        .headers()
+        .get("x-worker-secret")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.worker_secret);
+    let auth = match presented {
+        Some(secret) if app.config.worker_secret.matches(&secret) => {
+            app.limiter.success(peer.ip());
+            AuthOutcome::Accepted
+        }
+        presented => {
+            app.limiter.failure(peer.ip(), now);
+            let why = if presented.is_some() { "a wrong" } else { "no" };
+            warn!(%peer, "worker presented {why} secret");
+            AuthOutcome::Rejected
+        }
+    };
+    let provider = query.provider.unwrap_or_else(|| "local".to_owned());
+    let unknown_provider = (provider != app.config.provider.as_str()).then(|| {
+        warn!(%peer, %provider, "worker asked for an unknown provider");
+        format!("unknown provider {provider:?}")
+    });
+    let wire = if upgrade.offers_v2() && app.config.enable_v2 {
+        WireVersion::V2
+    } else {
+        WireVersion::V1
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let worker = WorkerId::new(app.next_worker.fetch_add(1, Ordering::Relaxed));
+    let hub = app.hub.clone();
+    let limits = app.config.frame_limits;
+    tokio::spawn(async move {
+        let socket = match upgrade::accept(on_upgrade, limits).await {
+            Ok(socket) => socket,
+            Err(error) => {
+                debug!(%peer, %error, "worker upgrade failed");
+                return;
+            }
+        };
+        if let Some(reason) = unknown_provider {
+            let (_, writer) = split::<_, WorkerMessage, ServerMessage>(socket, wire, limits);
+            let _ = writer
+                .close_now(close_code::POLICY_VIOLATION, &reason)
+                .await;
+            return;
+        }
+        run_link(socket, worker, wire, auth, peer, hub, limits).await;
+    });
+    upgrade.response(wire).map(|()| Body::empty())
+}
+
+/// Feeds a link's frames to the hub and writes what the hub sends, until either side ends it.
+async fn run_link<S>(
+    socket: WebSocketStream<S>,
+    worker: WorkerId,
+    wire: WireVersion,
+    auth: AuthOutcome,
+    peer: SocketAddr,
+    hub: Hub,
+    limits: FrameLimits,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, writer) = split::<S, WorkerMessage, ServerMessage>(socket, wire, limits);
+    let (outbound, queue) = mpsc::unbounded_channel();
+    let connected = hub.send(Command::WorkerConnected {
+        worker,
+        wire,
+        auth,
+        name_hint: peer.to_string(),
+        outbound,
+    });
+    if !connected {
+        return;
+    }
+    tokio::spawn(async move {
+        if let Err(error) = writer.run(queue).await {
+            debug!(%worker, %error, "writing to the worker failed");
+        }
+    });
+    loop {
+        match reader.next().await {
+            Some(Ok(message)) => {
+                if !hub.send(Command::WorkerFrame { worker, message }) {
+                    break;
+                }
+            }
+            Some(Err(error)) if error.is_protocol_violation() => {
+                hub.send(Command::WorkerInvalid {
+                    worker,
+                    detail: error.to_string(),
+                });
+                break;
+            }
+            Some(Err(error)) => {
+                debug!(%worker, %error, "worker link failed");
+                break;
+            }
+            None => break,
+        }
+    }
+    hub.send(Command::WorkerGone { worker });
+}

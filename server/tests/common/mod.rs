@@ -1,0 +1,344 @@
+//! A world for end-to-end tests: simulated backends, the real server, real workers, an HTTP client.
+//! Everything binds 127.0.0.1 on ports the OS picks.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use modelrelay_core::session::SessionConfig;
+use modelrelay_server::{RunningServer, ServerConfig};
+use modelrelay_worker::backend::HttpBackend;
+use modelrelay_worker::link::{NetDialer, ProtocolChoice, RelayEndpoint};
+use modelrelay_worker::simulated_backend::{SimulatedBackend, SimulatedBackendConfig};
+use modelrelay_worker::{ModelSource, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret";
+
+/// A simulated backend served on loopback.
+pub struct Backend {
+    pub sim: SimulatedBackend,
+    pub url: String,
+    stop: CancellationToken,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn backend(models: &[&str]) -> Backend {
+    backend_with(SimulatedBackendConfig {
+        models: models.iter().map(|m| m.to_string()).collect(),
+        tokens: 12,
+        token_delay: Duration::ZERO,
+    })
+    .await
+}
+
+pub async fn backend_with(config: SimulatedBackendConfig) -> Backend {
+    let sim = SimulatedBackend::new(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let router = sim.router();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    Backend { sim, url, stop }
+}
+
+/// The real server, with the test secret and short timeouts unless changed.
+pub async fn relay(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    let mut config = ServerConfig::new(SECRET);
+    config.relay.queue_timeout = Duration::from_secs(5);
+    config.relay.request_timeout = Duration::from_secs(20);
+    config.drain_timeout = Duration::from_secs(5);
+    tweak(&mut config);
+    RunningServer::start(config, "127.0.0.1:0").await.unwrap()
+}
+
+/// A real worker running in this process.
+pub struct Worker {
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Worker {
+    /// Drops the worker and every connection it holds at once, as a crash would.
+    pub fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Starts its graceful stop (as SIGTERM does).
+    pub fn begin_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits for it to exit.
+    pub async fn exited(mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("worker exits")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub struct WorkerSpec<'a> {
+    pub relay: &'a str,
+    pub backend: &'a str,
+    pub models: ModelSource,
+    pub max_concurrent: u32,
+    pub secret: &'a str,
+    pub protocol: ProtocolChoice,
+    pub name: &'a str,
+    pub models_poll_interval: Option<Duration>,
+}
+
+impl<'a> WorkerSpec<'a> {
+    pub fn new(relay: &'a RunningServer, backend: &'a Backend, models: &[&str]) -> WorkerSpec<'a> {
+        Self::to(relay_url_leak(relay), &backend.url, models)
+    }
+
+    pub fn to(relay: &'a str, backend: &'a str, models: &[&str]) -> WorkerSpec<'a> {
+        WorkerSpec {
+            relay,
+            backend,
+            models: ModelSource::List(models.iter().map(|m| m.to_string()).collect()),
+            max_concurrent: 4,
+            secret: SECRET,
+            protocol: ProtocolChoice::Auto,
+            name: "test-worker",
+            models_poll_interval: None,
+        }
+    }
+
+    pub fn start(self) -> Worker {
+        let endpoint = RelayEndpoint::parse(self.relay, "local").unwrap();
+        let mut options = WorkerOptions::new(endpoint, self.secret.to_owned(), self.models);
+        options.session = SessionConfig {
+            worker_name: self.name.to_owned(),
+            max_concurrent: self.max_concurrent,
+            jitter_seed: 7,
+            shutdown_timeout: Duration::from_secs(10),
+            ..SessionConfig::default()
+        };
+        options.protocol = self.protocol;
+        options.models_poll_interval = self.models_poll_interval;
+        let backend = HttpBackend::new(url::Url::parse(self.backend).unwrap()).unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(modelrelay_worker::run(
+            options,
+            NetDialer::new(None),
+            Arc::new(backend),
+            stop.clone().cancelled_owned(),
+        ));
+        Worker {
+            task: Some(task),
+            stop,
+        }
+    }
+}
+
+fn relay_url_leak(relay: &RunningServer) -> &'static str {
+    Box::leak(relay.url().into_boxed_str())
+}
+
+/// An HTTP/1 client.
+#[derive(Clone)]
+pub struct Http(HyperClient<HttpConnector, Full<Bytes>>);
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A response whose body is read piece by piece.
+pub struct Streaming {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Incoming,
+}
+
+impl Streaming {
+    /// The next piece of the body, or `None` at its end.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(20), self.body.frame())
+                .await
+                .expect("a chunk in time")?
+                .ok()?;
+            if let Ok(data) = frame.into_data() {
+                return Some(data);
+            }
+        }
+    }
+
+    /// The rest of the body.
+    pub async fn rest(mut self) -> Bytes {
+        let mut all = Vec::new();
+        while let Some(chunk) = self.next_chunk().await {
+            all.extend_from_slice(&chunk);
+        }
+        Bytes::from(all)
+    }
+}
+
+impl Http {
+    pub fn new() -> Self {
+        Self(HyperClient::builder(TokioExecutor::new()).build_http())
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        url: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap()
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Streaming {
+        let response = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.0.request(self.request(method, url, body, headers)),
+        )
+        .await
+        .expect("an answer in time")
+        .expect("the request goes through");
+        let (parts, body) = response.into_parts();
+        Streaming {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, url: &str, body: &str) -> Reply {
+        self.post_with(url, body, &[("content-type", "application/json")])
+            .await
+    }
+
+    pub async fn post_with(&self, url: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        let streaming = self.send(Method::POST, url, body, headers).await;
+        let (status, headers) = (streaming.status, streaming.headers.clone());
+        Reply {
+            status,
+            headers,
+            body: streaming.rest().await,
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        let streaming = self.send(Method::GET, url, "", &[]).await;
+        let (status, headers) = (streaming.status, streaming.headers.clone());
+        Reply {
+            status,
+            headers,
+            body: streaming.rest().await,
+        }
+    }
+}
+
+/// Waits until `/health` shows `n` registered workers.
+pub async fn wait_for_workers(http: &Http, relay: &RunningServer, n: u64) {
+    let url = format!("{}/health", relay.url());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let health = http.get(&url).await.json();
+        if health["workers_connected"].as_u64() == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {n} workers, health says {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `/v1/models` lists `model`.
+pub async fn wait_for_model(http: &Http, relay: &RunningServer, model: &str) {
+    let url = format!("{}/v1/models", relay.url());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let models = http.get(&url).await.json();
+        let listed = models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == model);
+        if listed {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "model {model} never listed: {models}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The SSE `data:` payloads of a stream body.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter(|event| !event.is_empty())
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
+        .collect()
+}
