@@ -1,3 +1,4 @@
 //! Shared set-ups for ModelRelay's benchmarks (`cargo bench -p benches`).
 
 pub mod fixtures;
+pub mod world;

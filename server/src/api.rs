@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 use modelrelay_core::relay::{Completion, NewRequest, Outcome};
-use modelrelay_core::wire::{FORWARDED_REQUEST_HEADERS, Headers};
+use modelrelay_core::wire::{FORWARDED_REQUEST_HEADERS, HOP_BY_HOP_HEADERS, Headers};
 use modelrelay_core::{ModelName, RequestId};
 use serde::Deserialize;
 use serde_json::json;
@@ -206,18 +206,6 @@ fn finish(outcome: Outcome, pieces: Vec<Bytes>, model: &str, flavor: ApiFlavor) 
     }
 }
 
-/// Headers that describe the hop, not the content.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// The backend's status, headers and body, unchanged (4xx and 5xx included).
 fn passthrough(completion: Completion, pieces: Vec<Bytes>) -> Response {
     let Completion {
@@ -240,7 +228,7 @@ fn passthrough(completion: Completion, pieces: Vec<Bytes>) -> Response {
     let out = response.headers_mut();
     for (name, value) in headers.iter() {
         let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) || lower == "content-length" {
+        if HOP_BY_HOP_HEADERS.contains(&lower.as_str()) || lower == "content-length" {
             continue;
         }
         if let (Ok(name), Ok(value)) = (

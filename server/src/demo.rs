@@ -54,13 +54,7 @@ pub async fn start(
     });
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let backend_addr = listener.local_addr()?;
-    let router = backend.router();
-    let backend_stop = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(backend_stop.cancelled_owned())
-            .await;
-    });
+    tokio::spawn(backend.serve(listener, stop.clone().cancelled_owned()));
     let relay_url = format!("http://{}", dial_address(relay));
     let endpoint = RelayEndpoint::parse(&relay_url, "local")
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -75,7 +69,7 @@ pub async fn start(
     options.session = SessionConfig {
         worker_name: "demo-worker".into(),
         max_concurrent: 16,
-        jitter_seed: modelrelay_worker::logging::process_seed(),
+        jitter_seed: modelrelay_worker::process::process_seed(),
         ..SessionConfig::default()
     };
     let worker = tokio::spawn(modelrelay_worker::run(

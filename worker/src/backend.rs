@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use modelrelay_core::wire::Headers;
+use modelrelay_core::wire::{HOP_BY_HOP_HEADERS, Headers};
 use url::Url;
 
 /// A request for the backend.
@@ -134,23 +134,13 @@ where
     }
 }
 
-/// Response headers that describe the hop, not the content; they are not passed on.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
-
 fn end_to_end_headers(headers: &HeaderMap) -> Headers {
     headers
         .iter()
-        .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+        .filter(|(name, _)| {
+            // The length is recomputed where the body is sent on.
+            !HOP_BY_HOP_HEADERS.contains(&name.as_str()) && name.as_str() != "content-length"
+        })
         .filter_map(|(name, value)| {
             value
                 .to_str()

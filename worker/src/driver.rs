@@ -110,6 +110,8 @@ enum LinkState {
     Up {
         generation: u64,
         outbound: mpsc::UnboundedSender<Outgoing<WorkerMessage>>,
+        /// The worker asked for the close itself.
+        closing: bool,
     },
 }
 
@@ -232,9 +234,12 @@ impl<D: Dialer> Driver<D> {
                     let _ = outbound.send(Outgoing::Message(message));
                 }
             }
-            SessionOutput::CloseLink => match &self.link {
+            SessionOutput::CloseLink => match &mut self.link {
                 // The reader reports the close when the relay answers it.
-                LinkState::Up { outbound, .. } => {
+                LinkState::Up {
+                    outbound, closing, ..
+                } => {
+                    *closing = true;
                     let _ = outbound.send(Outgoing::Close {
                         code: close_code::NORMAL,
                         reason: "worker closing".into(),
@@ -260,7 +265,7 @@ impl<D: Dialer> Driver<D> {
                 models,
                 warnings,
             } => {
-                info!(%worker_id, ?models, "registered with the relay");
+                info!(%worker_id, ?models, relay = %self.options.endpoint.connect_url, "registered with the relay");
                 for warning in warnings {
                     warn!(%warning, "the relay changed the model list");
                 }
@@ -344,10 +349,11 @@ impl<D: Dialer> Driver<D> {
                     });
                     return;
                 }
-                info!(url = %self.options.endpoint.connect_url, ?wire, "connected to the relay");
+                debug!(url = %self.options.endpoint.connect_url, ?wire, "link open, registering");
                 self.link = LinkState::Up {
                     generation,
                     outbound,
+                    closing: false,
                 };
                 session.handle(now(), SessionInput::LinkUp { wire });
             }
@@ -372,7 +378,10 @@ impl<D: Dialer> Driver<D> {
                 refused,
             } => {
                 if current == Some(generation) {
-                    if refused {
+                    let asked = matches!(self.link, LinkState::Up { closing: true, .. });
+                    if asked {
+                        debug!(%cause, "link to the relay closed");
+                    } else if refused {
                         error!(%cause, "the relay refused this worker: check --worker-secret and --provider");
                     } else {
                         warn!(%cause, "link to the relay closed");

@@ -9,7 +9,7 @@
 pub mod backend;
 pub mod driver;
 pub mod link;
-pub mod logging;
+pub mod process;
 pub mod simulated_backend;
 pub mod tls;
 

@@ -170,6 +170,22 @@ impl SimulatedBackend {
         *self.models.write().expect("models lock") = models;
     }
 
+    /// Serves on `listener` until `stop` resolves, with TCP_NODELAY as model servers set it.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        // Serving on an accepted listener only ends when asked to.
+        let _ = axum::serve(listener, self.router())
+            .with_graceful_shutdown(stop)
+            .await;
+    }
+
     /// Everything seen so far, in order.
     pub fn events(&self) -> Vec<BackendEvent> {
         self.log.events.lock().expect("log lock").clone()
@@ -358,7 +374,9 @@ async fn generate(
     }
     if !ask.stream {
         // Take as long as the stream would have; a client that leaves meanwhile cancels.
-        tokio::time::sleep(delay * tokens as u32).await;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay * tokens as u32).await;
+        }
         let text: String = (0..tokens).map(token).collect();
         progress.finish();
         return axum::Json(complete_body(api, &ask.model, &text, tokens)).into_response();

@@ -40,6 +40,18 @@ pub const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
     "anthropic-beta",
 ];
 
+/// Response headers about the connection rather than the content; never passed on.
+pub const HOP_BY_HOP_HEADERS: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// `error` code of a worker that refuses a request because it is draining.
 pub const REFUSED_DRAINING: &str = "worker_draining";
 /// `error` code of a worker that refuses a request because all its slots are busy.

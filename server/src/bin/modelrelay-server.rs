@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser};
 use modelrelay_core::ProviderId;
 use modelrelay_core::relay::RelayConfig;
 use modelrelay_server::{ServerConfig, demo, serve};
-use modelrelay_worker::logging::{self, LogFormat};
+use modelrelay_worker::process::{self, LogFormat};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -71,23 +71,6 @@ struct Args {
     completions: Option<clap_complete::Shell>,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -100,11 +83,11 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    logging::init(&args.log_level, args.log_format);
+    process::init(&args.log_level, args.log_format);
     let secret = match args.worker_secret {
         Some(secret) if !secret.is_empty() => secret,
         Some(_) => anyhow::bail!("--worker-secret must not be empty"),
-        None => format!("demo-{:016x}", logging::process_seed()),
+        None => format!("demo-{:016x}", process::process_seed()),
     };
     let mut config = ServerConfig::new(&secret);
     config.provider = ProviderId::new(&args.provider);
@@ -146,14 +129,8 @@ async fn main() -> anyhow::Result<()> {
     let on_signal = {
         let stop = stop.clone();
         async move {
-            shutdown_signal().await;
+            process::graceful_stop_signal().await;
             stop.cancel();
-            // A second signal exits at once.
-            tokio::spawn(async {
-                shutdown_signal().await;
-                tracing::warn!("second signal: exiting now");
-                std::process::exit(130);
-            });
         }
     };
     serve(config, listener, on_signal).await;

@@ -50,14 +50,7 @@ pub async fn backend_with(config: SimulatedBackendConfig) -> Backend {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let router = sim.router();
-    let token = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-            .unwrap();
-    });
+    tokio::spawn(sim.clone().serve(listener, stop.clone().cancelled_owned()));
     Backend { sim, url, stop }
 }
 
@@ -223,7 +216,9 @@ impl Streaming {
 
 impl Http {
     pub fn new() -> Self {
-        Self(HyperClient::builder(TokioExecutor::new()).build_http())
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self(HyperClient::builder(TokioExecutor::new()).build(connector))
     }
 
     fn request(

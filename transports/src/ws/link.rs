@@ -222,6 +222,8 @@ where
                 Outgoing::Close { code, reason } => return self.close(code, &reason).await,
             }
         }
+        // Nothing more to send: end the link cleanly (this also answers a close from the peer).
+        self.sink.close().await?;
         Ok(())
     }
 }

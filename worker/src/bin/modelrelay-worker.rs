@@ -9,7 +9,7 @@ use modelrelay_core::backoff::BackoffConfig;
 use modelrelay_core::session::SessionConfig;
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::{NetDialer, ProtocolChoice, RelayEndpoint};
-use modelrelay_worker::logging::{self, LogFormat};
+use modelrelay_worker::process::{self, LogFormat};
 use modelrelay_worker::{ModelSource, WorkerOptions, tls};
 use url::Url;
 
@@ -100,23 +100,6 @@ fn model_source(models: &str) -> ModelSource {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -129,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    logging::init(&args.log_level, args.log_format);
+    process::init(&args.log_level, args.log_format);
     let (Some(proxy_url), Some(secret), Some(backend_url)) =
         (args.proxy_url, args.worker_secret, args.backend_url)
     else {
@@ -150,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         worker_name: args.worker_name.unwrap_or_else(host_name),
         max_concurrent: args.max_concurrency,
         backoff: BackoffConfig::default(),
-        jitter_seed: logging::process_seed(),
+        jitter_seed: process::process_seed(),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         ..SessionConfig::default()
     };
@@ -163,15 +146,7 @@ async fn main() -> anyhow::Result<()> {
         max_concurrency = options.session.max_concurrent,
         "starting worker"
     );
-    // A second signal during the graceful stop exits at once.
-    let stop = async {
-        shutdown_signal().await;
-        tokio::spawn(async {
-            shutdown_signal().await;
-            tracing::warn!("second signal: exiting now");
-            std::process::exit(130);
-        });
-    };
+    let stop = process::graceful_stop_signal();
     modelrelay_worker::run(options, NetDialer::new(tls), Arc::new(backend), stop).await;
     Ok(())
 }
