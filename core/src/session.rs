@@ -38,6 +38,8 @@ pub struct SessionConfig {
     pub shutdown_timeout: Duration,
     /// Extra time past the server's drain timeout before the worker drops the link itself.
     pub drain_grace: Duration,
+    /// How long the link may stay silent (the relay pings every 15 s) before it counts as dead.
+    pub link_silence_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -51,6 +53,7 @@ impl Default for SessionConfig {
             register_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(5),
+            link_silence_timeout: Duration::from_secs(45),
         }
     }
 }
@@ -166,6 +169,8 @@ pub struct WorkerSession {
     running: FxHashSet<RequestId>,
     /// The server asked this worker to drain; drop the link ourselves at this instant.
     server_drain_deadline: Option<Instant>,
+    /// The link counts as dead unless a frame arrives by then.
+    silence_deadline: Option<Instant>,
     /// Local shutdown in progress; abort what still runs at this instant.
     stop_deadline: Option<Instant>,
     stopping: bool,
@@ -186,6 +191,7 @@ impl WorkerSession {
             models_sent: false,
             running: FxHashSet::default(),
             server_drain_deadline: None,
+            silence_deadline: None,
             stop_deadline: None,
             stopping: false,
             exited: false,
@@ -262,6 +268,7 @@ impl WorkerSession {
         [
             link_deadline,
             self.server_drain_deadline,
+            self.silence_deadline,
             self.stop_deadline,
         ]
         .into_iter()
@@ -281,6 +288,11 @@ impl WorkerSession {
         }
         if self.server_drain_deadline.is_some_and(|at| at <= now) {
             self.server_drain_deadline = None;
+            self.close_link();
+        }
+        if self.silence_deadline.is_some_and(|at| at <= now) {
+            // A half-open link (a partition, a dropped NAT entry) never reports itself.
+            self.silence_deadline = None;
             self.close_link();
         }
         match self.link {
@@ -339,6 +351,7 @@ impl WorkerSession {
         self.link = LinkState::Registering {
             deadline: now + self.config.register_timeout,
         };
+        self.silence_deadline = Some(now + self.config.link_silence_timeout);
         self.models_sent = true;
         let models = if self.stopping {
             Vec::new()
@@ -361,6 +374,7 @@ impl WorkerSession {
         // Results can no longer be delivered; the relay requeues or fails these.
         self.abort_all(CancelReason::WorkerDisconnect);
         self.server_drain_deadline = None;
+        self.silence_deadline = None;
         if self.stopping {
             self.link = LinkState::Down { reconnect_at: None };
             self.exit();
@@ -378,6 +392,7 @@ impl WorkerSession {
         if !self.linked() {
             return;
         }
+        self.silence_deadline = Some(now + self.config.link_silence_timeout);
         match message {
             ServerMessage::RegisterAck(ack) => {
                 if !matches!(self.link, LinkState::Registering { .. }) {

@@ -455,3 +455,20 @@ fn the_same_seed_gives_the_same_reconnect_schedule() {
     assert_eq!(schedule(9), schedule(9));
     assert_ne!(schedule(9), schedule(10));
 }
+
+#[test]
+fn a_link_silent_past_the_silence_timeout_is_dropped_and_redialled() {
+    let mut h = Harness::registered(1);
+    let silence = SessionConfig::default().link_silence_timeout;
+    // Pings keep it alive.
+    for _ in 0..3 {
+        assert!(h.advance(silence - SECOND).is_empty());
+        h.frame(ServerMessage::Ping(Ping {
+            timestamp_unix_ms: None,
+        }));
+    }
+    assert!(h.advance(silence - SECOND).is_empty());
+    assert_eq!(h.advance(SECOND), [SessionOutput::CloseLink]);
+    let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
+    assert_eq!(h.advance(delay), [SessionOutput::Connect]);
+}

@@ -12,7 +12,7 @@ use modelrelay_core::WorkerId;
 use modelrelay_core::relay::AuthOutcome;
 use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessage};
 use modelrelay_transports::close_code;
-use modelrelay_transports::ws::{WebSocketStream, split, upgrade};
+use modelrelay_transports::ws::{CLOSE_LINGER, WebSocketStream, split, upgrade};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -137,31 +137,47 @@ async fn run_link<S>(
     if !connected {
         return;
     }
-    tokio::spawn(async move {
-        if let Err(error) = writer.run(queue).await {
-            debug!(%worker, %error, "writing to the worker failed");
-        }
-    });
-    loop {
-        match reader.next().await {
-            Some(Ok(message)) => {
-                if !hub.send(Command::WorkerFrame { worker, message }) {
-                    break;
+    let reading = async {
+        loop {
+            match reader.next().await {
+                Some(Ok(message)) => {
+                    if !hub.send(Command::WorkerFrame { worker, message }) {
+                        return;
+                    }
                 }
+                Some(Err(error)) if error.is_protocol_violation() => {
+                    hub.send(Command::WorkerInvalid {
+                        worker,
+                        detail: error.to_string(),
+                    });
+                    return;
+                }
+                Some(Err(error)) => {
+                    debug!(%worker, %error, "worker link failed");
+                    return;
+                }
+                None => return,
             }
-            Some(Err(error)) if error.is_protocol_violation() => {
-                hub.send(Command::WorkerInvalid {
-                    worker,
-                    detail: error.to_string(),
-                });
-                break;
+        }
+    };
+    let writing = writer.run(queue);
+    tokio::pin!(reading, writing);
+    // One task per link. When the worker's side ends, the hub hears of it and the
+    // writer gets a moment to send what the hub still has to say (a close); when the
+    // hub's side ends (a close sent), the worker gets a moment to answer. A dead
+    // link answers nothing, so both waits are bounded.
+    tokio::select! {
+        biased;
+        () = &mut reading => {
+            hub.send(Command::WorkerGone { worker });
+            let _ = tokio::time::timeout(CLOSE_LINGER, &mut writing).await;
+        }
+        result = &mut writing => {
+            if let Err(error) = result {
+                debug!(%worker, %error, "writing to the worker failed");
             }
-            Some(Err(error)) => {
-                debug!(%worker, %error, "worker link failed");
-                break;
-            }
-            None => break,
+            let _ = tokio::time::timeout(CLOSE_LINGER, &mut reading).await;
+            hub.send(Command::WorkerGone { worker });
         }
     }
-    hub.send(Command::WorkerGone { worker });
 }

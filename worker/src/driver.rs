@@ -19,7 +19,7 @@ use modelrelay_core::wire::{
     WireVersion, WorkerMessage,
 };
 use modelrelay_transports::close_code;
-use modelrelay_transports::ws::Outgoing;
+use modelrelay_transports::ws::{CLOSE_LINGER, Outgoing};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, error, info, warn};
@@ -308,18 +308,28 @@ impl<D: Dialer> Driver<D> {
                         wire,
                         outbound,
                     });
-                    // One task per link: it ends when the reading side ends.
-                    let reading = read_link(reader, generation, events);
+                    // One task per link, reading and writing; it ends when reading ends,
+                    // or soon after writing ends (a dead link never answers a close).
+                    let reading = read_link(reader, generation, events.clone());
                     tokio::pin!(reading);
-                    tokio::select! {
-                        () = &mut reading => {}
+                    let (cause, refused) = tokio::select! {
+                        biased;
+                        ended = &mut reading => ended,
                         result = writer.run(queue) => {
                             if let Err(error) = result {
                                 debug!(%error, "writing to the relay failed");
                             }
-                            reading.await;
+                            match tokio::time::timeout(CLOSE_LINGER, &mut reading).await {
+                                Ok(ended) => ended,
+                                Err(_) => ("the relay did not answer the close: link dead".to_owned(), false),
+                            }
                         }
-                    }
+                    };
+                    let _ = events.send(Event::LinkClosed {
+                        generation,
+                        cause,
+                        refused,
+                    });
                 }
                 Err(error) => {
                     let _ = events.send(Event::LinkFailed { generation, error });
@@ -531,14 +541,16 @@ fn token_counts(headers: &Headers, body: &[u8]) -> Option<TokenCounts> {
     })
 }
 
+/// Forwards a link's frames until it ends; says why it ended and whether the relay refused us.
 async fn read_link<S>(
     mut reader: LinkReader<S>,
     generation: u64,
     events: mpsc::UnboundedSender<Event>,
-) where
+) -> (String, bool)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (cause, refused) = loop {
+    loop {
         match reader.next().await {
             Some(Ok(message)) => {
                 if events
@@ -548,12 +560,12 @@ async fn read_link<S>(
                     })
                     .is_err()
                 {
-                    return;
+                    return ("worker stopped".to_owned(), false);
                 }
             }
-            Some(Err(error)) => break (error.to_string(), false),
+            Some(Err(error)) => return (error.to_string(), false),
             None => {
-                break match reader.close_frame() {
+                return match reader.close_frame() {
                     Some((code, reason)) => (
                         format!("closed by the relay ({code}: {reason})"),
                         code == close_code::POLICY_VIOLATION,
@@ -562,12 +574,7 @@ async fn read_link<S>(
                 };
             }
         }
-    };
-    let _ = events.send(Event::LinkClosed {
-        generation,
-        cause,
-        refused,
-    });
+    }
 }
 
 #[cfg(test)]
