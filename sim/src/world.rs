@@ -1,0 +1,320 @@
+//! A simulated world: one relay, workers, their backends, clients, and the faults a test injects.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use modelrelay_core::backoff::BackoffConfig;
+use modelrelay_core::session::SessionConfig;
+use modelrelay_server::ServerConfig;
+use modelrelay_worker::backend::HttpBackend;
+use modelrelay_worker::link::RelayEndpoint;
+use modelrelay_worker::simulated_backend::{BackendEvent, SimulatedBackend, SimulatedBackendConfig};
+use modelrelay_worker::{ModelSource, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+use turmoil::Sim;
+
+use crate::net::{SimConnector, SimDialer, SimListener, listen};
+use crate::trace::Trace;
+
+/// The relay's host name.
+pub const RELAY: &str = "relay";
+/// The relay's port, for clients and workers.
+pub const RELAY_PORT: u16 = 8080;
+/// The port every backend listens on.
+pub const BACKEND_PORT: u16 = 9000;
+/// The worker secret of the simulation.
+pub const SECRET: &str = "sim-secret";
+
+/// The relay settings of the simulation: the defaults with shorter clocks, so
+/// faults resolve within seconds of simulated time.
+pub fn relay_config() -> ServerConfig {
+    let mut config = ServerConfig::new(SECRET);
+    config.relay.heartbeat_interval = Duration::from_secs(2);
+    config.relay.heartbeat_timeout = Duration::from_secs(2);
+    config.relay.queue_timeout = Duration::from_secs(10);
+    config.relay.request_timeout = Duration::from_secs(30);
+    config.relay.max_queue_len = 16;
+    config.drain_timeout = Duration::from_secs(10);
+    config
+}
+
+/// The worker settings of the simulation, matching [`relay_config`]'s clocks.
+pub fn session_config(name: &str, max_concurrent: u32, jitter_seed: u64) -> SessionConfig {
+    SessionConfig {
+        worker_name: name.to_owned(),
+        max_concurrent,
+        backoff: BackoffConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+        },
+        jitter_seed,
+        register_timeout: Duration::from_secs(5),
+        shutdown_timeout: Duration::from_secs(20),
+        drain_grace: Duration::from_secs(2),
+        // Three missed pings.
+        link_silence_timeout: Duration::from_secs(6),
+        ..SessionConfig::default()
+    }
+}
+
+/// Stops a worker gracefully, as SIGTERM would.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStop(Arc<Mutex<CancellationToken>>);
+
+impl WorkerStop {
+    /// Begins the current run's graceful stop.
+    pub fn stop(&self) {
+        self.0.lock().expect("stop lock").cancel();
+    }
+
+    fn fresh(&self) -> CancellationToken {
+        let token = CancellationToken::new();
+        *self.0.lock().expect("stop lock") = token.clone();
+        token
+    }
+}
+
+/// How a world is built.
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    /// Seed of the network's randomness (latency, loss) and of the workers' jitter.
+    pub seed: u64,
+    /// Simulated time after which the run fails.
+    pub duration: Duration,
+    /// Smallest message latency.
+    pub min_latency: Duration,
+    /// Largest message latency.
+    pub max_latency: Duration,
+}
+
+impl WorldConfig {
+    /// A world with a fixed latency of 1 ms, which keeps scenarios readable.
+    pub fn readable(seed: u64) -> Self {
+        Self {
+            seed,
+            duration: Duration::from_secs(300),
+            min_latency: Duration::from_millis(1),
+            max_latency: Duration::from_millis(1),
+        }
+    }
+}
+
+/// The world: the turmoil simulation plus handles on what runs in it.
+pub struct World {
+    /// The simulation; tests step it and inject faults through it.
+    pub sim: Sim<'static>,
+    /// Everything observed, with simulated times.
+    pub trace: Trace,
+    seed: u64,
+    backends: BTreeMap<String, SimulatedBackend>,
+}
+
+impl World {
+    /// An empty world.
+    pub fn new(config: WorldConfig) -> Self {
+        let sim = turmoil::Builder::new()
+            .simulation_duration(config.duration)
+            .rng_seed(config.seed)
+            .min_message_latency(config.min_latency)
+            .max_message_latency(config.max_latency)
+            .tcp_capacity(256)
+            .build();
+        Self {
+            sim,
+            trace: Trace::default(),
+            seed: config.seed,
+            backends: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the relay host, running the real server with `config`.
+    pub fn relay(&mut self, config: ServerConfig) {
+        let trace = self.trace.clone();
+        self.sim.host(RELAY, move || {
+            let config = config.clone();
+            let trace = trace.clone();
+            async move {
+                trace.record("relay starts");
+                let listener = listen(RELAY_PORT).await?;
+                let listener = Observed {
+                    inner: listener,
+                    trace,
+                };
+                modelrelay_server::serve(config, listener, std::future::pending()).await;
+                Ok(())
+            }
+        });
+    }
+
+    /// Adds a backend host; returns its handle (log, model list).
+    pub fn backend(&mut self, name: &str, config: SimulatedBackendConfig) -> SimulatedBackend {
+        let backend = SimulatedBackend::new(config);
+        let handle = backend.clone();
+        self.sim.host(name, move || {
+            let backend = backend.clone();
+            async move {
+                backend
+                    .serve_on(listen(BACKEND_PORT).await?, std::future::pending())
+                    .await;
+                Ok(())
+            }
+        });
+        self.backends.insert(name.to_owned(), handle.clone());
+        handle
+    }
+
+    /// Adds a worker host for `backend`, serving model `m` with `max_concurrent` slots,
+    /// that starts after `start_after` of simulated time (on its first start only).
+    pub fn worker(&mut self, name: &str, backend: &str, max_concurrent: u32, start_after: Duration) -> WorkerStop {
+        let stop = WorkerStop::default();
+        let handle = stop.clone();
+        let name = name.to_owned();
+        let backend_url = format!("http://{backend}:{BACKEND_PORT}");
+        let starts = Arc::new(AtomicU64::new(0));
+        let base_seed = self.seed ^ stable_hash(&name);
+        let trace = self.trace.clone();
+        let host = name.clone();
+        self.sim.host(host.as_str(), move || {
+            let start = starts.fetch_add(1, Ordering::Relaxed);
+            let token = stop.fresh();
+            let (name, backend_url, trace) = (name.clone(), backend_url.clone(), trace.clone());
+            async move {
+                if start == 0 {
+                    tokio::time::sleep(start_after).await;
+                }
+                trace.record(format_args!("{name} starts (run {start})"));
+                let endpoint = RelayEndpoint::parse(&format!("http://{RELAY}:{RELAY_PORT}"), "local")?;
+                let models = ModelSource::List(vec!["m".into()]);
+                let mut options = WorkerOptions::new(endpoint, SECRET.into(), models);
+                options.session = session_config(&name, max_concurrent, base_seed.wrapping_add(start));
+                options.connect_timeout = Duration::from_secs(3);
+                let backend = HttpBackend::with_connector(url::Url::parse(&backend_url)?, SimConnector);
+                modelrelay_worker::run(options, SimDialer, Arc::new(backend), token.cancelled_owned()).await;
+                trace.record(format_args!("{name} exits"));
+                Ok(())
+            }
+        });
+        handle
+    }
+
+    /// Adds a client host running `client` to its end.
+    pub fn client(&mut self, name: &str, client: impl Future<Output = turmoil::Result> + 'static) {
+        self.sim.client(name, client);
+    }
+
+    /// Records a test action in the trace, at the simulation's time.
+    pub fn note(&self, event: impl std::fmt::Display) {
+        self.trace.record_at(self.sim.elapsed(), event);
+    }
+
+    /// Crashes host `name` (its connections reset), noting it in the trace.
+    pub fn crash(&mut self, name: &str) {
+        self.note(format_args!("test crashes {name}"));
+        self.sim.crash(name);
+    }
+
+    /// Restarts host `name`, noting it in the trace.
+    pub fn bounce(&mut self, name: &str) {
+        self.note(format_args!("test restarts {name}"));
+        self.sim.bounce(name);
+    }
+
+    /// The handle of backend `name`.
+    pub fn backend_handle(&self, name: &str) -> &SimulatedBackend {
+        &self.backends[name]
+    }
+
+    /// Steps until `done` holds, failing with `what` if `within` of simulated time passes first.
+    pub fn step_until(&mut self, what: &str, within: Duration, mut done: impl FnMut(&mut Self) -> bool) {
+        let deadline = self.sim.elapsed() + within;
+        while !done(self) {
+            assert!(
+                self.sim.elapsed() < deadline,
+                "{what}: not within {within:?} (at {:?} of simulated time)",
+                self.sim.elapsed()
+            );
+            self.sim.step().expect("the simulation runs");
+        }
+    }
+
+    /// Steps for `span` of simulated time.
+    pub fn step_for(&mut self, span: Duration) {
+        let until = self.sim.elapsed() + span;
+        while self.sim.elapsed() < until {
+            self.sim.step().expect("the simulation runs");
+        }
+    }
+
+    /// Runs until every client finished.
+    pub fn run(&mut self) {
+        self.sim.run().expect("the simulation runs to its end");
+    }
+
+    /// The backend now running the request tagged `tag` (received, not yet ended), if any.
+    pub fn backend_serving(&self, tag: &str) -> Option<String> {
+        self.backends
+            .iter()
+            .filter_map(|(name, backend)| {
+                let events = backend.events();
+                let received = events
+                    .iter()
+                    .rposition(|e| matches!(e, BackendEvent::Received { tag: Some(t), .. } if t == tag))?;
+                let ended = events[received..].iter().any(|e| match e {
+                    BackendEvent::Finished { tag: Some(t) } | BackendEvent::Cancelled { tag: Some(t), .. } => t == tag,
+                    _ => false,
+                });
+                (!ended).then(|| name.clone())
+            })
+            .next()
+    }
+
+    /// Every backend request attempt, by tag: how many were received and how many ended.
+    pub fn attempts(&self) -> BTreeMap<String, (usize, usize)> {
+        let mut attempts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for backend in self.backends.values() {
+            for event in backend.events() {
+                match event {
+                    BackendEvent::Received { tag: Some(tag), .. } => attempts.entry(tag).or_default().0 += 1,
+                    BackendEvent::Finished { tag: Some(tag) } | BackendEvent::Cancelled { tag: Some(tag), .. } => {
+                        attempts.entry(tag).or_default().1 += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        attempts
+    }
+}
+
+/// A stable hash of a name (the same in every run and build).
+fn stable_hash(text: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The relay's listener, recording each connection it accepts.
+struct Observed {
+    inner: SimListener,
+    trace: Trace,
+}
+
+impl axum::serve::Listener for Observed {
+    type Io = turmoil::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = self.inner.accept().await;
+        let peer = turmoil::reverse_lookup(addr.ip()).unwrap_or_else(|| addr.ip().to_string());
+        self.trace.record(format_args!("relay accepts {peer}"));
+        (io, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
