@@ -105,7 +105,7 @@ impl LoadedRelay {
                 worker: w,
                 message: ServerMessage::Request(frame),
             } = output
-                && frame.request_id == request
+                && frame.request_id.as_request_id() == Some(request)
             {
                 worker = Some(w);
             }
@@ -118,7 +118,7 @@ impl LoadedRelay {
         self.feed(Input::WorkerFrame {
             worker,
             message: WorkerMessage::ResponseChunk(ResponseChunk {
-                request_id: request,
+                request_id: request.into(),
                 chunk,
             }),
         });
@@ -129,7 +129,7 @@ impl LoadedRelay {
         self.feed(Input::WorkerFrame {
             worker,
             message: WorkerMessage::ResponseComplete(ResponseComplete {
-                request_id: request,
+                request_id: request.into(),
                 status_code: 200,
                 headers: Headers::new(),
                 body: Bytes::new(),

@@ -17,7 +17,7 @@ use modelrelay_core::wire::{
     CancelReason, Headers, ModelsUpdate, Pong, REFUSED_DRAINING, Register, ResponseChunk,
     ResponseComplete, WireVersion, WorkerError, WorkerMessage,
 };
-use modelrelay_core::{ModelName, ProviderId, RequestId, WorkerId};
+use modelrelay_core::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -279,6 +279,10 @@ fn request_id(id: u64) -> RequestId {
     RequestId::new(id)
 }
 
+fn wire_id(id: u64) -> WireRequestId {
+    RequestId::new(id).into()
+}
+
 fn worker_id(id: u64) -> WorkerId {
     WorkerId::new(id)
 }
@@ -294,7 +298,7 @@ fn chunk_frame(worker: u64, request: u64) -> Stimulus {
     frame(
         worker,
         WorkerMessage::ResponseChunk(ResponseChunk {
-            request_id: request_id(request),
+            request_id: wire_id(request),
             chunk: Bytes::from(format!("data: {request}\n\n")),
         }),
     )
@@ -417,7 +421,7 @@ impl RelayModel {
                     self.stimulus(frame(
                         w,
                         WorkerMessage::ResponseComplete(ResponseComplete {
-                            request_id: request_id(r),
+                            request_id: wire_id(r),
                             status_code: 200,
                             headers: Headers::new(),
                             body: Bytes::new(),
@@ -837,7 +841,7 @@ impl RelayModel {
         self.stimulus(frame(
             w,
             WorkerMessage::Error(WorkerError {
-                request_id: Some(request_id(r)),
+                request_id: Some(wire_id(r)),
                 code: code.into(),
                 message: "m".into(),
             }),

@@ -18,7 +18,7 @@ use contract_tests::model::{
 };
 use modelrelay_core::relay::{Input, Output, Relay, RequestStatus};
 use modelrelay_core::wire::{CancelReason, Pong, ServerMessage, WorkerMessage};
-use modelrelay_core::{RequestId, WorkerId};
+use modelrelay_core::{RequestId, WireRequestId, WorkerId};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
@@ -143,11 +143,11 @@ impl Driven {
                 Output::SendToWorker {
                     message: ServerMessage::Request(frame),
                     ..
-                } => Some(frame.request_id),
+                } => Some(ours(&frame.request_id)),
                 Output::SendToWorker {
                     message: ServerMessage::Cancel(cancel),
                     ..
-                } => Some(cancel.request_id),
+                } => Some(ours(&cancel.request_id)),
                 _ => None,
             };
             if let Some(request) = about {
@@ -162,6 +162,12 @@ impl Driven {
         }
         self.outputs.extend_from_slice(outputs);
     }
+}
+
+/// The relay only ever sends its own (numeric) ids.
+fn ours(id: &WireRequestId) -> RequestId {
+    id.as_request_id()
+        .expect("the relay sends only its own ids")
 }
 
 fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
@@ -287,11 +293,15 @@ fn compare_effects(outputs: &[Output], model: &RelayModel) {
             Output::SendToWorker {
                 worker,
                 message: ServerMessage::Request(frame),
-            } => dispatched.push((worker.get(), frame.request_id.get())),
+            } => dispatched.push((worker.get(), ours(&frame.request_id).get())),
             Output::SendToWorker {
                 worker,
                 message: ServerMessage::Cancel(cancel),
-            } => cancels.push((worker.get(), cancel.request_id.get(), cancel.reason.clone())),
+            } => cancels.push((
+                worker.get(),
+                ours(&cancel.request_id).get(),
+                cancel.reason.clone(),
+            )),
             Output::CloseWorker { worker, reason } => {
                 closes.push((worker.get(), CloseKind::from(reason)));
             }
@@ -373,9 +383,21 @@ fn compare_state(sut: &Driven, model: &RelayModel) {
 }
 
 /// Queue order: a request that was waiting is never served while an earlier
-/// waiting request the same worker could serve stays in the queue.
+/// waiting request the same worker could serve stays in the queue. (An earlier
+/// request that was itself dispatched during the step and then requeued, when its
+/// worker was lost later in the same step, waited at no moment out of turn.)
 fn check_queue_order(sut: &Driven, model: &RelayModel, outputs: &[Output]) {
     let before = &model.step.queue_before;
+    let dispatched_in_step: BTreeSet<u64> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendToWorker {
+                message: ServerMessage::Request(frame),
+                ..
+            } => Some(ours(&frame.request_id).get()),
+            _ => None,
+        })
+        .collect();
     for output in outputs {
         let Output::SendToWorker {
             worker,
@@ -384,13 +406,17 @@ fn check_queue_order(sut: &Driven, model: &RelayModel, outputs: &[Output]) {
         else {
             continue;
         };
-        let Some(position) = before.iter().position(|r| *r == frame.request_id.get()) else {
+        let id = ours(&frame.request_id).get();
+        let Some(position) = before.iter().position(|r| *r == id) else {
             continue;
         };
         let Some(info) = sut.relay.workers().find(|w| w.id == *worker) else {
             continue;
         };
         for earlier in &before[..position] {
+            if dispatched_in_step.contains(earlier) {
+                continue;
+            }
             let id = RequestId::new(*earlier);
             if sut.relay.request_status(id) != Some(RequestStatus::Queued) {
                 continue;
@@ -417,7 +443,10 @@ fn config() -> Config {
     Config {
         cases,
         max_shrink_iters: 20_000,
-        failure_persistence: None,
+        // A failing case is saved beside this file and replayed first next time.
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
         ..Config::default()
     }
 }

@@ -80,6 +80,98 @@ numeric_id! {
     RequestId
 }
 
+/// A request's id as it travels on a link: a number from this relay, any text from another.
+///
+/// Existing relays may use ids such as `"req-42"`; a worker echoes whatever it is
+/// given. Text that is a canonical decimal number reads as a number, so ids
+/// round-trip exactly.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WireRequestId {
+    /// An id this relay issued.
+    Number(u64),
+    /// Any other id.
+    Text(Arc<str>),
+}
+
+impl WireRequestId {
+    /// This relay's id, if the wire id is one of its numbers.
+    pub fn as_request_id(&self) -> Option<RequestId> {
+        match self {
+            Self::Number(n) => Some(RequestId::new(*n)),
+            Self::Text(_) => None,
+        }
+    }
+
+    fn from_text(text: &str) -> Self {
+        match text.parse::<u64>() {
+            Ok(n) if n.to_string() == text => Self::Number(n),
+            _ => Self::Text(Arc::from(text)),
+        }
+    }
+}
+
+impl From<RequestId> for WireRequestId {
+    fn from(id: RequestId) -> Self {
+        Self::Number(id.get())
+    }
+}
+
+impl From<&str> for WireRequestId {
+    fn from(text: &str) -> Self {
+        Self::from_text(text)
+    }
+}
+
+impl fmt::Debug for WireRequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for WireRequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+/// How a [`WireRequestId`] travels in binary (v2) frames.
+#[derive(Serialize, Deserialize)]
+enum BinaryRequestId<'a> {
+    Number(u64),
+    Text(#[serde(borrow)] std::borrow::Cow<'a, str>),
+}
+
+impl Serialize for WireRequestId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            match self {
+                Self::Number(n) => BinaryRequestId::Number(*n),
+                Self::Text(text) => BinaryRequestId::Text(std::borrow::Cow::Borrowed(text)),
+            }
+            .serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WireRequestId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            Ok(Self::from_text(&text))
+        } else {
+            Ok(match BinaryRequestId::deserialize(deserializer)? {
+                BinaryRequestId::Number(n) => Self::Number(n),
+                BinaryRequestId::Text(text) => Self::Text(Arc::from(&*text)),
+            })
+        }
+    }
+}
+
 macro_rules! name_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -164,6 +256,23 @@ mod tests {
         let back: RequestId = serde_json::from_str("\"300\"").unwrap();
         assert_eq!(back, id);
         assert!(serde_json::from_str::<RequestId>("\"abc\"").is_err());
+    }
+
+    #[test]
+    fn wire_request_ids_are_numbers_when_ours_and_text_otherwise() {
+        let ours: WireRequestId = serde_json::from_str("\"42\"").unwrap();
+        assert_eq!(ours, WireRequestId::Number(42));
+        assert_eq!(ours.as_request_id(), Some(RequestId::new(42)));
+        for text in ["req-42", "007", "", "18446744073709551616"] {
+            let id: WireRequestId = serde_json::from_str(&format!("{text:?}")).unwrap();
+            assert_eq!(id, WireRequestId::Text(Arc::from(text)), "{text}");
+            assert_eq!(id.as_request_id(), None);
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("{text:?}"));
+            let binary = postcard::to_allocvec(&id).unwrap();
+            assert_eq!(postcard::from_bytes::<WireRequestId>(&binary).unwrap(), id);
+        }
+        let binary = postcard::to_allocvec(&WireRequestId::Number(300)).unwrap();
+        assert_eq!(binary, vec![0, 0xac, 0x02]);
     }
 
     #[test]

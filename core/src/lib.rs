@@ -12,4 +12,4 @@ pub mod relay;
 pub mod session;
 pub mod wire;
 
-pub use ids::{ModelName, ProviderId, RequestId, WorkerId};
+pub use ids::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use rustc_hash::FxHashSet;
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::ids::{ModelName, RequestId, WorkerId};
+use crate::ids::{ModelName, WireRequestId};
 use crate::wire::{
     CancelReason, Headers, ModelsUpdate, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register,
     RequestFrame, ResponseChunk, ResponseComplete, ServerMessage, TokenCounts, WireVersion,
@@ -73,14 +73,14 @@ pub enum SessionInput {
     /// Response bytes from the backend for a request.
     BackendChunk {
         /// The request.
-        request: RequestId,
+        request: WireRequestId,
         /// The bytes, unchanged.
         chunk: Bytes,
     },
     /// The backend finished a request.
     BackendComplete {
         /// The request.
-        request: RequestId,
+        request: WireRequestId,
         /// HTTP status.
         status_code: u16,
         /// Response headers to pass on.
@@ -93,7 +93,7 @@ pub enum SessionInput {
     /// The backend call failed (unreachable, broken stream).
     BackendFailed {
         /// The request.
-        request: RequestId,
+        request: WireRequestId,
         /// Machine-readable code.
         code: String,
         /// Explanation.
@@ -119,7 +119,7 @@ pub enum SessionOutput {
     /// Stop the backend call of a request; its results are no longer wanted.
     AbortRequest {
         /// The request.
-        request: RequestId,
+        request: WireRequestId,
         /// Why.
         reason: CancelReason,
     },
@@ -127,8 +127,8 @@ pub enum SessionOutput {
     RefreshModels,
     /// The server accepted the registration.
     Registered {
-        /// The id the server gave the link.
-        worker_id: WorkerId,
+        /// The id the server gave the link (opaque text).
+        worker_id: String,
         /// The models it routes here.
         models: Vec<ModelName>,
         /// What it changed in the list.
@@ -166,7 +166,7 @@ pub struct WorkerSession {
     models: Vec<String>,
     /// The server has the current `models` (else a `models_update` is owed once registered).
     models_sent: bool,
-    running: FxHashSet<RequestId>,
+    running: FxHashSet<WireRequestId>,
     /// The server asked this worker to drain; drop the link ourselves at this instant.
     server_drain_deadline: Option<Instant>,
     /// The link counts as dead unless a frame arrives by then.
@@ -335,6 +335,8 @@ impl WorkerSession {
             self.link,
             LinkState::Connecting | LinkState::Registering { .. } | LinkState::Ready
         ) {
+            // Nothing sent from now on would arrive: stop the backend calls at once.
+            self.abort_all(CancelReason::WorkerDisconnect);
             self.link = LinkState::Closing;
             self.outputs.push_back(SessionOutput::CloseLink);
         }
@@ -432,7 +434,7 @@ impl WorkerSession {
     }
 
     fn on_request(&mut self, frame: Arc<RequestFrame>) {
-        let request_id = frame.request_id;
+        let request_id = frame.request_id.clone();
         if self.running.contains(&request_id) {
             return; // a repeat; the first copy is already running
         }
@@ -506,7 +508,7 @@ impl WorkerSession {
     }
 
     fn abort_all(&mut self, reason: CancelReason) {
-        let mut running: Vec<RequestId> = self.running.drain().collect();
+        let mut running: Vec<WireRequestId> = self.running.drain().collect();
         running.sort();
         for request in running {
             self.outputs.push_back(SessionOutput::AbortRequest {

@@ -111,7 +111,7 @@ impl Harness {
         self.frame(
             worker,
             WorkerMessage::ResponseChunk(ResponseChunk {
-                request_id: r(request),
+                request_id: r(request).into(),
                 chunk: Bytes::from_static(text.as_bytes()),
             }),
         );
@@ -121,7 +121,7 @@ impl Harness {
         self.frame(
             worker,
             WorkerMessage::ResponseComplete(ResponseComplete {
-                request_id: r(request),
+                request_id: r(request).into(),
                 status_code: 200,
                 headers: Headers::new(),
                 body: Bytes::new(),
@@ -144,7 +144,7 @@ impl Harness {
         self.frame(
             worker,
             WorkerMessage::Error(WorkerError {
-                request_id: Some(r(request)),
+                request_id: Some(r(request).into()),
                 code: code.into(),
                 message: message.into(),
             }),
@@ -190,7 +190,10 @@ fn dispatched(outputs: &[Output]) -> Vec<(u64, u64)> {
             Output::SendToWorker {
                 worker,
                 message: ServerMessage::Request(frame),
-            } => Some((worker.get(), frame.request_id.get())),
+            } => Some((
+                worker.get(),
+                frame.request_id.as_request_id().unwrap().get(),
+            )),
             _ => None,
         })
         .collect()
@@ -213,7 +216,11 @@ fn cancels(outputs: &[Output]) -> Vec<(u64, u64, CancelReason)> {
             Output::SendToWorker {
                 worker,
                 message: ServerMessage::Cancel(cancel),
-            } => Some((worker.get(), cancel.request_id.get(), cancel.reason.clone())),
+            } => Some((
+                worker.get(),
+                cancel.request_id.as_request_id().unwrap().get(),
+                cancel.reason.clone(),
+            )),
             _ => None,
         })
         .collect()
@@ -263,7 +270,7 @@ fn registration_acks_with_the_sanitized_models_and_warnings() {
         panic!("{outputs:?}");
     };
     assert_eq!(*worker, w(1));
-    assert_eq!(ack.worker_id, w(1));
+    assert_eq!(ack.worker_id, "1");
     assert_eq!(ack.models, [ModelName::new("a"), ModelName::new("b")]);
     assert_eq!(ack.warnings.len(), 2, "{:?}", ack.warnings);
     assert_eq!(ack.protocol_version.as_deref(), Some("2026-04-bridge-v1"));
@@ -1054,10 +1061,7 @@ fn a_stream_past_the_size_limit_fails_and_is_cancelled() {
     h.chunk(1, 1, "12345");
     h.chunk(1, 1, "678901");
     let outputs = h.outputs();
-    assert_eq!(
-        cancels(&outputs),
-        [(1, 1, CancelReason::Other("stream_too_large".into()))]
-    );
+    assert_eq!(cancels(&outputs), [(1, 1, CancelReason::ClientDisconnect)]);
     assert_eq!(
         ended(&outputs),
         [(
@@ -1080,7 +1084,7 @@ fn chunks_reach_the_client_in_order_without_copies() {
     h.frame(
         1,
         WorkerMessage::ResponseChunk(ResponseChunk {
-            request_id: r(1),
+            request_id: r(1).into(),
             chunk: payload.clone(),
         }),
     );
@@ -1182,4 +1186,21 @@ fn a_resting_worker_takes_queued_work_when_it_speaks_again() {
     h.outputs();
     h.pong(1, 0);
     assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+}
+
+#[test]
+fn a_frame_naming_an_id_this_relay_never_issues_is_a_violation() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.outputs();
+    h.frame(
+        1,
+        WorkerMessage::ResponseChunk(ResponseChunk {
+            request_id: "req-1".into(),
+            chunk: Bytes::from_static(b"data: x\n\n"),
+        }),
+    );
+    assert!(h.outputs().is_empty());
+    assert_eq!(h.relay.stats().protocol_violations, 1);
 }

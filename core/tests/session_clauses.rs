@@ -11,7 +11,7 @@ use modelrelay_core::wire::{
     REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, RequestFrame, ResponseChunk,
     ServerMessage, WireVersion, WorkerError, WorkerMessage,
 };
-use modelrelay_core::{ModelName, RequestId, WorkerId};
+use modelrelay_core::{ModelName, RequestId, WireRequestId};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -20,8 +20,8 @@ struct Harness {
     now: Instant,
 }
 
-fn r(id: u64) -> RequestId {
-    RequestId::new(id)
+fn r(id: u64) -> WireRequestId {
+    RequestId::new(id).into()
 }
 
 impl Harness {
@@ -77,7 +77,7 @@ impl Harness {
 
     fn ack(&mut self) -> Vec<SessionOutput> {
         self.frame(ServerMessage::RegisterAck(RegisterAck {
-            worker_id: WorkerId::new(7),
+            worker_id: "7".into(),
             models: vec![ModelName::new("m")],
             warnings: vec![],
             protocol_version: None,
@@ -110,7 +110,9 @@ fn started(outputs: &[SessionOutput]) -> Vec<u64> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            SessionOutput::StartRequest(frame) => Some(frame.request_id.get()),
+            SessionOutput::StartRequest(frame) => {
+                frame.request_id.as_request_id().map(|id| id.get())
+            }
             _ => None,
         })
         .collect()
@@ -121,7 +123,7 @@ fn aborted(outputs: &[SessionOutput]) -> Vec<(u64, CancelReason)> {
         .iter()
         .filter_map(|o| match o {
             SessionOutput::AbortRequest { request, reason } => {
-                Some((request.get(), reason.clone()))
+                Some((request.as_request_id()?.get(), reason.clone()))
             }
             _ => None,
         })
@@ -136,7 +138,7 @@ fn refusals(outputs: &[SessionOutput]) -> Vec<(u64, String)> {
                 request_id: Some(id),
                 code,
                 ..
-            })) => Some((id.get(), code.clone())),
+            })) => Some((id.as_request_id()?.get(), code.clone())),
             _ => None,
         })
         .collect()
@@ -168,7 +170,7 @@ fn the_session_dials_at_once_and_registers_when_the_link_is_up() {
     );
     let outputs = h.ack();
     assert!(
-        matches!(&outputs[..], [SessionOutput::Registered { worker_id, .. }] if worker_id.get() == 7)
+        matches!(&outputs[..], [SessionOutput::Registered { worker_id, .. }] if worker_id == "7")
     );
     assert!(h.session.is_serving());
 }
@@ -459,6 +461,7 @@ fn the_same_seed_gives_the_same_reconnect_schedule() {
 #[test]
 fn a_link_silent_past_the_silence_timeout_is_dropped_and_redialled() {
     let mut h = Harness::registered(1);
+    h.request(1);
     let silence = SessionConfig::default().link_silence_timeout;
     // Pings keep it alive.
     for _ in 0..3 {
@@ -468,7 +471,54 @@ fn a_link_silent_past_the_silence_timeout_is_dropped_and_redialled() {
         }));
     }
     assert!(h.advance(silence - SECOND).is_empty());
-    assert_eq!(h.advance(SECOND), [SessionOutput::CloseLink]);
+    // What runs is aborted when the link is given up, not when the close completes.
+    assert_eq!(
+        h.advance(SECOND),
+        [
+            SessionOutput::AbortRequest {
+                request: r(1),
+                reason: CancelReason::WorkerDisconnect
+            },
+            SessionOutput::CloseLink
+        ]
+    );
     let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
     assert_eq!(h.advance(delay), [SessionOutput::Connect]);
+}
+
+#[test]
+fn ids_from_another_relay_are_echoed_as_given() {
+    let mut h = Harness::registered(1);
+    let foreign = WireRequestId::from("req-42");
+    let outputs = h.frame(ServerMessage::Request(Arc::new(RequestFrame {
+        request_id: foreign.clone(),
+        model: ModelName::new("m"),
+        endpoint_path: "/v1/chat/completions".into(),
+        is_streaming: true,
+        body: Bytes::from_static(b"{}"),
+        headers: Headers::new(),
+    })));
+    assert!(
+        matches!(&outputs[..], [SessionOutput::StartRequest(frame)] if frame.request_id == foreign)
+    );
+    let outputs = h.handle(SessionInput::BackendChunk {
+        request: foreign.clone(),
+        chunk: Bytes::from_static(b"data: a\n\n"),
+    });
+    assert_eq!(
+        outputs,
+        [SessionOutput::Send(WorkerMessage::ResponseChunk(
+            ResponseChunk {
+                request_id: foreign.clone(),
+                chunk: Bytes::from_static(b"data: a\n\n"),
+            }
+        ))]
+    );
+    let outputs = h.frame(ServerMessage::Cancel(Cancel {
+        request_id: foreign.clone(),
+        reason: CancelReason::ClientDisconnect,
+    }));
+    assert!(
+        matches!(&outputs[..], [SessionOutput::AbortRequest { request, .. }] if *request == foreign)
+    );
 }

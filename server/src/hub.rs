@@ -251,7 +251,8 @@ impl HubTask {
                 Output::SendToWorker { worker, message } => {
                     match &message {
                         ServerMessage::Request(frame) => {
-                            if let Some(waiting) = self.waiting.get_mut(&frame.request_id) {
+                            let id = frame.request_id.as_request_id();
+                            if let Some(waiting) = id.and_then(|id| self.waiting.get_mut(&id)) {
                                 waiting.worker = Some(worker);
                             }
                         }

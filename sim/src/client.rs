@@ -90,7 +90,9 @@ impl fmt::Display for Outcome {
         match self {
             Self::Complete => f.write_str("complete"),
             Self::Refused { status, code } => write!(f, "refused {status} {code}"),
-            Self::BrokenOff { code, chunks } => write!(f, "broken off ({code}) after {chunks} chunks"),
+            Self::BrokenOff { code, chunks } => {
+                write!(f, "broken off ({code}) after {chunks} chunks")
+            }
             Self::Left { chunks } => write!(f, "left after {chunks} chunks"),
             Self::Wrong(why) => write!(f, "WRONG: {why}"),
             Self::Hung => f.write_str("HUNG"),
@@ -114,7 +116,8 @@ pub async fn send(ask: &Ask, deadline: Duration) -> Outcome {
 }
 
 async fn exchange(ask: &Ask) -> Outcome {
-    let mut response = match net::post(RELAY, RELAY_PORT, "/v1/chat/completions", ask.body()).await {
+    let mut response = match net::post(RELAY, RELAY_PORT, "/v1/chat/completions", ask.body()).await
+    {
         Ok(response) => response,
         Err(error) => return Outcome::Wrong(format!("no answer: {error}")),
     };
@@ -142,7 +145,10 @@ pub fn judge(ask: &Ask, status: u16, body: &[u8]) -> Outcome {
         return match serde_json::from_slice::<Value>(body) {
             Ok(error) => Outcome::Refused {
                 status,
-                code: error["error"]["code"].as_str().unwrap_or_default().to_owned(),
+                code: error["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             },
             Err(_) => Outcome::Wrong(format!("HTTP {status} without a JSON error body")),
         };
@@ -151,7 +157,9 @@ pub fn judge(ask: &Ask, status: u16, body: &[u8]) -> Outcome {
         let Ok(answer) = serde_json::from_slice::<Value>(body) else {
             return Outcome::Wrong("a 200 answer that is not JSON".into());
         };
-        let text = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+        let text = answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default();
         return if text == expected {
             Outcome::Complete
         } else {
@@ -180,7 +188,9 @@ pub fn judge(ask: &Ask, status: u16, body: &[u8]) -> Outcome {
         if let Some(code) = value["error"]["code"].as_str() {
             // The one error event: must be last, after a correct prefix.
             if !expected.starts_with(&content) {
-                return Outcome::Wrong(format!("prefix {content:?} before the error is not the model's"));
+                return Outcome::Wrong(format!(
+                    "prefix {content:?} before the error is not the model's"
+                ));
             }
             if !text.ends_with(&format!("{event}\n\n")) {
                 return Outcome::Wrong("events after the error event".into());
@@ -198,7 +208,9 @@ pub fn judge(ask: &Ask, status: u16, body: &[u8]) -> Outcome {
         return Outcome::Wrong(format!("a stream without [DONE] ({events} events)"));
     }
     if content != expected {
-        return Outcome::Wrong(format!("streamed {content:?}, the model wrote {expected:?}"));
+        return Outcome::Wrong(format!(
+            "streamed {content:?}, the model wrote {expected:?}"
+        ));
     }
     Outcome::Complete
 }
@@ -210,12 +222,28 @@ mod tests {
     #[test]
     fn the_judge_knows_complete_broken_and_duplicated_streams() {
         let ask = Ask::stream("t", 2, 0);
-        let token = |text: &str| format!("data: {}\n\n", json!({"choices": [{"delta": {"content": text}}]}));
-        let words: Vec<String> = expected_text(2).split_inclusive(' ').map(str::to_owned).collect();
+        let token = |text: &str| {
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"delta": {"content": text}}]})
+            )
+        };
+        let words: Vec<String> = expected_text(2)
+            .split_inclusive(' ')
+            .map(str::to_owned)
+            .collect();
         let complete = format!("{}{}data: [DONE]\n\n", token(&words[0]), token(&words[1]));
         assert_eq!(judge(&ask, 200, complete.as_bytes()), Outcome::Complete);
-        let duplicated = format!("{}{}{}data: [DONE]\n\n", token(&words[0]), token(&words[0]), token(&words[1]));
-        assert!(matches!(judge(&ask, 200, duplicated.as_bytes()), Outcome::Wrong(_)));
+        let duplicated = format!(
+            "{}{}{}data: [DONE]\n\n",
+            token(&words[0]),
+            token(&words[0]),
+            token(&words[1])
+        );
+        assert!(matches!(
+            judge(&ask, 200, duplicated.as_bytes()),
+            Outcome::Wrong(_)
+        ));
         let error = format!("data: {}\n\n", json!({"error": {"code": "worker_lost"}}));
         let broken = format!("{}{error}", token(&words[0]));
         assert_eq!(
@@ -226,7 +254,10 @@ mod tests {
             }
         );
         let unterminated = token(&words[0]);
-        assert!(matches!(judge(&ask, 200, unterminated.as_bytes()), Outcome::Wrong(_)));
+        assert!(matches!(
+            judge(&ask, 200, unterminated.as_bytes()),
+            Outcome::Wrong(_)
+        ));
         let refused = br#"{"error":{"code":"queue_full"}}"#;
         assert_eq!(
             judge(&ask, 429, refused),

@@ -12,7 +12,9 @@ use modelrelay_core::session::SessionConfig;
 use modelrelay_server::ServerConfig;
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::RelayEndpoint;
-use modelrelay_worker::simulated_backend::{BackendEvent, SimulatedBackend, SimulatedBackendConfig};
+use modelrelay_worker::simulated_backend::{
+    BackendEvent, SimulatedBackend, SimulatedBackendConfig,
+};
 use modelrelay_worker::{ModelSource, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 use turmoil::Sim;
@@ -169,7 +171,13 @@ impl World {
 
     /// Adds a worker host for `backend`, serving model `m` with `max_concurrent` slots,
     /// that starts after `start_after` of simulated time (on its first start only).
-    pub fn worker(&mut self, name: &str, backend: &str, max_concurrent: u32, start_after: Duration) -> WorkerStop {
+    pub fn worker(
+        &mut self,
+        name: &str,
+        backend: &str,
+        max_concurrent: u32,
+        start_after: Duration,
+    ) -> WorkerStop {
         let stop = WorkerStop::default();
         let handle = stop.clone();
         let name = name.to_owned();
@@ -187,13 +195,22 @@ impl World {
                     tokio::time::sleep(start_after).await;
                 }
                 trace.record(format_args!("{name} starts (run {start})"));
-                let endpoint = RelayEndpoint::parse(&format!("http://{RELAY}:{RELAY_PORT}"), "local")?;
+                let endpoint =
+                    RelayEndpoint::parse(&format!("http://{RELAY}:{RELAY_PORT}"), "local")?;
                 let models = ModelSource::List(vec!["m".into()]);
                 let mut options = WorkerOptions::new(endpoint, SECRET.into(), models);
-                options.session = session_config(&name, max_concurrent, base_seed.wrapping_add(start));
+                options.session =
+                    session_config(&name, max_concurrent, base_seed.wrapping_add(start));
                 options.connect_timeout = Duration::from_secs(3);
-                let backend = HttpBackend::with_connector(url::Url::parse(&backend_url)?, SimConnector);
-                modelrelay_worker::run(options, SimDialer, Arc::new(backend), token.cancelled_owned()).await;
+                let backend =
+                    HttpBackend::with_connector(url::Url::parse(&backend_url)?, SimConnector);
+                modelrelay_worker::run(
+                    options,
+                    SimDialer,
+                    Arc::new(backend),
+                    token.cancelled_owned(),
+                )
+                .await;
                 trace.record(format_args!("{name} exits"));
                 Ok(())
             }
@@ -229,7 +246,12 @@ impl World {
     }
 
     /// Steps until `done` holds, failing with `what` if `within` of simulated time passes first.
-    pub fn step_until(&mut self, what: &str, within: Duration, mut done: impl FnMut(&mut Self) -> bool) {
+    pub fn step_until(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) {
         let deadline = self.sim.elapsed() + within;
         while !done(self) {
             assert!(
@@ -260,11 +282,12 @@ impl World {
             .iter()
             .filter_map(|(name, backend)| {
                 let events = backend.events();
-                let received = events
-                    .iter()
-                    .rposition(|e| matches!(e, BackendEvent::Received { tag: Some(t), .. } if t == tag))?;
+                let received = events.iter().rposition(
+                    |e| matches!(e, BackendEvent::Received { tag: Some(t), .. } if t == tag),
+                )?;
                 let ended = events[received..].iter().any(|e| match e {
-                    BackendEvent::Finished { tag: Some(t) } | BackendEvent::Cancelled { tag: Some(t), .. } => t == tag,
+                    BackendEvent::Finished { tag: Some(t) }
+                    | BackendEvent::Cancelled { tag: Some(t), .. } => t == tag,
                     _ => false,
                 });
                 (!ended).then(|| name.clone())
@@ -278,8 +301,11 @@ impl World {
         for backend in self.backends.values() {
             for event in backend.events() {
                 match event {
-                    BackendEvent::Received { tag: Some(tag), .. } => attempts.entry(tag).or_default().0 += 1,
-                    BackendEvent::Finished { tag: Some(tag) } | BackendEvent::Cancelled { tag: Some(tag), .. } => {
+                    BackendEvent::Received { tag: Some(tag), .. } => {
+                        attempts.entry(tag).or_default().0 += 1
+                    }
+                    BackendEvent::Finished { tag: Some(tag) }
+                    | BackendEvent::Cancelled { tag: Some(tag), .. } => {
                         attempts.entry(tag).or_default().1 += 1;
                     }
                     _ => {}

@@ -62,29 +62,59 @@ fn worker_crash_before_the_first_byte_requeues_and_after_it_ends_with_one_error(
     world.backend("backend-2", backend_config());
     world.worker("worker-1", "backend-1", 4, Duration::ZERO);
     world.worker("worker-2", "backend-2", 4, Duration::ZERO);
-    let early = ask_in_background(&mut world, "client-early", Ask::whole("early", 20, 100), Duration::from_secs(1));
-    world.step_until("the early request reaches a backend", Duration::from_secs(5), |w| {
-        w.backend_serving("early").is_some()
-    });
+    let early = ask_in_background(
+        &mut world,
+        "client-early",
+        Ask::whole("early", 20, 100),
+        Duration::from_secs(1),
+    );
+    world.step_until(
+        "the early request reaches a backend",
+        Duration::from_secs(5),
+        |w| w.backend_serving("early").is_some(),
+    );
     let first = world.backend_serving("early").unwrap();
     let crashed = first.replace("backend", "worker");
     world.sim.crash(crashed.as_str());
     world.trace.record(format_args!("test crashes {crashed}"));
-    world.step_until("the early request is answered", Duration::from_secs(30), |w| outcome(&early).is_some());
+    world.step_until(
+        "the early request is answered",
+        Duration::from_secs(30),
+        |_| outcome(&early).is_some(),
+    );
     assert_eq!(outcome(&early), Some(Outcome::Complete));
-    let other = if first == "backend-1" { "backend-2" } else { "backend-1" };
-    assert!(finished(&world, other, "early"), "the other backend served it");
-    assert!(cancelled(&world, &first, "early"), "the crashed worker's backend call was dropped");
+    let other = if first == "backend-1" {
+        "backend-2"
+    } else {
+        "backend-1"
+    };
+    assert!(
+        finished(&world, other, "early"),
+        "the other backend served it"
+    );
+    assert!(
+        cancelled(&world, &first, "early"),
+        "the crashed worker's backend call was dropped"
+    );
     world.sim.bounce(crashed.as_str());
 
-    let late = ask_in_background(&mut world, "client-late", Ask::stream("late", 50, 100), Duration::ZERO);
-    world.step_until("the late stream starts", Duration::from_secs(10), |w| w.backend_serving("late").is_some());
+    let late = ask_in_background(
+        &mut world,
+        "client-late",
+        Ask::stream("late", 50, 100),
+        Duration::ZERO,
+    );
+    world.step_until("the late stream starts", Duration::from_secs(10), |w| {
+        w.backend_serving("late").is_some()
+    });
     world.step_for(Duration::from_millis(500));
     let serving = world.backend_serving("late").unwrap();
     let crashed = serving.replace("backend", "worker");
     world.sim.crash(crashed.as_str());
     world.trace.record(format_args!("test crashes {crashed}"));
-    world.step_until("the late stream ends", Duration::from_secs(30), |w| outcome(&late).is_some());
+    world.step_until("the late stream ends", Duration::from_secs(30), |_| {
+        outcome(&late).is_some()
+    });
     match outcome(&late).unwrap() {
         Outcome::BrokenOff { code, chunks } => {
             assert_eq!(code, "worker_lost");
@@ -92,6 +122,9 @@ fn worker_crash_before_the_first_byte_requeues_and_after_it_ends_with_one_error(
         }
         other => panic!("expected one error event after a correct prefix, got {other}"),
     }
-    assert_eq!(world.attempts()["late"].0, 1, "a stream that started is never sent again");
-    for line in world.trace.lines() { eprintln!("{line}"); }
+    assert_eq!(
+        world.attempts()["late"].0,
+        1,
+        "a stream that started is never sent again"
+    );
 }

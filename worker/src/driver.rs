@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::Method;
-use modelrelay_core::RequestId;
+use modelrelay_core::WireRequestId;
 use modelrelay_core::session::{SessionConfig, SessionInput, SessionOutput, WorkerSession};
 use modelrelay_core::wire::{
     FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, RequestFrame, ServerMessage, TokenCounts,
@@ -219,7 +219,7 @@ struct Driver<D: Dialer> {
     events: mpsc::UnboundedSender<Event>,
     link: LinkState,
     generation: u64,
-    running: HashMap<RequestId, AbortHandle>,
+    running: HashMap<WireRequestId, AbortHandle>,
     /// Everything this driver started; dropped with it.
     tasks: JoinSet<()>,
 }
@@ -427,7 +427,7 @@ impl<D: Dialer> Driver<D> {
     }
 
     fn start_request(&mut self, frame: Arc<RequestFrame>) {
-        let request_id = frame.request_id;
+        let request_id = frame.request_id.clone();
         let backend = Arc::clone(&self.backend);
         let events = self.events.clone();
         let limit = self.options.max_response_bytes;
@@ -442,7 +442,7 @@ impl<D: Dialer> Driver<D> {
                         BackendError::Unexpected(_) => "backend_error",
                     };
                     SessionInput::BackendFailed {
-                        request: frame.request_id,
+                        request: frame.request_id.clone(),
                         code: code.into(),
                         message: error.to_string(),
                     }
@@ -482,13 +482,13 @@ async fn call_backend(
         .headers
         .get("content-type")
         .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
-    let request = frame.request_id;
+    let request = frame.request_id.clone();
     if frame.is_streaming && (200..300).contains(&response.status) && is_event_stream {
         let mut body = response.body;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             let _ = events.send(Event::Backend(SessionInput::BackendChunk {
-                request,
+                request: request.clone(),
                 chunk,
             }));
         }

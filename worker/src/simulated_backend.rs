@@ -180,6 +180,15 @@ impl SimulatedBackend {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        self.serve_on(listener, stop).await;
+    }
+
+    /// Serves on any listener (a simulated network's, for instance) until `stop` resolves.
+    pub async fn serve_on<L>(self, listener: L, stop: impl Future<Output = ()> + Send + 'static)
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         // Serving on an accepted listener only ends when asked to.
         let _ = axum::serve(listener, self.router())
             .with_graceful_shutdown(stop)
@@ -331,6 +340,11 @@ impl Drop for Progress {
             });
         }
     }
+}
+
+/// The text of an answer of `tokens` tokens, as the simulated model writes it.
+pub fn expected_text(tokens: usize) -> String {
+    (0..tokens).map(token).collect()
 }
 
 /// The `n`th token of the canned text.

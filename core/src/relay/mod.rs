@@ -47,7 +47,7 @@ use ended::EndedRequests;
 use routes::{Provider, QueueEnd, QueueSeq};
 use timers::{TimerOwner, Timers};
 
-use crate::ids::{ModelName, ProviderId, RequestId, WorkerId};
+use crate::ids::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
 use crate::wire::{
     Cancel, CancelReason, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate, Ping, Pong,
     REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, RequestFrame, ResponseChunk,
@@ -652,7 +652,7 @@ impl Relay {
         worker.phase = Phase::Active;
         worker.next_ping = Some(now + self.config.heartbeat_interval);
         let ack = RegisterAck {
-            worker_id,
+            worker_id: worker_id.to_string(),
             models,
             warnings,
             protocol_version: Some(worker.wire.protocol_version().to_owned()),
@@ -810,7 +810,7 @@ impl Relay {
                 self.send(
                     worker_id,
                     ServerMessage::Cancel(Cancel {
-                        request_id: *request_id,
+                        request_id: (*request_id).into(),
                         reason: cancel_reason.clone(),
                     }),
                 );
@@ -945,7 +945,7 @@ impl Relay {
         let entry = RequestEntry {
             provider: new.provider,
             frame: Arc::new(RequestFrame {
-                request_id: id,
+                request_id: id.into(),
                 model: new.model,
                 endpoint_path: new.endpoint_path,
                 is_streaming: new.streaming,
@@ -1093,7 +1093,7 @@ impl Relay {
             self.send(
                 worker,
                 ServerMessage::Cancel(Cancel {
-                    request_id,
+                    request_id: request_id.into(),
                     reason: CancelReason::ClientDisconnect,
                 }),
             );
@@ -1132,7 +1132,7 @@ impl Relay {
                 self.send(
                     worker,
                     ServerMessage::Cancel(Cancel {
-                        request_id,
+                        request_id: request_id.into(),
                         reason: CancelReason::Timeout,
                     }),
                 );
@@ -1193,16 +1193,24 @@ impl Relay {
 
     /// Checks that `worker` may speak about `request`: it must be running there.
     /// Late frames for requests that ended there are dropped quietly; anything
-    /// else is a protocol violation, and too many close the link.
-    fn owned_request(&mut self, now: Instant, worker: WorkerId, request: RequestId) -> bool {
-        if let Some(entry) = self.requests.get(&request)
-            && matches!(entry.state, RequestState::Assigned { worker: w, .. } if w == worker)
-        {
-            return true;
-        }
-        if self.ended.ended_on(request, worker) {
-            self.stats.late_frames += 1;
-            return false;
+    /// else (including an id this relay never issues) is a protocol violation,
+    /// and too many close the link. Returns the request when it is running there.
+    fn owned_request(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        request: &WireRequestId,
+    ) -> Option<RequestId> {
+        if let Some(id) = request.as_request_id() {
+            if let Some(entry) = self.requests.get(&id)
+                && matches!(entry.state, RequestState::Assigned { worker: w, .. } if w == worker)
+            {
+                return Some(id);
+            }
+            if self.ended.ended_on(id, worker) {
+                self.stats.late_frames += 1;
+                return None;
+            }
         }
         self.stats.protocol_violations += 1;
         if let Some(entry) = self.workers.get_mut(&worker) {
@@ -1211,14 +1219,14 @@ impl Relay {
                 self.lose_worker(now, worker, Some(CloseReason::TooManyViolations));
             }
         }
-        false
+        None
     }
 
     fn on_chunk(&mut self, now: Instant, worker: WorkerId, chunk: ResponseChunk) {
         let ResponseChunk { request_id, chunk } = chunk;
-        if !self.owned_request(now, worker, request_id) {
+        let Some(request_id) = self.owned_request(now, worker, &request_id) else {
             return;
-        }
+        };
         if chunk.is_empty() {
             return;
         }
@@ -1238,8 +1246,10 @@ impl Relay {
             self.send(
                 worker,
                 ServerMessage::Cancel(Cancel {
-                    request_id,
-                    reason: CancelReason::Other("stream_too_large".into()),
+                    request_id: request_id.into(),
+                    // Only the documented reasons go out (existing workers know no others);
+                    // for the worker, the stream's reader went away.
+                    reason: CancelReason::ClientDisconnect,
                 }),
             );
             self.fail(request_id, Failure::StreamTooLarge, streamed);
@@ -1253,11 +1263,11 @@ impl Relay {
     }
 
     fn on_complete(&mut self, now: Instant, worker: WorkerId, complete: ResponseComplete) {
-        if !self.owned_request(now, worker, complete.request_id) {
+        let Some(request_id) = self.owned_request(now, worker, &complete.request_id) else {
             return;
-        }
+        };
         self.finish(
-            complete.request_id,
+            request_id,
             Outcome::Completed(Completion {
                 status_code: complete.status_code,
                 headers: complete.headers,
@@ -1268,12 +1278,12 @@ impl Relay {
     }
 
     fn on_worker_error(&mut self, now: Instant, worker: WorkerId, error: WorkerError) {
-        let Some(request_id) = error.request_id else {
+        let Some(request_id) = &error.request_id else {
             return; // about the link as a whole: for the driver's logs, not for routing
         };
-        if !self.owned_request(now, worker, request_id) {
+        let Some(request_id) = self.owned_request(now, worker, request_id) else {
             return;
-        }
+        };
         let streamed = matches!(
             self.requests[&request_id].state,
             RequestState::Assigned { streamed: true, .. }

@@ -9,7 +9,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::format::{payload, skip_empty_bytes, skip_empty_headers, skip_empty_vec, skip_none};
-use crate::ids::{ModelName, RequestId, WorkerId};
+use crate::ids::{ModelName, WireRequestId};
 
 /// A frame a worker sends to the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +78,7 @@ pub struct ModelsUpdate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseChunk {
     /// The request this chunk belongs to.
-    pub request_id: RequestId,
+    pub request_id: WireRequestId,
     /// Already-framed SSE text.
     #[serde(with = "payload")]
     pub chunk: Bytes,
@@ -88,7 +88,7 @@ pub struct ResponseChunk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseComplete {
     /// The request that ended.
-    pub request_id: RequestId,
+    pub request_id: WireRequestId,
     /// HTTP status from the backend.
     pub status_code: u16,
     /// Response headers from the backend.
@@ -131,7 +131,7 @@ pub struct Pong {
 pub struct WorkerError {
     /// The request that failed, if the error is about one.
     #[serde(default, skip_serializing_if = "skip_none")]
-    pub request_id: Option<RequestId>,
+    pub request_id: Option<WireRequestId>,
     /// Machine-readable error code.
     pub code: String,
     /// Human-readable explanation.
@@ -141,8 +141,8 @@ pub struct WorkerError {
 /// `register_ack`: registration accepted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterAck {
-    /// Id of this worker link on the server.
-    pub worker_id: WorkerId,
+    /// Id of this worker link on the server (opaque text).
+    pub worker_id: String,
     /// The model list after sanitizing: what the server routes to this worker.
     pub models: Vec<ModelName>,
     /// What sanitizing changed, in words.
@@ -157,7 +157,7 @@ pub struct RegisterAck {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestFrame {
     /// Id to put on every frame about this request.
-    pub request_id: RequestId,
+    pub request_id: WireRequestId,
     /// The model the client asked for.
     pub model: ModelName,
     /// Backend path, for instance `/v1/chat/completions`.
@@ -176,7 +176,7 @@ pub struct RequestFrame {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancel {
     /// The request to stop.
-    pub request_id: RequestId,
+    pub request_id: WireRequestId,
     /// Why it is stopped.
     pub reason: CancelReason,
 }

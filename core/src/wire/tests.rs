@@ -6,7 +6,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::ids::{ModelName, RequestId, WorkerId};
+use crate::ids::{ModelName, RequestId, WireRequestId};
 
 const LIMITS: FrameLimits = FrameLimits {
     max_frame_bytes: 1 << 20,
@@ -48,14 +48,14 @@ fn golden_worker_frames() -> Vec<(WorkerMessage, &'static str)> {
         ),
         (
             WorkerMessage::ResponseChunk(ResponseChunk {
-                request_id: RequestId::new(17),
+                request_id: RequestId::new(17).into(),
                 chunk: Bytes::from_static(b"data: {\"x\":\"\xc3\xa9\"}\n\n"),
             }),
             "{\"type\":\"response_chunk\",\"request_id\":\"17\",\"chunk\":\"data: {\\\"x\\\":\\\"\u{e9}\\\"}\\n\\n\"}",
         ),
         (
             WorkerMessage::ResponseComplete(ResponseComplete {
-                request_id: RequestId::new(17),
+                request_id: RequestId::new(17).into(),
                 status_code: 200,
                 headers: headers(&[("content-type", "application/json")]),
                 body: Bytes::from_static(b"{\"ok\":true}"),
@@ -69,7 +69,7 @@ fn golden_worker_frames() -> Vec<(WorkerMessage, &'static str)> {
         ),
         (
             WorkerMessage::ResponseComplete(ResponseComplete {
-                request_id: RequestId::new(3),
+                request_id: RequestId::new(3).into(),
                 status_code: 200,
                 headers: Headers::new(),
                 body: Bytes::new(),
@@ -97,7 +97,7 @@ fn golden_worker_frames() -> Vec<(WorkerMessage, &'static str)> {
         ),
         (
             WorkerMessage::Error(WorkerError {
-                request_id: Some(RequestId::new(9)),
+                request_id: Some(RequestId::new(9).into()),
                 code: "backend_unreachable".into(),
                 message: "connection refused".into(),
             }),
@@ -118,7 +118,7 @@ fn golden_server_frames() -> Vec<(ServerMessage, &'static str)> {
     vec![
         (
             ServerMessage::RegisterAck(RegisterAck {
-                worker_id: WorkerId::new(5),
+                worker_id: "5".into(),
                 models: vec![ModelName::new("llama-3-8b")],
                 warnings: vec!["dropped duplicate model \"llama-3-8b\"".into()],
                 protocol_version: Some("2026-04-bridge-v1".into()),
@@ -127,7 +127,7 @@ fn golden_server_frames() -> Vec<(ServerMessage, &'static str)> {
         ),
         (
             ServerMessage::RegisterAck(RegisterAck {
-                worker_id: WorkerId::new(6),
+                worker_id: "6".into(),
                 models: vec![],
                 warnings: vec![],
                 protocol_version: None,
@@ -136,7 +136,7 @@ fn golden_server_frames() -> Vec<(ServerMessage, &'static str)> {
         ),
         (
             ServerMessage::Request(Arc::new(RequestFrame {
-                request_id: RequestId::new(42),
+                request_id: RequestId::new(42).into(),
                 model: ModelName::new("llama-3-8b"),
                 endpoint_path: "/v1/chat/completions".into(),
                 is_streaming: true,
@@ -150,7 +150,7 @@ fn golden_server_frames() -> Vec<(ServerMessage, &'static str)> {
         ),
         (
             ServerMessage::Request(Arc::new(RequestFrame {
-                request_id: RequestId::new(43),
+                request_id: RequestId::new(43).into(),
                 model: ModelName::new("m"),
                 endpoint_path: "/v1/embeddings".into(),
                 is_streaming: false,
@@ -161,14 +161,14 @@ fn golden_server_frames() -> Vec<(ServerMessage, &'static str)> {
         ),
         (
             ServerMessage::Cancel(Cancel {
-                request_id: RequestId::new(42),
+                request_id: RequestId::new(42).into(),
                 reason: CancelReason::ClientDisconnect,
             }),
             r#"{"type":"cancel","request_id":"42","reason":"client_disconnect"}"#,
         ),
         (
             ServerMessage::Cancel(Cancel {
-                request_id: RequestId::new(1),
+                request_id: RequestId::new(1).into(),
                 reason: CancelReason::Other("operator".into()),
             }),
             r#"{"type":"cancel","request_id":"1","reason":"operator"}"#,
@@ -294,7 +294,7 @@ fn v1_accepts_frames_from_existing_workers_with_extra_fields_nulls_and_any_field
     assert_eq!(
         decoded,
         WorkerMessage::ResponseComplete(ResponseComplete {
-            request_id: RequestId::new(1),
+            request_id: RequestId::new(1).into(),
             status_code: 204,
             headers: Headers::new(),
             body: Bytes::new(),
@@ -304,10 +304,10 @@ fn v1_accepts_frames_from_existing_workers_with_extra_fields_nulls_and_any_field
 }
 
 #[test]
-fn v1_rejects_unknown_types_and_bad_ids_with_typed_errors() {
+fn v1_rejects_unknown_types_and_malformed_frames_with_typed_errors() {
     for json in [
         r#"{"type":"teleport"}"#,
-        r#"{"type":"response_chunk","request_id":"not-a-number","chunk":"x"}"#,
+        r#"{"type":"response_chunk","request_id":7,"chunk":"x"}"#,
         r#"{"type":"response_chunk","request_id":"1"}"#,
         r#"{"models":[]}"#,
         "[]",
@@ -325,7 +325,7 @@ fn v1_rejects_unknown_types_and_bad_ids_with_typed_errors() {
 #[test]
 fn v1_cannot_carry_a_payload_that_is_not_utf8() {
     let message = WorkerMessage::ResponseChunk(ResponseChunk {
-        request_id: RequestId::new(1),
+        request_id: RequestId::new(1).into(),
         chunk: Bytes::from_static(&[0xff, 0xfe]),
     });
     assert!(matches!(
@@ -365,12 +365,12 @@ fn v2_frames_start_with_the_version_byte_and_round_trip_every_message() {
 #[test]
 fn v2_golden_chunk_frame_layout() {
     let message = WorkerMessage::ResponseChunk(ResponseChunk {
-        request_id: RequestId::new(300),
+        request_id: RequestId::new(300).into(),
         chunk: Bytes::from_static(b"data: x\n\n"),
     });
     let frame = WireVersion::V2.encode(&message).unwrap();
-    // version 2, tag 3 (response_chunk), varint 300, length 9, the raw bytes.
-    let mut expected = vec![2, 3, 0xac, 0x02, 9];
+    // version 2, tag 3 (response_chunk), id variant 0 (number) and varint 300, length 9, the raw bytes.
+    let mut expected = vec![2, 3, 0, 0xac, 0x02, 9];
     expected.extend_from_slice(b"data: x\n\n");
     assert_eq!(&frame[..], &expected[..]);
 }
@@ -378,7 +378,7 @@ fn v2_golden_chunk_frame_layout() {
 #[test]
 fn v2_payloads_are_slices_of_the_received_frame() {
     let message = WorkerMessage::ResponseChunk(ResponseChunk {
-        request_id: RequestId::new(1),
+        request_id: RequestId::new(1).into(),
         chunk: Bytes::from(vec![7u8; 4096]),
     });
     let frame = WireVersion::V2.encode(&message).unwrap();
@@ -456,7 +456,10 @@ fn arb_headers() -> impl Strategy<Value = Headers> {
 }
 
 fn arb_worker_message() -> impl Strategy<Value = WorkerMessage> {
-    let request_id = any::<u64>().prop_map(RequestId::new);
+    let request_id = prop_oneof![
+        any::<u64>().prop_map(WireRequestId::Number),
+        "[a-z0-9-]{0,8}".prop_map(|t| WireRequestId::from(t.as_str())),
+    ];
     prop_oneof![
         (
             text(),
@@ -536,7 +539,10 @@ fn arb_cancel_reason() -> impl Strategy<Value = CancelReason> {
 }
 
 fn arb_server_message() -> impl Strategy<Value = ServerMessage> {
-    let request_id = any::<u64>().prop_map(RequestId::new);
+    let request_id = prop_oneof![
+        any::<u64>().prop_map(WireRequestId::Number),
+        "[a-z0-9-]{0,8}".prop_map(|t| WireRequestId::from(t.as_str())),
+    ];
     prop_oneof![
         (
             any::<u64>(),
@@ -546,7 +552,7 @@ fn arb_server_message() -> impl Strategy<Value = ServerMessage> {
         )
             .prop_map(|(id, models, warnings, protocol_version)| {
                 ServerMessage::RegisterAck(RegisterAck {
-                    worker_id: WorkerId::new(id),
+                    worker_id: id.to_string(),
                     models: models.iter().map(|m| ModelName::new(m)).collect(),
                     warnings,
                     protocol_version,
