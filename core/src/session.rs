@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::ids::{ModelName, WireRequestId};
@@ -18,6 +18,9 @@ use crate::wire::{
     RequestFrame, ResponseChunk, ResponseComplete, ServerMessage, TokenCounts, WireVersion,
     WorkerError, WorkerMessage,
 };
+
+/// `error` code for a request whose backend output is not UTF-8 on a v1 link.
+pub const BACKEND_OUTPUT_NOT_UTF8: &str = "backend_output_not_utf8";
 
 /// Who the worker is and how it behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +170,10 @@ pub struct WorkerSession {
     /// The server has the current `models` (else a `models_update` is owed once registered).
     models_sent: bool,
     running: FxHashSet<WireRequestId>,
+    /// The encoding of the current link, once it is up.
+    wire: Option<WireVersion>,
+    /// On a v1 link, the start of a UTF-8 character a backend chunk split, per request.
+    text_carry: FxHashMap<WireRequestId, Vec<u8>>,
     /// The server asked this worker to drain; drop the link ourselves at this instant.
     server_drain_deadline: Option<Instant>,
     /// The link counts as dead unless a frame arrives by then.
@@ -190,6 +197,8 @@ impl WorkerSession {
             link: LinkState::Connecting,
             models_sent: false,
             running: FxHashSet::default(),
+            wire: None,
+            text_carry: FxHashMap::default(),
             server_drain_deadline: None,
             silence_deadline: None,
             stop_deadline: None,
@@ -210,10 +219,14 @@ impl WorkerSession {
             SessionInput::Frame(message) => self.on_frame(now, message),
             SessionInput::BackendChunk { request, chunk } => {
                 if self.running.contains(&request) && self.linked() {
-                    self.send(WorkerMessage::ResponseChunk(ResponseChunk {
-                        request_id: request,
-                        chunk,
-                    }));
+                    match self.sendable_chunk(&request, chunk) {
+                        Ok(Some(chunk)) => self.send(WorkerMessage::ResponseChunk(ResponseChunk {
+                            request_id: request,
+                            chunk,
+                        })),
+                        Ok(None) => {}
+                        Err(()) => self.fail_not_utf8(request),
+                    }
                 }
             }
             SessionInput::BackendComplete {
@@ -223,7 +236,14 @@ impl WorkerSession {
                 body,
                 token_counts,
             } => {
-                if self.running.remove(&request) {
+                if self.running.contains(&request) {
+                    let leftover = self.text_carry.remove(&request).is_some();
+                    let v1 = self.wire == Some(WireVersion::V1);
+                    if v1 && (leftover || std::str::from_utf8(&body).is_err()) {
+                        self.fail_not_utf8(request);
+                        return;
+                    }
+                    self.running.remove(&request);
                     self.send(WorkerMessage::ResponseComplete(ResponseComplete {
                         request_id: request,
                         status_code,
@@ -240,6 +260,7 @@ impl WorkerSession {
                 message,
             } => {
                 if self.running.remove(&request) {
+                    self.text_carry.remove(&request);
                     self.send(WorkerMessage::Error(WorkerError {
                         request_id: Some(request),
                         code,
@@ -350,6 +371,7 @@ impl WorkerSession {
             self.close_link();
             return;
         }
+        self.wire = Some(wire);
         self.link = LinkState::Registering {
             deadline: now + self.config.register_timeout,
         };
@@ -375,6 +397,7 @@ impl WorkerSession {
         }
         // Results can no longer be delivered; the relay requeues or fails these.
         self.abort_all(CancelReason::WorkerDisconnect);
+        self.wire = None;
         self.server_drain_deadline = None;
         self.silence_deadline = None;
         if self.stopping {
@@ -414,6 +437,7 @@ impl WorkerSession {
             ServerMessage::Request(frame) => self.on_request(frame),
             ServerMessage::Cancel(cancel) => {
                 if self.running.remove(&cancel.request_id) {
+                    self.text_carry.remove(&cancel.request_id);
                     self.outputs.push_back(SessionOutput::AbortRequest {
                         request: cancel.request_id,
                         reason: cancel.reason,
@@ -501,6 +525,52 @@ impl WorkerSession {
         }
     }
 
+    /// The part of `chunk` that can go out now. v2 carries any bytes. On v1 a chunk
+    /// must be UTF-8 text, and a backend may split a character across chunks: the
+    /// incomplete end waits for the next chunk. `Err` if the bytes are not UTF-8 at all.
+    fn sendable_chunk(
+        &mut self,
+        request: &WireRequestId,
+        chunk: Bytes,
+    ) -> Result<Option<Bytes>, ()> {
+        if self.wire != Some(WireVersion::V1) {
+            return Ok(Some(chunk));
+        }
+        let mut text = match self.text_carry.remove(request) {
+            // Only a split character costs a copy.
+            Some(mut carried) => {
+                carried.extend_from_slice(&chunk);
+                Bytes::from(carried)
+            }
+            None => chunk,
+        };
+        match std::str::from_utf8(&text) {
+            Ok(_) => Ok(Some(text)),
+            Err(error) if error.error_len().is_none() => {
+                let tail = text.split_off(error.valid_up_to());
+                self.text_carry.insert(request.clone(), tail.to_vec());
+                Ok((!text.is_empty()).then_some(text))
+            }
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Ends a request whose backend output cannot travel in a v1 text frame.
+    fn fail_not_utf8(&mut self, request: WireRequestId) {
+        self.running.remove(&request);
+        self.text_carry.remove(&request);
+        self.outputs.push_back(SessionOutput::AbortRequest {
+            request: request.clone(),
+            reason: CancelReason::Other("backend_output_not_utf8".into()),
+        });
+        self.send(WorkerMessage::Error(WorkerError {
+            request_id: Some(request),
+            code: BACKEND_OUTPUT_NOT_UTF8.into(),
+            message: "the backend's output is not UTF-8 text, which a v1 link cannot carry".into(),
+        }));
+        self.after_request_ended();
+    }
+
     fn after_request_ended(&mut self) {
         if self.stopping && self.running.is_empty() {
             self.close_link();
@@ -508,6 +578,7 @@ impl WorkerSession {
     }
 
     fn abort_all(&mut self, reason: CancelReason) {
+        self.text_carry.clear();
         let mut running: Vec<WireRequestId> = self.running.drain().collect();
         running.sort();
         for request in running {

@@ -522,3 +522,84 @@ fn ids_from_another_relay_are_echoed_as_given() {
         matches!(&outputs[..], [SessionOutput::AbortRequest { request, .. }] if *request == foreign)
     );
 }
+
+/// A registered session on a link of the given encoding.
+fn registered_on(wire: WireVersion) -> Harness {
+    let mut h = Harness::new(2);
+    h.outputs();
+    h.handle(SessionInput::LinkUp { wire });
+    h.ack();
+    h
+}
+
+fn sent_chunks(outputs: &[SessionOutput]) -> Vec<Bytes> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            SessionOutput::Send(WorkerMessage::ResponseChunk(c)) => Some(c.chunk.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn on_v1_a_character_split_across_backend_chunks_waits_for_its_end() {
+    let mut h = registered_on(WireVersion::V1);
+    h.request(1);
+    let chunk = |bytes: &'static [u8]| SessionInput::BackendChunk {
+        request: r(1),
+        chunk: Bytes::from_static(bytes),
+    };
+    // "é" is 0xc3 0xa9; "€" is 0xe2 0x82 0xac.
+    assert_eq!(
+        sent_chunks(&h.handle(chunk(b"data: caf\xc3"))),
+        [Bytes::from_static(b"data: caf")]
+    );
+    assert_eq!(
+        sent_chunks(&h.handle(chunk(b"\xa9 \xe2"))),
+        [Bytes::from("é ")]
+    );
+    assert!(sent_chunks(&h.handle(chunk(b"\x82"))).is_empty());
+    assert_eq!(
+        sent_chunks(&h.handle(chunk(b"\xac\n\n"))),
+        [Bytes::from("€\n\n")]
+    );
+    let outputs = h.complete(1);
+    assert!(matches!(
+        &outputs[..],
+        [SessionOutput::Send(WorkerMessage::ResponseComplete(_))]
+    ));
+}
+
+#[test]
+fn output_that_is_not_utf8_fails_only_its_request_on_v1_and_passes_on_v2() {
+    let mut h = registered_on(WireVersion::V1);
+    h.request(1);
+    h.request(2);
+    let outputs = h.handle(SessionInput::BackendChunk {
+        request: r(1),
+        chunk: Bytes::from_static(b"\xff\xfe"),
+    });
+    assert_eq!(
+        refusals(&outputs),
+        [(1, BACKEND_OUTPUT_NOT_UTF8.to_string())]
+    );
+    assert_eq!(h.session.current_load(), 1, "request 2 goes on");
+    // A stream that ends in the middle of a character cannot complete either.
+    h.handle(SessionInput::BackendChunk {
+        request: r(2),
+        chunk: Bytes::from_static(b"ok \xc3"),
+    });
+    assert_eq!(
+        refusals(&h.complete(2)),
+        [(2, BACKEND_OUTPUT_NOT_UTF8.to_string())]
+    );
+
+    let mut h = registered_on(WireVersion::V2);
+    h.request(1);
+    let outputs = h.handle(SessionInput::BackendChunk {
+        request: r(1),
+        chunk: Bytes::from_static(b"\xff\xfe"),
+    });
+    assert_eq!(sent_chunks(&outputs), [Bytes::from_static(b"\xff\xfe")]);
+}

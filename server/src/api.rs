@@ -83,6 +83,16 @@ pub(crate) async fn inference(
             .into_response(flavor);
         }
     };
+    // The body travels to the worker as text on v1 links, and JSON must be UTF-8
+    // anyway; serde_json does not check the strings it skips, so check here.
+    if std::str::from_utf8(&body).is_err() {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "The request body is not UTF-8.",
+        )
+        .into_response(flavor);
+    }
     let probe: Probe = match serde_json::from_slice(&body) {
         Ok(probe) => probe,
         Err(error) => {

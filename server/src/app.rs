@@ -139,6 +139,18 @@ pub async fn serve<L>(
     L: Listener<Addr = SocketAddr>,
 {
     let drain = config.drain_timeout;
+    // On v1 a valid JSON body can double in size when escaped into a request frame.
+    let worst_request_frame = config
+        .max_body_bytes
+        .saturating_mul(2)
+        .saturating_add(1 << 20);
+    if worst_request_frame > config.frame_limits.max_frame_bytes {
+        warn!(
+            max_body_bytes = config.max_body_bytes,
+            max_frame_bytes = config.frame_limits.max_frame_bytes,
+            "large request bodies may not fit a worker link frame; such requests will fail with 502"
+        );
+    }
     let (hub, hub_task) = Hub::spawn(config.relay.clone(), config.provider.clone());
     let state = Arc::new(AppState {
         limiter: AuthLimiter::new(config.auth_limits),

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use modelrelay_core::relay::{
     AuthOutcome, CloseReason, Input, NewRequest, Outcome, Output, Relay, RelayConfig,
 };
-use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
-use modelrelay_core::{ModelName, ProviderId, RequestId, WorkerId};
+use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerError, WorkerMessage};
+use modelrelay_core::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
 use modelrelay_transports::close_code;
 use modelrelay_transports::ws::Outgoing;
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +38,12 @@ pub(crate) enum Command {
     WorkerInvalid { worker: WorkerId, detail: String },
     /// A worker link closed.
     WorkerGone { worker: WorkerId },
+    /// A request frame could not be sent on its worker's link (too large for it).
+    Undeliverable {
+        worker: WorkerId,
+        request: WireRequestId,
+        detail: String,
+    },
     /// A client request.
     Request {
         request: NewRequest,
@@ -224,6 +230,21 @@ impl HubTask {
                 self.feed(Input::RequestArrived(request));
             }
             Command::ClientGone { request } => self.feed(Input::ClientGone { request }),
+            Command::Undeliverable {
+                worker,
+                request,
+                detail,
+            } => {
+                // To the relay this is the worker failing the request: it ends with a 502.
+                self.feed(Input::WorkerFrame {
+                    worker,
+                    message: WorkerMessage::Error(WorkerError {
+                        request_id: Some(request),
+                        code: "request_undeliverable".into(),
+                        message: detail,
+                    }),
+                });
+            }
             Command::Snapshot(reply) => {
                 let _ = reply.send(Snapshot {
                     workers: self.relay.workers().filter(|w| w.registered).count(),

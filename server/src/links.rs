@@ -12,7 +12,7 @@ use modelrelay_core::WorkerId;
 use modelrelay_core::relay::AuthOutcome;
 use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessage};
 use modelrelay_transports::close_code;
-use modelrelay_transports::ws::{CLOSE_LINGER, WebSocketStream, split, upgrade};
+use modelrelay_transports::ws::{CLOSE_LINGER, LinkError, WebSocketStream, split, upgrade};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -160,7 +160,20 @@ async fn run_link<S>(
             }
         }
     };
-    let writing = writer.run(queue);
+    let undeliverable = |message: ServerMessage, error: &LinkError| {
+        if let ServerMessage::Request(frame) = &message {
+            warn!(%worker, request = %frame.request_id, %error, "a request could not be sent to its worker");
+            hub.send(Command::Undeliverable {
+                worker,
+                request: frame.request_id.clone(),
+                detail: error.to_string(),
+            });
+        } else {
+            warn!(%worker, %error, "a frame for a worker could not be sent");
+        }
+        None
+    };
+    let writing = writer.run(queue, undeliverable);
     tokio::pin!(reading, writing);
     // One task per link. When the worker's side ends, the hub hears of it and the
     // writer gets a moment to send what the hub still has to say (a close); when the

@@ -175,6 +175,17 @@ async fn bad_requests_get_errors_in_each_apis_own_shape() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.json()["error"]["type"], "not_found_error");
 
+    let reply = http
+        .post(
+            &url("/v1/chat/completions"),
+            "{\"model\":\"m\",\"x\":\"\u{FFFD}\"}",
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "valid UTF-8 passes the check"
+    );
     let reply = http.get(&url("/v1/nothing-here")).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(
@@ -665,4 +676,68 @@ async fn forwarded_headers_reach_the_backend_and_others_do_not() {
     let has = |name: &str| headers.iter().any(|(n, _)| n == name);
     assert!(has("x-api-key") && has("anthropic-version") && has("content-type"));
     assert!(!has("cookie") && !has("x-forwarded-for"));
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_refused_with_400() {
+    let (relay, _backend, _worker, http) = world().await;
+    // Raw bytes: a JSON object whose skipped string holds an invalid byte.
+    let body = b"{\"model\":\"m\",\"messages\":[{\"content\":\"\xff\"}]}";
+    let reply = http
+        .post_bytes(&format!("{}/v1/chat/completions", relay.url()), body)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"]["code"], "invalid_body");
+}
+
+#[tokio::test]
+async fn a_response_too_large_for_the_link_fails_only_its_request() {
+    let backend = backend(&["m"]).await;
+    let relay = relay(|_| {}).await;
+    let mut spec = WorkerSpec::new(&relay, &backend, &["m"]);
+    spec.frame_limit = Some(16 * 1024);
+    spec.protocol = ProtocolChoice::V1;
+    let _worker = spec.start();
+    let http = Http::new();
+    wait_for_workers(&http, &relay, 1).await;
+    let url = format!("{}/v1/chat/completions", relay.url());
+    let big = json!({"model": "m", "mock": {"tokens": 5000}}).to_string();
+    let reply = http.post(&url, &big).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("response_undeliverable")
+    );
+    // The link survived: the next request goes through on it.
+    let reply = http.post(&url, r#"{"model":"m"}"#).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    wait_for_workers(&http, &relay, 1).await;
+}
+
+#[tokio::test]
+async fn a_request_too_large_for_the_link_fails_only_itself() {
+    let backend = backend(&["m"]).await;
+    let relay = relay(|c| {
+        c.frame_limits = modelrelay_core::wire::FrameLimits {
+            max_frame_bytes: 16 * 1024,
+        }
+    })
+    .await;
+    let _worker = WorkerSpec::new(&relay, &backend, &["m"]).start();
+    let http = Http::new();
+    wait_for_workers(&http, &relay, 1).await;
+    let url = format!("{}/v1/chat/completions", relay.url());
+    let big = json!({"model": "m", "padding": "x".repeat(20_000)}).to_string();
+    let reply = http.post(&url, &big).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("request_undeliverable")
+    );
+    let reply = http.post(&url, r#"{"model":"m"}"#).await;
+    assert_eq!(reply.status, StatusCode::OK);
 }

@@ -315,7 +315,7 @@ impl<D: Dialer> Driver<D> {
                     let (cause, refused) = tokio::select! {
                         biased;
                         ended = &mut reading => ended,
-                        result = writer.run(queue) => {
+                        result = writer.run(queue, undeliverable) => {
                             if let Err(error) = result {
                                 debug!(%error, "writing to the relay failed");
                             }
@@ -452,6 +452,28 @@ impl<D: Dialer> Driver<D> {
         });
         self.running.insert(request_id, task);
     }
+}
+
+/// What goes to the relay instead of a frame it cannot take (too large, or not text on v1):
+/// an error for that one request, so the link and every other request go on.
+fn undeliverable(
+    message: WorkerMessage,
+    error: &modelrelay_transports::ws::LinkError,
+) -> Option<WorkerMessage> {
+    let request = match &message {
+        WorkerMessage::ResponseChunk(chunk) => chunk.request_id.clone(),
+        WorkerMessage::ResponseComplete(complete) => complete.request_id.clone(),
+        other => {
+            warn!(%error, message = ?std::mem::discriminant(other), "a frame for the relay could not be sent");
+            return None;
+        }
+    };
+    warn!(%request, %error, "a response could not be sent to the relay; failing the request");
+    Some(WorkerMessage::Error(modelrelay_core::wire::WorkerError {
+        request_id: Some(request),
+        code: "response_undeliverable".into(),
+        message: format!("the response cannot travel on this link: {error}"),
+    }))
 }
 
 /// Calls the backend for one request; streams SSE bodies chunk by chunk, collects others.

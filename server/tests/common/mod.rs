@@ -111,6 +111,7 @@ pub struct WorkerSpec<'a> {
     pub protocol: ProtocolChoice,
     pub name: &'a str,
     pub models_poll_interval: Option<Duration>,
+    pub frame_limit: Option<usize>,
 }
 
 impl<'a> WorkerSpec<'a> {
@@ -128,6 +129,7 @@ impl<'a> WorkerSpec<'a> {
             protocol: ProtocolChoice::Auto,
             name: "test-worker",
             models_poll_interval: None,
+            frame_limit: None,
         }
     }
 
@@ -143,6 +145,9 @@ impl<'a> WorkerSpec<'a> {
         };
         options.protocol = self.protocol;
         options.models_poll_interval = self.models_poll_interval;
+        if let Some(max_frame_bytes) = self.frame_limit {
+            options.limits = modelrelay_core::wire::FrameLimits { max_frame_bytes };
+        }
         let backend = HttpBackend::new(url::Url::parse(self.backend).unwrap()).unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(modelrelay_worker::run(
@@ -270,6 +275,27 @@ impl Http {
         Reply {
             status,
             headers,
+            body: streaming.rest().await,
+        }
+    }
+
+    pub async fn post_bytes(&self, url: &str, body: &'static [u8]) -> Reply {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap();
+        let response = self.0.request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let streaming = Streaming {
+            status: parts.status,
+            headers: parts.headers.clone(),
+            body,
+        };
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
             body: streaming.rest().await,
         }
     }

@@ -25,6 +25,14 @@ pub enum LinkError {
     /// A message could not be encoded (a non-UTF-8 payload on v1).
     #[error("{0}")]
     Encode(#[from] EncodeError),
+    /// A message whose frame would be larger than the link's frame limit.
+    #[error("a {size}-byte frame exceeds the link's limit of {limit} bytes")]
+    FrameTooLarge {
+        /// Size of the encoded frame.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A text frame on a v2 link or a binary frame on a v1 link.
     #[error("{found} frame on a {wire:?} link")]
     WrongFrameType {
@@ -56,6 +64,7 @@ pub struct WsReader<S, M> {
 pub struct WsWriter<S, M> {
     sink: SplitSink<WebSocketStream<S>, Message>,
     wire: WireVersion,
+    limits: FrameLimits,
     _message: PhantomData<fn(M)>,
 }
 
@@ -81,6 +90,7 @@ where
         WsWriter {
             sink,
             wire,
+            limits,
             _message: PhantomData,
         },
     )
@@ -149,8 +159,21 @@ where
 {
     /// Queues a message; it goes out at the next [`WsWriter::flush`].
     pub async fn feed(&mut self, message: &M) -> Result<(), LinkError> {
+        let frame = self.encode(message)?;
+        self.sink.feed(frame).await?;
+        Ok(())
+    }
+
+    /// The WebSocket message for `message`, or why it cannot be sent on this link.
+    fn encode(&self, message: &M) -> Result<Message, LinkError> {
         let frame = self.wire.encode(message)?;
-        let message = match self.wire {
+        if frame.len() > self.limits.max_frame_bytes {
+            return Err(LinkError::FrameTooLarge {
+                size: frame.len(),
+                limit: self.limits.max_frame_bytes,
+            });
+        }
+        Ok(match self.wire {
             WireVersion::V1 => Message::Text(Utf8Bytes::try_from(frame).map_err(|_| {
                 // serde_json only writes UTF-8; reaching this is a bug, reported as an encoding failure.
                 LinkError::WebSocket(tungstenite::Error::Utf8(
@@ -158,9 +181,7 @@ where
                 ))
             })?),
             WireVersion::V2 => Message::Binary(frame),
-        };
-        self.sink.feed(message).await?;
-        Ok(())
+        })
     }
 
     /// Writes everything queued.
@@ -207,14 +228,26 @@ where
 {
     /// Writes what arrives on `queue` until it closes or a close is asked for;
     /// frames are flushed whenever the queue runs empty, so bursts share one write.
+    ///
+    /// A message that cannot be sent on this link (it does not encode, or its frame
+    /// is over the limit) does not end the link: `unsendable` hears of it and may
+    /// give a message to send in its place (an error about that one request).
     pub async fn run(
         mut self,
         mut queue: mpsc::UnboundedReceiver<Outgoing<M>>,
+        mut unsendable: impl FnMut(M, &LinkError) -> Option<M>,
     ) -> Result<(), LinkError> {
         while let Some(item) = queue.recv().await {
             match item {
                 Outgoing::Message(message) => {
-                    self.feed(&message).await?;
+                    let frame = match self.encode(&message) {
+                        Ok(frame) => Some(frame),
+                        Err(error) => unsendable(message, &error)
+                            .and_then(|instead| self.encode(&instead).ok()),
+                    };
+                    if let Some(frame) = frame {
+                        self.sink.feed(frame).await?;
+                    }
                     if queue.is_empty() {
                         self.flush().await?;
                     }
