@@ -152,8 +152,8 @@ enum LinkState {
     Down { reconnect_at: Option<Instant> },
     /// Asked the driver to dial.
     Connecting,
-    /// Link open, `register` sent, waiting for the ack.
-    Registering { deadline: Instant },
+    /// Link open, `register` sent, waiting for the ack (until the deadline, if any).
+    Registering { deadline: Option<Instant> },
     /// Registered: serving.
     Ready,
     /// Asked the driver to close the link.
@@ -176,6 +176,8 @@ pub struct WorkerSession {
     text_carry: FxHashMap<WireRequestId, Vec<u8>>,
     /// The server asked this worker to drain; drop the link ourselves at this instant.
     server_drain_deadline: Option<Instant>,
+    /// The server asked this worker to drain (until the link ends).
+    server_draining: bool,
     /// The link counts as dead unless a frame arrives by then.
     silence_deadline: Option<Instant>,
     /// Local shutdown in progress; abort what still runs at this instant.
@@ -200,6 +202,7 @@ impl WorkerSession {
             wire: None,
             text_carry: FxHashMap::default(),
             server_drain_deadline: None,
+            server_draining: false,
             silence_deadline: None,
             stop_deadline: None,
             stopping: false,
@@ -283,7 +286,7 @@ impl WorkerSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link_deadline = match self.link {
             LinkState::Down { reconnect_at } => reconnect_at,
-            LinkState::Registering { deadline } => Some(deadline),
+            LinkState::Registering { deadline } => deadline,
             _ => None,
         };
         [
@@ -323,7 +326,9 @@ impl WorkerSession {
                 self.link = LinkState::Connecting;
                 self.outputs.push_back(SessionOutput::Connect);
             }
-            LinkState::Registering { deadline } if deadline <= now => self.close_link(),
+            LinkState::Registering {
+                deadline: Some(deadline),
+            } if deadline <= now => self.close_link(),
             _ => {}
         }
     }
@@ -335,7 +340,7 @@ impl WorkerSession {
 
     /// Whether the session is registered and taking work.
     pub fn is_serving(&self) -> bool {
-        self.link == LinkState::Ready && self.server_drain_deadline.is_none() && !self.stopping
+        self.link == LinkState::Ready && !self.server_draining && !self.stopping
     }
 
     /// Whether local shutdown has completed.
@@ -373,9 +378,9 @@ impl WorkerSession {
         }
         self.wire = Some(wire);
         self.link = LinkState::Registering {
-            deadline: now + self.config.register_timeout,
+            deadline: now.checked_add(self.config.register_timeout),
         };
-        self.silence_deadline = Some(now + self.config.link_silence_timeout);
+        self.silence_deadline = now.checked_add(self.config.link_silence_timeout);
         self.models_sent = true;
         let models = if self.stopping {
             Vec::new()
@@ -399,6 +404,7 @@ impl WorkerSession {
         self.abort_all(CancelReason::WorkerDisconnect);
         self.wire = None;
         self.server_drain_deadline = None;
+        self.server_draining = false;
         self.silence_deadline = None;
         if self.stopping {
             self.link = LinkState::Down { reconnect_at: None };
@@ -407,7 +413,7 @@ impl WorkerSession {
         }
         let after = self.backoff.next_delay();
         self.link = LinkState::Down {
-            reconnect_at: Some(now + after),
+            reconnect_at: now.checked_add(after),
         };
         self.outputs
             .push_back(SessionOutput::Reconnecting { after });
@@ -417,7 +423,7 @@ impl WorkerSession {
         if !self.linked() {
             return;
         }
-        self.silence_deadline = Some(now + self.config.link_silence_timeout);
+        self.silence_deadline = now.checked_add(self.config.link_silence_timeout);
         match message {
             ServerMessage::RegisterAck(ack) => {
                 if !matches!(self.link, LinkState::Registering { .. }) {
@@ -451,7 +457,11 @@ impl WorkerSession {
             })),
             ServerMessage::GracefulShutdown(drain) => {
                 let timeout = Duration::from_secs(drain.drain_timeout_secs.unwrap_or(30));
-                self.server_drain_deadline = Some(now + timeout + self.config.drain_grace);
+                // The timeout comes from the peer: no value of it may overflow.
+                self.server_draining = true;
+                self.server_drain_deadline = now
+                    .checked_add(timeout)
+                    .and_then(|at| at.checked_add(self.config.drain_grace));
             }
             ServerMessage::ModelsRefresh(_) => self.outputs.push_back(SessionOutput::RefreshModels),
         }
@@ -462,7 +472,7 @@ impl WorkerSession {
         if self.running.contains(&request_id) {
             return; // a repeat; the first copy is already running
         }
-        let refusal = if self.stopping || self.server_drain_deadline.is_some() {
+        let refusal = if self.stopping || self.server_draining {
             Some((
                 REFUSED_DRAINING,
                 "worker is draining and takes no new requests",
@@ -508,7 +518,7 @@ impl WorkerSession {
             return;
         }
         self.stopping = true;
-        self.stop_deadline = Some(now + self.config.shutdown_timeout);
+        self.stop_deadline = now.checked_add(self.config.shutdown_timeout);
         match self.link {
             LinkState::Down { .. } => self.exit(),
             LinkState::Registering { .. } | LinkState::Ready if !self.running.is_empty() => {

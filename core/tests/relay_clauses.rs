@@ -1204,3 +1204,52 @@ fn a_frame_naming_an_id_this_relay_never_issues_is_a_violation() {
     assert!(h.outputs().is_empty());
     assert_eq!(h.relay.stats().protocol_violations, 1);
 }
+
+#[test]
+fn a_client_too_slow_for_its_stream_is_stopped_with_a_failure_and_its_worker_told() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.chunk(1, 1, "data: a\n\n");
+    h.outputs();
+    h.handle(Input::ClientTooSlow { request: r(1) });
+    let outputs = h.outputs();
+    assert_eq!(cancels(&outputs), [(1, 1, CancelReason::ClientDisconnect)]);
+    assert_eq!(
+        ended(&outputs),
+        [(
+            1,
+            Outcome::Failed {
+                failure: Failure::ClientTooSlow,
+                streamed: true
+            }
+        )]
+    );
+}
+
+#[test]
+fn models_nobody_advertises_are_forgotten_once_too_many_are_known() {
+    let mut h = Harness::new();
+    h.worker(1, &["keep"], 1);
+    h.worker(2, &["m0"], 1);
+    // Worker 2 keeps renaming its model, far past the table's bound.
+    for n in 1..=5000 {
+        h.frame(
+            2,
+            WorkerMessage::ModelsUpdate(ModelsUpdate {
+                models: vec![format!("m{n}")],
+                current_load: 0,
+            }),
+        );
+    }
+    h.outputs();
+    assert!(
+        h.relay.knows_model(&h.provider, "keep"),
+        "an advertised model stays"
+    );
+    assert!(h.relay.knows_model(&h.provider, "m5000"));
+    assert!(
+        !h.relay.knows_model(&h.provider, "m1"),
+        "an old name nobody serves is forgotten"
+    );
+}

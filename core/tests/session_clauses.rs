@@ -603,3 +603,18 @@ fn output_that_is_not_utf8_fails_only_its_request_on_v1_and_passes_on_v2() {
     });
     assert_eq!(sent_chunks(&outputs), [Bytes::from_static(b"\xff\xfe")]);
 }
+
+#[test]
+fn any_drain_timeout_from_the_relay_is_taken_without_overflow() {
+    let mut h = Harness::registered(1);
+    h.frame(ServerMessage::GracefulShutdown(GracefulShutdown {
+        reason: None,
+        drain_timeout_secs: Some(u64::MAX),
+    }));
+    assert!(!h.session.is_serving());
+    // No drain deadline is reachable; only the silence of the (ping-less) test link ends it.
+    assert_eq!(
+        h.advance(Duration::from_secs(3600)),
+        [SessionOutput::CloseLink]
+    );
+}

@@ -1,7 +1,7 @@
 //! The client API: inference routes, `/v1/models`, `/health`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -126,6 +126,7 @@ pub(crate) async fn inference(
     let streaming = path != "/v1/embeddings" && probe.stream == Some(serde_json::Value::Bool(true));
     let id = RequestId::new(app.next_request.fetch_add(1, Ordering::Relaxed));
     let (responder, mut events) = mpsc::unbounded_channel();
+    let buffered = Arc::new(AtomicUsize::new(0));
     let sent = app.hub.send(Command::Request {
         request: NewRequest {
             id,
@@ -137,6 +138,7 @@ pub(crate) async fn inference(
             headers: forwarded_headers(&parts.headers),
         },
         responder,
+        buffered: Arc::clone(&buffered),
     });
     if !sent {
         return shutting_down(flavor);
@@ -156,14 +158,19 @@ pub(crate) async fn inference(
             finish(outcome, Vec::new(), &model, flavor)
         }
         Some(ResponseEvent::Chunk(first)) if streaming => {
-            event_stream(first, events, guard, model, flavor)
+            buffered.fetch_sub(first.len(), Ordering::Relaxed);
+            event_stream(first, events, buffered, guard, model, flavor)
         }
         Some(ResponseEvent::Chunk(first)) => {
             // A non-streaming request answered in pieces: gather them.
+            buffered.fetch_sub(first.len(), Ordering::Relaxed);
             let mut pieces = vec![first];
             loop {
                 match events.recv().await {
-                    Some(ResponseEvent::Chunk(piece)) => pieces.push(piece),
+                    Some(ResponseEvent::Chunk(piece)) => {
+                        buffered.fetch_sub(piece.len(), Ordering::Relaxed);
+                        pieces.push(piece);
+                    }
                     Some(ResponseEvent::Ended(outcome)) => {
                         guard.disarm();
                         break finish(outcome, pieces, &model, flavor);
@@ -261,6 +268,7 @@ fn passthrough(completion: Completion, pieces: Vec<Bytes>) -> Response {
 fn event_stream(
     first: Bytes,
     events: mpsc::UnboundedReceiver<ResponseEvent>,
+    buffered: Arc<AtomicUsize>,
     guard: ClientGuard,
     model: String,
     flavor: ApiFlavor,
@@ -268,6 +276,7 @@ fn event_stream(
     struct Streaming {
         first: Option<Bytes>,
         events: mpsc::UnboundedReceiver<ResponseEvent>,
+        buffered: Arc<AtomicUsize>,
         guard: ClientGuard,
         model: String,
         done: bool,
@@ -275,6 +284,7 @@ fn event_stream(
     let state = Streaming {
         first: Some(first),
         events,
+        buffered,
         guard,
         model,
         done: false,
@@ -287,7 +297,19 @@ fn event_stream(
             return None;
         }
         match state.events.recv().await {
-            Some(ResponseEvent::Chunk(chunk)) => Some((Ok(chunk), state)),
+            Some(ResponseEvent::Chunk(chunk)) => {
+                // Taken by the connection: no longer waiting in the relay for the client.
+                state.buffered.fetch_sub(chunk.len(), Ordering::Relaxed);
+                Some((Ok(chunk), state))
+            }
+            Some(ResponseEvent::Ended(Outcome::Completed(completion)))
+                if !completion.body.is_empty() =>
+            {
+                // A worker may put the stream's last bytes in the completion.
+                state.guard.disarm();
+                state.done = true;
+                Some((Ok(completion.body), state))
+            }
             Some(ResponseEvent::Ended(Outcome::Failed { failure, .. })) => {
                 state.guard.disarm();
                 state.done = true;

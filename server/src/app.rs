@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub frame_limits: FrameLimits,
     /// When addresses with failed worker logins are shut out.
     pub auth_limits: AuthLimits,
+    /// Most bytes a response may hold for a client that reads too slowly; past it, the stream is stopped.
+    pub max_client_buffer_bytes: usize,
+    /// Count worker logins against the address in `X-Forwarded-For` (behind a TLS proxy).
+    pub trust_forwarded_for: bool,
 }
 
 impl ServerConfig {
@@ -55,6 +59,8 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(30),
             frame_limits: FrameLimits::default(),
             auth_limits: AuthLimits::default(),
+            max_client_buffer_bytes: 16 * 1024 * 1024,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -151,7 +157,11 @@ pub async fn serve<L>(
             "large request bodies may not fit a worker link frame; such requests will fail with 502"
         );
     }
-    let (hub, hub_task) = Hub::spawn(config.relay.clone(), config.provider.clone());
+    let (hub, hub_task) = Hub::spawn(
+        config.relay.clone(),
+        config.provider.clone(),
+        config.max_client_buffer_bytes,
+    );
     let state = Arc::new(AppState {
         limiter: AuthLimiter::new(config.auth_limits),
         config,
@@ -174,7 +184,7 @@ pub async fn serve<L>(
     };
     let http = axum::serve(Peers(listener), app).with_graceful_shutdown(on_shutdown);
     // Open responses end once their workers finish or the drain deadline fails them.
-    let bound = drain + Duration::from_secs(5);
+    let bound = drain.saturating_add(Duration::from_secs(5));
     tokio::select! {
         result = std::future::IntoFuture::into_future(http) => {
             if let Err(error) = result {

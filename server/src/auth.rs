@@ -107,16 +107,28 @@ impl AuthLimiter {
         }
         record.failures += 1;
         if record.failures >= self.limits.max_failures {
-            record.blocked_until = Some(now + self.limits.cooldown);
+            record.blocked_until = now.checked_add(self.limits.cooldown);
             record.failures = 0;
             record.window_start = now;
         }
     }
+}
 
-    /// Forgets `ip`'s failures after a success.
-    pub fn success(&self, ip: IpAddr) {
-        self.records.lock().expect("limiter lock").remove(&ip);
+/// The address an authentication attempt counts against: the peer, or with
+/// `trust_forwarded_for` the last address the proxy in front appended to
+/// `X-Forwarded-For` (behind a proxy every peer is the proxy itself).
+pub fn client_address(
+    peer: IpAddr,
+    forwarded_for: Option<&str>,
+    trust_forwarded_for: bool,
+) -> IpAddr {
+    if !trust_forwarded_for {
+        return peer;
     }
+    forwarded_for
+        .and_then(|list| list.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(peer)
 }
 
 #[cfg(test)]
@@ -154,7 +166,20 @@ mod tests {
     }
 
     #[test]
-    fn failures_outside_the_window_or_before_a_success_do_not_add_up() {
+    fn behind_a_trusted_proxy_attempts_count_against_the_forwarded_address() {
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let header = Some("203.0.113.7, 198.51.100.2");
+        assert_eq!(client_address(proxy, header, false), proxy);
+        assert_eq!(
+            client_address(proxy, header, true),
+            "198.51.100.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_address(proxy, Some("garbage"), true), proxy);
+        assert_eq!(client_address(proxy, None, true), proxy);
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_add_up() {
         let limiter = AuthLimiter::new(AuthLimits {
             max_failures: 2,
             window: Duration::from_secs(10),
@@ -165,8 +190,8 @@ mod tests {
         limiter.failure(ip, t0);
         limiter.failure(ip, t0 + Duration::from_secs(11));
         assert_eq!(limiter.check(ip, t0 + Duration::from_secs(11)), Ok(()));
-        limiter.success(ip);
+        // A success elsewhere from the same address does not wipe the count.
         limiter.failure(ip, t0 + Duration::from_secs(12));
-        assert_eq!(limiter.check(ip, t0 + Duration::from_secs(12)), Ok(()));
+        assert!(limiter.check(ip, t0 + Duration::from_secs(12)).is_err());
     }
 }

@@ -52,6 +52,7 @@ impl ApiError {
             Failure::WorkerLost => (StatusCode::BAD_GATEWAY, "worker_lost"),
             Failure::WorkerError { .. } => (StatusCode::BAD_GATEWAY, "worker_error"),
             Failure::StreamTooLarge => (StatusCode::BAD_GATEWAY, "stream_too_large"),
+            Failure::ClientTooSlow => (StatusCode::SERVICE_UNAVAILABLE, "client_too_slow"),
         };
         let message = match failure {
             Failure::UnknownModel => {
@@ -186,6 +187,7 @@ mod tests {
             (Failure::ShuttingDown, 503),
             (Failure::WorkerLost, 502),
             (Failure::StreamTooLarge, 502),
+            (Failure::ClientTooSlow, 503),
             (
                 Failure::WorkerError {
                     code: "x".into(),

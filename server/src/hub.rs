@@ -6,6 +6,8 @@
 //! [`Relay::poll_timeout`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +19,7 @@ use modelrelay_core::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId}
 use modelrelay_transports::close_code;
 use modelrelay_transports::ws::Outgoing;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 /// Something for the hub to do.
@@ -28,6 +31,8 @@ pub(crate) enum Command {
         auth: AuthOutcome,
         name_hint: String,
         outbound: mpsc::UnboundedSender<LinkCommand>,
+        /// Cancelled when the hub closes the link; the link task then ends within a bound.
+        closing: CancellationToken,
     },
     /// A frame from a worker.
     WorkerFrame {
@@ -48,6 +53,8 @@ pub(crate) enum Command {
     Request {
         request: NewRequest,
         responder: mpsc::UnboundedSender<ResponseEvent>,
+        /// Bytes sent to the responder that the client has not taken yet.
+        buffered: Arc<AtomicUsize>,
     },
     /// A client went away.
     ClientGone { request: RequestId },
@@ -95,6 +102,7 @@ impl Hub {
     pub(crate) fn spawn(
         config: RelayConfig,
         provider: ProviderId,
+        max_client_buffer: usize,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, inbox) = mpsc::unbounded_channel();
         let task = HubTask {
@@ -102,6 +110,7 @@ impl Hub {
             provider,
             links: HashMap::new(),
             waiting: HashMap::new(),
+            max_client_buffer,
         };
         (Self { commands }, tokio::spawn(task.run(inbox)))
     }
@@ -119,6 +128,12 @@ impl Hub {
     }
 }
 
+/// What the hub holds of a worker link.
+struct LinkHandle {
+    outbound: mpsc::UnboundedSender<LinkCommand>,
+    closing: CancellationToken,
+}
+
 /// A request waiting for its answer.
 struct Waiting {
     responder: mpsc::UnboundedSender<ResponseEvent>,
@@ -126,13 +141,17 @@ struct Waiting {
     arrived: Instant,
     worker: Option<WorkerId>,
     chunks: u64,
+    buffered: Arc<AtomicUsize>,
+    too_slow: bool,
 }
 
 struct HubTask {
     relay: Relay,
     provider: ProviderId,
-    links: HashMap<WorkerId, mpsc::UnboundedSender<LinkCommand>>,
+    links: HashMap<WorkerId, LinkHandle>,
     waiting: HashMap<RequestId, Waiting>,
+    /// Most bytes a response may hold for a client that does not read them.
+    max_client_buffer: usize,
 }
 
 fn now() -> Instant {
@@ -193,9 +212,10 @@ impl HubTask {
                 auth,
                 name_hint,
                 outbound,
+                closing,
             } => {
                 debug!(%worker, ?wire, peer = %name_hint, "worker link open");
-                self.links.insert(worker, outbound);
+                self.links.insert(worker, LinkHandle { outbound, closing });
                 self.feed(Input::WorkerConnected {
                     worker,
                     provider: self.provider.clone(),
@@ -216,7 +236,11 @@ impl HubTask {
                 }
                 self.feed(Input::WorkerDisconnected { worker });
             }
-            Command::Request { request, responder } => {
+            Command::Request {
+                request,
+                responder,
+                buffered,
+            } => {
                 self.waiting.insert(
                     request.id,
                     Waiting {
@@ -225,6 +249,8 @@ impl HubTask {
                         arrived: now(),
                         worker: None,
                         chunks: 0,
+                        buffered,
+                        too_slow: false,
                     },
                 );
                 self.feed(Input::RequestArrived(request));
@@ -281,22 +307,30 @@ impl HubTask {
                         _ => {}
                     }
                     if let Some(link) = self.links.get(&worker) {
-                        let _ = link.send(Outgoing::Message(message));
+                        let _ = link.outbound.send(Outgoing::Message(message));
                     }
                 }
                 Output::CloseWorker { worker, reason } => {
                     log_close(worker, &reason);
                     if let Some(link) = self.links.remove(&worker) {
-                        let _ = link.send(Outgoing::Close {
+                        let _ = link.outbound.send(Outgoing::Close {
                             code: close_code_for(&reason),
                             reason: reason.to_string(),
                         });
+                        link.closing.cancel();
                     }
                 }
                 Output::StreamChunk { request, chunk } => {
                     if let Some(waiting) = self.waiting.get_mut(&request) {
                         waiting.chunks += 1;
+                        let held = waiting.buffered.fetch_add(chunk.len(), Ordering::Relaxed)
+                            + chunk.len();
                         let _ = waiting.responder.send(ResponseEvent::Chunk(chunk));
+                        if held > self.max_client_buffer && !waiting.too_slow {
+                            waiting.too_slow = true;
+                            warn!(%request, held, "client reads too slowly; stopping its stream");
+                            self.feed(Input::ClientTooSlow { request });
+                        }
                     }
                 }
                 Output::RequestEnded { request, outcome } => {
@@ -333,10 +367,10 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// The WebSocket close code for each reason the relay closes a link.
 fn close_code_for(reason: &CloseReason) -> u16 {
     match reason {
-        CloseReason::Unauthorized | CloseReason::RegisterTimeout => close_code::POLICY_VIOLATION,
-        CloseReason::ProtocolError(_) | CloseReason::TooManyViolations => {
-            close_code::PROTOCOL_ERROR
-        }
+        CloseReason::Unauthorized => close_code::POLICY_VIOLATION,
+        CloseReason::ProtocolError(_)
+        | CloseReason::TooManyViolations
+        | CloseReason::RegisterTimeout => close_code::PROTOCOL_ERROR,
         CloseReason::Drained => close_code::NORMAL,
         CloseReason::HeartbeatTimeout | CloseReason::DrainTimeout | CloseReason::Shutdown => {
             close_code::GOING_AWAY

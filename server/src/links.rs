@@ -17,9 +17,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::app::{AppState, PeerAddr};
+use crate::auth::client_address;
 use crate::hub::{Command, Hub};
 
 /// The query of a worker's connect request.
@@ -48,7 +50,12 @@ pub(crate) async fn connect(
         }
     };
     let now = tokio::time::Instant::now().into_std();
-    if let Err(retry_after) = app.limiter.check(peer.ip(), now) {
+    let forwarded_for = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let address = client_address(peer.ip(), forwarded_for, app.config.trust_forwarded_for);
+    if let Err(retry_after) = app.limiter.check(address, now) {
         warn!(%peer, "refusing a worker connection: too many failed attempts from this address");
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
@@ -68,12 +75,9 @@ pub(crate) async fn connect(
         .map(str::to_owned)
         .or(query.worker_secret);
     let auth = match presented {
-        Some(secret) if app.config.worker_secret.matches(&secret) => {
-            app.limiter.success(peer.ip());
-            AuthOutcome::Accepted
-        }
+        Some(secret) if app.config.worker_secret.matches(&secret) => AuthOutcome::Accepted,
         presented => {
-            app.limiter.failure(peer.ip(), now);
+            app.limiter.failure(address, now);
             let why = if presented.is_some() { "a wrong" } else { "no" };
             warn!(%peer, "worker presented {why} secret");
             AuthOutcome::Rejected
@@ -127,12 +131,14 @@ async fn run_link<S>(
 {
     let (mut reader, writer) = split::<S, WorkerMessage, ServerMessage>(socket, wire, limits);
     let (outbound, queue) = mpsc::unbounded_channel();
+    let closing = CancellationToken::new();
     let connected = hub.send(Command::WorkerConnected {
         worker,
         wire,
         auth,
         name_hint: peer.to_string(),
         outbound,
+        closing: closing.clone(),
     });
     if !connected {
         return;
@@ -179,18 +185,30 @@ async fn run_link<S>(
     // writer gets a moment to send what the hub still has to say (a close); when the
     // hub's side ends (a close sent), the worker gets a moment to answer. A dead
     // link answers nothing, so both waits are bounded.
-    tokio::select! {
-        biased;
-        () = &mut reading => {
-            hub.send(Command::WorkerGone { worker });
-            let _ = tokio::time::timeout(CLOSE_LINGER, &mut writing).await;
-        }
-        result = &mut writing => {
-            if let Err(error) = result {
-                debug!(%worker, %error, "writing to the worker failed");
+    let link = async {
+        tokio::select! {
+            biased;
+            () = &mut reading => {
+                hub.send(Command::WorkerGone { worker });
+                let _ = tokio::time::timeout(CLOSE_LINGER, &mut writing).await;
             }
-            let _ = tokio::time::timeout(CLOSE_LINGER, &mut reading).await;
-            hub.send(Command::WorkerGone { worker });
+            result = &mut writing => {
+                if let Err(error) = result {
+                    debug!(%worker, %error, "writing to the worker failed");
+                }
+                let _ = tokio::time::timeout(CLOSE_LINGER, &mut reading).await;
+            }
         }
+    };
+    // The hub's close may sit behind frames a dead link never drains: past the
+    // linger, drop the link (the hub has already let it go).
+    let gave_up = async {
+        closing.cancelled().await;
+        tokio::time::sleep(CLOSE_LINGER * 2).await;
+    };
+    tokio::select! {
+        () = link => {}
+        () = gave_up => debug!(%worker, "the close did not complete: dropping the link"),
     }
+    hub.send(Command::WorkerGone { worker });
 }

@@ -181,11 +181,7 @@ async fn bad_requests_get_errors_in_each_apis_own_shape() {
             "{\"model\":\"m\",\"x\":\"\u{FFFD}\"}",
         )
         .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "valid UTF-8 passes the check"
-    );
+    assert_eq!(reply.status, StatusCode::OK, "valid UTF-8 passes the check");
     let reply = http.get(&url("/v1/nothing-here")).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(
@@ -740,4 +736,55 @@ async fn a_request_too_large_for_the_link_fails_only_itself() {
     );
     let reply = http.post(&url, r#"{"model":"m"}"#).await;
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_stopped_before_the_relay_buffers_without_bound() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = backend(&["m"]).await;
+    let relay = relay(|c| c.max_client_buffer_bytes = 64 * 1024).await;
+    let _worker = WorkerSpec::new(&relay, &backend, &["m"]).start();
+    let http = Http::new();
+    wait_for_workers(&http, &relay, 1).await;
+    let body =
+        json!({"model": "m", "stream": true, "mock": {"tokens": 150_000, "tag": "slow-reader"}})
+            .to_string();
+    let mut client = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(body.as_bytes()).await.unwrap();
+    // The client reads nothing: kernel buffers fill, then the relay's.
+    let stopped = backend
+        .sim
+        .wait_for(Duration::from_secs(20), |e| {
+            e.iter().any(
+                |e| matches!(e, BackendEvent::Cancelled { tag: Some(t), .. } if t == "slow-reader"),
+            )
+        })
+        .await;
+    assert!(stopped, "the backend call was never stopped");
+    // Read up to the end of the chunked body (the connection itself stays open).
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    while !received.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(20), client.read(&mut buffer))
+            .await
+            .expect("the response ends")
+            .unwrap();
+        assert!(n > 0, "the connection closed before the body ended");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..100.min(text.len())]
+    );
+    assert!(
+        text.contains("\"code\":\"client_too_slow\""),
+        "no error event at the end"
+    );
 }

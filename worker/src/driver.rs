@@ -112,6 +112,8 @@ enum LinkState {
         outbound: mpsc::UnboundedSender<Outgoing<WorkerMessage>>,
         /// The worker asked for the close itself.
         closing: bool,
+        /// The link's task, to end it if a close never completes.
+        task: AbortHandle,
     },
 }
 
@@ -237,12 +239,30 @@ impl<D: Dialer> Driver<D> {
             SessionOutput::CloseLink => match &mut self.link {
                 // The reader reports the close when the relay answers it.
                 LinkState::Up {
-                    outbound, closing, ..
+                    generation,
+                    outbound,
+                    closing,
+                    task,
                 } => {
                     *closing = true;
                     let _ = outbound.send(Outgoing::Close {
                         code: close_code::NORMAL,
                         reason: "worker closing".into(),
+                    });
+                    // On a dead link the close may sit behind frames that never drain:
+                    // past the linger, end the link's task and report it closed.
+                    let (generation, task, events) =
+                        (*generation, task.clone(), self.events.clone());
+                    self.tasks.spawn(async move {
+                        tokio::time::sleep(CLOSE_LINGER * 2).await;
+                        if !task.is_finished() {
+                            task.abort();
+                            let _ = events.send(Event::LinkClosed {
+                                generation,
+                                cause: "the close did not complete: link dead".into(),
+                                refused: false,
+                            });
+                        }
                     });
                 }
                 LinkState::Connecting { task, .. } => {
@@ -360,10 +380,14 @@ impl<D: Dialer> Driver<D> {
                     return;
                 }
                 debug!(url = %self.options.endpoint.connect_url, ?wire, "link open, registering");
+                let LinkState::Connecting { task, .. } = &self.link else {
+                    return; // a link of this generation is already up
+                };
                 self.link = LinkState::Up {
                     generation,
                     outbound,
                     closing: false,
+                    task: task.clone(),
                 };
                 session.handle(now(), SessionInput::LinkUp { wire });
             }
@@ -555,7 +579,9 @@ fn token_counts(headers: &Headers, body: &[u8]) -> Option<TokenCounts> {
     let usage = serde_json::from_slice::<WithUsage>(body).ok()?.usage?;
     let prompt = usage.prompt_tokens.or(usage.input_tokens);
     let completion = usage.completion_tokens.or(usage.output_tokens);
-    let total = usage.total_tokens.or_else(|| Some(prompt? + completion?));
+    let total = usage
+        .total_tokens
+        .or_else(|| prompt?.checked_add(completion?));
     Some(TokenCounts {
         prompt_tokens: prompt,
         completion_tokens: completion,

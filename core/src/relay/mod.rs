@@ -122,6 +122,11 @@ pub enum Input {
         /// The request whose client left.
         request: RequestId,
     },
+    /// The client of a request reads its stream too slowly: stop it rather than buffer without end.
+    ClientTooSlow {
+        /// The request whose client lags.
+        request: RequestId,
+    },
     /// Stop giving a worker new work; close its link once it is idle or at the deadline.
     DrainWorker {
         /// The worker to drain.
@@ -249,7 +254,7 @@ pub struct WorkerInfo<'a> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    AwaitingRegister { deadline: Instant },
+    AwaitingRegister { deadline: Option<Instant> },
     Active,
     Draining { deadline: Option<Instant> },
 }
@@ -284,7 +289,7 @@ impl WorkerEntry {
 
     fn next_deadline(&self) -> Option<Instant> {
         let phase_deadline = match self.phase {
-            Phase::AwaitingRegister { deadline } => Some(deadline),
+            Phase::AwaitingRegister { deadline } => deadline,
             Phase::Draining { deadline } => deadline,
             Phase::Active => None,
         };
@@ -399,7 +404,10 @@ impl Relay {
             }
             Input::WorkerDisconnected { worker } => self.lose_worker(now, worker, None),
             Input::RequestArrived(request) => return self.on_request(now, request),
-            Input::ClientGone { request } => self.on_client_gone(request),
+            Input::ClientGone { request } => self.stop_for_client(request, None),
+            Input::ClientTooSlow { request } => {
+                self.stop_for_client(request, Some(Failure::ClientTooSlow))
+            }
             Input::DrainWorker {
                 worker,
                 timeout,
@@ -567,7 +575,7 @@ impl Relay {
                 wire,
                 connected_at: now,
                 phase: Phase::AwaitingRegister {
-                    deadline: now + self.config.register_timeout,
+                    deadline: now.checked_add(self.config.register_timeout),
                 },
                 name: String::new(),
                 models: Vec::new(),
@@ -650,7 +658,7 @@ impl Relay {
         worker.max_concurrent = register.max_concurrent.max(1);
         worker.external_load = register.current_load.unwrap_or(0);
         worker.phase = Phase::Active;
-        worker.next_ping = Some(now + self.config.heartbeat_interval);
+        worker.next_ping = now.checked_add(self.config.heartbeat_interval);
         let ack = RegisterAck {
             worker_id: worker_id.to_string(),
             models,
@@ -661,9 +669,7 @@ impl Relay {
             .providers
             .get_mut(&worker.provider)
             .expect("a worker's provider exists");
-        for model in &worker.models {
-            provider.route_mut(model);
-        }
+        provider.advertise(&worker.models);
         self.send(worker_id, ServerMessage::RegisterAck(ack));
         self.rearm_worker(worker_id);
         self.rerank(worker_id);
@@ -680,16 +686,15 @@ impl Relay {
         let Some(worker) = self.workers.get_mut(&worker_id) else {
             return;
         };
-        worker.models = sanitized.models;
-        worker.external_load = update.current_load.saturating_sub(worker.in_flight_count());
-        worker.refusing = false;
         let provider = self
             .providers
             .get_mut(&worker.provider)
             .expect("a worker's provider exists");
-        for model in &worker.models {
-            provider.route_mut(model);
-        }
+        provider.advertise(&sanitized.models);
+        provider.withdraw(&worker.models);
+        worker.models = sanitized.models;
+        worker.external_load = update.current_load.saturating_sub(worker.in_flight_count());
+        worker.refusing = false;
         self.rerank(worker_id);
         self.fill_worker(worker_id);
     }
@@ -760,7 +765,9 @@ impl Relay {
         };
         worker.timer = None; // popped by handle_timeout
         match worker.phase {
-            Phase::AwaitingRegister { deadline } if deadline <= now => {
+            Phase::AwaitingRegister {
+                deadline: Some(deadline),
+            } if deadline <= now => {
                 self.lose_worker(now, worker_id, Some(CloseReason::RegisterTimeout));
                 return;
             }
@@ -777,9 +784,9 @@ impl Relay {
             return;
         }
         if worker.next_ping.is_some_and(|at| at <= now) {
-            worker.next_ping = Some(now + self.config.heartbeat_interval);
+            worker.next_ping = now.checked_add(self.config.heartbeat_interval);
             if worker.silent_deadline.is_none() {
-                worker.silent_deadline = Some(now + self.config.heartbeat_timeout);
+                worker.silent_deadline = now.checked_add(self.config.heartbeat_timeout);
             }
             self.send(
                 worker_id,
@@ -861,6 +868,9 @@ impl Relay {
         let mut worker = self.workers.remove(&worker_id)?;
         self.timers
             .rearm(TimerOwner::Worker(worker_id), &mut worker.timer, None);
+        if let Some(provider) = self.providers.get_mut(&worker.provider) {
+            provider.withdraw(&worker.models);
+        }
         Some(worker)
     }
 
@@ -1085,11 +1095,21 @@ impl Relay {
         }
     }
 
-    fn on_client_gone(&mut self, request_id: RequestId) {
+    /// Ends a request on its client's account: removed from the queue, or cancelled at
+    /// its worker (for the worker, the client went away either way). With a failure,
+    /// the client is still there and hears of it; without, it left.
+    fn stop_for_client(&mut self, request_id: RequestId, failure: Option<Failure>) {
         let Some(request) = self.requests.get(&request_id) else {
             return; // ended already
         };
-        if let RequestState::Assigned { worker, .. } = request.state {
+        let mut streamed = false;
+        if let RequestState::Assigned {
+            worker,
+            streamed: s,
+            ..
+        } = request.state
+        {
+            streamed = s;
             self.send(
                 worker,
                 ServerMessage::Cancel(Cancel {
@@ -1098,7 +1118,11 @@ impl Relay {
                 }),
             );
         }
-        self.finish(request_id, Outcome::Cancelled);
+        let outcome = match failure {
+            Some(failure) => Outcome::Failed { failure, streamed },
+            None => Outcome::Cancelled,
+        };
+        self.finish(request_id, outcome);
     }
 
     fn on_request_timer(&mut self, now: Instant, request_id: RequestId) {

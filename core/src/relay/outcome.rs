@@ -73,6 +73,9 @@ pub enum Failure {
     /// The stream grew past the relay's bound.
     #[error("response stream exceeded the size limit")]
     StreamTooLarge,
+    /// The client read the stream so slowly that too much piled up for it.
+    #[error("the client read the stream too slowly")]
+    ClientTooSlow,
 }
 
 /// Why the relay closes a worker link.

@@ -7,6 +7,9 @@ use rustc_hash::FxHashMap;
 use super::selection::SelectionRank;
 use crate::ids::{ModelName, RequestId, WorkerId};
 
+/// How many models a provider remembers before forgetting unadvertised ones.
+pub(crate) const MAX_KNOWN_MODELS: usize = 4096;
+
 /// A request's place in its provider's queue: smaller is served first.
 pub(crate) type QueueSeq = i64;
 
@@ -26,6 +29,8 @@ pub(crate) struct Route {
     pub(crate) queue: BTreeMap<QueueSeq, RequestId>,
     /// Workers that can take a request for this model now, best first.
     pub(crate) ready: BTreeSet<(SelectionRank, WorkerId)>,
+    /// Connected workers that advertise this model.
+    advertisers: usize,
 }
 
 /// All routes of one provider, and the count that its queue bound applies to.
@@ -64,6 +69,29 @@ impl Provider {
         self.routes
             .get_mut(model.as_str())
             .expect("route was just inserted")
+    }
+
+    /// Notes that a worker advertises `models`.
+    pub(crate) fn advertise(&mut self, models: &[ModelName]) {
+        for model in models {
+            self.route_mut(model).advertisers += 1;
+        }
+    }
+
+    /// Notes that a worker no longer advertises `models`. Past [`MAX_KNOWN_MODELS`],
+    /// models nobody advertises and nothing waits for are forgotten, so workers that
+    /// keep renaming models cannot grow the table without end.
+    pub(crate) fn withdraw(&mut self, models: &[ModelName]) {
+        for model in models {
+            if let Some(route) = self.routes.get_mut(model.as_str()) {
+                route.advertisers = route.advertisers.saturating_sub(1);
+            }
+        }
+        if self.routes.len() > MAX_KNOWN_MODELS {
+            self.routes.retain(|_, route| {
+                route.advertisers > 0 || !route.queue.is_empty() || !route.ready.is_empty()
+            });
+        }
     }
 
     /// Requests waiting across all models.

@@ -50,6 +50,10 @@ struct Args {
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout: u64,
 
+    /// Behind a TLS proxy: count worker logins against the address it puts in X-Forwarded-For.
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    trust_forwarded_for: bool,
+
     /// Speak only protocol v1 to workers (as older relays do).
     #[arg(long, env = "DISABLE_PROTOCOL_V2")]
     disable_v2: bool,
@@ -100,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_body_bytes = args.max_body_bytes;
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.enable_v2 = !args.disable_v2;
+    config.trust_forwarded_for = args.trust_forwarded_for;
 
     let listener = TcpListener::bind(&args.listen)
         .await
