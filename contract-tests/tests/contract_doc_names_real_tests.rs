@@ -25,18 +25,20 @@ fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// `module::test_name` references in backticks; `*` globs name a test module.
+/// Test names in backticks: `module::test_name`, or a bare snake_case name long
+/// enough to be a test's sentence (error codes and field names are shorter).
 fn referenced_tests(doc: &str) -> Vec<String> {
     doc.split('`')
         .skip(1)
         .step_by(2)
-        .filter(|span| span.contains("::") && !span.contains(' '))
-        .map(|span| span.rsplit("::").next().unwrap_or(span).to_owned())
-        .filter(|name| {
-            name != "*"
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        .filter(|span| !span.contains(' '))
+        .filter_map(|span| {
+            let name = span.rsplit("::").next().unwrap_or(span);
+            let snake = name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit());
+            let long = name.matches('_').count() >= 4;
+            (snake && (span.contains("::") || long) && name != "*").then(|| name.to_owned())
         })
         .collect()
 }

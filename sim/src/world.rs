@@ -295,6 +295,19 @@ impl World {
             .next()
     }
 
+    /// When the relay accepted a connection from `peer` (host name), in simulated time.
+    pub fn accepts_from(&self, peer: &str) -> Vec<Duration> {
+        self.trace
+            .lines()
+            .iter()
+            .filter_map(|line| {
+                let (at, event) = line.trim_start().split_once(' ')?;
+                let at: f64 = at.parse().ok()?;
+                (event == format!("relay accepts {peer}")).then(|| Duration::from_secs_f64(at))
+            })
+            .collect()
+    }
+
     /// Every backend request attempt, by tag: how many were received and how many ended.
     pub fn attempts(&self) -> BTreeMap<String, (usize, usize)> {
         let mut attempts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -313,6 +326,18 @@ impl World {
             }
         }
         attempts
+    }
+}
+
+impl Drop for World {
+    /// With `SIM_TRACE` set, prints what happened: the story of a failing run.
+    fn drop(&mut self) {
+        if std::env::var_os("SIM_TRACE").is_some() {
+            let mut out = std::io::stderr().lock();
+            for line in self.trace.lines() {
+                let _ = std::io::Write::write_fmt(&mut out, format_args!("{line}\n"));
+            }
+        }
     }
 }
 
