@@ -12,6 +12,7 @@ use axum::serve::{Listener, ListenerExt};
 use modelrelay_core::ProviderId;
 use modelrelay_core::relay::RelayConfig;
 use modelrelay_core::wire::FrameLimits;
+use modelrelay_transports::close_code;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub frame_limits: FrameLimits,
     /// When addresses with failed worker logins are shut out.
     pub auth_limits: AuthLimits,
+    /// QUIC worker links, if enabled (`--quic-listen`).
+    pub quic: Option<crate::quic::QuicSettings>,
     /// Most bytes a response may hold for a client that reads too slowly; past it, the stream is stopped.
     pub max_client_buffer_bytes: usize,
     /// Count worker logins against the address in `X-Forwarded-For` (behind a TLS proxy).
@@ -59,6 +62,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(30),
             frame_limits: FrameLimits::default(),
             auth_limits: AuthLimits::default(),
+            quic: None,
             max_client_buffer_bytes: 16 * 1024 * 1024,
             trust_forwarded_for: false,
         }
@@ -137,9 +141,13 @@ fn router(state: Arc<AppState>) -> Router {
 
 /// Serves on `listener` until `shutdown` resolves, then drains: no new work,
 /// workers told to finish, running requests given `drain_timeout`, then return.
+///
+/// With a QUIC `endpoint`, workers may also connect over QUIC; it stops
+/// accepting when shutdown begins and closes once the relay has drained.
 pub async fn serve<L>(
     config: ServerConfig,
     listener: L,
+    quic: Option<quinn::Endpoint>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: Listener<Addr = SocketAddr>,
@@ -170,8 +178,15 @@ pub async fn serve<L>(
         next_worker: AtomicU64::new(1),
         started: tokio::time::Instant::now().into_std(),
     });
-    let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
+    let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<PeerAddr>();
     let stopping = CancellationToken::new();
+    if let Some(endpoint) = &quic {
+        tokio::spawn(crate::quic::accept_workers(
+            endpoint.clone(),
+            state,
+            stopping.clone(),
+        ));
+    }
     let on_shutdown = {
         let stopping = stopping.clone();
         let hub = hub.clone();
@@ -199,11 +214,19 @@ pub async fn serve<L>(
         Ok(_) => info!("relay stopped"),
         Err(_) => warn!("workers did not finish draining in time; stopping anyway"),
     }
+    if let Some(endpoint) = quic {
+        endpoint.close(
+            quinn::VarInt::from_u32(u32::from(close_code::GOING_AWAY)),
+            b"relay stopped",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
 }
 
 /// A server running in the background on a loopback or other TCP address (for tests and the demo).
 pub struct RunningServer {
     addr: SocketAddr,
+    quic: Option<(SocketAddr, String)>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -216,10 +239,31 @@ impl RunningServer {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        let (endpoint, quic) = match &config.quic {
+            Some(settings) => {
+                let (endpoint, fingerprint) =
+                    crate::quic::endpoint(settings).map_err(std::io::Error::other)?;
+                let quic_addr = endpoint.local_addr()?;
+                (Some(endpoint), Some((quic_addr, fingerprint)))
+            }
+            None => (None, None),
+        };
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
-        let task = tokio::spawn(serve(config, listener, shutdown));
-        Ok(Self { addr, stop, task })
+        let task = tokio::spawn(serve(config, listener, endpoint, shutdown));
+        Ok(Self {
+            addr,
+            quic,
+            stop,
+            task,
+        })
+    }
+
+    /// The UDP address and certificate fingerprint of its QUIC endpoint, if it has one.
+    pub fn quic(&self) -> Option<(SocketAddr, &str)> {
+        self.quic
+            .as_ref()
+            .map(|(addr, fingerprint)| (*addr, fingerprint.as_str()))
     }
 
     /// The address it listens on.

@@ -16,8 +16,8 @@ use modelrelay_core::relay::{
 };
 use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerError, WorkerMessage};
 use modelrelay_core::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
+use modelrelay_transports::Outgoing;
 use modelrelay_transports::close_code;
-use modelrelay_transports::ws::Outgoing;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 mod hub;
 mod links;
+pub mod quic;
 
 pub use api::REQUEST_ID_HEADER;
 pub use app::{RunningServer, ServerConfig, serve};

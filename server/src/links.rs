@@ -10,12 +10,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use modelrelay_core::WorkerId;
 use modelrelay_core::relay::AuthOutcome;
-use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
 use modelrelay_transports::close_code;
-use modelrelay_transports::ws::{CLOSE_LINGER, LinkError, WebSocketStream, split, upgrade};
+use modelrelay_transports::ws::{CLOSE_LINGER, split, upgrade};
+use modelrelay_transports::{LinkError, LinkReader, LinkWriter, Outgoing};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -105,31 +105,40 @@ pub(crate) async fn connect(
                 return;
             }
         };
+        let (reader, writer) = split::<_, WorkerMessage, ServerMessage>(socket, wire, limits);
         if let Some(reason) = unknown_provider {
-            let (_, writer) = split::<_, WorkerMessage, ServerMessage>(socket, wire, limits);
-            let _ = writer
-                .close_now(close_code::POLICY_VIOLATION, &reason)
-                .await;
+            refuse(writer, &reason).await;
             return;
         }
-        run_link(socket, worker, wire, auth, peer, hub, limits).await;
+        run_link(reader, writer, worker, wire, auth, peer, hub).await;
     });
     upgrade.response(wire).map(|()| Body::empty())
 }
 
+/// Closes a link at once with a policy violation (unknown provider, refused hello).
+pub(crate) async fn refuse<W: LinkWriter<ServerMessage>>(writer: W, reason: &str) {
+    let (tx, queue) = mpsc::unbounded_channel();
+    let _ = tx.send(Outgoing::Close {
+        code: close_code::POLICY_VIOLATION,
+        reason: reason.to_owned(),
+    });
+    drop(tx);
+    let _ = tokio::time::timeout(CLOSE_LINGER, writer.run(queue, |_, _| None)).await;
+}
+
 /// Feeds a link's frames to the hub and writes what the hub sends, until either side ends it.
-async fn run_link<S>(
-    socket: WebSocketStream<S>,
+pub(crate) async fn run_link<R, W>(
+    mut reader: R,
+    writer: W,
     worker: WorkerId,
     wire: WireVersion,
     auth: AuthOutcome,
     peer: SocketAddr,
     hub: Hub,
-    limits: FrameLimits,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: LinkReader<WorkerMessage>,
+    W: LinkWriter<ServerMessage>,
 {
-    let (mut reader, writer) = split::<S, WorkerMessage, ServerMessage>(socket, wire, limits);
     let (outbound, queue) = mpsc::unbounded_channel();
     let closing = CancellationToken::new();
     let connected = hub.send(Command::WorkerConnected {

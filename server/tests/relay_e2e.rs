@@ -18,14 +18,9 @@ const ROUTES: [&str; 4] = [
     "/v1/messages",
 ];
 
-/// A relay with one worker in front of one backend serving `m`.
+/// A relay with one WebSocket worker in front of one backend serving `m`.
 async fn world() -> (modelrelay_server::RunningServer, Backend, Worker, Http) {
-    let backend = backend(&["m"]).await;
-    let relay = relay(|_| {}).await;
-    let worker = WorkerSpec::new(&relay, &backend, &["m"]).start();
-    let http = Http::new();
-    wait_for_workers(&http, &relay, 1).await;
-    (relay, backend, worker, http)
+    world_over(Link::WebSocket).await
 }
 
 #[tokio::test]
@@ -215,25 +210,9 @@ async fn a_body_over_the_limit_is_refused_with_413() {
 async fn a_client_that_disconnects_mid_stream_cancels_the_backend_call() {
     let (relay, backend, _worker, http) = world().await;
     let body = json!({"model": "m", "stream": true, "mock": {"tokens": 1000, "delay_ms": 10, "tag": "gone"}}).to_string();
-    let mut stream = http
-        .send(
-            http::Method::POST,
-            &format!("{}/v1/chat/completions", relay.url()),
-            &body,
-            &[],
-        )
-        .await;
-    stream.next_chunk().await.unwrap();
-    stream.next_chunk().await.unwrap();
-    drop(stream);
-    let cancelled = backend
-        .sim
-        .wait_for(Duration::from_secs(5), |events| {
-            events
-                .iter()
-                .any(|e| matches!(e, BackendEvent::Cancelled { tag: Some(t), .. } if t == "gone"))
-        })
-        .await;
+    let url = format!("{}/v1/chat/completions", relay.url());
+    leave_after(&http, &url, &body, 2).await;
+    let cancelled = backend.saw_cancelled("gone", Duration::from_secs(5)).await;
     assert!(
         cancelled,
         "the backend never saw the cancellation: {:?}",
@@ -258,12 +237,7 @@ async fn a_client_that_leaves_before_the_answer_cancels_the_backend_call() {
     );
     request.abort();
     let cancelled = backend
-        .sim
-        .wait_for(Duration::from_secs(5), |events| {
-            events.iter().any(
-                |e| matches!(e, BackendEvent::Cancelled { tag: Some(t), .. } if t == "impatient"),
-            )
-        })
+        .saw_cancelled("impatient", Duration::from_secs(5))
         .await;
     assert!(
         cancelled,
@@ -286,14 +260,7 @@ async fn the_request_timeout_answers_504_and_cancels_the_backend_call() {
         .await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(reply.json()["error"]["code"], "request_timeout");
-    assert!(
-        backend
-            .sim
-            .wait_for(Duration::from_secs(5), |e| e.iter().any(
-                |e| matches!(e, BackendEvent::Cancelled { tag: Some(t), .. } if t == "slow")
-            ))
-            .await
-    );
+    assert!(backend.saw_cancelled("slow", Duration::from_secs(5)).await);
 }
 
 #[tokio::test]
@@ -346,48 +313,8 @@ async fn a_full_queue_answers_429_with_retry_after_and_a_long_wait_504() {
 
 #[tokio::test]
 async fn a_worker_killed_before_the_first_byte_has_its_request_requeued_to_another() {
-    let backend_a = backend(&["m"]).await;
-    let backend_b = backend(&["m"]).await;
-    let relay = relay(|_| {}).await;
-    let http = Http::new();
-    let mut spec = WorkerSpec::new(&relay, &backend_a, &["m"]);
-    spec.name = "a";
-    let worker_a = spec.start();
-    wait_for_workers(&http, &relay, 1).await;
-    let url = format!("{}/v1/chat/completions", relay.url());
-    let body =
-        json!({"model": "m", "mock": {"tokens": 10, "delay_ms": 30, "tag": "moved"}}).to_string();
-    let request = tokio::spawn({
-        let http = http.clone();
-        async move { http.post(&url, &body).await }
-    });
-    assert!(
-        backend_a
-            .sim
-            .wait_for(Duration::from_secs(5), |e| !e.is_empty())
-            .await
-    );
-    let mut spec = WorkerSpec::new(&relay, &backend_b, &["m"]);
-    spec.name = "b";
-    let _worker_b = spec.start();
-    wait_for_workers(&http, &relay, 2).await;
-    worker_a.kill();
-    let reply = request.await.unwrap();
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert!(
-        reply.json()["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .starts_with("Hello")
-    );
-    assert!(
-        backend_b
-            .sim
-            .events()
-            .iter()
-            .any(|e| matches!(e, BackendEvent::Finished { tag: Some(t) } if t == "moved")),
-        "backend b served it"
-    );
+    scenarios::a_worker_killed_before_the_first_byte_has_its_request_requeued(Link::WebSocket)
+        .await;
 }
 
 #[tokio::test]
@@ -478,56 +405,7 @@ async fn an_unreachable_backend_is_reported_per_request_as_502_with_the_reason()
 
 #[tokio::test]
 async fn a_worker_that_stops_finishes_its_work_while_a_replacement_takes_the_new_requests() {
-    let backend_a = backend(&["m"]).await;
-    let backend_b = backend(&["m"]).await;
-    let relay = relay(|_| {}).await;
-    let http = Http::new();
-    let worker_a = WorkerSpec::new(&relay, &backend_a, &["m"]).start();
-    wait_for_workers(&http, &relay, 1).await;
-    let url = format!("{}/v1/chat/completions", relay.url());
-    let long = json!({"model": "m", "stream": true, "mock": {"tokens": 30, "delay_ms": 20, "tag": "long"}}).to_string();
-    let in_flight = tokio::spawn({
-        let (http, url) = (http.clone(), url.clone());
-        async move { http.post(&url, &long).await }
-    });
-    assert!(
-        backend_a
-            .sim
-            .wait_for(Duration::from_secs(5), |e| !e.is_empty())
-            .await
-    );
-    worker_a.begin_stop();
-    // While it drains, new work waits for someone else.
-    let next = tokio::spawn({
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            http.post(
-                &url,
-                &json!({"model": "m", "mock": {"tag": "next"}}).to_string(),
-            )
-            .await
-        }
-    });
-    let _worker_b = WorkerSpec::new(&relay, &backend_b, &["m"]).start();
-    let finished = in_flight.await.unwrap();
-    assert_eq!(finished.status, StatusCode::OK);
-    assert_eq!(sse_data(&finished.body).last().unwrap(), "[DONE]");
-    assert_eq!(next.await.unwrap().status, StatusCode::OK);
-    assert!(
-        backend_b
-            .sim
-            .events()
-            .iter()
-            .any(|e| matches!(e, BackendEvent::Finished { tag: Some(t) } if t == "next"))
-    );
-    assert!(
-        !backend_a
-            .sim
-            .events()
-            .iter()
-            .any(|e| matches!(e, BackendEvent::Received { tag: Some(t), .. } if t == "next"))
-    );
-    worker_a.exited().await;
+    scenarios::a_stopping_worker_finishes_while_a_replacement_takes_new_work(Link::WebSocket).await;
 }
 
 #[tokio::test]
@@ -758,12 +636,7 @@ async fn a_client_that_does_not_read_is_stopped_before_the_relay_buffers_without
     client.write_all(body.as_bytes()).await.unwrap();
     // The client reads nothing: kernel buffers fill, then the relay's.
     let stopped = backend
-        .sim
-        .wait_for(Duration::from_secs(20), |e| {
-            e.iter().any(
-                |e| matches!(e, BackendEvent::Cancelled { tag: Some(t), .. } if t == "slow-reader"),
-            )
-        })
+        .saw_cancelled("slow-reader", Duration::from_secs(20))
         .await;
     assert!(stopped, "the backend call was never stopped");
     // Read up to the end of the chunked body (the connection itself stays open).

@@ -109,13 +109,19 @@ impl Outcome {
 
 /// Sends `ask` to the relay; gives up (as [`Outcome::Hung`]) after `deadline`.
 pub async fn send(ask: &Ask, deadline: Duration) -> Outcome {
-    match tokio::time::timeout(deadline, exchange(ask)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::Hung,
+    send_timed(ask, deadline).await.0
+}
+
+/// Like [`send`], also returning when (in simulated time) each piece of the body arrived.
+pub async fn send_timed(ask: &Ask, deadline: Duration) -> (Outcome, Vec<Duration>) {
+    let mut arrivals = Vec::new();
+    match tokio::time::timeout(deadline, exchange(ask, &mut arrivals)).await {
+        Ok(outcome) => (outcome, arrivals),
+        Err(_) => (Outcome::Hung, arrivals),
     }
 }
 
-async fn exchange(ask: &Ask) -> Outcome {
+async fn exchange(ask: &Ask, arrivals: &mut Vec<Duration>) -> Outcome {
     let mut response = match net::post(RELAY, RELAY_PORT, "/v1/chat/completions", ask.body()).await
     {
         Ok(response) => response,
@@ -127,6 +133,7 @@ async fn exchange(ask: &Ask) -> Outcome {
         match chunk {
             Ok(chunk) => {
                 chunks += 1;
+                arrivals.push(turmoil::sim_elapsed().unwrap_or_default());
                 body.extend_from_slice(&chunk);
             }
             Err(error) => return Outcome::Wrong(format!("body broke off: {error}")),

@@ -8,5 +8,7 @@
 
 pub mod client;
 pub mod net;
+pub mod quic;
+pub mod seeds;
 pub mod trace;
 pub mod world;

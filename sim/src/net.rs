@@ -43,9 +43,14 @@ pub async fn listen(port: u16) -> io::Result<SimListener> {
     Ok(SimListener(TcpListener::bind(("0.0.0.0", port)).await?))
 }
 
-/// Dials the relay over simulated TCP.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SimDialer;
+/// Dials the relay over simulated TCP, or simulated UDP for QUIC.
+#[derive(Clone, Debug, Default)]
+pub struct SimDialer {
+    /// Seed of the QUIC endpoints it makes.
+    pub seed: u64,
+    /// What those endpoints' sockets lose.
+    pub loss: crate::quic::PacketLoss,
+}
 
 impl Dialer for SimDialer {
     type Stream = TcpStream;
@@ -54,6 +59,21 @@ impl Dialer for SimDialer {
         let host = endpoint.host.clone();
         let port = endpoint.port;
         async move { TcpStream::connect((host.as_str(), port)).await }
+    }
+
+    fn quic(
+        &self,
+        endpoint: &RelayEndpoint,
+    ) -> impl Future<Output = io::Result<(quinn::Endpoint, SocketAddr)>> + Send {
+        let host = endpoint.host.clone();
+        let port = endpoint.port;
+        let (seed, loss) = (self.seed, self.loss.clone());
+        async move {
+            let config = quinn::EndpointConfig::default();
+            let local = crate::quic::endpoint(0, config, None, seed, loss).await?;
+            let relay = SocketAddr::new(turmoil::lookup(host.as_str()), port);
+            Ok((local, relay))
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 use modelrelay_core::backoff::BackoffConfig;
 use modelrelay_core::session::SessionConfig;
 use modelrelay_server::ServerConfig;
+use modelrelay_transports::quic;
+use modelrelay_transports::tls::{RelayIdentity, Trust, parse_fingerprint};
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::RelayEndpoint;
 use modelrelay_worker::simulated_backend::{
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use turmoil::Sim;
 
 use crate::net::{SimConnector, SimDialer, SimListener, listen};
+use crate::quic::PacketLoss;
 use crate::trace::Trace;
 
 /// The relay's host name.
@@ -28,6 +31,28 @@ pub const RELAY: &str = "relay";
 pub const RELAY_PORT: u16 = 8080;
 /// The port every backend listens on.
 pub const BACKEND_PORT: u16 = 9000;
+/// The relay's UDP port for QUIC worker links.
+pub const QUIC_PORT: u16 = 8443;
+
+/// Which link workers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// WebSocket over simulated TCP.
+    WebSocket,
+    /// QUIC over simulated UDP.
+    Quic,
+}
+
+fn relay_identity() -> RelayIdentity {
+    let (cert, key) = crate::quic::relay_identity();
+    RelayIdentity::from_der(cert.clone(), key.clone())
+}
+
+/// What simulated workers trust: exactly the simulated relay's certificate.
+fn quic_client_config() -> quinn::ClientConfig {
+    let fingerprint = parse_fingerprint(&relay_identity().fingerprint()).expect("a fingerprint");
+    quic::client_config(&Trust::Pinned(fingerprint)).expect("client settings")
+}
 /// The worker secret of the simulation.
 pub const SECRET: &str = "sim-secret";
 
@@ -91,6 +116,8 @@ pub struct WorldConfig {
     pub min_latency: Duration,
     /// Largest message latency.
     pub max_latency: Duration,
+    /// The link workers use.
+    pub link: LinkKind,
 }
 
 impl WorldConfig {
@@ -101,6 +128,7 @@ impl WorldConfig {
             duration: Duration::from_secs(300),
             min_latency: Duration::from_millis(1),
             max_latency: Duration::from_millis(1),
+            link: LinkKind::WebSocket,
         }
     }
 }
@@ -112,7 +140,10 @@ pub struct World {
     /// Everything observed, with simulated times.
     pub trace: Trace,
     seed: u64,
+    link: LinkKind,
     backends: BTreeMap<String, SimulatedBackend>,
+    /// What each host's QUIC socket loses (relay and workers).
+    losses: BTreeMap<String, PacketLoss>,
 }
 
 impl World {
@@ -129,24 +160,46 @@ impl World {
             sim,
             trace: Trace::default(),
             seed: config.seed,
+            link: config.link,
             backends: BTreeMap::new(),
+            losses: BTreeMap::new(),
         }
+    }
+
+    /// The datagram loss of host `name`'s QUIC socket (relay or worker), to set.
+    pub fn packet_loss(&mut self, name: &str) -> PacketLoss {
+        self.losses.entry(name.to_owned()).or_default().clone()
     }
 
     /// Adds the relay host, running the real server with `config`.
     pub fn relay(&mut self, config: ServerConfig) {
         let trace = self.trace.clone();
+        let (link, seed) = (self.link, self.seed);
+        let loss = self.packet_loss(RELAY);
         self.sim.host(RELAY, move || {
             let config = config.clone();
             let trace = trace.clone();
+            let loss = loss.clone();
             async move {
                 trace.record("relay starts");
+                let quic = match link {
+                    LinkKind::WebSocket => None,
+                    LinkKind::Quic => {
+                        let identity = relay_identity();
+                        let server = quic::server_config(&identity, quic::relay_transport())?;
+                        let endpoint = quic::relay_endpoint_config(&identity);
+                        Some(
+                            crate::quic::endpoint(QUIC_PORT, endpoint, Some(server), seed, loss)
+                                .await?,
+                        )
+                    }
+                };
                 let listener = listen(RELAY_PORT).await?;
                 let listener = Observed {
                     inner: listener,
                     trace,
                 };
-                modelrelay_server::serve(config, listener, std::future::pending()).await;
+                modelrelay_server::serve(config, listener, quic, std::future::pending()).await;
                 Ok(())
             }
         });
@@ -185,32 +238,40 @@ impl World {
         let starts = Arc::new(AtomicU64::new(0));
         let base_seed = self.seed ^ stable_hash(&name);
         let trace = self.trace.clone();
+        let link = self.link;
+        let loss = self.packet_loss(&name);
         let host = name.clone();
         self.sim.host(host.as_str(), move || {
             let start = starts.fetch_add(1, Ordering::Relaxed);
             let token = stop.fresh();
             let (name, backend_url, trace) = (name.clone(), backend_url.clone(), trace.clone());
+            let loss = loss.clone();
             async move {
                 if start == 0 {
                     tokio::time::sleep(start_after).await;
                 }
                 trace.record(format_args!("{name} starts (run {start})"));
-                let endpoint =
-                    RelayEndpoint::parse(&format!("http://{RELAY}:{RELAY_PORT}"), "local")?;
+                let url = match link {
+                    LinkKind::WebSocket => format!("http://{RELAY}:{RELAY_PORT}"),
+                    LinkKind::Quic => format!("quic://{RELAY}:{QUIC_PORT}"),
+                };
+                let endpoint = RelayEndpoint::parse(&url, "local")?;
                 let models = ModelSource::List(vec!["m".into()]);
                 let mut options = WorkerOptions::new(endpoint, SECRET.into(), models);
                 options.session =
                     session_config(&name, max_concurrent, base_seed.wrapping_add(start));
                 options.connect_timeout = Duration::from_secs(3);
+                if link == LinkKind::Quic {
+                    options.quic = Some(quic_client_config());
+                }
                 let backend =
                     HttpBackend::with_connector(url::Url::parse(&backend_url)?, SimConnector);
-                modelrelay_worker::run(
-                    options,
-                    SimDialer,
-                    Arc::new(backend),
-                    token.cancelled_owned(),
-                )
-                .await;
+                let dialer = SimDialer {
+                    seed: base_seed.wrapping_add(start),
+                    loss,
+                };
+                modelrelay_worker::run(options, dialer, Arc::new(backend), token.cancelled_owned())
+                    .await;
                 trace.record(format_args!("{name} exits"));
                 Ok(())
             }

@@ -1,5 +1,6 @@
 //! Randomized fault schedules: for each seed, random workers, requests and faults
-//! (crashes, partitions, held links, drains), then the contract's invariants.
+//! (crashes, partitions, held links, drains), over WebSocket or lossy QUIC links,
+//! then the contract's invariants.
 //!
 //! `SIM_SEEDS=N` runs N seeds (CI runs a few); `SIM_SEED=S` replays seed S alone;
 //! `SIM_TRACE=1` prints what happened. A failing seed prints the command that replays it.
@@ -10,7 +11,8 @@ use std::time::Duration;
 use modelrelay_core::backoff::SeededRng;
 use modelrelay_worker::simulated_backend::SimulatedBackendConfig;
 use sim::client::{self, Ask, Outcome};
-use sim::world::{RELAY, RELAY_PORT, WorkerStop, World, WorldConfig, relay_config};
+use sim::seeds::{for_each_seed, seeds};
+use sim::world::{LinkKind, RELAY, RELAY_PORT, WorkerStop, World, WorldConfig, relay_config};
 
 const SECOND: Duration = Duration::from_secs(1);
 const QUEUE_BOUND: usize = 6;
@@ -62,19 +64,35 @@ fn random_ask(rng: &mut SeededRng, c: usize, n: usize) -> Ask {
     ask
 }
 
+/// The link of `seed`'s workers: half the seeds use QUIC, losing up to 3% of datagrams.
+fn link_of(seed: u64) -> (LinkKind, f64) {
+    let mut rng = SeededRng::new(seed ^ 0x11_4b);
+    if chance(&mut rng, 50) {
+        (LinkKind::Quic, pick(&mut rng, 0, 3) as f64 / 100.0)
+    } else {
+        (LinkKind::WebSocket, 0.0)
+    }
+}
+
 /// Builds and runs the world of `seed` to its end.
 fn run(seed: u64) -> Run {
     let mut rng = SeededRng::new(seed);
     let max_latency = Duration::from_millis(pick(&mut rng, 1, 20));
+    let (link, loss) = link_of(seed);
     let mut world = World::new(WorldConfig {
         seed,
         duration: Duration::from_secs(600),
         min_latency: Duration::from_millis(1),
         max_latency,
+        link,
     });
+    world.note(format_args!(
+        "workers link over {link:?}, losing {loss} of datagrams"
+    ));
     let mut config = relay_config();
     config.relay.max_queue_len = QUEUE_BOUND;
     world.relay(config);
+    world.packet_loss(RELAY).set_rate(loss, seed ^ 1);
     let workers = pick(&mut rng, 2, 4) as usize;
     let mut stops: Vec<(String, WorkerStop)> = Vec::new();
     for i in 1..=workers {
@@ -90,6 +108,9 @@ fn run(seed: u64) -> Run {
         let slots = pick(&mut rng, 1, 3) as u32;
         let name = format!("worker-{i}");
         let stop = world.worker(&name, &backend, slots, Duration::ZERO);
+        world
+            .packet_loss(&name)
+            .set_rate(loss, seed ^ (i as u64 + 1));
         stops.push((name, stop));
     }
 
@@ -283,47 +304,25 @@ fn check(seed: u64, run: &Run) {
     assert!(complete > 0, "seed {seed}: nothing completed at all");
 }
 
-fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        return vec![seed];
-    }
-    let count = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    (1..=count)
-        .map(|n: u64| n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-        .collect()
-}
-
 #[test]
 fn randomized_fault_schedules_keep_the_contract() {
-    for seed in seeds() {
-        let result = std::panic::catch_unwind(|| check(seed, &run(seed)));
-        if let Err(panic) = result {
-            let replay = format!(
-                "SIM_SEED={seed} SIM_TRACE=1 cargo test -p sim --test randomized -- --nocapture"
-            );
-            std::panic::resume_unwind(Box::new(format!(
-                "seed {seed} failed: {}\nreplay with: {replay}",
-                panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("(no message)")
-            )));
-        }
-    }
+    for_each_seed(&seeds(4, 0), "randomized", |seed| check(seed, &run(seed)));
 }
 
 #[test]
 fn the_same_seed_replays_the_same_trace() {
-    let seed = seeds()[0];
-    let first = run(seed);
-    let second = run(seed);
-    assert_eq!(
-        first.digest, second.digest,
-        "seed {seed} did not replay the same"
-    );
-    assert_eq!(first.outcomes, second.outcomes);
+    // One seed of each link.
+    for kind in [LinkKind::WebSocket, LinkKind::Quic] {
+        let seed = (1..)
+            .map(|n: u64| n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .find(|seed| link_of(*seed).0 == kind)
+            .expect("a seed of each kind");
+        let first = run(seed);
+        let second = run(seed);
+        assert_eq!(
+            first.digest, second.digest,
+            "seed {seed} ({kind:?}) did not replay the same"
+        );
+        assert_eq!(first.outcomes, second.outcomes);
+    }
 }

@@ -18,7 +18,7 @@ fn a_request_streams_through_the_simulated_relay() {
         .build();
     sim.host("relay", || async {
         let config = ServerConfig::new("s");
-        modelrelay_server::serve(config, listen(8080).await?, std::future::pending()).await;
+        modelrelay_server::serve(config, listen(8080).await?, None, std::future::pending()).await;
         Ok(())
     });
     let backend = SimulatedBackend::new(SimulatedBackendConfig {
@@ -44,7 +44,7 @@ fn a_request_streams_through_the_simulated_relay() {
         );
         modelrelay_worker::run(
             options,
-            SimDialer,
+            SimDialer::default(),
             Arc::new(backend),
             std::future::pending(),
         )

@@ -1,14 +1,24 @@
 //! Links that carry ModelRelay protocol frames between the server and its workers.
 //!
-//! A link moves whole protocol messages: the reading half decodes frames into
-//! [`modelrelay_core::wire`] messages, the writing half encodes them. The
-//! WebSocket link (feature `ws`) is generic over the byte stream, so the same
-//! code runs over real TCP, TLS, or a simulated network.
+//! A link moves whole protocol messages: its reading half ([`LinkReader`])
+//! decodes frames into [`modelrelay_core::wire`] messages, its writing half
+//! ([`LinkWriter`]) encodes them. Two links exist: WebSocket (feature `ws`),
+//! generic over the byte stream so it runs over TCP, TLS or a simulated
+//! network, and QUIC (feature `quic`), one stream per request, generic over
+//! the UDP socket through quinn's endpoint.
 
+use std::future::Future;
+
+use modelrelay_core::wire::{DecodeError, EncodeError, WireVersion};
+use tokio::sync::mpsc;
+
+#[cfg(feature = "quic")]
+pub mod quic;
+pub mod tls;
 #[cfg(feature = "ws")]
 pub mod ws;
 
-/// Standard WebSocket close codes the relay uses.
+/// Standard WebSocket close codes the relay uses (QUIC closes carry the same numbers).
 pub mod close_code {
     /// The link ended normally (a drained worker).
     pub const NORMAL: u16 = 1000;
@@ -18,4 +28,100 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// The peer is not allowed (wrong secret, unknown provider).
     pub const POLICY_VIOLATION: u16 = 1008;
+}
+
+/// Why a link failed, or why one message could not travel on it.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The WebSocket itself failed (I/O, framing, size limit).
+    #[cfg(feature = "ws")]
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The QUIC connection failed or was closed.
+    #[cfg(feature = "quic")]
+    #[error("quic: {0}")]
+    Quic(#[from] quinn::ConnectionError),
+    /// Writing to a QUIC stream failed.
+    #[cfg(feature = "quic")]
+    #[error("quic stream: {0}")]
+    QuicWrite(#[from] quinn::WriteError),
+    /// Reading from a QUIC stream failed.
+    #[cfg(feature = "quic")]
+    #[error("quic stream: {0}")]
+    QuicRead(#[from] quinn::ReadExactError),
+    /// A frame did not decode as a protocol message.
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    /// A message could not be encoded (a non-UTF-8 payload on v1).
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+    /// A frame larger than the link's frame limit (to send, or announced by the peer).
+    #[error("a {size}-byte frame exceeds the link's limit of {limit} bytes")]
+    FrameTooLarge {
+        /// Size of the frame.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A text frame on a v2 link or a binary frame on a v1 link.
+    #[error("{found} frame on a {wire:?} link")]
+    WrongFrameType {
+        /// `text` or `binary`.
+        found: &'static str,
+        /// The link's encoding.
+        wire: WireVersion,
+    },
+    /// The peer broke the link's own rules (no hello, a stream it should not open).
+    #[error("link protocol: {0}")]
+    Protocol(String),
+}
+
+impl LinkError {
+    /// Whether the peer sent something malformed (rather than the link breaking).
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(
+            self,
+            Self::Decode(_)
+                | Self::WrongFrameType { .. }
+                | Self::FrameTooLarge { .. }
+                | Self::Protocol(_)
+        )
+    }
+}
+
+/// What a link's writer is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outgoing<M> {
+    /// Send a message.
+    Message(M),
+    /// Close the link with a code and a reason.
+    Close {
+        /// WebSocket-style close code.
+        code: u16,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// The receiving half of a link: messages of type `M` as they arrive.
+pub trait LinkReader<M>: Send + 'static {
+    /// The next message; `None` once the link is closed.
+    fn next(&mut self) -> impl Future<Output = Option<Result<M, LinkError>>> + Send;
+
+    /// The code and reason the peer closed with, once [`LinkReader::next`] returned `None`.
+    fn close_frame(&self) -> Option<(u16, String)>;
+}
+
+/// The sending half of a link: writes messages of type `M` from a queue.
+pub trait LinkWriter<M>: Send + 'static {
+    /// Writes what arrives on `queue` until it closes or a close is asked for.
+    ///
+    /// A message that cannot be sent on this link (it does not encode, or its
+    /// frame is over the limit) does not end the link: `unsendable` hears of it
+    /// and may give a message to send in its place (an error about that one request).
+    fn run(
+        self,
+        queue: mpsc::UnboundedReceiver<Outgoing<M>>,
+        unsendable: impl FnMut(M, &LinkError) -> Option<M> + Send,
+    ) -> impl Future<Output = Result<(), LinkError>> + Send;
 }

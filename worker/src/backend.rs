@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use modelrelay_core::wire::{HOP_BY_HOP_HEADERS, Headers};
+use modelrelay_transports::tls::{TlsError, Trust, client_tls};
 use url::Url;
 
 /// A request for the backend.
@@ -77,32 +78,22 @@ pub type DefaultConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 impl HttpBackend<DefaultConnector> {
     /// A client for the backend at `base` (`http://` or `https://`).
-    pub fn new(base: Url) -> Result<Self, crate::tls::TlsSetupError> {
+    pub fn new(base: Url) -> Result<Self, TlsError> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let connector = match crate::tls::system_roots_config() {
-            Ok(tls) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config((*tls).clone())
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http),
+        let tls = match client_tls(&Trust::SystemRoots) {
+            Ok(tls) => tls,
             Err(error) if base.scheme() == "https" => return Err(error),
             // A plain-HTTP backend needs no roots.
-            Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .with_safe_default_protocol_versions()?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-                )
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http),
+            Err(_) => client_tls(&Trust::Roots(Vec::new()))?,
         };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Ok(Self::with_connector(base, connector))
     }
 }

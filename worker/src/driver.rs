@@ -19,13 +19,14 @@ use modelrelay_core::wire::{
     WireVersion, WorkerMessage,
 };
 use modelrelay_transports::close_code;
-use modelrelay_transports::ws::{CLOSE_LINGER, Outgoing};
+use modelrelay_transports::ws::CLOSE_LINGER;
+use modelrelay_transports::{LinkReader, LinkWriter, Outgoing};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, BackendError, BackendRequest, collect_body, list_models};
-use crate::link::{ConnectError, Dialer, LinkReader, ProtocolChoice, RelayEndpoint, connect};
+use crate::link::{ConnectError, Dialer, Link, ProtocolChoice, RelayEndpoint, connect};
 
 /// Where the worker's model list comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +38,7 @@ pub enum ModelSource {
 }
 
 /// Everything the driver needs besides its dialer and backend.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerOptions {
     /// The relay to connect to.
     pub endpoint: RelayEndpoint,
@@ -57,6 +58,8 @@ pub struct WorkerOptions {
     pub connect_timeout: Duration,
     /// Largest non-streaming backend response passed on.
     pub max_response_bytes: usize,
+    /// QUIC client settings (TLS trust), needed for `quic://` relays.
+    pub quic: Option<quinn::ClientConfig>,
 }
 
 impl WorkerOptions {
@@ -72,6 +75,7 @@ impl WorkerOptions {
             limits: FrameLimits::default(),
             connect_timeout: Duration::from_secs(10),
             max_response_bytes: 64 * 1024 * 1024,
+            quic: None,
         }
     }
 }
@@ -318,38 +322,15 @@ impl<D: Dialer> Driver<D> {
                 options.protocol,
                 options.limits,
                 options.connect_timeout,
+                options.quic.as_ref(),
             )
             .await;
             match result {
-                Ok((reader, writer, wire)) => {
-                    let (outbound, queue) = mpsc::unbounded_channel();
-                    let _ = events.send(Event::LinkUp {
-                        generation,
-                        wire,
-                        outbound,
-                    });
-                    // One task per link, reading and writing; it ends when reading ends,
-                    // or soon after writing ends (a dead link never answers a close).
-                    let reading = read_link(reader, generation, events.clone());
-                    tokio::pin!(reading);
-                    let (cause, refused) = tokio::select! {
-                        biased;
-                        ended = &mut reading => ended,
-                        result = writer.run(queue, undeliverable) => {
-                            if let Err(error) = result {
-                                debug!(%error, "writing to the relay failed");
-                            }
-                            match tokio::time::timeout(CLOSE_LINGER, &mut reading).await {
-                                Ok(ended) => ended,
-                                Err(_) => ("the relay did not answer the close: link dead".to_owned(), false),
-                            }
-                        }
-                    };
-                    let _ = events.send(Event::LinkClosed {
-                        generation,
-                        cause,
-                        refused,
-                    });
+                Ok(Link::WebSocket(reader, writer, wire)) => {
+                    run_link(reader, writer, wire, generation, events).await
+                }
+                Ok(Link::Quic(reader, writer)) => {
+                    run_link(reader, writer, WireVersion::V2, generation, events).await
                 }
                 Err(error) => {
                     let _ = events.send(Event::LinkFailed { generation, error });
@@ -482,7 +463,7 @@ impl<D: Dialer> Driver<D> {
 /// an error for that one request, so the link and every other request go on.
 fn undeliverable(
     message: WorkerMessage,
-    error: &modelrelay_transports::ws::LinkError,
+    error: &modelrelay_transports::LinkError,
 ) -> Option<WorkerMessage> {
     let request = match &message {
         WorkerMessage::ResponseChunk(chunk) => chunk.request_id.clone(),
@@ -589,15 +570,53 @@ fn token_counts(headers: &Headers, body: &[u8]) -> Option<TokenCounts> {
     })
 }
 
-/// Forwards a link's frames until it ends; says why it ended and whether the relay refused us.
-async fn read_link<S>(
-    mut reader: LinkReader<S>,
+/// Runs one open link: reports it up, forwards frames, writes the session's messages,
+/// and reports it closed. It ends when reading ends, or soon after writing ends
+/// (a dead link never answers a close).
+async fn run_link<R, W>(
+    reader: R,
+    writer: W,
+    wire: WireVersion,
     generation: u64,
     events: mpsc::UnboundedSender<Event>,
-) -> (String, bool)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+) where
+    R: LinkReader<ServerMessage>,
+    W: LinkWriter<WorkerMessage>,
 {
+    let (outbound, queue) = mpsc::unbounded_channel();
+    let _ = events.send(Event::LinkUp {
+        generation,
+        wire,
+        outbound,
+    });
+    let reading = read_link(reader, generation, events.clone());
+    tokio::pin!(reading);
+    let (cause, refused) = tokio::select! {
+        biased;
+        ended = &mut reading => ended,
+        result = writer.run(queue, undeliverable) => {
+            if let Err(error) = result {
+                debug!(%error, "writing to the relay failed");
+            }
+            match tokio::time::timeout(CLOSE_LINGER, &mut reading).await {
+                Ok(ended) => ended,
+                Err(_) => ("the relay did not answer the close: link dead".to_owned(), false),
+            }
+        }
+    };
+    let _ = events.send(Event::LinkClosed {
+        generation,
+        cause,
+        refused,
+    });
+}
+
+/// Forwards a link's frames until it ends; says why it ended and whether the relay refused us.
+async fn read_link<R: LinkReader<ServerMessage>>(
+    mut reader: R,
+    generation: u64,
+    events: mpsc::UnboundedSender<Event>,
+) -> (String, bool) {
     loop {
         match reader.next().await {
             Some(Ok(message)) => {

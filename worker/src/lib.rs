@@ -11,6 +11,5 @@ pub mod driver;
 pub mod link;
 pub mod process;
 pub mod simulated_backend;
-pub mod tls;
 
 pub use driver::{ModelSource, WorkerOptions, run};

@@ -2,12 +2,14 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_transports::quic::{self, Hello, QuicReader, WorkerWriter};
 use modelrelay_transports::ws::client::{HandshakeError, handshake};
 use modelrelay_transports::ws::{WsReader, WsWriter, split};
 use rustls::pki_types::ServerName;
@@ -24,10 +26,23 @@ pub struct RelayEndpoint {
     pub host: String,
     /// Port to dial.
     pub port: u16,
-    /// Whether the link runs over TLS.
+    /// Whether the link runs over TLS (always, for QUIC).
     pub tls: bool,
-    /// The `ws://` or `wss://` URL of the worker endpoint, with `?provider=`.
+    /// Which link: WebSocket (`ws://`, `wss://`, `http://`, `https://`) or QUIC (`quic://`).
+    pub transport: RelayTransport,
+    /// The provider (worker pool) to join.
+    pub provider: String,
+    /// The `ws://`/`wss://` URL of the worker endpoint with `?provider=`, or the `quic://` URL.
     pub connect_url: String,
+}
+
+/// The kind of link to the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayTransport {
+    /// A WebSocket on the relay's HTTP port.
+    WebSocket,
+    /// QUIC on the relay's UDP port (`--quic-listen`).
+    Quic,
 }
 
 /// Why a proxy URL cannot be used.
@@ -41,8 +56,10 @@ pub enum EndpointError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A scheme other than http, https, ws, wss.
-    #[error("proxy URL scheme {0:?} is not supported (use http://, https://, ws:// or wss://)")]
+    /// A scheme other than http, https, ws, wss, quic.
+    #[error(
+        "proxy URL scheme {0:?} is not supported (use http://, https://, ws://, wss:// or quic://)"
+    )]
     UnsupportedScheme(String),
 }
 
@@ -54,17 +71,31 @@ impl RelayEndpoint {
             reason,
         };
         let url = Url::parse(proxy_url).map_err(|e| invalid(e.to_string()))?;
-        let (tls, ws_scheme) = match url.scheme() {
-            "http" | "ws" => (false, "ws"),
-            "https" | "wss" => (true, "wss"),
-            other => return Err(EndpointError::UnsupportedScheme(other.to_owned())),
-        };
+        // The host as a name or a bare address (an IPv6 one without its brackets).
         let host = url
             .host_str()
             .ok_or_else(|| invalid("no host".into()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
+        if url.scheme() == "quic" {
+            let port = url.port().ok_or_else(|| {
+                invalid("quic:// needs a port (the relay's --quic-listen)".into())
+            })?;
+            return Ok(Self {
+                connect_url: format!("quic://{}:{port}", url.host_str().unwrap_or_default()),
+                host,
+                port,
+                tls: true,
+                transport: RelayTransport::Quic,
+                provider: provider.to_owned(),
+            });
+        }
+        let (tls, ws_scheme) = match url.scheme() {
+            "http" | "ws" => (false, "ws"),
+            "https" | "wss" => (true, "wss"),
+            other => return Err(EndpointError::UnsupportedScheme(other.to_owned())),
+        };
         let port = url
             .port_or_known_default()
             .ok_or_else(|| invalid("no port".into()))?;
@@ -85,6 +116,8 @@ impl RelayEndpoint {
             host,
             port,
             tls,
+            transport: RelayTransport::WebSocket,
+            provider: provider.to_owned(),
             connect_url: connect.to_string(),
         })
     }
@@ -100,18 +133,29 @@ pub trait Dialer: Send + Sync + 'static {
         &self,
         endpoint: &RelayEndpoint,
     ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+
+    /// For QUIC: the local endpoint to connect from, and the relay's UDP address.
+    fn quic(
+        &self,
+        endpoint: &RelayEndpoint,
+    ) -> impl Future<Output = io::Result<(quinn::Endpoint, SocketAddr)>> + Send;
 }
 
 /// Dials over the machine's network, with TLS from the given settings for `wss://`.
 #[derive(Clone)]
 pub struct NetDialer {
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// One local QUIC endpoint per address family, made at the first QUIC dial.
+    quic: Arc<Mutex<Vec<quinn::Endpoint>>>,
 }
 
 impl NetDialer {
     /// A dialer; `tls` is needed only for `https://`/`wss://` relays.
     pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
-        Self { tls }
+        Self {
+            tls,
+            quic: Arc::default(),
+        }
     }
 }
 
@@ -134,6 +178,33 @@ impl Dialer for NetDialer {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = TlsConnector::from(config).connect(name, tcp).await?;
         Ok(NetStream::Tls(Box::new(tls)))
+    }
+
+    async fn quic(&self, endpoint: &RelayEndpoint) -> io::Result<(quinn::Endpoint, SocketAddr)> {
+        let addr = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+            .await?
+            .next()
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} has no address", endpoint.host),
+                )
+            })?;
+        let mut endpoints = self.quic.lock().expect("endpoint lock");
+        if let Some(local) = endpoints
+            .iter()
+            .find(|e| e.local_addr().is_ok_and(|a| a.is_ipv4() == addr.is_ipv4()))
+        {
+            return Ok((local.clone(), addr));
+        }
+        let any: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let local = quinn::Endpoint::client(any)?;
+        endpoints.push(local.clone());
+        Ok((local, addr))
     }
 }
 
@@ -200,6 +271,12 @@ pub enum ProtocolChoice {
 /// Why the worker could not open a link.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The QUIC connection failed (unreachable, refused, untrusted certificate).
+    #[error("{0}")]
+    Quic(#[from] quic::ConnectError),
+    /// QUIC was asked for but the worker has no QUIC settings.
+    #[error("quic:// needs the worker's QUIC TLS settings")]
+    NoQuicSettings,
     /// No TCP/TLS connection.
     #[error("cannot reach the relay at {endpoint}: {source}")]
     Dial {
@@ -217,12 +294,19 @@ pub enum ConnectError {
     Handshake(#[from] HandshakeError),
 }
 
-/// A link's reading half (server frames) on stream `S`.
-pub type LinkReader<S> = WsReader<S, ServerMessage>;
-/// A link's writing half (worker frames) on stream `S`.
-pub type LinkWriter<S> = WsWriter<S, WorkerMessage>;
+/// An open link to the relay, of either kind.
+pub enum Link<S> {
+    /// A WebSocket on byte stream `S`, speaking the negotiated encoding.
+    WebSocket(
+        WsReader<S, ServerMessage>,
+        WsWriter<S, WorkerMessage>,
+        WireVersion,
+    ),
+    /// A QUIC connection (always v2).
+    Quic(QuicReader<ServerMessage>, WorkerWriter),
+}
 
-/// Dials and shakes hands: v2 first unless told otherwise, v1 if the relay does not speak v2.
+/// Opens a link of the kind `endpoint` names; `quic_config` is needed for `quic://`.
 pub async fn connect<D: Dialer>(
     dialer: &D,
     endpoint: &RelayEndpoint,
@@ -230,7 +314,54 @@ pub async fn connect<D: Dialer>(
     protocol: ProtocolChoice,
     limits: FrameLimits,
     timeout: Duration,
-) -> Result<(LinkReader<D::Stream>, LinkWriter<D::Stream>, WireVersion), ConnectError> {
+    quic_config: Option<&quinn::ClientConfig>,
+) -> Result<Link<D::Stream>, ConnectError> {
+    match endpoint.transport {
+        RelayTransport::WebSocket => {
+            let (reader, writer, wire) =
+                connect_websocket(dialer, endpoint, secret, protocol, limits, timeout).await?;
+            Ok(Link::WebSocket(reader, writer, wire))
+        }
+        RelayTransport::Quic => {
+            let config = quic_config.ok_or(ConnectError::NoQuicSettings)?.clone();
+            let (local, addr) = tokio::time::timeout(timeout, dialer.quic(endpoint))
+                .await
+                .map_err(|_| ConnectError::Timeout(endpoint.connect_url.clone()))?
+                .map_err(|source| ConnectError::Dial {
+                    endpoint: endpoint.connect_url.clone(),
+                    source,
+                })?;
+            let hello = Hello {
+                secret: secret.to_owned(),
+                provider: endpoint.provider.clone(),
+            };
+            let (reader, writer) = tokio::time::timeout(
+                timeout,
+                quic::connect(&local, config, addr, &endpoint.host, &hello, limits),
+            )
+            .await
+            .map_err(|_| ConnectError::Timeout(endpoint.connect_url.clone()))??;
+            Ok(Link::Quic(reader, writer))
+        }
+    }
+}
+
+/// Dials and shakes hands: v2 first unless told otherwise, v1 if the relay does not speak v2.
+async fn connect_websocket<D: Dialer>(
+    dialer: &D,
+    endpoint: &RelayEndpoint,
+    secret: &str,
+    protocol: ProtocolChoice,
+    limits: FrameLimits,
+    timeout: Duration,
+) -> Result<
+    (
+        WsReader<D::Stream, ServerMessage>,
+        WsWriter<D::Stream, WorkerMessage>,
+        WireVersion,
+    ),
+    ConnectError,
+> {
     let attempt = |offer_v2: bool| async move {
         let stream = tokio::time::timeout(timeout, dialer.dial(endpoint))
             .await
@@ -286,6 +417,15 @@ mod tests {
             e.connect_url,
             "ws://[::1]:9000/v1/worker/connect?provider=local"
         );
+
+        let e = RelayEndpoint::parse("quic://relay.lan:8443", "local").unwrap();
+        assert_eq!(e.transport, RelayTransport::Quic);
+        assert_eq!((e.host.as_str(), e.port, e.tls), ("relay.lan", 8443, true));
+        let e = RelayEndpoint::parse("quic://[::1]:8443", "local").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.connect_url.as_str()),
+            ("::1", "quic://[::1]:8443")
+        );
     }
 
     #[test]
@@ -301,6 +441,11 @@ mod tests {
         assert!(matches!(
             RelayEndpoint::parse("not a url", "local"),
             Err(EndpointError::Invalid { .. })
+        ));
+        // QUIC has no default port: the relay's --quic-listen port must be given.
+        assert!(matches!(
+            RelayEndpoint::parse("quic://relay.lan", "local"),
+            Err(EndpointError::Invalid { reason, .. }) if reason.contains("--quic-listen")
         ));
     }
 }

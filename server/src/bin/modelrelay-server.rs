@@ -1,5 +1,7 @@
 //! `modelrelay-server`: the relay's HTTP endpoint for clients and workers.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -7,6 +9,7 @@ use axum::serve::ListenerExt;
 use clap::{CommandFactory, Parser};
 use modelrelay_core::ProviderId;
 use modelrelay_core::relay::RelayConfig;
+use modelrelay_server::quic::QuicSettings;
 use modelrelay_server::{ServerConfig, demo, serve};
 use modelrelay_worker::process::{self, LogFormat};
 use tokio::net::TcpListener;
@@ -58,6 +61,22 @@ struct Args {
     #[arg(long, env = "DISABLE_PROTOCOL_V2")]
     disable_v2: bool,
 
+    /// UDP address for QUIC worker links (off unless given), for example 0.0.0.0:8443.
+    #[arg(long, env = "QUIC_LISTEN_ADDR")]
+    quic_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain for QUIC; without it a self-signed one is made and kept in --data-dir.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Where the relay keeps its state (the self-signed QUIC certificate).
+    #[arg(long, env = "MODELRELAY_DATA_DIR", default_value = "modelrelay-data")]
+    data_dir: PathBuf,
+
     /// Run with a built-in simulated model and worker: streams with no GPU and no backend.
     #[arg(long)]
     demo: bool,
@@ -105,6 +124,22 @@ async fn main() -> anyhow::Result<()> {
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.enable_v2 = !args.disable_v2;
     config.trust_forwarded_for = args.trust_forwarded_for;
+    let quic = match args.quic_listen {
+        Some(listen) => {
+            let settings = QuicSettings {
+                listen,
+                cert: args.tls_cert,
+                key: args.tls_key,
+                data_dir: args.data_dir,
+            };
+            let (endpoint, fingerprint) =
+                modelrelay_server::quic::endpoint(&settings).context("--quic-listen")?;
+            info!(addr = %endpoint.local_addr()?, %fingerprint, "QUIC worker links on");
+            config.quic = Some(settings);
+            Some(endpoint)
+        }
+        None => None,
+    };
 
     let listener = TcpListener::bind(&args.listen)
         .await
@@ -138,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
             stop.cancel();
         }
     };
-    serve(config, listener, on_signal).await;
+    serve(config, listener, quic, on_signal).await;
     if let Some(worker) = demo_worker {
         let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
     }

@@ -14,14 +14,45 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use modelrelay_core::session::SessionConfig;
+use modelrelay_server::quic::QuicSettings;
 use modelrelay_server::{RunningServer, ServerConfig};
+use modelrelay_transports::tls::{Trust, parse_fingerprint};
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::{NetDialer, ProtocolChoice, RelayEndpoint};
 use modelrelay_worker::simulated_backend::{SimulatedBackend, SimulatedBackendConfig};
 use modelrelay_worker::{ModelSource, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
+pub mod scenarios;
+
 pub const SECRET: &str = "test-secret";
+
+/// How a test's workers reach the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// WebSocket on the relay's HTTP port.
+    WebSocket,
+    /// QUIC on the relay's UDP port, trusting its certificate by fingerprint.
+    Quic,
+}
+
+/// A relay with one worker over `link` in front of one backend serving `m`.
+pub async fn world_over(link: Link) -> (RunningServer, Backend, Worker, Http) {
+    let backend = backend(&["m"]).await;
+    let relay = relay_over(link).await;
+    let worker = WorkerSpec::over(link, &relay, &backend, &["m"]).start();
+    let http = Http::new();
+    wait_for_workers(&http, &relay, 1).await;
+    (relay, backend, worker, http)
+}
+
+/// The real server with the test defaults, taking workers over `link`.
+pub async fn relay_over(link: Link) -> RunningServer {
+    match link {
+        Link::WebSocket => relay(|_| {}).await,
+        Link::Quic => relay_with_quic(|_| {}).await,
+    }
+}
 
 /// A simulated backend served on loopback.
 pub struct Backend {
@@ -33,6 +64,28 @@ pub struct Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+impl Backend {
+    /// Waits up to `within` for this backend to see the call tagged `tag` cancelled.
+    pub async fn saw_cancelled(&self, tag: &str, within: Duration) -> bool {
+        self.sim
+            .wait_for(within, |events| {
+                events.iter().any(|e| {
+                    matches!(e, modelrelay_worker::simulated_backend::BackendEvent::Cancelled { tag: Some(t), .. } if t == tag)
+                })
+            })
+            .await
+    }
+}
+
+/// Opens the stream `body` asks for at `url`, reads `chunks` pieces of it, and leaves.
+pub async fn leave_after(http: &Http, url: &str, body: &str, chunks: usize) {
+    let mut stream = http.send(Method::POST, url, body, &[]).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    for _ in 0..chunks {
+        stream.next_chunk().await.expect("a chunk before leaving");
     }
 }
 
@@ -112,6 +165,10 @@ pub struct WorkerSpec<'a> {
     pub name: &'a str,
     pub models_poll_interval: Option<Duration>,
     pub frame_limit: Option<usize>,
+    /// For a `quic://` relay: what the worker trusts.
+    pub trust: Option<Trust>,
+    /// For a `quic://` relay: how many request streams may be open at once.
+    pub quic_streams: Option<u32>,
 }
 
 impl<'a> WorkerSpec<'a> {
@@ -130,6 +187,8 @@ impl<'a> WorkerSpec<'a> {
             name: "test-worker",
             models_poll_interval: None,
             frame_limit: None,
+            trust: None,
+            quic_streams: None,
         }
     }
 
@@ -148,6 +207,15 @@ impl<'a> WorkerSpec<'a> {
         if let Some(max_frame_bytes) = self.frame_limit {
             options.limits = modelrelay_core::wire::FrameLimits { max_frame_bytes };
         }
+        if let Some(trust) = &self.trust {
+            let mut config = modelrelay_transports::quic::client_config(trust).unwrap();
+            if let Some(streams) = self.quic_streams {
+                let mut transport = modelrelay_transports::quic::worker_transport();
+                transport.max_concurrent_bidi_streams(streams.into());
+                config.transport_config(Arc::new(transport));
+            }
+            options.quic = Some(config);
+        }
         let backend = HttpBackend::new(url::Url::parse(self.backend).unwrap()).unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(modelrelay_worker::run(
@@ -162,6 +230,51 @@ impl<'a> WorkerSpec<'a> {
         }
     }
 }
+
+impl<'a> WorkerSpec<'a> {
+    /// A worker that reaches `relay` over `link`.
+    pub fn over(
+        link: Link,
+        relay: &'a RunningServer,
+        backend: &'a Backend,
+        models: &[&str],
+    ) -> WorkerSpec<'a> {
+        match link {
+            Link::WebSocket => Self::new(relay, backend, models),
+            Link::Quic => Self::quic(relay, backend, models),
+        }
+    }
+
+    /// A worker that reaches `relay` over QUIC, trusting its certificate by fingerprint.
+    pub fn quic(relay: &'a RunningServer, backend: &'a Backend, models: &[&str]) -> WorkerSpec<'a> {
+        let (addr, fingerprint) = relay.quic().expect("the relay has QUIC on");
+        let url: &'static str = Box::leak(format!("quic://{addr}").into_boxed_str());
+        let mut spec = Self::to(url, &backend.url, models);
+        spec.trust = Some(Trust::Pinned(parse_fingerprint(fingerprint).unwrap()));
+        spec
+    }
+}
+
+/// A relay with QUIC worker links on a loopback UDP port and a certificate of its own.
+pub async fn relay_with_quic(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    let data_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "quic-{}-{}",
+        std::process::id(),
+        QUIC_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    relay(|config| {
+        config.quic = Some(QuicSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: None,
+            key: None,
+            data_dir,
+        });
+        tweak(config);
+    })
+    .await
+}
+
+static QUIC_DIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn relay_url_leak(relay: &RunningServer) -> &'static str {
     Box::leak(relay.url().into_boxed_str())
@@ -313,7 +426,12 @@ impl Http {
 
 /// Waits until `/health` shows `n` registered workers.
 pub async fn wait_for_workers(http: &Http, relay: &RunningServer, n: u64) {
-    let url = format!("{}/health", relay.url());
+    wait_for_workers_at(http, &relay.url(), n).await;
+}
+
+/// Waits until `/health` of the relay at `base_url` shows `n` registered workers.
+pub async fn wait_for_workers_at(http: &Http, base_url: &str, n: u64) {
+    let url = format!("{base_url}/health");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let health = http.get(&url).await.json();

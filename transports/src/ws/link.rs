@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use modelrelay_core::wire::{DecodeError, EncodeError, FrameLimits, WireMessage, WireVersion};
+use modelrelay_core::wire::{FrameLimits, WireMessage, WireVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -13,42 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-/// Why a link failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    /// The WebSocket itself failed (I/O, framing, size limit).
-    #[error("websocket: {0}")]
-    WebSocket(#[from] tungstenite::Error),
-    /// A frame did not decode as a protocol message.
-    #[error("{0}")]
-    Decode(#[from] DecodeError),
-    /// A message could not be encoded (a non-UTF-8 payload on v1).
-    #[error("{0}")]
-    Encode(#[from] EncodeError),
-    /// A message whose frame would be larger than the link's frame limit.
-    #[error("a {size}-byte frame exceeds the link's limit of {limit} bytes")]
-    FrameTooLarge {
-        /// Size of the encoded frame.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// A text frame on a v2 link or a binary frame on a v1 link.
-    #[error("{found} frame on a {wire:?} link")]
-    WrongFrameType {
-        /// `text` or `binary`.
-        found: &'static str,
-        /// The link's encoding.
-        wire: WireVersion,
-    },
-}
-
-impl LinkError {
-    /// Whether the peer sent something malformed (rather than the link breaking).
-    pub fn is_protocol_violation(&self) -> bool {
-        matches!(self, Self::Decode(_) | Self::WrongFrameType { .. })
-    }
-}
+use crate::{LinkError, LinkReader, LinkWriter, Outgoing};
 
 /// The receiving half: decodes each message as it arrives.
 pub struct WsReader<S, M> {
@@ -145,10 +110,8 @@ where
     }
 
     /// The code and reason of the peer's close frame, once [`WsReader::next`] returned `None`.
-    pub fn close_frame(&self) -> Option<(u16, &str)> {
-        self.close_frame
-            .as_ref()
-            .map(|(code, reason)| (*code, reason.as_str()))
+    pub fn close_frame(&self) -> Option<(u16, String)> {
+        self.close_frame.clone()
     }
 }
 
@@ -190,11 +153,6 @@ where
         Ok(())
     }
 
-    /// Sends a close frame and closes, consuming the writer.
-    pub async fn close_now(mut self, code: u16, reason: &str) -> Result<(), LinkError> {
-        self.close(code, reason).await
-    }
-
     /// Sends a close frame with `code` and `reason`, then closes.
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), LinkError> {
         let frame = CloseFrame {
@@ -205,20 +163,6 @@ where
         self.sink.close().await?;
         Ok(())
     }
-}
-
-/// What a link's writer is asked to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outgoing<M> {
-    /// Send a message.
-    Message(M),
-    /// Send a close frame and end the link.
-    Close {
-        /// WebSocket close code.
-        code: u16,
-        /// Why, in words.
-        reason: String,
-    },
 }
 
 impl<S, M> WsWriter<S, M>
@@ -268,4 +212,32 @@ fn truncate_reason(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_owned()
+}
+
+impl<S, M> LinkReader<M> for WsReader<S, M>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    M: WireMessage + Send + 'static,
+{
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Result<M, LinkError>>> + Send {
+        WsReader::next(self)
+    }
+
+    fn close_frame(&self) -> Option<(u16, String)> {
+        WsReader::close_frame(self)
+    }
+}
+
+impl<S, M> LinkWriter<M> for WsWriter<S, M>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    M: WireMessage + Send + Sync + 'static,
+{
+    fn run(
+        self,
+        queue: mpsc::UnboundedReceiver<Outgoing<M>>,
+        unsendable: impl FnMut(M, &LinkError) -> Option<M> + Send,
+    ) -> impl std::future::Future<Output = Result<(), LinkError>> + Send {
+        WsWriter::run(self, queue, unsendable)
+    }
 }

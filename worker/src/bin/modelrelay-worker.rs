@@ -1,5 +1,6 @@
 //! `modelrelay-worker`: runs beside a model server and connects out to a ModelRelay relay.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,10 +8,12 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use modelrelay_core::backoff::BackoffConfig;
 use modelrelay_core::session::SessionConfig;
+use modelrelay_transports::quic;
+use modelrelay_transports::tls::{Trust, client_tls, parse_fingerprint};
 use modelrelay_worker::backend::HttpBackend;
-use modelrelay_worker::link::{NetDialer, ProtocolChoice, RelayEndpoint};
+use modelrelay_worker::link::{NetDialer, ProtocolChoice, RelayEndpoint, RelayTransport};
 use modelrelay_worker::process::{self, LogFormat};
-use modelrelay_worker::{ModelSource, WorkerOptions, tls};
+use modelrelay_worker::{ModelSource, WorkerOptions};
 use url::Url;
 
 /// Serve a local model server (llama-server, Ollama, vLLM, SGLang, any
@@ -18,7 +21,7 @@ use url::Url;
 #[derive(Debug, Parser)]
 #[command(name = "modelrelay-worker", version, about)]
 struct Args {
-    /// Base URL of the relay (http://, https://, ws:// or wss://).
+    /// Base URL of the relay (http://, https://, ws://, wss://), or quic://host:port for QUIC.
     #[arg(long, env = "PROXY_URL", required_unless_present = "completions")]
     proxy_url: Option<String>,
 
@@ -58,6 +61,15 @@ struct Args {
     /// Protocol to speak: v2 with fallback to v1 (auto), or only one.
     #[arg(long, env = "WORKER_PROTOCOL", value_enum, default_value_t = ProtocolChoice::Auto)]
     protocol: ProtocolChoice,
+
+    /// Trust only the relay certificate with this SHA-256 fingerprint (for a self-signed
+    /// relay: it prints the fingerprint at start-up). For wss:// and quic://.
+    #[arg(long, env = "SERVER_CERT_SHA256")]
+    server_cert_sha256: Option<String>,
+
+    /// Trust relay certificates signed by the CA in this PEM file (else the system roots).
+    #[arg(long, env = "TLS_CA", conflicts_with = "server_cert_sha256")]
+    tls_ca: Option<PathBuf>,
 
     /// Seconds running requests may take after SIGTERM before they are aborted.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
@@ -119,10 +131,23 @@ async fn main() -> anyhow::Result<()> {
         unreachable!("clap requires these unless --completions is given");
     };
     let endpoint = RelayEndpoint::parse(&proxy_url, &args.provider).context("--proxy-url")?;
+    let trust = match (args.server_cert_sha256, args.tls_ca) {
+        (Some(fingerprint), _) => {
+            Trust::Pinned(parse_fingerprint(&fingerprint).context("--server-cert-sha256")?)
+        }
+        (None, Some(ca)) => Trust::CaFile(ca),
+        (None, None) => Trust::SystemRoots,
+    };
     let tls = if endpoint.tls {
-        Some(tls::system_roots_config().context("TLS for the relay link")?)
+        Some(Arc::new(
+            client_tls(&trust).context("TLS for the relay link")?,
+        ))
     } else {
         None
+    };
+    let quic = match endpoint.transport {
+        RelayTransport::Quic => Some(quic::client_config(&trust).context("QUIC settings")?),
+        RelayTransport::WebSocket => None,
     };
     let backend = HttpBackend::new(backend_url.clone()).context("--backend-url")?;
     let models = model_source(&args.models);
@@ -138,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         ..SessionConfig::default()
     };
     options.models_poll_interval = poll;
+    options.quic = quic;
     options.protocol = args.protocol;
     tracing::info!(
         relay = %options.endpoint.connect_url,

@@ -1,0 +1,150 @@
+//! Worker links over QUIC: the same checks as the WebSocket endpoint, on a UDP port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use modelrelay_core::WorkerId;
+use modelrelay_core::relay::AuthOutcome;
+use modelrelay_core::wire::WireVersion;
+use modelrelay_transports::quic::{self, AcceptedLink};
+use modelrelay_transports::tls::{RelayIdentity, TlsError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::app::AppState;
+use crate::links::{refuse, run_link};
+
+/// Where and with which certificate the relay takes QUIC worker links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuicSettings {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; without it a self-signed certificate is used.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Where the self-signed certificate is kept across restarts.
+    pub data_dir: PathBuf,
+}
+
+/// Why the QUIC endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicSetupError {
+    /// The certificate could not be loaded or made.
+    #[error("QUIC certificate: {0}")]
+    Tls(#[from] TlsError),
+    /// The QUIC settings could not be built.
+    #[error("{0}")]
+    Setup(#[from] quic::SetupError),
+    /// `--tls-cert` without `--tls-key` or the other way round.
+    #[error("--tls-cert and --tls-key go together")]
+    HalfACertificate,
+    /// The UDP port could not be bound.
+    #[error("cannot listen for QUIC on {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+}
+
+/// The relay's QUIC endpoint for `settings`, and its certificate's fingerprint.
+pub fn endpoint(settings: &QuicSettings) -> Result<(quinn::Endpoint, String), QuicSetupError> {
+    let identity = match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => RelayIdentity::from_pem_files(cert, key)?,
+        (None, None) => {
+            let mut names = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                names.push(host.trim().to_owned());
+            }
+            RelayIdentity::self_signed_in(&settings.data_dir, &names)?
+        }
+        _ => return Err(QuicSetupError::HalfACertificate),
+    };
+    let fingerprint = identity.fingerprint();
+    if identity.generated {
+        info!(
+            %fingerprint,
+            dir = %settings.data_dir.display(),
+            "QUIC uses a self-signed certificate; start workers with --server-cert-sha256 {fingerprint}"
+        );
+    }
+    let config = quic::server_config(&identity, quic::relay_transport())?;
+    let socket = std::net::UdpSocket::bind(settings.listen)
+        .map_err(|e| QuicSetupError::Bind(settings.listen, e))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| {
+        QuicSetupError::Bind(settings.listen, std::io::Error::other("no async runtime"))
+    })?;
+    let endpoint = quinn::Endpoint::new(
+        quic::relay_endpoint_config(&identity),
+        Some(config),
+        socket,
+        runtime,
+    )
+    .map_err(|e| QuicSetupError::Bind(settings.listen, e))?;
+    Ok((endpoint, fingerprint))
+}
+
+/// Accepts worker connections until `stop` is cancelled.
+pub(crate) async fn accept_workers(
+    endpoint: quinn::Endpoint,
+    app: Arc<AppState>,
+    stop: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        tokio::spawn(serve_connection(incoming, Arc::clone(&app)));
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>) {
+    let peer = incoming.remote_address();
+    let now = tokio::time::Instant::now().into_std();
+    if app.limiter.check(peer.ip(), now).is_err() {
+        warn!(%peer, "refusing a QUIC worker connection: too many failed attempts from this address");
+        incoming.refuse();
+        return;
+    }
+    let AcceptedLink {
+        hello,
+        reader,
+        writer,
+        ..
+    } = match quic::accept(incoming, app.config.frame_limits).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            debug!(%peer, %error, "QUIC worker connection failed before its hello");
+            return;
+        }
+    };
+    let auth = if app.config.worker_secret.matches(&hello.secret) {
+        AuthOutcome::Accepted
+    } else {
+        app.limiter.failure(peer.ip(), now);
+        warn!(%peer, "QUIC worker presented a wrong secret");
+        AuthOutcome::Rejected
+    };
+    if hello.provider != app.config.provider.as_str() {
+        warn!(%peer, provider = %hello.provider, "QUIC worker asked for an unknown provider");
+        refuse(writer, &format!("unknown provider {:?}", hello.provider)).await;
+        return;
+    }
+    let worker = WorkerId::new(app.next_worker.fetch_add(1, Ordering::Relaxed));
+    run_link(
+        reader,
+        writer,
+        worker,
+        WireVersion::V2,
+        auth,
+        peer,
+        app.hub.clone(),
+    )
+    .await;
+}

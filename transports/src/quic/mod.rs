@@ -1,0 +1,278 @@
+//! The QUIC link: protocol v2 frames on one control stream plus one stream per request.
+//!
+//! The worker opens the connection (ALPN `modelrelay/2`) and the control
+//! stream, whose first frame is a [`Hello`] (secret and provider, as the
+//! WebSocket link carries them in its upgrade request). After that both sides
+//! speak v2 frames, each prefixed with its length as a big-endian `u32`:
+//!
+//! - the control stream carries registration, pings and pongs, model updates,
+//!   drain, and `cancel`;
+//! - the relay opens one bidirectional stream per request: the request frame
+//!   goes down, the worker's chunks and completion (or error) come back up,
+//!   then both ends finish it. A cancel also resets that stream.
+//!
+//! A lost packet stalls only the stream it belonged to.
+
+mod link;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use modelrelay_core::wire::{FrameLimits, ServerMessage, V2_ALPN, WorkerMessage};
+use quinn::{RecvStream, SendStream, VarInt};
+use serde::{Deserialize, Serialize};
+
+pub use link::{CLOSE_LINGER, QuicReader, RelayWriter, WorkerWriter};
+
+use crate::LinkError;
+use crate::tls::{RelayIdentity, TlsError, Trust, client_tls};
+
+/// How long a worker may take to open its control stream and say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Application error code for streams reset by a cancel.
+pub const CANCELLED: VarInt = VarInt::from_u32(1);
+
+/// The first frame on the control stream: who the worker is, as WebSocket headers say it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The shared worker secret.
+    pub secret: String,
+    /// The provider (worker pool) to join.
+    pub provider: String,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("secret", &"<redacted>")
+            .field("provider", &self.provider)
+            .finish()
+    }
+}
+
+/// Writes one length-prefixed frame; the payload is not copied.
+pub(crate) async fn write_frame(send: &mut SendStream, frame: Bytes) -> Result<(), LinkError> {
+    let length = u32::try_from(frame.len()).map_err(|_| LinkError::FrameTooLarge {
+        size: frame.len(),
+        limit: u32::MAX as usize,
+    })?;
+    let mut pieces = [Bytes::copy_from_slice(&length.to_be_bytes()), frame];
+    send.write_all_chunks(&mut pieces).await?;
+    Ok(())
+}
+
+/// Reads one length-prefixed frame; `None` at a clean end of the stream.
+pub(crate) async fn read_frame(
+    recv: &mut RecvStream,
+    limits: FrameLimits,
+) -> Result<Option<Bytes>, LinkError> {
+    let mut length = [0u8; 4];
+    match recv.read_exact(&mut length).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    }
+    let length = u32::from_be_bytes(length) as usize;
+    if length > limits.max_frame_bytes {
+        return Err(LinkError::FrameTooLarge {
+            size: length,
+            limit: limits.max_frame_bytes,
+        });
+    }
+    let mut frame = vec![0u8; length];
+    recv.read_exact(&mut frame).await?;
+    Ok(Some(Bytes::from(frame)))
+}
+
+/// A worker's link as the relay accepted it: its hello, and the two halves.
+pub struct AcceptedLink {
+    /// What the worker said first.
+    pub hello: Hello,
+    /// Where it connects from.
+    pub remote: SocketAddr,
+    /// The worker's messages.
+    pub reader: QuicReader<WorkerMessage>,
+    /// The relay's messages to it.
+    pub writer: RelayWriter,
+}
+
+/// Completes an incoming connection: TLS, the control stream, the hello.
+pub async fn accept(
+    incoming: quinn::Incoming,
+    limits: FrameLimits,
+) -> Result<AcceptedLink, LinkError> {
+    let connection = incoming.await?;
+    let remote = connection.remote_address();
+    let (send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
+        .await
+        .map_err(|_| LinkError::Protocol("no control stream in time".into()))??;
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, limits))
+        .await
+        .map_err(|_| LinkError::Protocol("no hello in time".into()))??
+        .ok_or_else(|| LinkError::Protocol("the control stream ended before the hello".into()))?;
+    let hello: Hello =
+        postcard::from_bytes(&hello).map_err(|e| LinkError::Protocol(format!("bad hello: {e}")))?;
+    let (reader, writer) = link::server_side(connection, send, recv, limits);
+    Ok(AcceptedLink {
+        hello,
+        remote,
+        reader,
+        writer,
+    })
+}
+
+/// Connects a worker to the relay at `addr` (TLS name `server_name`) and says hello.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    hello: &Hello,
+    limits: FrameLimits,
+) -> Result<(QuicReader<ServerMessage>, WorkerWriter), ConnectError> {
+    let connection = endpoint
+        .connect_with(config, addr, server_name)
+        .map_err(ConnectError::Start)?
+        .await
+        .map_err(ConnectError::Handshake)?;
+    let (mut send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(ConnectError::Handshake)?;
+    let hello = postcard::to_allocvec(hello)
+        .map_err(|e| ConnectError::Link(LinkError::Protocol(e.to_string())))?;
+    write_frame(&mut send, Bytes::from(hello))
+        .await
+        .map_err(ConnectError::Link)?;
+    Ok(link::worker_side(connection, send, recv, limits))
+}
+
+/// Why a worker's QUIC connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connection could not even start (bad address or settings).
+    #[error("cannot start a QUIC connection: {0}")]
+    Start(#[source] quinn::ConnectError),
+    /// The handshake failed: unreachable, refused, or a certificate not trusted.
+    #[error("{}", explain(.0))]
+    Handshake(#[source] quinn::ConnectionError),
+    /// The connection came up but the hello could not be sent.
+    #[error("{0}")]
+    Link(#[source] LinkError),
+}
+
+/// quinn transport settings for a worker: room for many request streams, and
+/// keep-alives so NATs and firewalls keep an idle link open (and so a restarted
+/// relay's reset reaches an idle worker within seconds).
+pub fn worker_transport() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(4096));
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport
+}
+
+/// quinn transport settings for the relay: workers open only their control stream.
+pub fn relay_transport() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(4));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport
+}
+
+/// The ALPN identifiers a v2 QUIC link offers.
+pub fn alpn() -> Vec<Vec<u8>> {
+    vec![V2_ALPN.to_vec()]
+}
+
+/// Why quinn refused TLS settings (a cipher suite QUIC cannot use).
+#[derive(Debug, thiserror::Error)]
+#[error("TLS settings unusable for QUIC: {0}")]
+pub struct QuicTlsError(String);
+
+/// quinn endpoint settings for the relay. Its stateless-reset key and the key
+/// that signs its connection ids come from the certificate's private key, so a
+/// relay restarted with the same certificate recognises its workers' old
+/// connections and resets them at their next packet: they reconnect at once
+/// instead of waiting out the idle timeout.
+pub fn relay_endpoint_config(identity: &RelayIdentity) -> quinn::EndpointConfig {
+    let reset_key = identity.derived_secret(b"modelrelay QUIC stateless reset key");
+    let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &reset_key,
+    )));
+    let cid_secret = identity.derived_secret(b"modelrelay QUIC connection id key");
+    let cid_key = u64::from_le_bytes(cid_secret[..8].try_into().expect("8 bytes"));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
+/// quinn server settings: the relay's identity, the v2 ALPN, `transport`.
+pub fn server_config(
+    identity: &RelayIdentity,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ServerConfig, SetupError> {
+    let mut tls = identity.rustls_config()?;
+    tls.alpn_protocols = alpn();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| QuicTlsError(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// quinn client settings: what the worker trusts, the v2 ALPN, the worker's transport.
+pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, SetupError> {
+    let mut tls = client_tls(trust)?;
+    tls.alpn_protocols = alpn();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| QuicTlsError(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(worker_transport()));
+    Ok(config)
+}
+
+/// Why QUIC settings could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// Certificates or trust.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// quinn refused the TLS settings.
+    #[error("{0}")]
+    Quic(#[from] QuicTlsError),
+}
+
+/// A connection error in words, with what to do when the relay's certificate is not trusted.
+pub fn explain(error: &quinn::ConnectionError) -> String {
+    let text = error.to_string();
+    // rustls hands quinn the verifier's error in Debug form, so match both forms.
+    if text.contains("not the pinned") || text.contains("FingerprintMismatch") {
+        format!(
+            "the relay's certificate is not the pinned one ({text}): the relay's certificate \
+             changed, or --server-cert-sha256 names another relay"
+        )
+    } else if text.contains("invalid peer certificate") || text.contains("UnknownIssuer") {
+        format!(
+            "the relay's certificate is not trusted ({text}): pass --server-cert-sha256 with the fingerprint \
+             the relay prints at start-up, or --tls-ca with the CA that signed it"
+        )
+    } else if matches!(
+        error,
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    ) {
+        "the relay refused the connection: too many failed logins from this address \
+         in the last minute (check --worker-secret), or it is shutting down"
+            .to_owned()
+    } else if matches!(error, quinn::ConnectionError::TimedOut) {
+        "no answer from the relay's QUIC port (is --quic-listen set, and UDP open?)".to_owned()
+    } else {
+        text
+    }
+}

@@ -1,0 +1,361 @@
+//! TLS for worker links (QUIC, and `wss://`): the relay's certificate, and what a worker trusts.
+//!
+//! A relay uses the PEM certificate and key it is given, or generates a
+//! self-signed certificate once and keeps it in its data directory, so the
+//! fingerprint it prints stays the same across restarts. A worker trusts the
+//! system's roots, a CA file, or exactly one certificate named by its SHA-256
+//! fingerprint (the way to trust a self-signed relay).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ring::digest::{SHA256, digest};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file holds no certificate or no key.
+    #[error("{0}: no {1} found in the PEM file")]
+    Missing(PathBuf, &'static str),
+    /// A certificate could not be generated.
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the settings.
+    #[error("TLS settings: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A fingerprint that is not 32 bytes of hex.
+    #[error("invalid SHA-256 fingerprint {0:?}: expected 64 hex digits (colons allowed)")]
+    BadFingerprint(String),
+    /// No system root certificates could be loaded.
+    #[error("no system root certificates could be loaded")]
+    NoRoots,
+}
+
+/// The SHA-256 fingerprint of a certificate, as `AB:CD:…` (the form `openssl x509 -fingerprint` prints).
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    digest(&SHA256, cert.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Reads a fingerprint written with or without colons, in either case.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect();
+    let bad = || TlsError::BadFingerprint(text.to_owned());
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+            .map_err(|_| bad())?;
+    }
+    Ok(bytes)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The relay's certificate chain and key.
+pub struct RelayIdentity {
+    /// Certificate chain, leaf first.
+    pub certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// Whether it was generated (rather than given).
+    pub generated: bool,
+}
+
+impl fmt::Debug for RelayIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayIdentity")
+            .field("fingerprint", &self.fingerprint())
+            .field("generated", &self.generated)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Missing(path.to_owned(), "certificate"));
+    }
+    Ok(certs)
+}
+
+fn pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TlsError::File {
+            path: path.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::Missing(path.to_owned(), "private key"))
+}
+
+impl RelayIdentity {
+    /// The certificate and key in these PEM files.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            certs: pem_certs(cert)?,
+            key: pem_key(key)?,
+            generated: false,
+        })
+    }
+
+    /// The self-signed certificate kept in `dir`, generated (for `names`) the first time.
+    pub fn self_signed_in(dir: &Path, names: &[String]) -> Result<Self, TlsError> {
+        let cert_path = dir.join("quic-cert.pem");
+        let key_path = dir.join("quic-key.pem");
+        if cert_path.exists() && key_path.exists() {
+            return Ok(Self {
+                certs: pem_certs(&cert_path)?,
+                key: pem_key(&key_path)?,
+                generated: true,
+            });
+        }
+        let generated = rcgen::generate_simple_self_signed(names.to_vec())?;
+        let write = |path: &Path, text: &str| -> Result<(), TlsError> {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(path, text))
+                .map_err(|source| TlsError::File {
+                    path: path.to_owned(),
+                    source,
+                })
+        };
+        write(&cert_path, &generated.cert.pem())?;
+        write(&key_path, &generated.signing_key.serialize_pem())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600));
+        }
+        Self::from_pem_files(&cert_path, &key_path).map(|identity| Self {
+            generated: true,
+            ..identity
+        })
+    }
+
+    /// A certificate and its PKCS#8 private key, both DER-encoded.
+    pub fn from_der(cert: Vec<u8>, pkcs8_key: Vec<u8>) -> Self {
+        Self {
+            certs: vec![CertificateDer::from(cert)],
+            key: PrivateKeyDer::Pkcs8(pkcs8_key.into()),
+            generated: false,
+        }
+    }
+
+    /// The leaf certificate's SHA-256 fingerprint.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.certs[0])
+    }
+
+    /// A secret for `purpose` that stays the same as long as the private key does.
+    pub fn derived_secret(&self, purpose: &[u8]) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key.secret_der());
+        let tag = ring::hmac::sign(&key, purpose);
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(tag.as_ref());
+        secret
+    }
+
+    /// rustls server settings with this identity, TLS 1.3 only (as QUIC needs).
+    pub fn rustls_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        Ok(rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(self.certs.clone(), self.key.clone_key())?)
+    }
+}
+
+/// What a worker trusts in the relay's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// Certificates signed by the system's root authorities.
+    SystemRoots,
+    /// Certificates signed by the authorities in this PEM file.
+    CaFile(PathBuf),
+    /// Certificates signed by these authorities (none: trust nothing).
+    Roots(Vec<CertificateDer<'static>>),
+    /// Exactly the certificate with this SHA-256 fingerprint (self-signed relays).
+    Pinned([u8; 32]),
+}
+
+/// rustls client settings for `trust` (also used for `wss://` links).
+pub fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    let config = match trust {
+        Trust::Pinned(fingerprint) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                fingerprint: *fingerprint,
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+        Trust::CaFile(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in pem_certs(path)? {
+                roots.add(cert)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Roots(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs {
+                roots.add(cert.clone())?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::SystemRoots => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(TlsError::NoRoots);
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    Ok(config)
+}
+
+/// Trusts one certificate, named by fingerprint; signatures are still checked.
+#[derive(Debug)]
+struct PinnedCertificate {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+/// The relay presented a certificate other than the pinned one.
+#[derive(Debug, thiserror::Error)]
+#[error("the relay's certificate has fingerprint {actual}, not the pinned {expected}")]
+struct FingerprintMismatch {
+    actual: String,
+    expected: String,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if digest(&SHA256, end_entity.as_ref()).as_ref() == self.fingerprint {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let expected = self
+            .fingerprint
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(FingerprintMismatch {
+                actual: fingerprint(end_entity),
+                expected,
+            })),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_read_with_or_without_colons() {
+        let text = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
+        let bytes = parse_fingerprint(text).unwrap();
+        assert_eq!(bytes[0], 0xab);
+        assert_eq!(
+            parse_fingerprint(&text.replace(':', "").to_lowercase()).unwrap(),
+            bytes
+        );
+        assert!(parse_fingerprint("AB:CD").is_err());
+        assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn a_generated_certificate_is_kept_and_reused() {
+        let dir = std::env::temp_dir().join(format!("modelrelay-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let names = vec!["localhost".to_owned()];
+        let first = RelayIdentity::self_signed_in(&dir, &names).unwrap();
+        let second = RelayIdentity::self_signed_in(&dir, &names).unwrap();
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        assert_eq!(first.fingerprint().len(), 32 * 3 - 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
