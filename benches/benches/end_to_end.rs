@@ -1,5 +1,6 @@
 //! End to end over loopback: straight to the simulated backend vs through the relay
-//! (server + worker, WebSocket, v2 and v1), measured side by side in one run.
+//! (server + worker over WebSocket v2 and v1, and over QUIC), measured side by side
+//! in one run.
 //!
 //! - `ttfc/*`: time to the first chunk of a stream (one request at a time).
 //! - `stream_200/*`: a whole 200-token stream; throughput in chunks/s.
@@ -7,7 +8,7 @@
 
 use std::time::Duration;
 
-use benches::world::World;
+use benches::world::{BenchLink, World};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modelrelay_worker::link::ProtocolChoice;
 
@@ -20,12 +21,14 @@ fn end_to_end(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let v2 = runtime.block_on(World::start(ProtocolChoice::V2, 64));
-    let v1 = runtime.block_on(World::start(ProtocolChoice::V1, 64));
+    let v2 = runtime.block_on(World::start(BenchLink::WebSocket(ProtocolChoice::V2), 64));
+    let v1 = runtime.block_on(World::start(BenchLink::WebSocket(ProtocolChoice::V1), 64));
+    let quic = runtime.block_on(World::start(BenchLink::Quic, 64));
     let targets = [
         ("direct", v2.backend_url.clone(), &v2),
         ("relay_ws_v2", v2.relay_url.clone(), &v2),
         ("relay_ws_v1", v1.relay_url.clone(), &v1),
+        ("relay_quic", quic.relay_url.clone(), &quic),
     ];
 
     let mut group = c.benchmark_group("ttfc");

@@ -10,7 +10,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use modelrelay_core::session::SessionConfig;
+use modelrelay_server::quic::QuicSettings;
 use modelrelay_server::{RunningServer, ServerConfig};
+use modelrelay_transports::quic;
+use modelrelay_transports::tls::{Trust, parse_fingerprint};
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::{NetDialer, ProtocolChoice, RelayEndpoint};
 use modelrelay_worker::simulated_backend::{SimulatedBackend, SimulatedBackendConfig};
@@ -19,6 +22,15 @@ use tokio_util::sync::CancellationToken;
 
 /// The secret the bench relay and worker share.
 const SECRET: &str = "bench-secret";
+
+/// How the bench worker reaches the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchLink {
+    /// WebSocket, speaking this protocol version.
+    WebSocket(ProtocolChoice),
+    /// QUIC (protocol v2), trusting the relay's self-signed certificate by fingerprint.
+    Quic,
+}
 
 /// A backend, a relay and a worker between them, all in this process.
 pub struct World {
@@ -39,8 +51,8 @@ impl Drop for World {
 }
 
 impl World {
-    /// Starts the world; the worker speaks `protocol` and runs up to `slots` requests at once.
-    pub async fn start(protocol: ProtocolChoice, slots: u32) -> Self {
+    /// Starts the world; the worker links over `link` and runs up to `slots` requests at once.
+    pub async fn start(link: BenchLink, slots: u32) -> Self {
         let stop = CancellationToken::new();
         let sim = SimulatedBackend::new(SimulatedBackendConfig {
             models: vec!["m".into()],
@@ -54,14 +66,34 @@ impl World {
         tokio::spawn(sim.serve(listener, stop.clone().cancelled_owned()));
         let mut config = ServerConfig::new(SECRET);
         config.relay.max_queue_len = 0;
+        if link == BenchLink::Quic {
+            config.quic = Some(QuicSettings {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                cert: None,
+                key: None,
+                data_dir: std::env::temp_dir()
+                    .join(format!("modelrelay-bench-{}", std::process::id())),
+            });
+        }
         let relay = RunningServer::start(config, "127.0.0.1:0")
             .await
             .expect("relay");
         let relay_url = relay.url();
-        let endpoint = RelayEndpoint::parse(&relay_url, "local").expect("endpoint");
+        let (worker_url, quic) = match (link, relay.quic()) {
+            (BenchLink::Quic, Some((addr, fingerprint))) => {
+                let trust = Trust::Pinned(parse_fingerprint(fingerprint).expect("fingerprint"));
+                let config = quic::client_config(&trust).expect("QUIC settings");
+                (format!("quic://{addr}"), Some(config))
+            }
+            _ => (relay_url.clone(), None),
+        };
+        let endpoint = RelayEndpoint::parse(&worker_url, "local").expect("endpoint");
         let mut options =
             WorkerOptions::new(endpoint, SECRET.into(), ModelSource::List(vec!["m".into()]));
-        options.protocol = protocol;
+        if let BenchLink::WebSocket(protocol) = link {
+            options.protocol = protocol;
+        }
+        options.quic = quic;
         options.session = SessionConfig {
             max_concurrent: slots,
             ..SessionConfig::default()
