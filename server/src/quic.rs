@@ -1,14 +1,15 @@
 //! Worker links over QUIC: the same checks as the WebSocket endpoint, on a UDP port.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use modelrelay_core::WorkerId;
 use modelrelay_core::relay::AuthOutcome;
 use modelrelay_core::wire::WireVersion;
-use modelrelay_transports::quic::{self, AcceptedLink};
+use modelrelay_transports::quic::{self, AcceptError, AcceptedLink};
 use modelrelay_transports::tls::{RelayIdentity, TlsError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -87,12 +88,57 @@ pub fn endpoint(settings: &QuicSettings) -> Result<(quinn::Endpoint, String), Qu
     Ok((endpoint, fingerprint))
 }
 
+/// Connections that have not said who they are yet, at most this many from one address.
+const PENDING_PER_ADDRESS: usize = 4;
+/// And at most this many in all.
+const PENDING_IN_ALL: usize = 64;
+
+/// Connections still before their hello, counted per address: until it says
+/// who it is, a peer may hold only a little of the relay.
+#[derive(Debug, Default)]
+struct Pending(Mutex<HashMap<IpAddr, usize>>);
+
+/// One pending connection; dropping it gives its place back.
+struct PendingPlace<'a> {
+    pending: &'a Pending,
+    ip: IpAddr,
+}
+
+impl Pending {
+    fn enter(&self, ip: IpAddr) -> Option<PendingPlace<'_>> {
+        let mut counts = self.0.lock().expect("pending lock");
+        let all: usize = counts.values().sum();
+        let here = counts.entry(ip).or_insert(0);
+        if *here >= PENDING_PER_ADDRESS || all >= PENDING_IN_ALL {
+            if *here == 0 {
+                counts.remove(&ip);
+            }
+            return None;
+        }
+        *here += 1;
+        Some(PendingPlace { pending: self, ip })
+    }
+}
+
+impl Drop for PendingPlace<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.pending.0.lock().expect("pending lock");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts worker connections until `stop` is cancelled.
 pub(crate) async fn accept_workers(
     endpoint: quinn::Endpoint,
     app: Arc<AppState>,
     stop: CancellationToken,
 ) {
+    let pending = Arc::new(Pending::default());
     loop {
         let incoming = tokio::select! {
             biased;
@@ -100,30 +146,62 @@ pub(crate) async fn accept_workers(
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { break };
-        tokio::spawn(serve_connection(incoming, Arc::clone(&app)));
+        tokio::spawn(serve_connection(
+            incoming,
+            Arc::clone(&app),
+            Arc::clone(&pending),
+        ));
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>) {
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending: Arc<Pending>) {
     let peer = incoming.remote_address();
-    let now = tokio::time::Instant::now().into_std();
-    if app.limiter.check(peer.ip(), now).is_err() {
+    if app.limiter.check(peer.ip(), now()).is_err() {
         warn!(%peer, "refusing a QUIC worker connection: too many failed attempts from this address");
         incoming.refuse();
         return;
     }
+    let Some(place) = pending.enter(peer.ip()) else {
+        warn!(%peer, "refusing a QUIC worker connection: too many connections still before their hello");
+        incoming.refuse();
+        return;
+    };
+    let accepted = quic::accept(incoming, app.config.frame_limits).await;
+    drop(place);
     let AcceptedLink {
         hello,
         reader,
         writer,
         ..
-    } = match quic::accept(incoming, app.config.frame_limits).await {
+    } = match accepted {
         Ok(accepted) => accepted,
+        Err(AcceptError::Hello(why)) => {
+            // As a wrong secret: a peer that says nothing useful uses up its attempts.
+            app.limiter.failure(peer.ip(), now());
+            warn!(%peer, %why, "QUIC worker connection without a valid hello");
+            return;
+        }
         Err(error) => {
             debug!(%peer, %error, "QUIC worker connection failed before its hello");
             return;
         }
     };
+    // Checked again now: failures by other connections may have started a cooldown
+    // while this one was shaking hands.
+    if app.limiter.check(peer.ip(), now()).is_err() {
+        warn!(%peer, "closing a QUIC worker connection: too many failed attempts from this address");
+        refuse(
+            writer,
+            "too many failed attempts from this address; try again later",
+        )
+        .await;
+        return;
+    }
+    let now = now();
     let auth = if app.config.worker_secret.matches(&hello.secret) {
         AuthOutcome::Accepted
     } else {

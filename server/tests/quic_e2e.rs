@@ -217,3 +217,80 @@ async fn cancelled_requests_give_their_quic_streams_back() {
     .expect("a request after many cancels is served");
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+/// A connection that finished its handshake and opened its control stream, but has
+/// not said hello yet.
+async fn silent_quic(
+    relay: &modelrelay_server::RunningServer,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), quinn::ConnectionError> {
+    let (addr, fingerprint) = relay.quic().unwrap();
+    let trust = Trust::Pinned(parse_fingerprint(fingerprint).unwrap());
+    let local = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = local
+        .connect_with(quic::client_config(&trust).unwrap(), addr, "localhost")
+        .unwrap()
+        .await?;
+    let (mut send, recv) = connection.open_bi().await?;
+    // A stream is only announced with its first byte: send the hello's length prefix.
+    send.write_all(&[0]).await.unwrap();
+    Ok((connection, send, recv))
+}
+
+/// The close code a raw connection ended with.
+async fn close_code_of(connection: &quinn::Connection) -> Option<u64> {
+    match tokio::time::timeout(Duration::from_secs(5), connection.closed())
+        .await
+        .expect("closed in time")
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn connections_held_before_their_hello_cannot_outrun_the_cooldown() {
+    let relay = relay_with_quic(|_| {}).await;
+    // Four connections wait before their hello; a fifth is not let in.
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        waiting.push(silent_quic(&relay).await.unwrap());
+    }
+    assert!(
+        silent_quic(&relay).await.is_err(),
+        "a fifth connection before its hello was let in"
+    );
+    // Five wrong guesses, three of them on waiting connections...
+    for (connection, send, _) in waiting.iter_mut().take(3) {
+        finish_hello(send, "guess").await;
+        assert_eq!(close_code_of(connection).await, Some(1008));
+    }
+    for _ in 0..2 {
+        let (mut reader, _writer) = raw_quic(&relay, "guess").await.unwrap();
+        assert_eq!(closed_with(&mut reader).await, Some(1008));
+    }
+    // ...and the right secret on the last waiting one comes too late: it is refused.
+    let (connection, send, _) = &mut waiting[3];
+    finish_hello(send, SECRET).await;
+    assert_eq!(close_code_of(connection).await, Some(1008));
+}
+
+#[tokio::test]
+async fn a_hello_larger_than_a_hello_is_cut_off() {
+    let relay = relay_with_quic(|_| {}).await;
+    let (connection, mut send, _recv) = silent_quic(&relay).await.unwrap();
+    // The rest of a length prefix announcing 64 MiB.
+    send.write_all(&[4, 0, 0]).await.unwrap();
+    send.write_all(&[0u8; 64 * 1024]).await.unwrap();
+    assert_eq!(close_code_of(&connection).await, Some(0));
+}
+
+/// Completes the hello whose first length byte [`silent_quic`] sent.
+async fn finish_hello(send: &mut quinn::SendStream, secret: &str) {
+    let hello = Hello {
+        secret: secret.into(),
+        provider: "local".into(),
+    };
+    let frame = quic::hello_frame(&hello).unwrap();
+    assert_eq!(frame[0], 0, "a hello is shorter than 16 MiB");
+    send.write_all(&frame[1..]).await.unwrap();
+}

@@ -92,10 +92,13 @@ fn lossy_run(seed: u64) {
             "seed {seed}, {tag}: attempts (started, ended)"
         );
     }
-    let (lost, sent) = world.packet_loss("worker-1").counts();
+    let (lost, sent) = ["worker-1", "worker-2", RELAY]
+        .iter()
+        .map(|host| world.packet_loss(host).counts())
+        .fold((0, 0), |(l, s), (lost, sent)| (l + lost, s + sent));
     assert!(
         lost > 0 && sent > 100,
-        "seed {seed}: worker-1 lost {lost} of {sent} datagrams"
+        "seed {seed}: the links lost {lost} of {sent} datagrams"
     );
 }
 
@@ -149,8 +152,11 @@ impl Stalls {
     }
 }
 
+/// An outcome and when each piece of the answer arrived.
+type Timed = (Outcome, Vec<Duration>);
+
 /// Per stream: its outcome and when each piece of it arrived.
-type Arrivals = Arc<Mutex<BTreeMap<usize, (Outcome, Vec<Duration>)>>>;
+type Arrivals = Arc<Mutex<BTreeMap<usize, Timed>>>;
 
 /// Runs [`STREAMS`] streams through one worker over `link` and loses packets at
 /// the same seeded instants; returns what each loss cost each stream.
@@ -263,4 +269,52 @@ fn one_lost_packet_stalls_one_quic_stream_but_every_stream_on_tcp() {
     assert!(tcp_rto.percentile(50) >= rto * 3 / 4);
     assert!(tcp_rto.stalled_per_loss() > 7.0);
     assert!(tcp_fast.percentile(50) >= rtt / 2);
+}
+
+/// A whole answer of a few megabytes takes the link several round trips; a
+/// stream running beside it on the same worker goes on at its own pace meanwhile.
+#[test]
+fn a_large_answer_on_one_stream_does_not_hold_up_the_others() {
+    let mut world = World::new(WorldConfig {
+        seed: 5,
+        duration: Duration::from_secs(60),
+        min_latency: Duration::from_millis(25),
+        max_latency: Duration::from_millis(25),
+        link: LinkKind::Quic,
+    });
+    world.relay(relay_config());
+    world.backend("backend-1", backend_config());
+    world.worker("worker-1", "backend-1", 4, Duration::ZERO);
+    let large: Arc<Mutex<Option<Outcome>>> = Arc::default();
+    let beside: Arc<Mutex<Option<Timed>>> = Arc::default();
+    let out = large.clone();
+    world.client("large", async move {
+        tokio::time::sleep(2 * SECOND).await;
+        // About 2.5 MB of JSON in one frame.
+        let ask = Ask::whole("large", 350_000, 0);
+        *out.lock().unwrap() = Some(client::send(&ask, Duration::from_secs(30)).await);
+        Ok(())
+    });
+    let out = beside.clone();
+    world.client("beside", async move {
+        tokio::time::sleep(2 * SECOND - Duration::from_millis(200)).await;
+        let ask = Ask::stream("beside", 150, 10);
+        *out.lock().unwrap() = Some(client::send_timed(&ask, Duration::from_secs(30)).await);
+        Ok(())
+    });
+    world.run();
+    assert_eq!(large.lock().unwrap().clone(), Some(Outcome::Complete));
+    let (outcome, arrivals) = beside.lock().unwrap().clone().unwrap();
+    assert_eq!(outcome, Outcome::Complete);
+    let longest = arrivals
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap();
+    // One token every 10 ms, 50 ms round trips: anything near the large answer's
+    // transfer time (several round trips) would mean it waited behind it.
+    assert!(
+        longest < Duration::from_millis(60),
+        "the stream beside the large answer stalled for {longest:?}"
+    );
 }

@@ -43,6 +43,16 @@ pub enum TlsError {
     /// No system root certificates could be loaded.
     #[error("no system root certificates could be loaded")]
     NoRoots,
+    /// Only one of the stored certificate and key is there.
+    #[error(
+        "{dir}: found only one of quic-cert.pem and quic-key.pem; restore the other, or \
+         remove both to make a new certificate (workers pinning the old fingerprint then \
+         need the new one)"
+    )]
+    HalfAnIdentity {
+        /// The data directory.
+        dir: PathBuf,
+    },
 }
 
 /// The SHA-256 fingerprint of a certificate, as `AB:CD:…` (the form `openssl x509 -fingerprint` prints).
@@ -140,29 +150,36 @@ impl RelayIdentity {
     pub fn self_signed_in(dir: &Path, names: &[String]) -> Result<Self, TlsError> {
         let cert_path = dir.join("quic-cert.pem");
         let key_path = dir.join("quic-key.pem");
-        if cert_path.exists() && key_path.exists() {
-            return Ok(Self {
-                certs: pem_certs(&cert_path)?,
-                key: pem_key(&key_path)?,
-                generated: true,
-            });
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => {
+                return Ok(Self {
+                    certs: pem_certs(&cert_path)?,
+                    key: pem_key(&key_path)?,
+                    generated: true,
+                });
+            }
+            (false, false) => {}
+            _ => {
+                return Err(TlsError::HalfAnIdentity {
+                    dir: dir.to_owned(),
+                });
+            }
         }
         let generated = rcgen::generate_simple_self_signed(names.to_vec())?;
-        let write = |path: &Path, text: &str| -> Result<(), TlsError> {
-            std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(path, text))
-                .map_err(|source| TlsError::File {
-                    path: path.to_owned(),
-                    source,
-                })
+        let file_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| TlsError::File { path, source }
         };
-        write(&cert_path, &generated.cert.pem())?;
-        write(&key_path, &generated.signing_key.serialize_pem())?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600));
-        }
+        create_private_dir(dir).map_err(file_error(dir))?;
+        // Each file is written whole under a temporary name, the key readable by its
+        // owner only from the start, then renamed into place.
+        let key_tmp = dir.join("quic-key.pem.tmp");
+        let cert_tmp = dir.join("quic-cert.pem.tmp");
+        write_new(&key_tmp, &generated.signing_key.serialize_pem(), 0o600)
+            .map_err(file_error(&key_tmp))?;
+        write_new(&cert_tmp, &generated.cert.pem(), 0o644).map_err(file_error(&cert_tmp))?;
+        std::fs::rename(&key_tmp, &key_path).map_err(file_error(&key_path))?;
+        std::fs::rename(&cert_tmp, &cert_path).map_err(file_error(&cert_path))?;
         Self::from_pem_files(&cert_path, &key_path).map(|identity| Self {
             generated: true,
             ..identity
@@ -252,6 +269,40 @@ pub fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
         }
     };
     Ok(config)
+}
+
+/// Creates `dir` (and its parents) if missing; a new `dir` is private to its owner.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Writes `text` to a fresh file at `path` with permissions `mode` (on Unix) from the start.
+fn write_new(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    // A leftover from an interrupted start would keep its old permissions.
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 /// Trusts one certificate, named by fingerprint; signatures are still checked.
@@ -356,6 +407,17 @@ mod tests {
         let second = RelayIdentity::self_signed_in(&dir, &names).unwrap();
         assert_eq!(first.fingerprint(), second.fingerprint());
         assert_eq!(first.fingerprint().len(), 32 * 3 - 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.join("quic-key.pem")), 0o600);
+            assert_eq!(mode(&dir), 0o700);
+        }
+        // With the key gone, it refuses rather than quietly changing its fingerprint.
+        std::fs::remove_file(dir.join("quic-key.pem")).unwrap();
+        let error = RelayIdentity::self_signed_in(&dir, &names).unwrap_err();
+        assert!(matches!(error, TlsError::HalfAnIdentity { .. }), "{error}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,12 +1,14 @@
 //! The two halves of a QUIC link, on the relay's side and on the worker's.
 //!
-//! Each side's writer owns every stream's sending half; reading happens in one
-//! task per stream, which forwards decoded messages to the reader and tells
-//! the writer when a stream opens or ends. Messages of one request travel on
-//! its stream, in order; a cancel travels there too, after the request.
+//! Every stream has a task of its own that writes its frames and reads the
+//! peer's, so a stream held back by flow control or loss holds back nothing
+//! else: not the other requests, and not the control stream with its
+//! heartbeats. A side's writer only sorts messages to those tasks. Decoded
+//! messages from every stream meet in one channel, which the reader drains.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,14 +18,47 @@ use modelrelay_core::wire::{
 };
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::{CANCELLED, read_frame, write_frame};
+use super::{read_frame, write_frame};
 use crate::{LinkError, LinkReader, LinkWriter, Outgoing, close_code};
 
 /// How long a closing writer waits for the peer to acknowledge what it sent.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(3);
+
+/// After the connection closed, how long the reader waits for each message its
+/// streams still hand over (frames that arrived just before the close).
+const DRAIN_AFTER_CLOSE: Duration = Duration::from_millis(500);
+
+/// The error code of a request stream reset by a cancel, for each reason (the
+/// `cancel` message on the control stream says the same; this code says it on
+/// the stream itself, whichever arrives first).
+pub fn reset_code(reason: &CancelReason) -> VarInt {
+    VarInt::from_u32(match reason {
+        CancelReason::ClientDisconnect => 1,
+        CancelReason::Timeout => 2,
+        CancelReason::GracefulShutdown => 3,
+        CancelReason::WorkerDisconnect => 4,
+        CancelReason::RequeueExhausted => 5,
+        CancelReason::ServerShutdown => 6,
+        CancelReason::Other(_) => 7,
+    })
+}
+
+/// The cancel reason a request stream's reset code stands for.
+pub fn reset_reason(code: VarInt) -> CancelReason {
+    match code.into_inner() {
+        2 => CancelReason::Timeout,
+        3 => CancelReason::GracefulShutdown,
+        4 => CancelReason::WorkerDisconnect,
+        5 => CancelReason::RequeueExhausted,
+        6 => CancelReason::ServerShutdown,
+        7 => CancelReason::Other("cancelled".into()),
+        _ => CancelReason::ClientDisconnect,
+    }
+}
 
 /// Closes the connection once both halves of the link are gone, so that the
 /// tasks reading its streams end with it (they hold the connection too).
@@ -39,48 +74,68 @@ impl Drop for CloseOnDrop {
     }
 }
 
+type Inbound<M> = mpsc::UnboundedSender<Result<M, LinkError>>;
+
 /// The receiving half: messages from every stream of the connection.
 pub struct QuicReader<M> {
     connection: Connection,
     inbound: mpsc::UnboundedReceiver<Result<M, LinkError>>,
     close_frame: Option<(u16, String)>,
+    closing: bool,
     done: bool,
     _open: Arc<CloseOnDrop>,
 }
 
-/// What both sides' writers hold: the connection and its control stream.
-struct Control {
-    connection: Connection,
-    send: SendStream,
-    limits: FrameLimits,
-    /// Finished streams whose data the peer has not acknowledged yet.
-    unacknowledged: JoinSet<()>,
-    _open: Arc<CloseOnDrop>,
-}
+impl<M> QuicReader<M> {
+    fn new(
+        connection: Connection,
+        inbound: mpsc::UnboundedReceiver<Result<M, LinkError>>,
+        open: Arc<CloseOnDrop>,
+    ) -> Self {
+        Self {
+            connection,
+            inbound,
+            close_frame: None,
+            closing: false,
+            done: false,
+            _open: open,
+        }
+    }
 
-/// The relay's sending half: opens a stream per request, routes cancels to it.
-pub struct RelayWriter {
-    control: Control,
-    /// Decoded worker frames go here (from the request streams this writer opens).
-    inbound: mpsc::UnboundedSender<Result<WorkerMessage, LinkError>>,
-    /// Request streams whose worker side ended.
-    ended_tx: mpsc::UnboundedSender<WireRequestId>,
-    ended: mpsc::UnboundedReceiver<WireRequestId>,
-}
-
-/// The worker's sending half: answers each request on the stream it came on.
-pub struct WorkerWriter {
-    control: Control,
-    /// Request streams the relay opened or cancelled, as their reading tasks see it.
-    streams: mpsc::UnboundedReceiver<RequestStream>,
-}
-
-/// What a request stream's reading task tells the worker's writer.
-enum RequestStream {
-    /// The relay opened a stream for this request: answer on it.
-    Opened(WireRequestId, SendStream),
-    /// The relay cancelled it: nothing more will be said; reset our half.
-    Cancelled(WireRequestId),
+    /// The next message from any stream; `None` once the connection is closed
+    /// and every stream handed over what it had.
+    pub async fn next(&mut self) -> Option<Result<M, LinkError>> {
+        if self.done {
+            return None;
+        }
+        if !self.closing {
+            tokio::select! {
+                biased;
+                message = self.inbound.recv() => {
+                    if message.is_some() {
+                        return message;
+                    }
+                }
+                _ = self.connection.closed() => self.closing = true,
+            }
+        }
+        if self.closing {
+            // The stream tasks end with the connection; what they still hold counts.
+            if let Ok(Some(message)) =
+                tokio::time::timeout(DRAIN_AFTER_CLOSE, self.inbound.recv()).await
+            {
+                return Some(message);
+            }
+        }
+        if let Some(quinn::ConnectionError::ApplicationClosed(close)) =
+            self.connection.close_reason()
+        {
+            let code = u16::try_from(close.error_code.into_inner()).unwrap_or(0);
+            self.close_frame = Some((code, String::from_utf8_lossy(&close.reason).into_owned()));
+        }
+        self.done = true;
+        None
+    }
 }
 
 fn encode<M: WireMessage>(message: &M, limits: FrameLimits) -> Result<Bytes, LinkError> {
@@ -94,35 +149,169 @@ fn encode<M: WireMessage>(message: &M, limits: FrameLimits) -> Result<Bytes, Lin
     Ok(frame)
 }
 
+/// `message` encoded; or, when it cannot travel, what `unsendable` gives instead (if anything).
+fn encode_or_instead<M: WireMessage>(
+    message: M,
+    limits: FrameLimits,
+    unsendable: &mut impl FnMut(M, &LinkError) -> Option<M>,
+) -> Result<Option<(M, Bytes)>, LinkError> {
+    match encode(&message, limits) {
+        Ok(frame) => Ok(Some((message, frame))),
+        Err(error) => match unsendable(message, &error) {
+            Some(instead) => {
+                let frame = encode(&instead, limits)?;
+                Ok(Some((instead, frame)))
+            }
+            None => Ok(None),
+        },
+    }
+}
+
 fn decode<M: WireMessage>(frame: &Bytes, limits: FrameLimits) -> Result<M, LinkError> {
     Ok(WireVersion::V2.decode(frame, limits)?)
 }
 
-/// Forwards the messages of one stream until it ends. Link-level failures (the
-/// connection going away) end it quietly; malformed frames are passed on as errors.
+/// Forwards the messages of one stream until it ends: `Ok` at a clean end,
+/// `Err` with the reset code if the peer reset it, `Err(None)` otherwise.
+/// Malformed frames are passed on as errors.
 async fn forward<M: WireMessage>(
     recv: &mut RecvStream,
     limits: FrameLimits,
-    inbound: &mpsc::UnboundedSender<Result<M, LinkError>>,
-) -> Result<(), ()> {
+    inbound: &Inbound<M>,
+) -> Result<(), Option<VarInt>> {
     loop {
         match read_frame(recv, limits).await {
             Ok(Some(frame)) => {
                 let message = decode(&frame, limits);
                 let malformed = message.is_err();
                 if inbound.send(message).is_err() || malformed {
-                    return Err(());
+                    return Err(None);
                 }
             }
             Ok(None) => return Ok(()),
             Err(error) if error.is_protocol_violation() => {
                 let _ = inbound.send(Err(error));
-                return Err(());
+                return Err(None);
             }
             Err(error) => {
                 debug!(%error, "QUIC stream ended");
-                return Err(());
+                return Err(reset_of(&error));
             }
+        }
+    }
+}
+
+fn reset_of(error: &LinkError) -> Option<VarInt> {
+    match error {
+        LinkError::QuicRead(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))) => {
+            Some(*code)
+        }
+        _ => None,
+    }
+}
+
+/// The control stream's task: writes its frames in order; when its queue closes,
+/// finishes the stream and waits for the peer to acknowledge it.
+async fn write_control(
+    mut send: SendStream,
+    mut frames: mpsc::UnboundedReceiver<Bytes>,
+) -> Result<(), LinkError> {
+    while let Some(frame) = frames.recv().await {
+        write_frame(&mut send, frame).await?;
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+/// What both sides' writers share: the connection, its control stream's task.
+struct Control {
+    connection: Connection,
+    frames: Option<mpsc::UnboundedSender<Bytes>>,
+    task: JoinHandle<Result<(), LinkError>>,
+    limits: FrameLimits,
+    _open: Arc<CloseOnDrop>,
+}
+
+impl Control {
+    fn new(
+        connection: Connection,
+        send: SendStream,
+        limits: FrameLimits,
+        open: Arc<CloseOnDrop>,
+    ) -> Self {
+        let (frames, queue) = mpsc::unbounded_channel();
+        Self {
+            connection,
+            frames: Some(frames),
+            task: tokio::spawn(write_control(send, queue)),
+            limits,
+            _open: open,
+        }
+    }
+
+    fn send(&self, frame: Bytes) {
+        if let Some(frames) = &self.frames {
+            // A closed queue means the task failed; `failed` reports it.
+            let _ = frames.send(frame);
+        }
+    }
+
+    /// Resolves if the control stream's task stops early (its writes failed).
+    async fn failed(&mut self) -> LinkError {
+        match (&mut self.task).await {
+            Ok(Err(error)) => error,
+            _ => LinkError::Protocol("the control stream ended".into()),
+        }
+    }
+
+    /// Closes the connection once the control stream and `streams` were
+    /// acknowledged (or [`CLOSE_LINGER`] passed): quinn drops unsent data when a
+    /// connection closes.
+    async fn close(mut self, code: u16, reason: &str, streams: Option<&TaskTracker>) {
+        self.frames = None;
+        let task = &mut self.task;
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            let _ = task.await;
+            if let Some(streams) = streams {
+                streams.close();
+                streams.wait().await;
+            }
+        })
+        .await;
+        self.connection
+            .close(VarInt::from_u32(u32::from(code)), reason.as_bytes());
+    }
+}
+
+/// What a request stream's task hears from its side's writer.
+enum ToStream {
+    /// A frame to write; `last` finishes the stream after it.
+    Frame { frame: Bytes, last: bool },
+    /// Cancelled by the relay: reset the stream with this code.
+    Cancel(VarInt),
+}
+
+/// A side's request streams by request, each with the token of its task (the
+/// same request may come back on a new stream after a refusal).
+struct StreamTable {
+    by_request: HashMap<WireRequestId, (u64, mpsc::UnboundedSender<ToStream>)>,
+}
+
+impl StreamTable {
+    fn new() -> Self {
+        Self {
+            by_request: HashMap::new(),
+        }
+    }
+
+    fn ended(&mut self, request: &WireRequestId, token: u64) {
+        if self
+            .by_request
+            .get(request)
+            .is_some_and(|(current, _)| *current == token)
+        {
+            self.by_request.remove(request);
         }
     }
 }
@@ -136,20 +325,156 @@ pub(super) fn server_side(
 ) -> (QuicReader<WorkerMessage>, RelayWriter) {
     let (inbound_tx, inbound) = mpsc::unbounded_channel();
     let (ended_tx, ended) = mpsc::unbounded_channel();
-    let control_tx = inbound_tx.clone();
+    // Only the stream tasks keep the channel open: once they are gone after a
+    // close, the reader has seen everything.
+    let weak_inbound = inbound_tx.downgrade();
     tokio::spawn(async move {
-        let _ = forward(&mut control_recv, limits, &control_tx).await;
+        let _ = forward(&mut control_recv, limits, &inbound_tx).await;
     });
     let open = Arc::new(CloseOnDrop(connection.clone()));
     (
         QuicReader::new(connection.clone(), inbound, Arc::clone(&open)),
         RelayWriter {
             control: Control::new(connection, control_send, limits, open),
-            inbound: inbound_tx,
+            inbound: weak_inbound,
+            streams: StreamTable::new(),
+            next_token: 0,
             ended_tx,
             ended,
         },
     )
+}
+
+/// The relay's sending half: a task per request stream, routes cancels to it.
+pub struct RelayWriter {
+    control: Control,
+    inbound: mpsc::WeakUnboundedSender<Result<WorkerMessage, LinkError>>,
+    streams: StreamTable,
+    next_token: u64,
+    ended_tx: mpsc::UnboundedSender<(WireRequestId, u64)>,
+    ended: mpsc::UnboundedReceiver<(WireRequestId, u64)>,
+}
+
+impl RelayWriter {
+    /// Writes the relay's messages: each request on a stream of its own, a cancel
+    /// on the control stream and as a reset of its request's stream, everything
+    /// else on the control stream.
+    pub async fn run(
+        mut self,
+        mut queue: mpsc::UnboundedReceiver<Outgoing<ServerMessage>>,
+        mut unsendable: impl FnMut(ServerMessage, &LinkError) -> Option<ServerMessage> + Send,
+    ) -> Result<(), LinkError> {
+        loop {
+            let item = tokio::select! {
+                biased;
+                Some((request, token)) = self.ended.recv() => {
+                    self.streams.ended(&request, token);
+                    continue;
+                }
+                error = self.control.failed() => return Err(error),
+                item = queue.recv() => item,
+            };
+            let message = match item {
+                Some(Outgoing::Message(message)) => message,
+                Some(Outgoing::Close { code, reason }) => {
+                    self.control.close(code, &reason, None).await;
+                    return Ok(());
+                }
+                None => break,
+            };
+            let Some((message, frame)) =
+                encode_or_instead(message, self.control.limits, &mut unsendable)?
+            else {
+                continue;
+            };
+            match message {
+                ServerMessage::Request(request) => self.open(request.request_id.clone(), frame),
+                ServerMessage::Cancel(cancel) => {
+                    self.control.send(frame);
+                    if let Some((_, stream)) = self.streams.by_request.remove(&cancel.request_id) {
+                        let _ = stream.send(ToStream::Cancel(reset_code(&cancel.reason)));
+                    }
+                }
+                _ => self.control.send(frame),
+            }
+        }
+        self.control.close(close_code::NORMAL, "", None).await;
+        Ok(())
+    }
+
+    /// Starts the task of a new request stream, which writes `frame` first.
+    fn open(&mut self, request: WireRequestId, frame: Bytes) {
+        let Some(inbound) = self.inbound.upgrade() else {
+            return; // the reader is gone: the link is closing
+        };
+        let (to_stream, commands) = mpsc::unbounded_channel();
+        let token = self.next_token;
+        self.next_token += 1;
+        self.streams
+            .by_request
+            .insert(request.clone(), (token, to_stream));
+        let connection = self.control.connection.clone();
+        let limits = self.control.limits;
+        let ended = self.ended_tx.clone();
+        tokio::spawn(async move {
+            relay_stream(connection, frame, commands, inbound, limits).await;
+            let _ = ended.send((request, token));
+        });
+    }
+}
+
+/// On the relay: one request's stream. Writes the request, forwards the worker's
+/// answer, finishes once the worker finished; a cancel resets it.
+async fn relay_stream(
+    connection: Connection,
+    request: Bytes,
+    mut commands: mpsc::UnboundedReceiver<ToStream>,
+    inbound: Inbound<WorkerMessage>,
+    limits: FrameLimits,
+) {
+    let (mut send, mut recv) = match connection.open_bi().await {
+        Ok(stream) => stream,
+        Err(error) => {
+            debug!(%error, "cannot open a request stream");
+            return; // the connection is gone; the reader reports it
+        }
+    };
+    if let Err(error) = write_frame(&mut send, request).await {
+        // The request would be lost without a word: end the link, its work is requeued.
+        debug!(%error, "a request could not be written; closing the link");
+        connection.close(
+            VarInt::from_u32(u32::from(close_code::GOING_AWAY)),
+            b"a request stream failed",
+        );
+        return;
+    }
+    let cancelled = {
+        let reading = forward(&mut recv, limits, &inbound);
+        tokio::pin!(reading);
+        let mut commands_open = true;
+        loop {
+            tokio::select! {
+                // The worker's half ended (finished, or reset): so has the request.
+                _ = &mut reading => break None,
+                command = commands.recv(), if commands_open => match command {
+                    Some(ToStream::Cancel(code)) => break Some(code),
+                    Some(ToStream::Frame { .. }) => {}
+                    // The writer is closing: the connection ends this stream soon.
+                    None => commands_open = false,
+                },
+            }
+        }
+    };
+    match cancelled {
+        None => {
+            let _ = send.finish();
+        }
+        Some(code) => {
+            // Nothing more to say, nothing more to hear.
+            let _ = send.reset(code);
+            let _ = recv.stop(code);
+        }
+    }
 }
 
 /// The worker's halves of a link whose control stream is `(send, recv)`.
@@ -160,20 +485,25 @@ pub(super) fn worker_side(
     limits: FrameLimits,
 ) -> (QuicReader<ServerMessage>, WorkerWriter) {
     let (inbound_tx, inbound) = mpsc::unbounded_channel();
-    let (streams_tx, streams) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
     let control_tx = inbound_tx.clone();
     tokio::spawn(async move {
         let _ = forward(&mut control_recv, limits, &control_tx).await;
     });
+    let tracker = TaskTracker::new();
     let accepting = connection.clone();
+    let streams = tracker.clone();
     tokio::spawn(async move {
+        let tokens = Arc::new(AtomicU64::new(0));
         while let Ok((send, recv)) = accepting.accept_bi().await {
-            tokio::spawn(serve_request_stream(
+            let token = tokens.fetch_add(1, Ordering::Relaxed);
+            streams.spawn(worker_stream(
                 send,
                 recv,
+                token,
                 limits,
                 inbound_tx.clone(),
-                streams_tx.clone(),
+                events_tx.clone(),
             ));
         }
     });
@@ -182,20 +512,150 @@ pub(super) fn worker_side(
         QuicReader::new(connection.clone(), inbound, Arc::clone(&open)),
         WorkerWriter {
             control: Control::new(connection, control_send, limits, open),
-            streams,
+            events,
+            streams: StreamTable::new(),
+            tracker,
         },
     )
 }
 
-/// On the worker: one request stream the relay opened. Its first frame is the
-/// request; a cancel may follow; a reset means cancelled too. Either way the
-/// writer resets its half, so the stream closes on both sides.
-async fn serve_request_stream(
-    send: SendStream,
-    mut recv: RecvStream,
+/// What a request stream's task tells the worker's writer.
+enum StreamEvent {
+    /// A request came on a new stream: its answer goes to `frames`.
+    Opened {
+        request: WireRequestId,
+        token: u64,
+        frames: mpsc::UnboundedSender<ToStream>,
+    },
+    /// The stream is done (answered, cancelled or broken).
+    Ended { request: WireRequestId, token: u64 },
+}
+
+/// The worker's sending half: answers each request on the stream it came on.
+pub struct WorkerWriter {
+    control: Control,
+    events: mpsc::UnboundedReceiver<StreamEvent>,
+    streams: StreamTable,
+    tracker: TaskTracker,
+}
+
+impl WorkerWriter {
+    /// Writes the worker's messages: a request's chunks, completion or error on its
+    /// stream (finished after the last), everything else on the control stream.
+    pub async fn run(
+        mut self,
+        mut queue: mpsc::UnboundedReceiver<Outgoing<WorkerMessage>>,
+        mut unsendable: impl FnMut(WorkerMessage, &LinkError) -> Option<WorkerMessage> + Send,
+    ) -> Result<(), LinkError> {
+        loop {
+            let item = tokio::select! {
+                biased;
+                Some(event) = self.events.recv() => {
+                    match event {
+                        StreamEvent::Opened { request, token, frames } => {
+                            self.streams.by_request.insert(request, (token, frames));
+                        }
+                        StreamEvent::Ended { request, token } => self.streams.ended(&request, token),
+                    }
+                    continue;
+                }
+                error = self.control.failed() => return Err(error),
+                item = queue.recv() => item,
+            };
+            let message = match item {
+                Some(Outgoing::Message(message)) => message,
+                Some(Outgoing::Close { code, reason }) => {
+                    self.close(code, &reason).await;
+                    return Ok(());
+                }
+                None => break,
+            };
+            let Some((message, frame)) =
+                encode_or_instead(message, self.control.limits, &mut unsendable)?
+            else {
+                continue;
+            };
+            let (request, last) = match &message {
+                WorkerMessage::ResponseChunk(chunk) => (Some(&chunk.request_id), false),
+                WorkerMessage::ResponseComplete(complete) => (Some(&complete.request_id), true),
+                WorkerMessage::Error(error) => (error.request_id.as_ref(), true),
+                _ => (None, false),
+            };
+            let Some(request) = request else {
+                self.control.send(frame);
+                continue;
+            };
+            let stream = if last {
+                self.streams.by_request.remove(request).map(|(_, s)| s)
+            } else {
+                self.streams.by_request.get(request).map(|(_, s)| s.clone())
+            };
+            if let Some(stream) = stream {
+                let _ = stream.send(ToStream::Frame { frame, last });
+            }
+            // No stream: the relay cancelled the request; nothing more to say about it.
+        }
+        self.close(close_code::NORMAL, "").await;
+        Ok(())
+    }
+
+    /// Lets every stream write what it has and be acknowledged, then closes.
+    async fn close(mut self, code: u16, reason: &str) {
+        // Dropping their queues tells the stream tasks to finish.
+        self.streams.by_request.clear();
+        self.control.close(code, reason, Some(&self.tracker)).await;
+    }
+}
+
+/// What came on a request stream after the request.
+enum AfterRequest {
+    /// The relay finished its half: the request goes on normally.
+    Finished,
+    /// The relay cancelled it (a `cancel` frame, or a reset with the reason's code).
+    Cancelled(Cancel),
+    /// Something that does not belong on a request stream.
+    Violation(LinkError),
+    /// The connection went.
+    Lost,
+}
+
+async fn after_request(
+    recv: &mut RecvStream,
     limits: FrameLimits,
-    inbound: mpsc::UnboundedSender<Result<ServerMessage, LinkError>>,
-    streams: mpsc::UnboundedSender<RequestStream>,
+    request_id: &WireRequestId,
+) -> AfterRequest {
+    match read_frame(recv, limits).await {
+        Ok(None) => AfterRequest::Finished,
+        Ok(Some(frame)) => match decode::<ServerMessage>(&frame, limits) {
+            Ok(ServerMessage::Cancel(cancel)) if cancel.request_id == *request_id => {
+                AfterRequest::Cancelled(cancel)
+            }
+            Ok(_) => AfterRequest::Violation(LinkError::Protocol(
+                "a request stream carries only its request and its cancel".into(),
+            )),
+            Err(error) => AfterRequest::Violation(error),
+        },
+        Err(error) if error.is_protocol_violation() => AfterRequest::Violation(error),
+        Err(error) => match reset_of(&error) {
+            Some(code) => AfterRequest::Cancelled(Cancel {
+                request_id: request_id.clone(),
+                reason: reset_reason(code),
+            }),
+            None => AfterRequest::Lost,
+        },
+    }
+}
+
+/// On the worker: one request stream the relay opened. Hands the request to the
+/// reader, writes the answer the writer routes here, and turns a cancel or a
+/// reset into a `cancel` for the session (resetting its own half).
+async fn worker_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    token: u64,
+    limits: FrameLimits,
+    inbound: Inbound<ServerMessage>,
+    events: mpsc::UnboundedSender<StreamEvent>,
 ) {
     let request = match read_frame(&mut recv, limits).await {
         Ok(Some(frame)) => decode::<ServerMessage>(&frame, limits),
@@ -215,270 +675,60 @@ async fn serve_request_stream(
             return;
         }
     };
-    // The writer hears of the stream before anything can be written to it.
-    let opened = RequestStream::Opened(request_id.clone(), send);
-    if streams.send(opened).is_err() || inbound.send(request).is_err() {
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    // The writer hears of the stream before the session hears of the request.
+    let opened = StreamEvent::Opened {
+        request: request_id.clone(),
+        token,
+        frames: frames_tx,
+    };
+    if events.send(opened).is_err() || inbound.send(request).is_err() {
         return;
     }
-    // After the request only a cancel may come, then the end of the stream.
-    let cancel = match read_frame(&mut recv, limits).await {
-        // The relay finished its half: the request ended normally.
-        Ok(None) => return,
-        Ok(Some(frame)) => match decode::<ServerMessage>(&frame, limits) {
-            Ok(ServerMessage::Cancel(cancel)) if cancel.request_id == request_id => cancel,
-            Ok(_) => {
-                let _ = inbound.send(Err(LinkError::Protocol(
-                    "a request stream carries only its request and its cancel".into(),
-                )));
-                return;
-            }
-            Err(error) => {
-                let _ = inbound.send(Err(error));
-                return;
-            }
-        },
-        Err(error) if error.is_protocol_violation() => {
-            let _ = inbound.send(Err(error));
-            return;
-        }
-        // Reset by the relay (or the link went): for this request, a cancel.
-        Err(_) => Cancel {
-            request_id: request_id.clone(),
-            reason: CancelReason::ClientDisconnect,
-        },
-    };
-    let _ = streams.send(RequestStream::Cancelled(request_id));
-    let _ = inbound.send(Ok(ServerMessage::Cancel(cancel)));
-}
-
-impl<M> QuicReader<M> {
-    fn new(
-        connection: Connection,
-        inbound: mpsc::UnboundedReceiver<Result<M, LinkError>>,
-        open: Arc<CloseOnDrop>,
-    ) -> Self {
-        Self {
-            connection,
-            inbound,
-            close_frame: None,
-            done: false,
-            _open: open,
-        }
-    }
-
-    /// The next message from any stream; `None` once the connection is closed.
-    pub async fn next(&mut self) -> Option<Result<M, LinkError>> {
-        if self.done {
-            return None;
-        }
+    let reading = after_request(&mut recv, limits, &request_id);
+    tokio::pin!(reading);
+    let mut relay_done = false;
+    loop {
         tokio::select! {
-            biased;
-            message = self.inbound.recv() => {
-                if message.is_some() {
-                    return message;
+            after = &mut reading, if !relay_done => match after {
+                AfterRequest::Finished => relay_done = true,
+                AfterRequest::Cancelled(cancel) => {
+                    let _ = send.reset(reset_code(&cancel.reason));
+                    let _ = inbound.send(Ok(ServerMessage::Cancel(cancel)));
+                    break;
                 }
-            }
-            _ = self.connection.closed() => {
-                // What arrived before the close still counts.
-                if let Ok(message) = self.inbound.try_recv() {
-                    return Some(message);
+                AfterRequest::Violation(error) => {
+                    let _ = inbound.send(Err(error));
+                    break;
                 }
-            }
-        }
-        // Every stream ended, or the connection did: either way it is over.
-        if let Some(quinn::ConnectionError::ApplicationClosed(close)) =
-            self.connection.close_reason()
-        {
-            let code = u16::try_from(close.error_code.into_inner()).unwrap_or(0);
-            self.close_frame = Some((code, String::from_utf8_lossy(&close.reason).into_owned()));
-        }
-        self.done = true;
-        None
-    }
-}
-
-impl Control {
-    fn new(
-        connection: Connection,
-        send: SendStream,
-        limits: FrameLimits,
-        open: Arc<CloseOnDrop>,
-    ) -> Self {
-        Self {
-            connection,
-            send,
-            limits,
-            unacknowledged: JoinSet::new(),
-            _open: open,
+                AfterRequest::Lost => break,
+            },
+            frame = frames.recv() => match frame {
+                Some(ToStream::Frame { frame, last }) => {
+                    if write_frame(&mut send, frame).await.is_err() {
+                        break; // the relay stopped the stream: it cancelled
+                    }
+                    if last {
+                        let _ = send.finish();
+                        let _ = events.send(StreamEvent::Ended { request: request_id.clone(), token });
+                        // Stay until the answer is acknowledged (a closing link waits for this).
+                        let _ = send.stopped().await;
+                        return;
+                    }
+                }
+                Some(ToStream::Cancel(_)) => {}
+                // The writer is closing.
+                None => {
+                    let _ = send.finish();
+                    break;
+                }
+            },
         }
     }
-
-    async fn write(&mut self, frame: Bytes) -> Result<(), LinkError> {
-        write_frame(&mut self.send, frame).await
-    }
-
-    /// Finishes a request stream; a graceful close waits for its data to arrive.
-    fn finish(&mut self, mut send: SendStream) {
-        let _ = send.finish();
-        let acknowledged = send.stopped();
-        self.unacknowledged.spawn(async move {
-            let _ = acknowledged.await;
-        });
-        while self.unacknowledged.try_join_next().is_some() {}
-    }
-
-    /// Closes the connection once the peer has what was sent (or [`CLOSE_LINGER`]
-    /// has passed): quinn drops unsent data when a connection closes.
-    async fn close(mut self, code: u16, reason: &str) {
-        let _ = self.send.finish();
-        let control = self.send.stopped();
-        let mut unacknowledged = std::mem::take(&mut self.unacknowledged);
-        let _ = tokio::time::timeout(CLOSE_LINGER, async move {
-            let _ = control.await;
-            while unacknowledged.join_next().await.is_some() {}
-        })
-        .await;
-        self.connection
-            .close(VarInt::from_u32(u32::from(code)), reason.as_bytes());
-    }
-}
-
-impl RelayWriter {
-    /// Writes the relay's messages: each request on a new stream, a cancel on its
-    /// request's stream (then a reset), everything else on the control stream.
-    pub async fn run(
-        mut self,
-        mut queue: mpsc::UnboundedReceiver<Outgoing<ServerMessage>>,
-        mut unsendable: impl FnMut(ServerMessage, &LinkError) -> Option<ServerMessage> + Send,
-    ) -> Result<(), LinkError> {
-        let mut streams: HashMap<WireRequestId, SendStream> = HashMap::new();
-        loop {
-            let item = tokio::select! {
-                biased;
-                Some(id) = self.ended.recv() => {
-                    // The worker finished its half: the request is over; finish ours.
-                    if let Some(send) = streams.remove(&id) {
-                        self.control.finish(send);
-                    }
-                    continue;
-                }
-                item = queue.recv() => item,
-            };
-            let Some(item) = item else { break };
-            let message = match item {
-                Outgoing::Message(message) => message,
-                Outgoing::Close { code, reason } => {
-                    self.control.close(code, &reason).await;
-                    return Ok(());
-                }
-            };
-            let limits = self.control.limits;
-            let frame = match encode(&message, limits) {
-                Ok(frame) => frame,
-                Err(error) => {
-                    if let Some(instead) = unsendable(message, &error) {
-                        self.control.write(encode(&instead, limits)?).await?;
-                    }
-                    continue;
-                }
-            };
-            match message {
-                ServerMessage::Request(request) => {
-                    let (mut send, mut recv) = self.control.connection.open_bi().await?;
-                    write_frame(&mut send, frame).await?;
-                    let id = request.request_id.clone();
-                    streams.insert(id.clone(), send);
-                    let (inbound, ended_tx) = (self.inbound.clone(), self.ended_tx.clone());
-                    tokio::spawn(async move {
-                        let _ = forward(&mut recv, limits, &inbound).await;
-                        let _ = ended_tx.send(id);
-                    });
-                }
-                ServerMessage::Cancel(cancel) => match streams.remove(&cancel.request_id) {
-                    Some(mut send) => {
-                        // Ordered after the request on its own stream; the reset stops it for good.
-                        let _ = write_frame(&mut send, frame).await;
-                        let _ = send.reset(CANCELLED);
-                    }
-                    None => self.control.write(frame).await?,
-                },
-                _ => self.control.write(frame).await?,
-            }
-        }
-        self.control.close(close_code::NORMAL, "").await;
-        Ok(())
-    }
-}
-
-impl WorkerWriter {
-    /// Writes the worker's messages: a request's chunks, completion or error on its
-    /// stream (finished after the last), everything else on the control stream.
-    pub async fn run(
-        mut self,
-        mut queue: mpsc::UnboundedReceiver<Outgoing<WorkerMessage>>,
-        mut unsendable: impl FnMut(WorkerMessage, &LinkError) -> Option<WorkerMessage> + Send,
-    ) -> Result<(), LinkError> {
-        let mut streams: HashMap<WireRequestId, SendStream> = HashMap::new();
-        loop {
-            let item = tokio::select! {
-                biased;
-                Some(event) = self.streams.recv() => {
-                    match event {
-                        RequestStream::Opened(id, send) => {
-                            streams.insert(id, send);
-                        }
-                        RequestStream::Cancelled(id) => {
-                            if let Some(mut send) = streams.remove(&id) {
-                                let _ = send.reset(CANCELLED);
-                            }
-                        }
-                    }
-                    continue;
-                }
-                item = queue.recv() => item,
-            };
-            let Some(item) = item else { break };
-            let message = match item {
-                Outgoing::Message(message) => message,
-                Outgoing::Close { code, reason } => {
-                    self.control.close(code, &reason).await;
-                    return Ok(());
-                }
-            };
-            let limits = self.control.limits;
-            let (message, frame) = match encode(&message, limits) {
-                Ok(frame) => (message, frame),
-                Err(error) => match unsendable(message, &error) {
-                    Some(instead) => {
-                        let frame = encode(&instead, limits)?;
-                        (instead, frame)
-                    }
-                    None => continue,
-                },
-            };
-            let (request, last) = match &message {
-                WorkerMessage::ResponseChunk(chunk) => (Some(&chunk.request_id), false),
-                WorkerMessage::ResponseComplete(complete) => (Some(&complete.request_id), true),
-                WorkerMessage::Error(error) => (error.request_id.as_ref(), true),
-                _ => (None, false),
-            };
-            let Some(request) = request else {
-                self.control.write(frame).await?;
-                continue;
-            };
-            let Some(send) = streams.get_mut(request) else {
-                continue; // the relay cancelled it: nothing more to say about it
-            };
-            let written = write_frame(send, frame).await;
-            if (last || written.is_err())
-                && let Some(send) = streams.remove(request)
-            {
-                self.control.finish(send);
-            }
-        }
-        self.control.close(close_code::NORMAL, "").await;
-        Ok(())
-    }
+    let _ = events.send(StreamEvent::Ended {
+        request: request_id.clone(),
+        token,
+    });
 }
 
 impl<M: Send + 'static> LinkReader<M> for QuicReader<M> {

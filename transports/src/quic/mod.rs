@@ -24,16 +24,17 @@ use modelrelay_core::wire::{FrameLimits, ServerMessage, V2_ALPN, WorkerMessage};
 use quinn::{RecvStream, SendStream, VarInt};
 use serde::{Deserialize, Serialize};
 
-pub use link::{CLOSE_LINGER, QuicReader, RelayWriter, WorkerWriter};
+pub use link::{CLOSE_LINGER, QuicReader, RelayWriter, WorkerWriter, reset_code, reset_reason};
 
 use crate::LinkError;
 use crate::tls::{RelayIdentity, TlsError, Trust, client_tls};
 
-/// How long a worker may take to open its control stream and say hello.
+/// How long a worker may take, from its first packet, to finish the handshake,
+/// open its control stream and say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Application error code for streams reset by a cancel.
-pub const CANCELLED: VarInt = VarInt::from_u32(1);
+/// The largest hello the relay reads (before it knows who is talking).
+pub const HELLO_MAX_BYTES: usize = 4096;
 
 /// The first frame on the control stream: who the worker is, as WebSocket headers say it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,22 +100,43 @@ pub struct AcceptedLink {
     pub writer: RelayWriter,
 }
 
-/// Completes an incoming connection: TLS, the control stream, the hello.
+/// Why an incoming worker connection did not become a link.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The QUIC handshake failed (or the connection broke before the hello).
+    #[error("QUIC handshake: {0}")]
+    Handshake(#[from] quinn::ConnectionError),
+    /// No usable hello in time: none, too large, or malformed.
+    #[error("no valid hello: {0}")]
+    Hello(String),
+}
+
+/// Completes an incoming connection within [`HELLO_TIMEOUT`]: TLS, the control
+/// stream, the hello (at most [`HELLO_MAX_BYTES`]).
 pub async fn accept(
     incoming: quinn::Incoming,
     limits: FrameLimits,
-) -> Result<AcceptedLink, LinkError> {
-    let connection = incoming.await?;
+) -> Result<AcceptedLink, AcceptError> {
+    let handshake = async {
+        let connection = incoming.await?;
+        let (send, mut recv) = connection.accept_bi().await?;
+        let hello_limits = FrameLimits {
+            max_frame_bytes: HELLO_MAX_BYTES,
+        };
+        let hello = match read_frame(&mut recv, hello_limits).await {
+            Ok(Some(hello)) => hello,
+            Ok(None) => return Err(AcceptError::Hello("the control stream ended first".into())),
+            Err(error) => return Err(AcceptError::Hello(error.to_string())),
+        };
+        let hello: Hello = postcard::from_bytes(&hello)
+            .map_err(|e| AcceptError::Hello(format!("malformed: {e}")))?;
+        Ok((connection, send, recv, hello))
+    };
+    let (connection, send, recv, hello) =
+        tokio::time::timeout(HELLO_TIMEOUT, handshake)
+            .await
+            .map_err(|_| AcceptError::Hello("none in time".into()))??;
     let remote = connection.remote_address();
-    let (send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
-        .await
-        .map_err(|_| LinkError::Protocol("no control stream in time".into()))??;
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, limits))
-        .await
-        .map_err(|_| LinkError::Protocol("no hello in time".into()))??
-        .ok_or_else(|| LinkError::Protocol("the control stream ended before the hello".into()))?;
-    let hello: Hello =
-        postcard::from_bytes(&hello).map_err(|e| LinkError::Protocol(format!("bad hello: {e}")))?;
     let (reader, writer) = link::server_side(connection, send, recv, limits);
     Ok(AcceptedLink {
         hello,
@@ -142,12 +164,26 @@ pub async fn connect(
         .open_bi()
         .await
         .map_err(ConnectError::Handshake)?;
-    let hello = postcard::to_allocvec(hello)
-        .map_err(|e| ConnectError::Link(LinkError::Protocol(e.to_string())))?;
-    write_frame(&mut send, Bytes::from(hello))
+    write_hello(&mut send, hello)
         .await
         .map_err(ConnectError::Link)?;
     Ok(link::worker_side(connection, send, recv, limits))
+}
+
+/// Writes `hello` as the first frame of a control stream.
+pub async fn write_hello(send: &mut SendStream, hello: &Hello) -> Result<(), LinkError> {
+    send.write_all(&hello_frame(hello)?).await?;
+    Ok(())
+}
+
+/// `hello` as it travels: its length (big-endian `u32`), then its postcard encoding.
+pub fn hello_frame(hello: &Hello) -> Result<Vec<u8>, LinkError> {
+    let payload = postcard::to_allocvec(hello).map_err(|e| LinkError::Protocol(e.to_string()))?;
+    let length = u32::try_from(payload.len())
+        .map_err(|_| LinkError::Protocol("a hello too large to send".into()))?;
+    let mut frame = length.to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    Ok(frame)
 }
 
 /// Why a worker's QUIC connection failed.
@@ -177,7 +213,7 @@ pub fn worker_transport() -> quinn::TransportConfig {
 /// quinn transport settings for the relay: workers open only their control stream.
 pub fn relay_transport() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(VarInt::from_u32(4));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
     transport
@@ -268,7 +304,8 @@ pub fn explain(error: &quinn::ConnectionError) -> String {
             if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
     ) {
         "the relay refused the connection: too many failed logins from this address \
-         in the last minute (check --worker-secret), or it is shutting down"
+         in the last minute (check --worker-secret), too many connections from it still \
+         logging in, or it is shutting down"
             .to_owned()
     } else if matches!(error, quinn::ConnectionError::TimedOut) {
         "no answer from the relay's QUIC port (is --quic-listen set, and UDP open?)".to_owned()

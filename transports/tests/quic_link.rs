@@ -1,0 +1,242 @@
+//! The QUIC link on its own, over loopback: both halves, no relay or worker logic.
+
+#![cfg(feature = "quic")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use modelrelay_core::wire::{
+    Cancel, CancelReason, FrameLimits, Headers, RequestFrame, ResponseChunk, ResponseComplete,
+    ServerMessage, WorkerError, WorkerMessage,
+};
+use modelrelay_core::{ModelName, WireRequestId};
+use modelrelay_transports::quic::{self, Hello, QuicReader};
+use modelrelay_transports::tls::{RelayIdentity, Trust, parse_fingerprint};
+use modelrelay_transports::{LinkError, Outgoing};
+use tokio::sync::mpsc;
+
+type Queue<M> = mpsc::UnboundedSender<Outgoing<M>>;
+
+/// Both ends of one link: the relay's reader and queue, the worker's reader and queue.
+struct Link {
+    relay: QuicReader<WorkerMessage>,
+    to_worker: Queue<ServerMessage>,
+    worker: QuicReader<ServerMessage>,
+    to_relay: Queue<WorkerMessage>,
+    _endpoints: (quinn::Endpoint, quinn::Endpoint),
+}
+
+fn identity() -> RelayIdentity {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    RelayIdentity::from_der(
+        generated.cert.der().to_vec(),
+        generated.signing_key.serialize_der(),
+    )
+}
+
+async fn link() -> Link {
+    let identity = identity();
+    let server_config = quic::server_config(&identity, quic::relay_transport()).unwrap();
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let trust = Trust::Pinned(parse_fingerprint(&identity.fingerprint()).unwrap());
+    let hello = Hello {
+        secret: "s".into(),
+        provider: "local".into(),
+    };
+    let limits = FrameLimits::default();
+    let accepting = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let incoming = server.accept().await.unwrap();
+            quic::accept(incoming, limits).await.unwrap()
+        })
+    };
+    let (worker, worker_writer) = quic::connect(
+        &client,
+        quic::client_config(&trust).unwrap(),
+        server.local_addr().unwrap(),
+        "localhost",
+        &hello,
+        limits,
+    )
+    .await
+    .unwrap();
+    let accepted = accepting.await.unwrap();
+    let (to_worker, relay_queue) = mpsc::unbounded_channel();
+    let (to_relay, worker_queue) = mpsc::unbounded_channel();
+    tokio::spawn(accepted.writer.run(relay_queue, |_, _| None));
+    tokio::spawn(worker_writer.run(worker_queue, |_, _| None));
+    Link {
+        relay: accepted.reader,
+        to_worker,
+        worker,
+        to_relay,
+        _endpoints: (server, client),
+    }
+}
+
+fn request(id: u64) -> ServerMessage {
+    ServerMessage::Request(Arc::new(RequestFrame {
+        request_id: WireRequestId::Number(id),
+        model: ModelName::new("m"),
+        endpoint_path: "/v1/chat/completions".into(),
+        is_streaming: true,
+        body: Bytes::from_static(b"{}"),
+        headers: Headers::new(),
+    }))
+}
+
+fn complete(id: u64, body: Bytes) -> WorkerMessage {
+    WorkerMessage::ResponseComplete(ResponseComplete {
+        request_id: WireRequestId::Number(id),
+        status_code: 200,
+        headers: Headers::new(),
+        body,
+        token_counts: None,
+    })
+}
+
+async fn next<M>(reader: &mut QuicReader<M>) -> Option<Result<M, LinkError>> {
+    tokio::time::timeout(Duration::from_secs(5), reader.next())
+        .await
+        .expect("a message in time")
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_worker_with_its_reason() {
+    let mut link = link().await;
+    link.to_worker.send(Outgoing::Message(request(1))).unwrap();
+    assert!(matches!(
+        next(&mut link.worker).await,
+        Some(Ok(ServerMessage::Request(_)))
+    ));
+    let cancel = Cancel {
+        request_id: WireRequestId::Number(1),
+        reason: CancelReason::Timeout,
+    };
+    link.to_worker
+        .send(Outgoing::Message(ServerMessage::Cancel(cancel)))
+        .unwrap();
+    // On the control stream and as the stream's reset: either way, the same reason.
+    for _ in 0..2 {
+        match next(&mut link.worker).await {
+            Some(Ok(ServerMessage::Cancel(cancel))) => {
+                assert_eq!(cancel.reason, CancelReason::Timeout)
+            }
+            other => panic!("expected a cancel, got {other:?}"),
+        }
+    }
+}
+
+/// Sends request `id`, has the worker refuse it, and sends it again (a new stream).
+async fn refused_then_sent_again(link: &mut Link, id: u64) {
+    for attempt in 0..2 {
+        link.to_worker.send(Outgoing::Message(request(id))).unwrap();
+        assert!(matches!(
+            next(&mut link.worker).await,
+            Some(Ok(ServerMessage::Request(_)))
+        ));
+        if attempt == 1 {
+            break;
+        }
+        let refusal = WorkerMessage::Error(WorkerError {
+            request_id: Some(WireRequestId::Number(id)),
+            code: "worker_at_capacity".into(),
+            message: "busy".into(),
+        });
+        link.to_relay.send(Outgoing::Message(refusal)).unwrap();
+        assert!(matches!(
+            next(&mut link.relay).await,
+            Some(Ok(WorkerMessage::Error(_)))
+        ));
+    }
+    // Time for the first stream's end to reach both writers.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn a_request_refused_and_sent_again_on_a_new_stream_is_answered_there() {
+    let mut link = link().await;
+    // The first stream's end must not take the second one down with it: the
+    // answer goes out on the new stream...
+    refused_then_sent_again(&mut link, 7).await;
+    let chunk = WorkerMessage::ResponseChunk(ResponseChunk {
+        request_id: WireRequestId::Number(7),
+        chunk: Bytes::from_static(b"data: hi\n\n"),
+    });
+    link.to_relay.send(Outgoing::Message(chunk)).unwrap();
+    link.to_relay
+        .send(Outgoing::Message(complete(7, Bytes::new())))
+        .unwrap();
+    assert!(matches!(
+        next(&mut link.relay).await,
+        Some(Ok(WorkerMessage::ResponseChunk(_)))
+    ));
+    assert!(matches!(
+        next(&mut link.relay).await,
+        Some(Ok(WorkerMessage::ResponseComplete(_)))
+    ));
+    // ...and a cancel resets the new stream.
+    refused_then_sent_again(&mut link, 9).await;
+    let cancel = Cancel {
+        request_id: WireRequestId::Number(9),
+        reason: CancelReason::ServerShutdown,
+    };
+    link.to_worker
+        .send(Outgoing::Message(ServerMessage::Cancel(cancel)))
+        .unwrap();
+    for _ in 0..2 {
+        assert!(matches!(
+            next(&mut link.worker).await,
+            Some(Ok(ServerMessage::Cancel(Cancel {
+                reason: CancelReason::ServerShutdown,
+                ..
+            })))
+        ));
+    }
+}
+
+/// A worker that closes right after its last answer: the relay's reader still
+/// hands that answer over before it reports the end. Run many times, with the
+/// other core busy, because the loss it guards against was a race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_answer_before_a_close_is_never_lost() {
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hog = {
+        let busy = Arc::clone(&busy);
+        std::thread::spawn(move || {
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    for round in 0..40 {
+        let mut link = link().await;
+        link.to_worker.send(Outgoing::Message(request(1))).unwrap();
+        assert!(matches!(
+            next(&mut link.worker).await,
+            Some(Ok(ServerMessage::Request(_)))
+        ));
+        let body = Bytes::from(vec![b'x'; 256 * 1024]);
+        link.to_relay
+            .send(Outgoing::Message(complete(1, body)))
+            .unwrap();
+        link.to_relay
+            .send(Outgoing::Close {
+                code: 1000,
+                reason: String::new(),
+            })
+            .unwrap();
+        match next(&mut link.relay).await {
+            Some(Ok(WorkerMessage::ResponseComplete(done))) => {
+                assert_eq!(done.body.len(), 256 * 1024)
+            }
+            other => panic!("round {round}: the answer was lost: {other:?}"),
+        }
+        assert!(next(&mut link.relay).await.is_none());
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    hog.join().unwrap();
+}
