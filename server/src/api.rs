@@ -1,7 +1,7 @@
 //! The client API: inference routes, `/v1/models`, `/health`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -14,11 +14,11 @@ use modelrelay_core::wire::{FORWARDED_REQUEST_HEADERS, HOP_BY_HOP_HEADERS, Heade
 use modelrelay_core::{ModelName, RequestId};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiFlavor};
 use crate::hub::{Command, Hub, ResponseEvent};
+use crate::response_queue::{ResponseReceiver, response_queue};
 
 /// The header naming the relay's id for a request, for logs on both sides.
 pub const REQUEST_ID_HEADER: &str = "x-modelrelay-request-id";
@@ -63,7 +63,9 @@ pub(crate) async fn inference(
     let (parts, body) = request.into_parts();
     let limit = app.config.max_body_bytes;
     let body = match axum::body::to_bytes(body, limit).await {
-        Ok(body) => body,
+        // A copy of its own: the body lives as long as the request (for requeues),
+        // and a slice would pin the connection's whole read buffer all that time.
+        Ok(body) => Bytes::copy_from_slice(&body),
         Err(error) => {
             let too_large = std::error::Error::source(&error)
                 .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
@@ -125,8 +127,7 @@ pub(crate) async fn inference(
     };
     let streaming = path != "/v1/embeddings" && probe.stream == Some(serde_json::Value::Bool(true));
     let id = RequestId::new(app.next_request.fetch_add(1, Ordering::Relaxed));
-    let (responder, mut events) = mpsc::unbounded_channel();
-    let buffered = Arc::new(AtomicUsize::new(0));
+    let (responder, mut events) = response_queue();
     let sent = app.hub.send(Command::Request {
         request: NewRequest {
             id,
@@ -138,7 +139,6 @@ pub(crate) async fn inference(
             headers: forwarded_headers(&parts.headers),
         },
         responder,
-        buffered: Arc::clone(&buffered),
     });
     if !sent {
         return shutting_down(flavor);
@@ -158,19 +158,14 @@ pub(crate) async fn inference(
             finish(outcome, Vec::new(), &model, flavor)
         }
         Some(ResponseEvent::Chunk(first)) if streaming => {
-            buffered.fetch_sub(first.len(), Ordering::Relaxed);
-            event_stream(first, events, buffered, guard, model, flavor)
+            event_stream(first, events, guard, model, flavor)
         }
         Some(ResponseEvent::Chunk(first)) => {
             // A non-streaming request answered in pieces: gather them.
-            buffered.fetch_sub(first.len(), Ordering::Relaxed);
             let mut pieces = vec![first];
             loop {
                 match events.recv().await {
-                    Some(ResponseEvent::Chunk(piece)) => {
-                        buffered.fetch_sub(piece.len(), Ordering::Relaxed);
-                        pieces.push(piece);
-                    }
+                    Some(ResponseEvent::Chunk(piece)) => pieces.push(piece),
                     Some(ResponseEvent::Ended(outcome)) => {
                         guard.disarm();
                         break finish(outcome, pieces, &model, flavor);
@@ -267,16 +262,14 @@ fn passthrough(completion: Completion, pieces: Vec<Bytes>) -> Response {
 /// A streaming answer: the chunks as they come, byte for byte; a failure becomes one error event.
 fn event_stream(
     first: Bytes,
-    events: mpsc::UnboundedReceiver<ResponseEvent>,
-    buffered: Arc<AtomicUsize>,
+    events: ResponseReceiver,
     guard: ClientGuard,
     model: String,
     flavor: ApiFlavor,
 ) -> Response {
     struct Streaming {
         first: Option<Bytes>,
-        events: mpsc::UnboundedReceiver<ResponseEvent>,
-        buffered: Arc<AtomicUsize>,
+        events: ResponseReceiver,
         guard: ClientGuard,
         model: String,
         done: bool,
@@ -284,7 +277,6 @@ fn event_stream(
     let state = Streaming {
         first: Some(first),
         events,
-        buffered,
         guard,
         model,
         done: false,
@@ -297,11 +289,7 @@ fn event_stream(
             return None;
         }
         match state.events.recv().await {
-            Some(ResponseEvent::Chunk(chunk)) => {
-                // Taken by the connection: no longer waiting in the relay for the client.
-                state.buffered.fetch_sub(chunk.len(), Ordering::Relaxed);
-                Some((Ok(chunk), state))
-            }
+            Some(ResponseEvent::Chunk(chunk)) => Some((Ok(chunk), state)),
             Some(ResponseEvent::Ended(Outcome::Completed(completion)))
                 if !completion.body.is_empty() =>
             {

@@ -73,32 +73,6 @@ impl ServerConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
-/// Any listener of socket addresses, so handlers can see the peer whatever the network.
-struct Peers<L>(L);
-
-impl<L: Listener<Addr = SocketAddr>> Listener for Peers<L> {
-    type Io = L::Io;
-    type Addr = SocketAddr;
-
-    fn accept(&mut self) -> impl Future<Output = (Self::Io, Self::Addr)> + Send {
-        self.0.accept()
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Peers<L>>>
-    for PeerAddr
-where
-    L: Listener<Addr = SocketAddr>,
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, Peers<L>>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
 /// What every handler shares.
 pub(crate) struct AppState {
     pub(crate) config: ServerConfig,
@@ -178,7 +152,7 @@ pub async fn serve<L>(
         next_worker: AtomicU64::new(1),
         started: tokio::time::Instant::now().into_std(),
     });
-    let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<PeerAddr>();
+    let app = router(Arc::clone(&state));
     let stopping = CancellationToken::new();
     if let Some(endpoint) = &quic {
         tokio::spawn(crate::quic::accept_workers(
@@ -197,15 +171,11 @@ pub async fn serve<L>(
             stopping.cancel();
         }
     };
-    let http = axum::serve(Peers(listener), app).with_graceful_shutdown(on_shutdown);
+    let http = crate::http::serve(listener, app, on_shutdown);
     // Open responses end once their workers finish or the drain deadline fails them.
     let bound = drain.saturating_add(Duration::from_secs(5));
     tokio::select! {
-        result = std::future::IntoFuture::into_future(http) => {
-            if let Err(error) = result {
-                warn!(%error, "HTTP server stopped with an error");
-            }
-        }
+        () = http => {}
         () = async { stopping.cancelled().await; tokio::time::sleep(bound).await } => {
             warn!("open client connections outlived the drain; closing them");
         }

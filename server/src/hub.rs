@@ -6,8 +6,6 @@
 //! [`Relay::poll_timeout`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +19,8 @@ use modelrelay_transports::close_code;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+
+use crate::response_queue::ResponseSender;
 
 /// Something for the hub to do.
 pub(crate) enum Command {
@@ -52,9 +52,7 @@ pub(crate) enum Command {
     /// A client request.
     Request {
         request: NewRequest,
-        responder: mpsc::UnboundedSender<ResponseEvent>,
-        /// Bytes sent to the responder that the client has not taken yet.
-        buffered: Arc<AtomicUsize>,
+        responder: ResponseSender,
     },
     /// A client went away.
     ClientGone { request: RequestId },
@@ -136,12 +134,11 @@ struct LinkHandle {
 
 /// A request waiting for its answer.
 struct Waiting {
-    responder: mpsc::UnboundedSender<ResponseEvent>,
+    responder: ResponseSender,
     model: ModelName,
     arrived: Instant,
     worker: Option<WorkerId>,
     chunks: u64,
-    buffered: Arc<AtomicUsize>,
     too_slow: bool,
 }
 
@@ -236,11 +233,7 @@ impl HubTask {
                 }
                 self.feed(Input::WorkerDisconnected { worker });
             }
-            Command::Request {
-                request,
-                responder,
-                buffered,
-            } => {
+            Command::Request { request, responder } => {
                 self.waiting.insert(
                     request.id,
                     Waiting {
@@ -249,7 +242,6 @@ impl HubTask {
                         arrived: now(),
                         worker: None,
                         chunks: 0,
-                        buffered,
                         too_slow: false,
                     },
                 );
@@ -323,9 +315,11 @@ impl HubTask {
                 Output::StreamChunk { request, chunk } => {
                     if let Some(waiting) = self.waiting.get_mut(&request) {
                         waiting.chunks += 1;
-                        let held = waiting.buffered.fetch_add(chunk.len(), Ordering::Relaxed)
-                            + chunk.len();
-                        let _ = waiting.responder.send(ResponseEvent::Chunk(chunk));
+                        // Bytes the client has not taken yet (none if it is gone).
+                        let held = waiting
+                            .responder
+                            .send(ResponseEvent::Chunk(chunk))
+                            .unwrap_or(0);
                         if held > self.max_client_buffer && !waiting.too_slow {
                             waiting.too_slow = true;
                             warn!(%request, held, "client reads too slowly; stopping its stream");

@@ -11,9 +11,11 @@ mod app;
 pub mod auth;
 pub mod demo;
 pub mod error;
+mod http;
 mod hub;
 mod links;
 pub mod quic;
+mod response_queue;
 
 pub use api::REQUEST_ID_HEADER;
 pub use app::{RunningServer, ServerConfig, serve};

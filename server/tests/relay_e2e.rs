@@ -661,3 +661,21 @@ async fn a_client_that_does_not_read_is_stopped_before_the_relay_buffers_without
         "no error event at the end"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = relay(|_| {}).await;
+    let mut client = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+    client
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: relay\r\n")
+        .await
+        .unwrap();
+    // Simulated time: the 30 s the relay allows pass at once while nothing happens.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(60), client.read_to_end(&mut rest)).await;
+    assert!(
+        ended.is_ok(),
+        "the half-sent request still holds its connection after a minute"
+    );
+}

@@ -241,3 +241,92 @@ where
         WsWriter::run(self, queue, unsendable)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use modelrelay_core::WireRequestId;
+    use modelrelay_core::wire::{ResponseChunk, WorkerMessage};
+    use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+
+    /// A stream that counts the writes made to it.
+    struct Counted {
+        inner: DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_frames_leaves_in_a_few_writes() {
+        let (near, far) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let stream = Counted {
+            inner: near,
+            writes: Arc::clone(&writes),
+        };
+        let socket = WebSocketStream::from_raw_socket(
+            stream,
+            Role::Client,
+            Some(super::super::config(FrameLimits::default())),
+        )
+        .await;
+        let (_reader, writer) = split::<_, WorkerMessage, WorkerMessage>(
+            socket,
+            WireVersion::V2,
+            FrameLimits::default(),
+        );
+        let (queue, outgoing) = mpsc::unbounded_channel();
+        for n in 0..100 {
+            let chunk = WorkerMessage::ResponseChunk(ResponseChunk {
+                request_id: WireRequestId::Number(n),
+                chunk: Bytes::from_static(b"data: {\"choices\":[]}\n\n"),
+            });
+            queue.send(Outgoing::Message(chunk)).unwrap();
+        }
+        drop(queue);
+        writer.run(outgoing, |_, _| None).await.unwrap();
+        // 100 frames queued at once: they share writes (one per flush, plus the close).
+        let writes = writes.load(Ordering::Relaxed);
+        assert!(writes <= 5, "{writes} writes for one burst of 100 frames");
+        drop(far);
+    }
+}

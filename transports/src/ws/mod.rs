@@ -25,6 +25,8 @@ pub fn config(limits: FrameLimits) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes))
-        // Frames go out when the writer flushes, which it does once its queue is empty.
-        .write_buffer_size(0)
+        // Frames collect in the buffer and go out when the writer flushes (once its
+        // queue is empty), so a burst of chunks shares one write; 0 would write each
+        // frame at once.
+        .write_buffer_size(64 * 1024)
 }
