@@ -1,4 +1,5 @@
 //! Shared set-ups for ModelRelay's benchmarks (`cargo bench -p benches`).
 
 pub mod fixtures;
+pub mod load;
 pub mod world;

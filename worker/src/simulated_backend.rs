@@ -14,8 +14,8 @@
 //! status, `fail_after` breaks the stream off after that many chunks, `tag`
 //! marks the request in the log.
 
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -85,12 +85,17 @@ pub enum BackendEvent {
 #[derive(Default)]
 struct Log {
     events: Mutex<Vec<BackendEvent>>,
+    /// When each event happened (wall clock, to compare with other processes' clocks).
+    times: Mutex<Vec<SystemTime>>,
     changed: Notify,
 }
 
 impl Log {
     fn push(&self, event: BackendEvent) {
-        self.events.lock().expect("log lock").push(event);
+        let mut events = self.events.lock().expect("log lock");
+        self.times.lock().expect("log lock").push(SystemTime::now());
+        events.push(event);
+        drop(events);
         self.changed.notify_waiters();
     }
 }
@@ -198,6 +203,13 @@ impl SimulatedBackend {
     /// Everything seen so far, in order.
     pub fn events(&self) -> Vec<BackendEvent> {
         self.log.events.lock().expect("log lock").clone()
+    }
+
+    /// Everything seen so far, in order, each with when it happened.
+    pub fn timed_events(&self) -> Vec<(SystemTime, BackendEvent)> {
+        let events = self.log.events.lock().expect("log lock");
+        let times = self.log.times.lock().expect("log lock");
+        times.iter().copied().zip(events.iter().cloned()).collect()
     }
 
     /// Waits until `check` holds for the log, up to `timeout`; returns whether it did.
@@ -348,9 +360,10 @@ pub fn expected_text(tokens: usize) -> String {
 }
 
 /// The `n`th token of the canned text.
-fn token(n: usize) -> String {
-    let words: Vec<&str> = TEXT.split_inclusive(' ').collect();
-    words[n % words.len()].to_owned()
+fn token(n: usize) -> &'static str {
+    static WORDS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let words = WORDS.get_or_init(|| TEXT.split_inclusive(' ').collect());
+    words[n % words.len()]
 }
 
 async fn generate(
@@ -541,7 +554,7 @@ fn stream_events(api: Api, ask: &Ask, tokens: usize) -> Vec<SseEvent> {
             let mut text = String::new();
             for n in 0..tokens {
                 let delta = token(n);
-                text.push_str(&delta);
+                text.push_str(delta);
                 events.push(paced(named("response.output_text.delta", &json!({
                     "type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": delta}))));
             }
