@@ -60,6 +60,10 @@ pub(crate) async fn inference(
     path: &'static str,
     request: Request,
 ) -> Response {
+    let key_header = match crate::admin::check_api_key(&app, flavor, request.headers()).await {
+        Ok(header) => header,
+        Err(refused) => return refused,
+    };
     let (parts, body) = request.into_parts();
     let limit = app.config.max_body_bytes;
     let body = match axum::body::to_bytes(body, limit).await {
@@ -136,7 +140,7 @@ pub(crate) async fn inference(
             endpoint_path: path.to_owned(),
             streaming,
             body,
-            headers: forwarded_headers(&parts.headers),
+            headers: forwarded_headers(&parts.headers, key_header),
         },
         responder,
     });
@@ -186,9 +190,11 @@ pub(crate) async fn inference(
     response
 }
 
-fn forwarded_headers(headers: &HeaderMap) -> Headers {
+/// The client headers the backend gets; `except` carried the relay's API key.
+fn forwarded_headers(headers: &HeaderMap, except: Option<&str>) -> Headers {
     FORWARDED_REQUEST_HEADERS
         .iter()
+        .filter(|name| Some(**name) != except)
         .filter_map(|name| {
             headers
                 .get(*name)
@@ -320,7 +326,10 @@ fn event_stream(
 }
 
 /// `GET /v1/models`: the models connected workers serve, in the OpenAI list format.
-pub(crate) async fn models(State(app): State<Arc<AppState>>) -> Response {
+pub(crate) async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = crate::admin::check_api_key(&app, ApiFlavor::OpenAi, &headers).await {
+        return refused;
+    }
     let Some(snapshot) = app.hub.snapshot().await else {
         return shutting_down(ApiFlavor::OpenAi);
     };

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::serve::{Listener, ListenerExt};
 use modelrelay_core::ProviderId;
 use modelrelay_core::relay::RelayConfig;
@@ -17,11 +17,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api;
-use crate::auth::{AuthLimiter, AuthLimits, WorkerSecret};
+use crate::auth::{AdminToken, AuthLimiter, AuthLimits, WorkerSecret};
 use crate::error::ApiFlavor;
 use crate::hub::{Command, Hub};
+use crate::keys::KeyStore;
 use crate::links;
+use crate::metrics::Metrics;
+use crate::{admin, api};
 
 /// Everything the server needs to know.
 #[derive(Clone, Debug)]
@@ -48,6 +50,14 @@ pub struct ServerConfig {
     pub max_client_buffer_bytes: usize,
     /// Count worker logins against the address in `X-Forwarded-For` (behind a TLS proxy).
     pub trust_forwarded_for: bool,
+    /// The token for `/admin/*`, `/dashboard` and `/setup`; without it they answer 403.
+    pub admin_token: Option<AdminToken>,
+    /// Whether client routes need an API key.
+    pub require_api_keys: bool,
+    /// Where API keys are kept (needed for `/admin/keys` and `require_api_keys`).
+    pub keys: Option<Arc<KeyStore>>,
+    /// This server's URL as workers and clients reach it, for `/setup`.
+    pub public_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -65,6 +75,10 @@ impl ServerConfig {
             quic: None,
             max_client_buffer_bytes: 16 * 1024 * 1024,
             trust_forwarded_for: false,
+            admin_token: None,
+            require_api_keys: false,
+            keys: None,
+            public_url: None,
         }
     }
 }
@@ -78,9 +92,12 @@ pub(crate) struct AppState {
     pub(crate) config: ServerConfig,
     pub(crate) hub: Hub,
     pub(crate) limiter: AuthLimiter,
+    /// Failed admin logins, counted apart so they cannot lock workers out.
+    pub(crate) admin_limiter: AuthLimiter,
     pub(crate) next_request: AtomicU64,
     pub(crate) next_worker: AtomicU64,
     pub(crate) started: Instant,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -108,7 +125,20 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/models", get(api::models))
         .route("/health", get(api::health))
+        .route("/metrics", get(admin::metrics))
         .route("/v1/worker/connect", get(links::connect))
+        .route("/admin/workers", get(admin::workers))
+        .route("/admin/workers/{id}/drain", post(admin::drain_worker))
+        .route("/admin/stats", get(admin::stats))
+        .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/admin/keys/{id}", delete(admin::revoke_key))
+        .route("/dashboard", get(admin::dashboard))
+        .route(
+            "/dashboard/login",
+            get(admin::login_page).post(admin::login),
+        )
+        .route("/dashboard/logout", post(admin::logout))
+        .route("/setup", get(admin::setup))
         .fallback(api::not_found)
         .with_state(state)
 }
@@ -139,18 +169,22 @@ pub async fn serve<L>(
             "large request bodies may not fit a worker link frame; such requests will fail with 502"
         );
     }
+    let metrics = Arc::new(Metrics::new());
     let (hub, hub_task) = Hub::spawn(
         config.relay.clone(),
         config.provider.clone(),
         config.max_client_buffer_bytes,
+        Arc::clone(&metrics),
     );
     let state = Arc::new(AppState {
         limiter: AuthLimiter::new(config.auth_limits),
+        admin_limiter: AuthLimiter::new(config.auth_limits),
         config,
         hub: hub.clone(),
         next_request: AtomicU64::new(1),
         next_worker: AtomicU64::new(1),
         started: tokio::time::Instant::now().into_std(),
+        metrics,
     });
     let app = router(Arc::clone(&state));
     let stopping = CancellationToken::new();

@@ -33,6 +33,33 @@ impl std::fmt::Debug for WorkerSecret {
     }
 }
 
+/// The admin token for `/admin/*`, `/dashboard` and `/setup`, kept only as a digest.
+#[derive(Clone)]
+pub struct AdminToken(WorkerSecret);
+
+impl AdminToken {
+    /// Wraps a token.
+    pub fn new(token: &str) -> Self {
+        Self(WorkerSecret::new(token))
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        self.0.matches(presented)
+    }
+
+    /// A key derived from the token, for signing dashboard sessions (changes with the token).
+    pub(crate) fn session_key(&self) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &(self.0).0)
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
 /// When an address that keeps failing is shut out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuthLimits {

@@ -6,13 +6,15 @@
 //! [`Relay::poll_timeout`].
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use modelrelay_core::relay::RelayStats;
 use modelrelay_core::relay::{
     AuthOutcome, CloseReason, Input, NewRequest, Outcome, Output, Relay, RelayConfig,
 };
-use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerError, WorkerMessage};
+use modelrelay_core::wire::{ServerMessage, TokenCounts, WireVersion, WorkerError, WorkerMessage};
 use modelrelay_core::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
 use modelrelay_transports::Outgoing;
 use modelrelay_transports::close_code;
@@ -20,7 +22,47 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::error::ApiError;
+use crate::metrics::{Metrics, WorkerStates, outcome_label, stream_usage};
 use crate::response_queue::ResponseSender;
+use prometheus_client::metrics::counter::Counter;
+
+/// How a worker's link reaches the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// A WebSocket on the HTTP port.
+    WebSocket,
+    /// A QUIC connection.
+    Quic,
+}
+
+impl Transport {
+    /// Its name in the admin API.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Quic => "quic",
+        }
+    }
+}
+
+/// One connected worker, for the admin API.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerView {
+    pub(crate) id: WorkerId,
+    pub(crate) name: String,
+    pub(crate) provider: String,
+    pub(crate) models: Vec<ModelName>,
+    pub(crate) in_flight: usize,
+    pub(crate) load: u64,
+    pub(crate) capacity: u32,
+    pub(crate) registered: bool,
+    pub(crate) draining: bool,
+    pub(crate) connected_since: SystemTime,
+    pub(crate) connected_for: Duration,
+    pub(crate) transport: Transport,
+    pub(crate) wire: WireVersion,
+}
 
 /// Something for the hub to do.
 pub(crate) enum Command {
@@ -30,6 +72,7 @@ pub(crate) enum Command {
         wire: WireVersion,
         auth: AuthOutcome,
         name_hint: String,
+        transport: Transport,
         outbound: mpsc::UnboundedSender<LinkCommand>,
         /// Cancelled when the hub closes the link; the link task then ends within a bound.
         closing: CancellationToken,
@@ -56,8 +99,16 @@ pub(crate) enum Command {
     },
     /// A client went away.
     ClientGone { request: RequestId },
-    /// Numbers for `/health` and `/v1/models`.
+    /// Numbers for `/health`, `/v1/models`, `/metrics` and `/admin/stats`.
     Snapshot(oneshot::Sender<Snapshot>),
+    /// The connected workers, for `/admin/workers`.
+    Workers(oneshot::Sender<Vec<WorkerView>>),
+    /// Drain one worker; answers whether it was connected.
+    DrainWorker {
+        worker: WorkerId,
+        timeout: Duration,
+        reply: oneshot::Sender<bool>,
+    },
     /// Stop taking work and drain every worker.
     Shutdown { drain: Duration },
 }
@@ -87,6 +138,10 @@ pub(crate) struct Snapshot {
     pub(crate) models: Vec<ModelName>,
     /// Whether shutdown began.
     pub(crate) shutting_down: bool,
+    /// Workers by state.
+    pub(crate) worker_states: WorkerStates,
+    /// What the relay has counted.
+    pub(crate) stats: RelayStats,
 }
 
 /// A handle to send commands to the hub.
@@ -101,6 +156,7 @@ impl Hub {
         config: RelayConfig,
         provider: ProviderId,
         max_client_buffer: usize,
+        metrics: Arc<Metrics>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, inbox) = mpsc::unbounded_channel();
         let task = HubTask {
@@ -109,6 +165,7 @@ impl Hub {
             links: HashMap::new(),
             waiting: HashMap::new(),
             max_client_buffer,
+            metrics,
         };
         (Self { commands }, tokio::spawn(task.run(inbox)))
     }
@@ -124,22 +181,51 @@ impl Hub {
         self.send(Command::Snapshot(reply));
         answer.await.ok()
     }
+
+    /// The connected workers, if the hub still runs.
+    pub(crate) async fn workers(&self) -> Option<Vec<WorkerView>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Workers(reply));
+        answer.await.ok()
+    }
+
+    /// Drains one worker; `Some(false)` if no such worker is connected, `None` if the hub stopped.
+    pub(crate) async fn drain_worker(&self, worker: WorkerId, timeout: Duration) -> Option<bool> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::DrainWorker {
+            worker,
+            timeout,
+            reply,
+        });
+        answer.await.ok()
+    }
 }
 
 /// What the hub holds of a worker link.
 struct LinkHandle {
     outbound: mpsc::UnboundedSender<LinkCommand>,
     closing: CancellationToken,
+    transport: Transport,
 }
 
 /// A request waiting for its answer.
 struct Waiting {
     responder: ResponseSender,
     model: ModelName,
+    route: String,
+    streaming: bool,
     arrived: Instant,
     worker: Option<WorkerId>,
     chunks: u64,
     too_slow: bool,
+    /// Time spent queued before the first worker took it.
+    queue_wait: Option<Duration>,
+    /// Time to the first chunk.
+    first_chunk: Option<Duration>,
+    /// Stream bytes of its model, counted for `/metrics`.
+    bytes: Option<Counter>,
+    /// Token usage seen in the stream, if the backend reported any there.
+    stream_usage: Option<TokenCounts>,
 }
 
 struct HubTask {
@@ -149,6 +235,7 @@ struct HubTask {
     waiting: HashMap<RequestId, Waiting>,
     /// Most bytes a response may hold for a client that does not read them.
     max_client_buffer: usize,
+    metrics: Arc<Metrics>,
 }
 
 fn now() -> Instant {
@@ -208,11 +295,19 @@ impl HubTask {
                 wire,
                 auth,
                 name_hint,
+                transport,
                 outbound,
                 closing,
             } => {
-                debug!(%worker, ?wire, peer = %name_hint, "worker link open");
-                self.links.insert(worker, LinkHandle { outbound, closing });
+                debug!(%worker, ?wire, peer = %name_hint, transport = transport.name(), "worker link open");
+                self.links.insert(
+                    worker,
+                    LinkHandle {
+                        outbound,
+                        closing,
+                        transport,
+                    },
+                );
                 self.feed(Input::WorkerConnected {
                     worker,
                     provider: self.provider.clone(),
@@ -239,10 +334,16 @@ impl HubTask {
                     Waiting {
                         responder,
                         model: request.model.clone(),
+                        route: request.endpoint_path.clone(),
+                        streaming: request.streaming,
                         arrived: now(),
                         worker: None,
                         chunks: 0,
                         too_slow: false,
+                        queue_wait: None,
+                        first_chunk: None,
+                        bytes: None,
+                        stream_usage: None,
                     },
                 );
                 self.feed(Input::RequestArrived(request));
@@ -264,13 +365,68 @@ impl HubTask {
                 });
             }
             Command::Snapshot(reply) => {
+                let mut worker_states = WorkerStates::default();
+                for worker in self.relay.workers() {
+                    match (worker.registered, worker.draining) {
+                        (_, true) => worker_states.draining += 1,
+                        (false, false) => worker_states.registering += 1,
+                        (true, false) => worker_states.active += 1,
+                    }
+                }
                 let _ = reply.send(Snapshot {
                     workers: self.relay.workers().filter(|w| w.registered).count(),
                     queue_depth: self.relay.queue_len(&self.provider),
                     open_requests: self.relay.open_requests(),
                     models: self.relay.models(&self.provider),
                     shutting_down: self.relay.is_shutting_down(),
+                    worker_states,
+                    stats: self.relay.stats().clone(),
                 });
+            }
+            Command::Workers(reply) => {
+                let (mono, wall) = (now(), SystemTime::now());
+                let workers = self
+                    .relay
+                    .workers()
+                    .map(|w| {
+                        let connected_for = mono.saturating_duration_since(w.connected_at);
+                        WorkerView {
+                            id: w.id,
+                            name: w.name.to_owned(),
+                            provider: w.provider.to_string(),
+                            models: w.models.to_vec(),
+                            in_flight: w.in_flight,
+                            load: w.in_flight as u64 + u64::from(w.external_load),
+                            capacity: w.max_concurrent,
+                            registered: w.registered,
+                            draining: w.draining,
+                            connected_since: wall.checked_sub(connected_for).unwrap_or(wall),
+                            connected_for,
+                            transport: self
+                                .links
+                                .get(&w.id)
+                                .map_or(Transport::WebSocket, |l| l.transport),
+                            wire: w.wire,
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(workers);
+            }
+            Command::DrainWorker {
+                worker,
+                timeout,
+                reply,
+            } => {
+                let known = self.relay.workers().any(|w| w.id == worker);
+                if known {
+                    info!(%worker, timeout_secs = timeout.as_secs(), "draining a worker (admin request)");
+                    self.feed(Input::DrainWorker {
+                        worker,
+                        timeout,
+                        reason: Some("drained by an administrator".into()),
+                    });
+                }
+                let _ = reply.send(known);
             }
             Command::Shutdown { drain } => {
                 info!(
@@ -293,6 +449,11 @@ impl HubTask {
                             let id = frame.request_id.as_request_id();
                             if let Some(waiting) = id.and_then(|id| self.waiting.get_mut(&id)) {
                                 waiting.worker = Some(worker);
+                                if waiting.queue_wait.is_none() {
+                                    let waited = now().saturating_duration_since(waiting.arrived);
+                                    waiting.queue_wait = Some(waited);
+                                    self.metrics.dispatched(waited);
+                                }
                             }
                         }
                         ServerMessage::RegisterAck(ack) => self.log_registration(worker, ack),
@@ -314,7 +475,23 @@ impl HubTask {
                 }
                 Output::StreamChunk { request, chunk } => {
                     if let Some(waiting) = self.waiting.get_mut(&request) {
+                        if waiting.chunks == 0 {
+                            let after = now().saturating_duration_since(waiting.arrived);
+                            waiting.first_chunk = Some(after);
+                            if waiting.streaming {
+                                self.metrics.first_chunk(&waiting.route, after);
+                            }
+                        }
                         waiting.chunks += 1;
+                        waiting
+                            .bytes
+                            .get_or_insert_with(|| {
+                                self.metrics.streamed_bytes(waiting.model.as_str())
+                            })
+                            .inc_by(chunk.len() as u64);
+                        if let Some(usage) = stream_usage(&chunk) {
+                            merge_usage(&mut waiting.stream_usage, usage);
+                        }
                         // Bytes the client has not taken yet (none if it is gone).
                         let held = waiting
                             .responder
@@ -327,14 +504,26 @@ impl HubTask {
                         }
                     }
                 }
-                Output::RequestEnded { request, outcome } => {
-                    if let Some(waiting) = self.waiting.remove(&request) {
-                        log_end(request, &waiting, &outcome);
+                Output::RequestEnded {
+                    request,
+                    mut outcome,
+                } => {
+                    if let Some(mut waiting) = self.waiting.remove(&request) {
+                        if let Outcome::Completed(completion) = &mut outcome
+                            && completion.token_counts.is_none()
+                        {
+                            completion.token_counts = waiting.stream_usage.take();
+                        }
+                        let took = now().saturating_duration_since(waiting.arrived);
+                        self.metrics
+                            .ended(&waiting.route, waiting.model.as_str(), &outcome, took);
+                        log_end(request, &waiting, &outcome, took);
                         let _ = waiting.responder.send(ResponseEvent::Ended(outcome));
                     }
                 }
             }
         }
+        self.metrics.sync_relay_stats(self.relay.stats());
     }
 
     fn log_registration(&self, worker: WorkerId, ack: &modelrelay_core::wire::RegisterAck) {
@@ -380,20 +569,43 @@ fn log_close(worker: WorkerId, reason: &CloseReason) {
     }
 }
 
-fn log_end(request: RequestId, waiting: &Waiting, outcome: &Outcome) {
-    let elapsed_ms = waiting.arrived.elapsed().as_secs_f64() * 1000.0;
+/// Both usages merged, each count keeping the larger value (Anthropic reports
+/// input tokens at the start of a stream and output tokens at its end).
+fn merge_usage(into: &mut Option<TokenCounts>, usage: TokenCounts) {
+    let merged = into.get_or_insert_with(TokenCounts::default);
+    let max = |a: Option<u64>, b: Option<u64>| a.max(b);
+    merged.prompt_tokens = max(merged.prompt_tokens, usage.prompt_tokens);
+    merged.completion_tokens = max(merged.completion_tokens, usage.completion_tokens);
+    merged.total_tokens = max(merged.total_tokens, usage.total_tokens);
+}
+
+fn millis(duration: Option<Duration>) -> Option<f64> {
+    duration.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+/// One line per request end: id, route, model, worker, status, outcome, timings.
+fn log_end(request: RequestId, waiting: &Waiting, outcome: &Outcome, took: Duration) {
+    let elapsed_ms = took.as_secs_f64() * 1000.0;
+    let queue_ms = millis(waiting.queue_wait);
+    let first_chunk_ms = millis(waiting.first_chunk);
     let worker = waiting.worker.map(|w| w.get());
+    let route = waiting.route.as_str();
+    let result = outcome_label(outcome);
     match outcome {
         Outcome::Completed(completion) => info!(
-            %request, model = %waiting.model, ?worker, status = completion.status_code,
-            chunks = waiting.chunks, elapsed_ms, "request completed"
+            %request, route, model = %waiting.model, worker, status = completion.status_code,
+            outcome = result, chunks = waiting.chunks, queue_ms, first_chunk_ms, elapsed_ms,
+            "request completed"
         ),
         Outcome::Failed { failure, streamed } => info!(
-            %request, model = %waiting.model, ?worker, %failure, streamed,
-            chunks = waiting.chunks, elapsed_ms, "request failed"
+            %request, route, model = %waiting.model, worker,
+            status = ApiError::from_failure(failure, "").status.as_u16(),
+            outcome = result, %failure, streamed, chunks = waiting.chunks, queue_ms,
+            first_chunk_ms, elapsed_ms, "request failed"
         ),
         Outcome::Cancelled => info!(
-            %request, model = %waiting.model, ?worker, chunks = waiting.chunks, elapsed_ms,
+            %request, route, model = %waiting.model, worker, outcome = result,
+            chunks = waiting.chunks, queue_ms, first_chunk_ms, elapsed_ms,
             "request cancelled by the client"
         ),
     }

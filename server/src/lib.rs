@@ -6,6 +6,7 @@
 //! `/v1/worker/connect` on the same port. One task, the hub, owns the core
 //! `Relay`; handlers and links talk to it over channels.
 
+mod admin;
 mod api;
 mod app;
 pub mod auth;
@@ -13,9 +14,13 @@ pub mod demo;
 pub mod error;
 mod http;
 mod hub;
+pub mod keys;
 mod links;
+mod metrics;
 pub mod quic;
 mod response_queue;
 
+pub use admin::CSRF_HEADER;
 pub use api::REQUEST_ID_HEADER;
 pub use app::{RunningServer, ServerConfig, serve};
+pub use auth::AdminToken;

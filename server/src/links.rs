@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use crate::app::{AppState, PeerAddr};
 use crate::auth::client_address;
-use crate::hub::{Command, Hub};
+use crate::hub::{Command, Hub, Transport};
 
 /// The query of a worker's connect request.
 #[derive(Debug, Default, Deserialize)]
@@ -110,7 +110,14 @@ pub(crate) async fn connect(
             refuse(writer, &reason).await;
             return;
         }
-        run_link(reader, writer, worker, wire, auth, peer, hub).await;
+        let link = LinkInfo {
+            worker,
+            wire,
+            auth,
+            peer,
+            transport: Transport::WebSocket,
+        };
+        run_link(reader, writer, link, hub).await;
     });
     upgrade.response(wire).map(|()| Body::empty())
 }
@@ -126,19 +133,28 @@ pub(crate) async fn refuse<W: LinkWriter<ServerMessage>>(writer: W, reason: &str
     let _ = tokio::time::timeout(CLOSE_LINGER, writer.run(queue, |_, _| None)).await;
 }
 
+/// What the hub is told of a new link.
+pub(crate) struct LinkInfo {
+    pub(crate) worker: WorkerId,
+    pub(crate) wire: WireVersion,
+    pub(crate) auth: AuthOutcome,
+    pub(crate) peer: SocketAddr,
+    pub(crate) transport: Transport,
+}
+
 /// Feeds a link's frames to the hub and writes what the hub sends, until either side ends it.
-pub(crate) async fn run_link<R, W>(
-    mut reader: R,
-    writer: W,
-    worker: WorkerId,
-    wire: WireVersion,
-    auth: AuthOutcome,
-    peer: SocketAddr,
-    hub: Hub,
-) where
+pub(crate) async fn run_link<R, W>(mut reader: R, writer: W, link: LinkInfo, hub: Hub)
+where
     R: LinkReader<WorkerMessage>,
     W: LinkWriter<ServerMessage>,
 {
+    let LinkInfo {
+        worker,
+        wire,
+        auth,
+        peer,
+        transport,
+    } = link;
     let (outbound, queue) = mpsc::unbounded_channel();
     let closing = CancellationToken::new();
     let connected = hub.send(Command::WorkerConnected {
@@ -146,6 +162,7 @@ pub(crate) async fn run_link<R, W>(
         wire,
         auth,
         name_hint: peer.to_string(),
+        transport,
         outbound,
         closing: closing.clone(),
     });

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::app::AppState;
-use crate::links::{refuse, run_link};
+use crate::links::{LinkInfo, refuse, run_link};
 
 /// Where and with which certificate the relay takes QUIC worker links.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,14 +215,12 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
         return;
     }
     let worker = WorkerId::new(app.next_worker.fetch_add(1, Ordering::Relaxed));
-    run_link(
-        reader,
-        writer,
+    let link = LinkInfo {
         worker,
-        WireVersion::V2,
+        wire: WireVersion::V2,
         auth,
         peer,
-        app.hub.clone(),
-    )
-    .await;
+        transport: crate::hub::Transport::Quic,
+    };
+    run_link(reader, writer, link, app.hub.clone()).await;
 }

@@ -4,6 +4,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -17,6 +18,8 @@ use tokio::sync::mpsc;
 struct ServerProcess {
     child: Child,
     logs: mpsc::UnboundedReceiver<Value>,
+    /// Every line it wrote, as written.
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -32,16 +35,23 @@ impl ServerProcess {
             .expect("the server binary starts");
         let stderr = child.stderr.take().unwrap();
         let (tx, logs) = mpsc::unbounded_channel();
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let lines_seen = Arc::clone(&all);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                lines_seen.lock().unwrap().push(line.clone());
                 let entry = serde_json::from_str(&line).unwrap_or(Value::String(line));
                 if tx.send(entry).is_err() {
                     break;
                 }
             }
         });
-        Self { child, logs }
+        Self {
+            child,
+            logs,
+            lines: all,
+        }
     }
 
     /// The fields of the first log line whose message starts with `message`.
@@ -138,4 +148,167 @@ async fn half_a_certificate_is_refused_with_a_clear_message() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--tls-key"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_server_binary_runs_admin_and_api_keys_and_logs_each_request_end_as_json() {
+    let data_dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("binary-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let admin = "binary-admin-token";
+    let mut server = ServerProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--demo",
+        "--admin-token",
+        admin,
+        "--require-api-keys",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    let listening = server.logged("relay listening").await;
+    let base = format!("http://{}", listening["addr"].as_str().unwrap());
+    let http = Http::new();
+    wait_for_workers_at(&http, &base, 1).await;
+    assert!(
+        data_dir.join("modelrelay.sqlite3").exists(),
+        "keys live in --data-dir"
+    );
+
+    let bearer = format!("Bearer {admin}");
+    let created = http
+        .post_with(
+            &format!("{base}/admin/keys"),
+            r#"{"name":"cli"}"#,
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    let chat =
+        json!({"model": "demo", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+    let url = format!("{base}/v1/chat/completions");
+    let refused = http.post(&url, &chat).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let key_header = format!("Bearer {key}");
+    let answer = http
+        .post_with(
+            &url,
+            &chat,
+            &[
+                ("authorization", &key_header),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let request_id = answer.headers["x-modelrelay-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let ended = server.logged("request completed").await;
+    assert_eq!(ended["request"].as_str().unwrap(), request_id);
+    assert_eq!(ended["route"], "/v1/chat/completions");
+    assert_eq!(ended["model"], "demo");
+    assert_eq!(ended["status"], 200);
+    assert_eq!(ended["outcome"], "ok");
+    assert!(ended["worker"].as_u64().is_some(), "{ended}");
+    for timing in ["queue_ms", "first_chunk_ms", "elapsed_ms"] {
+        assert!(
+            ended[timing].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{timing}: {ended}"
+        );
+    }
+    let refused_line = http.post(&url, &chat).await;
+    assert_eq!(refused_line.status, StatusCode::UNAUTHORIZED);
+    let lines = Arc::clone(&server.lines);
+    server.stop().await;
+    let lines = lines.lock().unwrap();
+    assert!(lines.len() > 3);
+    for line in lines.iter() {
+        assert!(
+            !line.contains(&key) && !line.contains(admin),
+            "a secret in the log: {line}"
+        );
+    }
+    drop(lines);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn bad_operator_settings_are_refused_with_a_clear_message() {
+    let cases: [(&[&str], &str); 3] = [
+        (&["--admin-token", " "], "--admin-token must not be empty"),
+        (&["--database-url", "mysql://db/keys"], "postgres://"),
+        (
+            &["--public-url", "https://relay.example.com/it's"],
+            "--public-url",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_modelrelay-server"))
+            .args(["--worker-secret", "s", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("MODELRELAY_ADMIN_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_readme_documents_every_server_flag_as_help_prints_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_modelrelay-server"))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let mut flag: Option<String> = None;
+    let mut checked = 0;
+    let mut check = |flag: &str, env: Option<&str>| {
+        if matches!(flag, "--help" | "--version") {
+            return;
+        }
+        let row = match env {
+            Some(env) => format!("| `{flag}` | `{env}` |"),
+            None => format!("| `{flag}` | |"),
+        };
+        assert!(readme.contains(&row), "README has no row starting {row}");
+        checked += 1;
+    };
+    for line in help.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("--").or_else(|| {
+            line.strip_prefix("-h, --")
+                .or_else(|| line.strip_prefix("-V, --"))
+        }) {
+            if let Some(previous) = flag.take() {
+                check(&previous, None);
+            }
+            flag = Some(format!("--{}", rest.split_whitespace().next().unwrap()));
+        } else if let Some(env) = line.strip_prefix("[env: ") {
+            let env = env.trim_end_matches(']').split('=').next().unwrap();
+            if let Some(previous) = flag.take() {
+                check(&previous, Some(env));
+            }
+        }
+    }
+    if let Some(previous) = flag.take() {
+        check(&previous, None);
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} flags read from --help:\n{help}"
+    );
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,8 +10,9 @@ use axum::serve::ListenerExt;
 use clap::{CommandFactory, Parser};
 use modelrelay_core::ProviderId;
 use modelrelay_core::relay::RelayConfig;
+use modelrelay_server::keys::{KeyStore, KeyStoreLocation};
 use modelrelay_server::quic::QuicSettings;
-use modelrelay_server::{ServerConfig, demo, serve};
+use modelrelay_server::{AdminToken, ServerConfig, demo, serve};
 use modelrelay_worker::process::{self, LogFormat};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,9 +75,25 @@ struct Args {
     #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
-    /// Where the relay keeps its state (the self-signed QUIC certificate).
+    /// Where the relay keeps its state (the API-key database, the self-signed QUIC certificate).
     #[arg(long, env = "MODELRELAY_DATA_DIR", default_value = "modelrelay-data")]
     data_dir: PathBuf,
+
+    /// Bearer token for /admin/*, /dashboard and /setup; unset, they answer 403.
+    #[arg(long, env = "MODELRELAY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
+    /// Client routes need an API key (Authorization: Bearer mr-…, or x-api-key on /v1/messages).
+    #[arg(long, env = "MODELRELAY_REQUIRE_API_KEYS")]
+    require_api_keys: bool,
+
+    /// postgres://… to keep API keys in PostgreSQL (shared by several relays); default: SQLite in --data-dir.
+    #[arg(long, env = "MODELRELAY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// This server's URL as workers and clients reach it, shown on /setup (default: from the request).
+    #[arg(long, env = "MODELRELAY_PUBLIC_URL")]
+    public_url: Option<url::Url>,
 
     /// Run with a built-in simulated model and worker: streams with no GPU and no backend.
     #[arg(long)]
@@ -124,6 +142,29 @@ async fn main() -> anyhow::Result<()> {
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.enable_v2 = !args.disable_v2;
     config.trust_forwarded_for = args.trust_forwarded_for;
+    config.require_api_keys = args.require_api_keys;
+    config.public_url = match args.public_url {
+        // It is pasted into shell commands on /setup, inside single quotes.
+        Some(url) if url.as_str().contains(['\'', '"', '`', '\\']) => {
+            anyhow::bail!("--public-url must not contain quotes or backslashes")
+        }
+        Some(url) => Some(url.to_string()),
+        None => None,
+    };
+    config.admin_token = match args.admin_token.as_deref().map(str::trim) {
+        None => None,
+        Some("") => anyhow::bail!("--admin-token must not be empty"),
+        Some(token) => Some(AdminToken::new(token)),
+    };
+    if config.admin_token.is_some() || config.require_api_keys || args.database_url.is_some() {
+        let location =
+            KeyStoreLocation::from_settings(&args.data_dir, args.database_url.as_deref())?;
+        let store = KeyStore::open(&location)
+            .await
+            .with_context(|| format!("opening the API-key database ({location:?})"))?;
+        info!(database = ?location, "API-key database open");
+        config.keys = Some(Arc::new(store));
+    }
     let quic = match args.quic_listen {
         Some(listen) => {
             let settings = QuicSettings {

@@ -23,6 +23,7 @@ use modelrelay_worker::simulated_backend::{SimulatedBackend, SimulatedBackendCon
 use modelrelay_worker::{ModelSource, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
+pub mod postgres;
 pub mod scenarios;
 
 pub const SECRET: &str = "test-secret";

@@ -1,0 +1,627 @@
+//! Client API keys: created, listed and revoked through the admin API, checked on
+//! every client request, kept in an embedded SQLite file or in PostgreSQL.
+//!
+//! A key is shown once, when it is made; the database holds only its SHA-256
+//! digest (keys are 256 random bits, so a plain digest cannot be searched back),
+//! its display prefix, a name and two times. Every check reads the database, so a
+//! revocation holds at once, on every relay instance sharing it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use ring::digest::{SHA256, digest};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Connection as _, Row as _};
+
+/// What every key starts with, so clients and secret scanners can tell it apart.
+pub const KEY_PREFIX: &str = "mr-";
+
+/// Characters of a key shown in listings (`mr-` and 8 more).
+const SHOWN_CHARS: usize = KEY_PREFIX.len() + 8;
+
+/// Random bytes in a key.
+const KEY_BYTES: usize = 32;
+
+/// Longest key name.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// How often one key's last-used time is written, at most.
+const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+
+/// The SQLite file inside the data folder.
+const SQLITE_FILE: &str = "modelrelay.sqlite3";
+
+/// The id of a stored key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ApiKeyId(i64);
+
+impl ApiKeyId {
+    /// Wraps a number from a URL or the database.
+    pub fn new(id: i64) -> Self {
+        Self(id)
+    }
+
+    /// The number.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ApiKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A stored key as listed: never the key itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Its id.
+    pub id: ApiKeyId,
+    /// The name given at creation.
+    pub name: String,
+    /// The first characters of the key, to recognize it.
+    pub prefix: String,
+    /// When it was made.
+    pub created_at: SystemTime,
+    /// When a request last used it (written at most once a minute).
+    pub last_used_at: Option<SystemTime>,
+}
+
+/// A key just made: the only time the key itself is known.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CreatedKey {
+    /// What listings will show of it.
+    pub record: ApiKeyRecord,
+    /// The key, to hand to the client.
+    pub key: String,
+}
+
+impl fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("record", &self.record)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Where keys are kept.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyStoreLocation {
+    /// An SQLite file in this folder (made if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by `postgres://` URL.
+    Postgres(String),
+}
+
+impl KeyStoreLocation {
+    /// The SQLite file in `data_dir`, or the database at `database_url` when given.
+    pub fn from_settings(
+        data_dir: &Path,
+        database_url: Option<&str>,
+    ) -> Result<Self, KeyStoreError> {
+        match database_url {
+            None => Ok(Self::Sqlite(data_dir.to_owned())),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres(url.to_owned()))
+            }
+            Some(_) => Err(KeyStoreError::UnsupportedUrl),
+        }
+    }
+}
+
+impl fmt::Debug for KeyStoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(dir) => write!(f, "Sqlite({})", dir.join(SQLITE_FILE).display()),
+            // The URL may carry a password.
+            Self::Postgres(_) => f.write_str("Postgres(<url>)"),
+        }
+    }
+}
+
+/// Why the key store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    /// `--database-url` is not a PostgreSQL URL.
+    #[error("the database URL must start with postgres:// or postgresql://")]
+    UnsupportedUrl,
+    /// The data folder could not be made.
+    #[error("cannot create the data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database holds a newer schema than this relay knows.
+    #[error(
+        "the key database has schema version {found}, newer than this relay's {known}; upgrade the relay"
+    )]
+    SchemaTooNew {
+        /// Version in the database.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
+    /// A key name that is empty, too long or has control characters.
+    #[error("a key name must be 1 to {MAX_NAME_CHARS} characters, without control characters")]
+    InvalidName,
+    /// The system's random source failed.
+    #[error("the system random source failed")]
+    Random,
+    /// The database failed.
+    #[error("key database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The keys, in whichever database holds them.
+pub struct KeyStore {
+    db: Database,
+    random: SystemRandom,
+    /// When this process last wrote each key's last-used time.
+    touched: Mutex<HashMap<ApiKeyId, Instant>>,
+}
+
+enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.db {
+            Database::Sqlite(_) => "KeyStore(sqlite)",
+            Database::Postgres(_) => "KeyStore(postgres)",
+        })
+    }
+}
+
+/// One schema step, in each dialect.
+struct Migration {
+    version: i64,
+    sqlite: &'static [&'static str],
+    postgres: &'static [&'static str],
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: &["CREATE TABLE api_keys (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            created_at_ms INTEGER NOT NULL,
+            last_used_at_ms INTEGER
+        )"],
+    postgres: &["CREATE TABLE api_keys (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            created_at_ms BIGINT NOT NULL,
+            last_used_at_ms BIGINT
+        )"],
+}];
+
+/// Serializes schema changes among relay instances sharing one PostgreSQL database.
+const MIGRATION_LOCK: i64 = 0x6d72_6b65_7973; // "mrkeys"
+
+impl KeyStore {
+    /// Opens (and creates or upgrades) the key database.
+    pub async fn open(location: &KeyStoreLocation) -> Result<Self, KeyStoreError> {
+        let db = match location {
+            KeyStoreLocation::Sqlite(dir) => {
+                create_private_dir(dir)?;
+                let options = SqliteConnectOptions::new()
+                    .filename(dir.join(SQLITE_FILE))
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(5));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await?;
+                migrate_sqlite(&pool).await?;
+                Database::Sqlite(pool)
+            }
+            KeyStoreLocation::Postgres(url) => {
+                let options: PgConnectOptions = url.parse()?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await?;
+                migrate_postgres(&pool).await?;
+                Database::Postgres(pool)
+            }
+        };
+        Ok(Self {
+            db,
+            random: SystemRandom::new(),
+            touched: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<i64, KeyStoreError> {
+        let sql = "SELECT COALESCE(MAX(version), 0) AS version FROM modelrelay_schema";
+        let row = match &self.db {
+            Database::Sqlite(pool) => sqlx::query(sql)
+                .fetch_one(pool)
+                .await?
+                .try_get::<i64, _>("version")?,
+            Database::Postgres(pool) => sqlx::query(sql)
+                .fetch_one(pool)
+                .await?
+                .try_get::<i64, _>("version")?,
+        };
+        Ok(row)
+    }
+
+    /// Makes a key named `name`; the answer is the only place the key appears.
+    pub async fn create(&self, name: &str, now: SystemTime) -> Result<CreatedKey, KeyStoreError> {
+        let name = name.trim();
+        if name.is_empty()
+            || name.chars().count() > MAX_NAME_CHARS
+            || name.chars().any(char::is_control)
+        {
+            return Err(KeyStoreError::InvalidName);
+        }
+        let mut bytes = [0u8; KEY_BYTES];
+        self.random
+            .fill(&mut bytes)
+            .map_err(|_| KeyStoreError::Random)?;
+        let key = format!(
+            "{KEY_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        );
+        let prefix = key[..SHOWN_CHARS].to_owned();
+        let hash = key_hash(&key);
+        let created_ms = unix_ms(now);
+        let id = match &self.db {
+            Database::Sqlite(pool) => sqlx::query(
+                "INSERT INTO api_keys (name, prefix, key_hash, created_at_ms) VALUES (?, ?, ?, ?) RETURNING id",
+            )
+            .bind(name)
+            .bind(&prefix)
+            .bind(&hash)
+            .bind(created_ms)
+            .fetch_one(pool)
+            .await?
+            .try_get::<i64, _>("id")?,
+            Database::Postgres(pool) => sqlx::query(
+                "INSERT INTO api_keys (name, prefix, key_hash, created_at_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(name)
+            .bind(&prefix)
+            .bind(&hash)
+            .bind(created_ms)
+            .fetch_one(pool)
+            .await?
+            .try_get::<i64, _>("id")?,
+        };
+        Ok(CreatedKey {
+            record: ApiKeyRecord {
+                id: ApiKeyId(id),
+                name: name.to_owned(),
+                prefix,
+                created_at: from_unix_ms(created_ms),
+                last_used_at: None,
+            },
+            key,
+        })
+    }
+
+    /// Every key, oldest first.
+    pub async fn list(&self) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
+        let sql =
+            "SELECT id, name, prefix, created_at_ms, last_used_at_ms FROM api_keys ORDER BY id";
+        let rows = match &self.db {
+            Database::Sqlite(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(ApiKeyRecord {
+                        id: ApiKeyId(row.try_get("id")?),
+                        name: row.try_get("name")?,
+                        prefix: row.try_get("prefix")?,
+                        created_at: from_unix_ms(row.try_get("created_at_ms")?),
+                        last_used_at: row
+                            .try_get::<Option<i64>, _>("last_used_at_ms")?
+                            .map(from_unix_ms),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?,
+            Database::Postgres(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(ApiKeyRecord {
+                        id: ApiKeyId(row.try_get("id")?),
+                        name: row.try_get("name")?,
+                        prefix: row.try_get("prefix")?,
+                        created_at: from_unix_ms(row.try_get("created_at_ms")?),
+                        last_used_at: row
+                            .try_get::<Option<i64>, _>("last_used_at_ms")?
+                            .map(from_unix_ms),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// Deletes a key; `false` if there was none with this id.
+    pub async fn revoke(&self, id: ApiKeyId) -> Result<bool, KeyStoreError> {
+        let deleted = match &self.db {
+            Database::Sqlite(pool) => sqlx::query("DELETE FROM api_keys WHERE id = ?")
+                .bind(id.0)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Database::Postgres(pool) => sqlx::query("DELETE FROM api_keys WHERE id = $1")
+                .bind(id.0)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        if let Ok(mut touched) = self.touched.lock() {
+            touched.remove(&id);
+        }
+        Ok(deleted > 0)
+    }
+
+    /// The key `presented` is, if it is a live one; notes its use.
+    pub async fn authenticate(
+        &self,
+        presented: &str,
+        now: SystemTime,
+    ) -> Result<Option<ApiKeyId>, KeyStoreError> {
+        if !looks_like_a_key(presented) {
+            return Ok(None);
+        }
+        let hash = key_hash(presented);
+        let found = match &self.db {
+            Database::Sqlite(pool) => sqlx::query("SELECT id FROM api_keys WHERE key_hash = ?")
+                .bind(&hash)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| row.try_get::<i64, _>("id"))
+                .transpose()?,
+            Database::Postgres(pool) => sqlx::query("SELECT id FROM api_keys WHERE key_hash = $1")
+                .bind(&hash)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| row.try_get::<i64, _>("id"))
+                .transpose()?,
+        };
+        let Some(id) = found.map(ApiKeyId) else {
+            return Ok(None);
+        };
+        if self.due_for_touch(id) {
+            self.touch(id, now).await?;
+        }
+        Ok(Some(id))
+    }
+
+    /// Whether this key's last-used time has not been written for a while.
+    fn due_for_touch(&self, id: ApiKeyId) -> bool {
+        let Ok(mut touched) = self.touched.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        match touched.get(&id) {
+            Some(at) if now.duration_since(*at) < LAST_USED_EVERY => false,
+            _ => {
+                touched.insert(id, now);
+                true
+            }
+        }
+    }
+
+    async fn touch(&self, id: ApiKeyId, now: SystemTime) -> Result<(), KeyStoreError> {
+        let at = unix_ms(now);
+        match &self.db {
+            Database::Sqlite(pool) => {
+                sqlx::query("UPDATE api_keys SET last_used_at_ms = ? WHERE id = ?")
+                    .bind(at)
+                    .bind(id.0)
+                    .execute(pool)
+                    .await?;
+            }
+            Database::Postgres(pool) => {
+                sqlx::query("UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2")
+                    .bind(at)
+                    .bind(id.0)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the database connections.
+    pub async fn close(&self) {
+        match &self.db {
+            Database::Sqlite(pool) => pool.close().await,
+            Database::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Whether `text` has a key's shape (checked before any database work).
+fn looks_like_a_key(text: &str) -> bool {
+    text.len() == KEY_PREFIX.len() + 43
+        && text.starts_with(KEY_PREFIX)
+        && text[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The digest stored for a key, as hex.
+fn key_hash(key: &str) -> String {
+    digest(&SHA256, key.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_unix_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
+    let error = |source| KeyStoreError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(error)
+}
+
+async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), KeyStoreError> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS modelrelay_schema (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let current: i64 =
+        sqlx::query("SELECT COALESCE(MAX(version), 0) AS version FROM modelrelay_schema")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("version")?;
+    check_not_newer(current)?;
+    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        for statement in migration.sqlite {
+            sqlx::query(*statement).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO modelrelay_schema (version, applied_at_ms) VALUES (?, ?)")
+            .bind(migration.version)
+            .bind(unix_ms(SystemTime::now()))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn migrate_postgres(pool: &PgPool) -> Result<(), KeyStoreError> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    // Instances starting together take turns; the lock ends with the transaction.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS modelrelay_schema (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let current: i64 =
+        sqlx::query("SELECT COALESCE(MAX(version), 0)::BIGINT AS version FROM modelrelay_schema")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("version")?;
+    check_not_newer(current)?;
+    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        for statement in migration.postgres {
+            sqlx::query(*statement).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO modelrelay_schema (version, applied_at_ms) VALUES ($1, $2)")
+            .bind(migration.version)
+            .bind(unix_ms(SystemTime::now()))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn check_not_newer(found: i64) -> Result<(), KeyStoreError> {
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if found > known {
+        return Err(KeyStoreError::SchemaTooNew { found, known });
+    }
+    Ok(())
+}
+
+/// RFC 3339 in UTC to the second, as `2026-11-25T18:00:00Z`.
+pub fn rfc3339(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_rfc3339_in_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_629_600)),
+            "2026-11-25T18:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400 + 86_399)),
+            "2000-02-29T23:59:59Z"
+        );
+    }
+
+    #[test]
+    fn only_key_shaped_text_reaches_the_database() {
+        assert!(!looks_like_a_key(""));
+        assert!(!looks_like_a_key("mr-short"));
+        assert!(!looks_like_a_key(&format!("sk-{}", "a".repeat(43))));
+        assert!(!looks_like_a_key(&format!("mr-{}", "a/".repeat(21) + "a")));
+        assert!(looks_like_a_key(&format!(
+            "mr-{}",
+            "aZ09-_".repeat(7) + "a"
+        )));
+    }
+}

@@ -1,0 +1,500 @@
+//! Prometheus metrics: counted where things happen (mostly in the hub, which sees
+//! every request end exactly once), gauges filled from a hub snapshot at scrape.
+//!
+//! Label values are bounded: routes are the five inference paths, models are
+//! ones some worker advertised (a model nobody serves is counted as `unknown`),
+//! outcomes and reasons are fixed words.
+
+use std::time::Duration;
+
+use modelrelay_core::relay::{Failure, Outcome, RelayStats};
+use modelrelay_core::wire::TokenCounts;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::ApiError;
+
+/// The model label of a request for a model no worker serves.
+const UNKNOWN_MODEL: &str = "unknown";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    model: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOutcomeLabels {
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// Histogram of seconds, 0.5 ms to about 4.6 min.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.5, 15))
+}
+
+/// Every metric the server exports.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteOutcomeLabels, Histogram>,
+    first_chunk: Family<RouteLabels, Histogram>,
+    queue_wait: Histogram,
+    queue_depth: Family<ProviderLabels, Gauge>,
+    in_flight: Gauge,
+    workers: Family<StateLabels, Gauge>,
+    requeues: Counter,
+    late_frames: Counter,
+    protocol_violations: Counter,
+    cancellations: Family<ReasonLabels, Counter>,
+    streamed_bytes: Family<ModelLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+}
+
+/// Workers by state, for the `workers` gauge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkerStates {
+    /// Connected, not yet registered.
+    pub(crate) registering: usize,
+    /// Registered and taking work.
+    pub(crate) active: usize,
+    /// Finishing their work before they leave.
+    pub(crate) draining: usize,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "modelrelay_requests",
+            "Client requests that ended, by route, model and outcome (ok, backend_4xx, backend_5xx, cancelled, or the relay's error code)",
+            requests.clone(),
+        );
+        let duration =
+            Family::<RouteOutcomeLabels, Histogram>::new_with_constructor(seconds_histogram as _);
+        registry.register(
+            "modelrelay_request_duration_seconds",
+            "Time from a request's arrival to its end",
+            duration.clone(),
+        );
+        let first_chunk =
+            Family::<RouteLabels, Histogram>::new_with_constructor(seconds_histogram as _);
+        registry.register(
+            "modelrelay_time_to_first_chunk_seconds",
+            "Time from a streaming request's arrival to its first chunk",
+            first_chunk.clone(),
+        );
+        let queue_wait = seconds_histogram();
+        registry.register(
+            "modelrelay_queue_wait_seconds",
+            "Time a request waited for its first worker",
+            queue_wait.clone(),
+        );
+        let queue_depth = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "modelrelay_queue_depth",
+            "Requests waiting for a worker",
+            queue_depth.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "modelrelay_requests_in_flight",
+            "Requests that have not ended (queued or running)",
+            in_flight.clone(),
+        );
+        let workers = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "modelrelay_workers",
+            "Connected workers by state (registering, active, draining)",
+            workers.clone(),
+        );
+        let requeues = Counter::default();
+        registry.register(
+            "modelrelay_requeues",
+            "Requests put back in the queue after their worker was lost",
+            requeues.clone(),
+        );
+        let late_frames = Counter::default();
+        registry.register(
+            "modelrelay_late_frames",
+            "Chunks or completions that arrived after their request ended, dropped",
+            late_frames.clone(),
+        );
+        let protocol_violations = Counter::default();
+        registry.register(
+            "modelrelay_worker_protocol_violations",
+            "Frames from workers about requests they were never given",
+            protocol_violations.clone(),
+        );
+        let cancellations = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "modelrelay_cancellations",
+            "Requests stopped before an answer, by reason (client_disconnected, request_timeout, queue_timeout, client_too_slow)",
+            cancellations.clone(),
+        );
+        let streamed_bytes = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "modelrelay_streamed_bytes",
+            "Stream bytes passed to clients",
+            streamed_bytes.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "modelrelay_tokens",
+            "Tokens the backends reported, by model and kind (prompt, completion)",
+            tokens.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            first_chunk,
+            queue_wait,
+            queue_depth,
+            in_flight,
+            workers,
+            requeues,
+            late_frames,
+            protocol_violations,
+            cancellations,
+            streamed_bytes,
+            tokens,
+        }
+    }
+
+    /// A request got its first worker after waiting `waited`.
+    pub(crate) fn dispatched(&self, waited: Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    /// A streaming request's first chunk went out `after` its arrival.
+    pub(crate) fn first_chunk(&self, route: &str, after: Duration) {
+        self.first_chunk
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(after.as_secs_f64());
+    }
+
+    /// The byte counter of one model's streams, to keep for the life of a request.
+    pub(crate) fn streamed_bytes(&self, model: &str) -> Counter {
+        self.streamed_bytes.get_or_create_owned(&ModelLabels {
+            model: model.to_owned(),
+        })
+    }
+
+    /// A request ended.
+    pub(crate) fn ended(&self, route: &str, model: &str, outcome: &Outcome, took: Duration) {
+        let label = outcome_label(outcome);
+        let model = match outcome {
+            Outcome::Failed {
+                failure: Failure::UnknownModel,
+                ..
+            } => UNKNOWN_MODEL,
+            _ => model,
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                model: model.to_owned(),
+                outcome: label,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&RouteOutcomeLabels {
+                route: route.to_owned(),
+                outcome: label,
+            })
+            .observe(took.as_secs_f64());
+        if let Some(reason) = cancellation_reason(outcome) {
+            self.cancellations
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
+        if let Outcome::Completed(completion) = outcome
+            && let Some(counts) = &completion.token_counts
+        {
+            self.count_tokens(model, counts);
+        }
+    }
+
+    fn count_tokens(&self, model: &str, counts: &TokenCounts) {
+        for (kind, count) in [
+            ("prompt", counts.prompt_tokens),
+            ("completion", counts.completion_tokens),
+        ] {
+            if let Some(count) = count {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        model: model.to_owned(),
+                        kind,
+                    })
+                    .inc_by(count);
+            }
+        }
+    }
+
+    /// Brings the counters the relay core keeps up to date (called after every hub step).
+    pub(crate) fn sync_relay_stats(&self, stats: &RelayStats) {
+        advance(&self.requeues, stats.requeues);
+        advance(&self.late_frames, stats.late_frames);
+        advance(&self.protocol_violations, stats.protocol_violations);
+    }
+
+    /// Sets the gauges from a hub snapshot and renders everything as Prometheus text.
+    pub(crate) fn render(
+        &self,
+        provider: &str,
+        queue_depth: usize,
+        in_flight: usize,
+        workers: WorkerStates,
+    ) -> String {
+        self.queue_depth
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+            })
+            .set(gauge_value(queue_depth));
+        self.in_flight.set(gauge_value(in_flight));
+        for (state, count) in [
+            ("registering", workers.registering),
+            ("active", workers.active),
+            ("draining", workers.draining),
+        ] {
+            self.workers
+                .get_or_create(&StateLabels { state })
+                .set(gauge_value(count));
+        }
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+fn gauge_value(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// Moves a counter up to `total` (counters only go up; the core's do too).
+fn advance(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+/// The `outcome` label of a request end.
+pub(crate) fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Completed(completion) => match completion.status_code {
+            400..=499 => "backend_4xx",
+            500..=599 => "backend_5xx",
+            _ => "ok",
+        },
+        Outcome::Cancelled => "cancelled",
+        Outcome::Failed { failure, .. } => ApiError::from_failure(failure, "").code,
+    }
+}
+
+/// Token usage a backend reported inside a stream chunk, if this chunk has it:
+/// OpenAI's last chunk (`usage`, with `stream_options.include_usage`) or
+/// Anthropic's `message_start` and `message_delta` events.
+pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
+    const NEEDLE: &[u8] = b"\"usage\"";
+    if !chunk.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        total_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        usage: Option<Usage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Event {
+        usage: Option<Usage>,
+        message: Option<Message>,
+    }
+    let mut found: Option<TokenCounts> = None;
+    for line in chunk.split(|&b| b == b'\n') {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_slice::<Event>(data.trim_ascii()) else {
+            continue;
+        };
+        let Some(usage) = event.usage.or(event.message.and_then(|m| m.usage)) else {
+            continue;
+        };
+        let counts = TokenCounts {
+            prompt_tokens: usage.prompt_tokens.or(usage.input_tokens),
+            completion_tokens: usage.completion_tokens.or(usage.output_tokens),
+            total_tokens: usage.total_tokens,
+        };
+        if counts.prompt_tokens.is_some() || counts.completion_tokens.is_some() {
+            found = Some(counts);
+        }
+    }
+    found
+}
+
+/// Why a request was stopped before its answer, if it was.
+fn cancellation_reason(outcome: &Outcome) -> Option<&'static str> {
+    match outcome {
+        Outcome::Cancelled => Some("client_disconnected"),
+        Outcome::Failed { failure, .. } => match failure {
+            Failure::RequestTimeout => Some("request_timeout"),
+            Failure::QueueTimeout => Some("queue_timeout"),
+            Failure::ClientTooSlow => Some("client_too_slow"),
+            _ => None,
+        },
+        Outcome::Completed(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use modelrelay_core::relay::Completion;
+
+    fn completed(status_code: u16, tokens: Option<(u64, u64)>) -> Outcome {
+        Outcome::Completed(Completion {
+            status_code,
+            headers: Default::default(),
+            body: Bytes::new(),
+            token_counts: tokens.map(|(p, c)| TokenCounts {
+                prompt_tokens: Some(p),
+                completion_tokens: Some(c),
+                ..Default::default()
+            }),
+        })
+    }
+
+    #[test]
+    fn request_ends_are_counted_by_route_model_and_outcome() {
+        let metrics = Metrics::new();
+        let route = "/v1/chat/completions";
+        metrics.ended(
+            route,
+            "llama",
+            &completed(200, Some((7, 11))),
+            Duration::from_millis(5),
+        );
+        metrics.ended(route, "llama", &completed(503, None), Duration::ZERO);
+        metrics.ended(route, "llama", &Outcome::Cancelled, Duration::ZERO);
+        metrics.ended(
+            route,
+            "made-up",
+            &Outcome::Failed {
+                failure: Failure::UnknownModel,
+                streamed: false,
+            },
+            Duration::ZERO,
+        );
+        let text = metrics.render("local", 2, 3, WorkerStates::default());
+        for line in [
+            r#"modelrelay_requests_total{route="/v1/chat/completions",model="llama",outcome="ok"} 1"#,
+            r#"modelrelay_requests_total{route="/v1/chat/completions",model="llama",outcome="backend_5xx"} 1"#,
+            r#"modelrelay_requests_total{route="/v1/chat/completions",model="llama",outcome="cancelled"} 1"#,
+            r#"modelrelay_requests_total{route="/v1/chat/completions",model="unknown",outcome="model_not_found"} 1"#,
+            r#"modelrelay_cancellations_total{reason="client_disconnected"} 1"#,
+            r#"modelrelay_tokens_total{model="llama",kind="prompt"} 7"#,
+            r#"modelrelay_tokens_total{model="llama",kind="completion"} 11"#,
+            r#"modelrelay_queue_depth{provider="local"} 2"#,
+            r#"modelrelay_requests_in_flight 3"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("made-up"), "{text}");
+    }
+
+    #[test]
+    fn usage_is_read_from_openai_and_anthropic_stream_events() {
+        let openai = br#"data: {"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}
+
+"#;
+        assert_eq!(
+            stream_usage(openai),
+            Some(TokenCounts {
+                prompt_tokens: Some(5),
+                completion_tokens: Some(9),
+                total_tokens: Some(14),
+            })
+        );
+        let start = br#"event: message_start
+data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":12,"output_tokens":1}}}
+
+"#;
+        assert_eq!(stream_usage(start).and_then(|u| u.prompt_tokens), Some(12));
+        let delta = br#"event: message_delta
+data: {"type":"message_delta","delta":{},"usage":{"output_tokens":30}}
+
+"#;
+        assert_eq!(
+            stream_usage(delta).and_then(|u| u.completion_tokens),
+            Some(30)
+        );
+        assert_eq!(stream_usage(b"data: {\"choices\":[]}\n\n"), None);
+        assert_eq!(stream_usage(b"data: {\"usage\": not json\n\n"), None);
+    }
+
+    #[test]
+    fn core_counters_only_move_forward() {
+        let metrics = Metrics::new();
+        let mut stats = RelayStats {
+            requeues: 3,
+            ..Default::default()
+        };
+        metrics.sync_relay_stats(&stats);
+        metrics.sync_relay_stats(&stats);
+        assert_eq!(metrics.requeues.get(), 3);
+        stats.requeues = 5;
+        metrics.sync_relay_stats(&stats);
+        assert_eq!(metrics.requeues.get(), 5);
+    }
+}
