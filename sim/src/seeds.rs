@@ -27,10 +27,35 @@ pub fn for_each_seed(seeds: &[u64], test_file: &str, check: impl Fn(u64)) {
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("(no message)");
-            std::panic::resume_unwind(Box::new(format!(
+            // A new panic (not `resume_unwind`), so the panic hook prints the replay command.
+            panic!(
                 "seed {seed} failed: {message}\nreplay with: SIM_SEED={seed} SIM_TRACE=1 \
                  cargo test -p sim --test {test_file} -- --nocapture"
-            )));
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_seed_names_the_command_that_replays_it() {
+        let failure = std::panic::catch_unwind(|| {
+            for_each_seed(&[7, 42], "scenarios", |seed| {
+                assert_ne!(seed, 42, "bad seed")
+            });
+        })
+        .expect_err("seed 42 fails");
+        let message = failure
+            .downcast_ref::<String>()
+            .expect("a formatted message");
+        assert!(message.contains("seed 42 failed"), "{message}");
+        assert!(message.contains("bad seed"), "{message}");
+        assert!(
+            message.contains("SIM_SEED=42 SIM_TRACE=1 cargo test -p sim --test scenarios"),
+            "{message}"
+        );
     }
 }
