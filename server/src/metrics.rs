@@ -339,9 +339,8 @@ pub(crate) fn outcome_label(outcome: &Outcome) -> &'static str {
 /// Anthropic's `message_start` and `message_delta` events.
 pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
     const NEEDLE: &[u8] = b"\"usage\"";
-    if !chunk.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
-        return None;
-    }
+    // Most chunks carry no usage: skip them without parsing.
+    memchr::memmem::find(chunk, NEEDLE)?;
     #[derive(serde::Deserialize)]
     struct Usage {
         prompt_tokens: Option<u64>,
