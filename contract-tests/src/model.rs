@@ -37,6 +37,8 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 15_000;
 pub const HEARTBEAT_TIMEOUT_MS: u64 = 5_000;
 /// Time allowed for `register`, milliseconds.
 pub const REGISTER_TIMEOUT_MS: u64 = 10_000;
+/// How long a request whose client left with the whole stream waits for its completion, milliseconds.
+pub const FINISHED_STREAM_GRACE_MS: u64 = 2_000;
 /// Requeues allowed per request.
 pub const MAX_REQUEUES: u8 = 3;
 /// Violations before a link is closed.
@@ -53,6 +55,7 @@ pub fn relay_config() -> RelayConfig {
         heartbeat_timeout: Duration::from_millis(HEARTBEAT_TIMEOUT_MS),
         register_timeout: Duration::from_millis(REGISTER_TIMEOUT_MS),
         max_protocol_violations: MAX_VIOLATIONS,
+        finished_stream_grace: Duration::from_millis(FINISHED_STREAM_GRACE_MS),
         ..RelayConfig::default()
     }
 }
@@ -100,6 +103,8 @@ pub enum Transition {
     Refuse(Index),
     /// A client goes away (the request may have ended already).
     ClientGone(Index),
+    /// A client goes away after its stream's final event (the request may have ended already).
+    ClientDone(Index),
     /// A worker sends a chunk for a request that already ended there.
     LateFrame(Index),
     /// A worker sends a chunk for a request it was never given.
@@ -210,6 +215,8 @@ pub struct ModelRequest {
     pub requeues: u8,
     /// Where it is.
     pub status: ModelStatus,
+    /// Its client left with the whole stream: cancelled unless completed by then, ms.
+    pub client_done: Option<u64>,
 }
 
 /// A connected worker.
@@ -448,15 +455,29 @@ impl RelayModel {
                     self.stimulus(Stimulus::Input(Input::ClientGone {
                         request: request_id(r),
                     }));
-                    if let Some(request) = self.requests.get(&r) {
-                        if let ModelStatus::Assigned { worker, .. } = request.status {
-                            self.step.expect.cancels.push((
-                                worker,
-                                r,
-                                CancelReason::ClientDisconnect,
-                            ));
+                    self.client_gone(r);
+                }
+            }
+            Transition::ClientDone(pick) => {
+                if self.next_request > 0 {
+                    let r = pick.index(self.next_request as usize) as u64;
+                    self.stimulus(Stimulus::Input(Input::ClientDone {
+                        request: request_id(r),
+                    }));
+                    let now = self.now;
+                    match self.requests.get_mut(&r) {
+                        Some(request)
+                            if matches!(
+                                request.status,
+                                ModelStatus::Assigned { streamed: true, .. }
+                            ) =>
+                        {
+                            request
+                                .client_done
+                                .get_or_insert(now + FINISHED_STREAM_GRACE_MS);
                         }
-                        self.finish(r, Outcome::Cancelled);
+                        Some(_) => self.client_gone(r),
+                        None => {}
                     }
                 }
             }
@@ -617,6 +638,20 @@ impl RelayModel {
         }
     }
 
+    /// A live request's client left: cancelled at its worker, if it has one.
+    fn client_gone(&mut self, r: u64) {
+        let Some(request) = self.requests.get(&r) else {
+            return;
+        };
+        if let ModelStatus::Assigned { worker, .. } = request.status {
+            self.step
+                .expect
+                .cancels
+                .push((worker, r, CancelReason::ClientDisconnect));
+        }
+        self.finish(r, Outcome::Cancelled);
+    }
+
     fn request(&mut self, model: usize) {
         let r = self.next_request;
         self.next_request += 1;
@@ -650,6 +685,7 @@ impl RelayModel {
                 arrived: self.now,
                 requeues: 0,
                 status: ModelStatus::Detached,
+                client_done: None,
             },
         );
         if !self.try_assign(r) {
@@ -912,7 +948,10 @@ impl RelayModel {
         let deadline = request.arrived + REQUEST_TIMEOUT_MS;
         match request.status {
             ModelStatus::Queued => deadline.min(request.arrived + QUEUE_TIMEOUT_MS),
-            _ => deadline,
+            ModelStatus::Assigned { .. } => {
+                request.client_done.map_or(deadline, |at| at.min(deadline))
+            }
+            ModelStatus::Detached => deadline,
         }
     }
 
@@ -1012,6 +1051,14 @@ impl RelayModel {
                 };
                 self.finish(r, failed(failure, false));
             }
+            ModelStatus::Assigned { .. }
+                if request.client_done.is_some_and(|at| {
+                    at <= self.now && at <= request.arrived + REQUEST_TIMEOUT_MS
+                }) =>
+            {
+                // The client has its whole stream; the completion never came.
+                self.client_gone(r);
+            }
             ModelStatus::Assigned { worker, streamed } => {
                 assert!(
                     timed_out,
@@ -1073,6 +1120,7 @@ pub fn transitions() -> BoxedStrategy<Transition> {
         1 => any::<Index>().prop_map(Transition::Fail),
         1 => any::<Index>().prop_map(Transition::Refuse),
         2 => any::<Index>().prop_map(Transition::ClientGone),
+        2 => any::<Index>().prop_map(Transition::ClientDone),
         1 => any::<Index>().prop_map(Transition::LateFrame),
         1 => (any::<Index>(), any::<Index>()).prop_map(|(w, r)| Transition::ForeignFrame(w, r)),
         4 => prop_oneof![0u64..2_000, 2_000u64..25_000].prop_map(Transition::Advance),
@@ -1107,6 +1155,7 @@ pub fn churn_transitions() -> BoxedStrategy<Transition> {
         1 => any::<Index>().prop_map(Transition::Chunk),
         1 => any::<Index>().prop_map(Transition::Complete),
         1 => any::<Index>().prop_map(Transition::ClientGone),
+        1 => any::<Index>().prop_map(Transition::ClientDone),
         2 => (0u64..8_000).prop_map(Transition::Advance),
     ]
     .boxed()

@@ -755,6 +755,65 @@ fn a_gone_client_cancels_its_running_request_at_the_worker() {
 }
 
 #[test]
+fn a_client_that_leaves_with_the_whole_stream_waits_for_the_completion() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.chunk(1, 1, "data: x\n\ndata: [DONE]\n\n");
+    h.outputs();
+    h.handle(Input::ClientDone { request: r(1) });
+    assert!(h.outputs().is_empty(), "no cancel, no end yet");
+    h.advance(h.relay.config().finished_stream_grace / 2);
+    assert!(h.outputs().is_empty());
+    h.complete(1, 1);
+    let outputs = h.outputs();
+    assert_eq!(ended(&outputs), [(1, completed_ok())]);
+    assert!(cancels(&outputs).is_empty());
+    assert_eq!(dispatched(&outputs), [(1, 2)]);
+    // A second notice changes nothing.
+    h.handle(Input::ClientDone { request: r(1) });
+    assert!(h.outputs().is_empty());
+}
+
+#[test]
+fn a_finished_stream_whose_completion_never_comes_is_cancelled_after_the_grace() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.chunk(1, 1, "data: [DONE]\n\n");
+    h.outputs();
+    h.handle(Input::ClientDone { request: r(1) });
+    let grace = h.relay.config().finished_stream_grace;
+    h.advance(grace / 2);
+    // A repeated notice does not push the deadline out.
+    h.handle(Input::ClientDone { request: r(1) });
+    h.advance(grace / 2);
+    let outputs = h.outputs();
+    assert_eq!(cancels(&outputs), [(1, 1, CancelReason::ClientDisconnect)]);
+    assert_eq!(ended(&outputs), [(1, Outcome::Cancelled)]);
+}
+
+#[test]
+fn a_client_done_notice_before_any_byte_is_a_plain_cancel() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.outputs();
+    // Queued: removed.
+    h.handle(Input::ClientDone { request: r(2) });
+    let outputs = h.outputs();
+    assert_eq!(ended(&outputs), [(2, Outcome::Cancelled)]);
+    assert!(cancels(&outputs).is_empty());
+    // Running, nothing streamed: cancelled at once, so it can never be requeued.
+    h.handle(Input::ClientDone { request: r(1) });
+    let outputs = h.outputs();
+    assert_eq!(cancels(&outputs), [(1, 1, CancelReason::ClientDisconnect)]);
+    assert_eq!(ended(&outputs), [(1, Outcome::Cancelled)]);
+}
+
+#[test]
 fn the_request_timeout_cancels_at_the_worker_with_reason_timeout() {
     let mut h = Harness::new();
     h.worker(1, &["m"], 1);

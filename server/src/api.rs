@@ -35,19 +35,29 @@ struct ClientGuard {
     hub: Hub,
     request: RequestId,
     armed: bool,
+    /// The last chunk handed to the client was its stream's final event.
+    answered: bool,
 }
 
 impl ClientGuard {
     fn disarm(&mut self) {
         self.armed = false;
     }
+
+    /// Notes a chunk on its way to the client.
+    fn handing_over(&mut self, chunk: &[u8]) {
+        self.answered = crate::sse::ends_stream(chunk);
+    }
 }
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
         if self.armed {
-            self.hub.send(Command::ClientGone {
-                request: self.request,
+            let request = self.request;
+            self.hub.send(if self.answered {
+                Command::ClientDone { request }
+            } else {
+                Command::ClientGone { request }
             });
         }
     }
@@ -151,6 +161,7 @@ pub(crate) async fn inference(
         hub: app.hub.clone(),
         request: id,
         armed: true,
+        answered: false,
     };
     let mut response = match events.recv().await {
         None => {
@@ -289,13 +300,17 @@ fn event_stream(
     };
     let chunks = stream::unfold(state, move |mut state| async move {
         if let Some(first) = state.first.take() {
+            state.guard.handing_over(&first);
             return Some((Ok::<_, std::convert::Infallible>(first), state));
         }
         if state.done {
             return None;
         }
         match state.events.recv().await {
-            Some(ResponseEvent::Chunk(chunk)) => Some((Ok(chunk), state)),
+            Some(ResponseEvent::Chunk(chunk)) => {
+                state.guard.handing_over(&chunk);
+                Some((Ok(chunk), state))
+            }
             Some(ResponseEvent::Ended(Outcome::Completed(completion)))
                 if !completion.body.is_empty() =>
             {

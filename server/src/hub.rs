@@ -99,6 +99,8 @@ pub(crate) enum Command {
     },
     /// A client went away.
     ClientGone { request: RequestId },
+    /// A client went away after its stream's final event reached it.
+    ClientDone { request: RequestId },
     /// Numbers for `/health`, `/v1/models`, `/metrics` and `/admin/stats`.
     Snapshot(oneshot::Sender<Snapshot>),
     /// The connected workers, for `/admin/workers`.
@@ -349,6 +351,7 @@ impl HubTask {
                 self.feed(Input::RequestArrived(request));
             }
             Command::ClientGone { request } => self.feed(Input::ClientGone { request }),
+            Command::ClientDone { request } => self.feed(Input::ClientDone { request }),
             Command::Undeliverable {
                 worker,
                 request,

@@ -19,6 +19,7 @@ mod links;
 mod metrics;
 pub mod quic;
 mod response_queue;
+mod sse;
 
 pub use admin::CSRF_HEADER;
 pub use api::REQUEST_ID_HEADER;

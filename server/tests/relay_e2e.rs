@@ -221,6 +221,71 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_backend_call() {
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_right_after_the_final_event_completes_its_request() {
+    // As the OpenAI SDK does: read up to `data: [DONE]` (or the route's final
+    // event) and close at once, before the backend has ended its body.
+    let (relay, backend, _worker, http) = world().await;
+    for route in ROUTES {
+        let tag = format!("done{route}");
+        let body = json!({"model": "m", "stream": true,
+            "mock": {"tokens": 3, "linger_ms": 300, "tag": tag}})
+        .to_string();
+        let mut stream = http
+            .send(
+                http::Method::POST,
+                &format!("{}{route}", relay.url()),
+                &body,
+                &[],
+            )
+            .await;
+        assert_eq!(stream.status, StatusCode::OK, "{route}");
+        let mut seen = Vec::new();
+        while !["[DONE]", "message_stop", "response.completed"]
+            .iter()
+            .any(|end| String::from_utf8_lossy(&seen).contains(end))
+        {
+            let chunk = stream.next_chunk().await.expect("the stream goes on");
+            seen.extend_from_slice(&chunk);
+        }
+        drop(stream);
+        let finished = backend
+            .sim
+            .wait_for(Duration::from_secs(5), |events| {
+                events
+                    .iter()
+                    .any(|e| matches!(e, BackendEvent::Finished { tag: Some(t) } if *t == tag))
+            })
+            .await;
+        assert!(
+            finished && !backend.saw_cancelled(&tag, Duration::ZERO).await,
+            "{route}: the backend call was cut short: {:?}",
+            backend.sim.events()
+        );
+    }
+    // Counted as four completed requests, not as cancellations.
+    let metrics_url = format!("{}/metrics", relay.url());
+    let outcome = |text: &str, outcome: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("modelrelay_requests_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = http.get(&metrics_url).await.text();
+        if outcome(&text, "ok") == 4 || tokio::time::Instant::now() > deadline {
+            assert_eq!(outcome(&text, "ok"), 4, "{text}");
+            assert_eq!(outcome(&text, "cancelled"), 0, "{text}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_leaves_before_the_answer_cancels_the_backend_call() {
     let (relay, backend, _worker, http) = world().await;
     let body = json!({"model": "m", "mock": {"tokens": 100, "delay_ms": 50, "tag": "impatient"}})

@@ -7,12 +7,14 @@
 //!
 //! ```json
 //! {"model": "demo", "stream": true, "mock": {"tokens": 5, "delay_ms": 10, "status": 500,
-//!  "fail_after": 2, "tag": "t1"}}
+//!  "fail_after": 2, "linger_ms": 200, "tag": "t1"}}
 //! ```
 //!
 //! `tokens`/`delay_ms` override the pace, `status` answers with that error
-//! status, `fail_after` breaks the stream off after that many chunks, `tag`
-//! marks the request in the log.
+//! status, `fail_after` breaks the stream off after that many chunks,
+//! `linger_ms` keeps a stream's body open that long after its last event (it
+//! counts as finished only when the body ends), `tag` marks the request in the
+//! log.
 
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
@@ -115,6 +117,7 @@ struct Directives {
     delay_ms: Option<u64>,
     status: Option<u16>,
     fail_after: Option<usize>,
+    linger_ms: Option<u64>,
     tag: Option<String>,
 }
 
@@ -410,6 +413,7 @@ async fn generate(
     }
     let events = stream_events(api, &ask, tokens);
     let fail_after = ask.directives.fail_after;
+    let linger = ask.directives.linger_ms.map(Duration::from_millis);
     let chunks = stream::unfold(
         (events.into_iter(), progress, 0usize),
         move |(mut events, mut progress, n)| async move {
@@ -422,12 +426,20 @@ async fn generate(
                     (events, progress, n),
                 ));
             }
-            let event = events.next()?;
+            let Some(event) = events.next() else {
+                if let Some(linger) = linger {
+                    // The body stays open a while after the last event; a client
+                    // that leaves meanwhile counts as a cancellation.
+                    tokio::time::sleep(linger).await;
+                    progress.finish();
+                }
+                return None;
+            };
             if event.paced && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             progress.chunks_sent += 1;
-            if events.len() == 0 {
+            if events.len() == 0 && linger.is_none() {
                 progress.finish();
             }
             Some((

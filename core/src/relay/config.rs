@@ -29,6 +29,9 @@ pub struct RelayConfig {
     pub max_protocol_violations: u32,
     /// How many ended requests are remembered so their late frames are dropped quietly.
     pub ended_request_memory: usize,
+    /// How long a request whose client left with the whole answer waits for the
+    /// worker's completion before it is cancelled after all.
+    pub finished_stream_grace: Duration,
 }
 
 impl Default for RelayConfig {
@@ -46,6 +49,7 @@ impl Default for RelayConfig {
             max_stream_bytes: 256 * 1024 * 1024,
             max_protocol_violations: 3,
             ended_request_memory: 16 * 1024,
+            finished_stream_grace: Duration::from_secs(2),
         }
     }
 }

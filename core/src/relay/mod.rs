@@ -122,6 +122,13 @@ pub enum Input {
         /// The request whose client left.
         request: RequestId,
     },
+    /// The client of a request went away after its stream's final event reached
+    /// it: the answer is whole, so the worker's completion is awaited (for
+    /// [`RelayConfig::finished_stream_grace`]) rather than the call cancelled.
+    ClientDone {
+        /// The request whose client left.
+        request: RequestId,
+    },
     /// The client of a request reads its stream too slowly: stop it rather than buffer without end.
     ClientTooSlow {
         /// The request whose client lags.
@@ -321,6 +328,8 @@ struct RequestEntry {
     arrival: u64,
     queue_deadline: Option<Instant>,
     deadline: Option<Instant>,
+    /// Its client left with the whole answer: the completion must come by then.
+    client_done_deadline: Option<Instant>,
     requeues: u8,
     state: RequestState,
     timer: Option<Instant>,
@@ -333,7 +342,11 @@ impl RequestEntry {
                 .into_iter()
                 .flatten()
                 .min(),
-            RequestState::Assigned { .. } | RequestState::Detached => self.deadline,
+            RequestState::Assigned { .. } => [self.deadline, self.client_done_deadline]
+                .into_iter()
+                .flatten()
+                .min(),
+            RequestState::Detached => self.deadline,
         }
     }
 }
@@ -405,6 +418,7 @@ impl Relay {
             Input::WorkerDisconnected { worker } => self.lose_worker(now, worker, None),
             Input::RequestArrived(request) => return self.on_request(now, request),
             Input::ClientGone { request } => self.stop_for_client(request, None),
+            Input::ClientDone { request } => self.client_done(now, request),
             Input::ClientTooSlow { request } => {
                 self.stop_for_client(request, Some(Failure::ClientTooSlow))
             }
@@ -965,6 +979,7 @@ impl Relay {
             arrival: self.arrivals,
             queue_deadline: now.checked_add(self.config.queue_timeout),
             deadline: now.checked_add(self.config.request_timeout),
+            client_done_deadline: None,
             requeues: 0,
             state: RequestState::Queued { seq: 0 },
             timer: None,
@@ -1125,6 +1140,26 @@ impl Relay {
         self.finish(request_id, outcome);
     }
 
+    /// The client left with its whole answer: a request that streamed waits briefly
+    /// for its completion (the first such deadline holds); any other is stopped as
+    /// if the client had simply gone (so it can never be requeued without a client).
+    fn client_done(&mut self, now: Instant, request_id: RequestId) {
+        let grace = self.config.finished_stream_grace;
+        let Some(request) = self.requests.get_mut(&request_id) else {
+            return; // ended already
+        };
+        if !matches!(request.state, RequestState::Assigned { streamed: true, .. }) {
+            self.stop_for_client(request_id, None);
+            return;
+        }
+        if request.client_done_deadline.is_none() {
+            request.client_done_deadline = Some(now.checked_add(grace).unwrap_or(now));
+            let next = request.next_deadline();
+            self.timers
+                .rearm(TimerOwner::Request(request_id), &mut request.timer, next);
+        }
+    }
+
     fn on_request_timer(&mut self, now: Instant, request_id: RequestId) {
         let Some(request) = self.requests.get_mut(&request_id) else {
             return;
@@ -1149,6 +1184,15 @@ impl Relay {
                     self.fail(request_id, failure, false);
                     return;
                 }
+            }
+            RequestState::Assigned { .. }
+                if request.client_done_deadline.is_some_and(|at| {
+                    at <= now && request.deadline.is_none_or(|deadline| at <= deadline)
+                }) =>
+            {
+                // The client has its answer but the worker never said it was done.
+                self.stop_for_client(request_id, None);
+                return;
             }
             RequestState::Assigned {
                 worker, streamed, ..
