@@ -216,6 +216,20 @@ const MIGRATIONS: &[Migration] = &[Migration {
 /// Serializes schema changes among relay instances sharing one PostgreSQL database.
 const MIGRATION_LOCK: i64 = 0x6d72_6b65_7973; // "mrkeys"
 
+/// The schema version a database is at (0 before the first migration).
+const CURRENT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) AS version FROM modelrelay_schema";
+
+/// Runs `$body` with `$pool` bound to whichever pool holds the keys. The SQL
+/// is written once, with `$1`-style parameters, which both databases read.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            Database::Sqlite($pool) => $body,
+            Database::Postgres($pool) => $body,
+        }
+    };
+}
+
 impl KeyStore {
     /// Opens (and creates or upgrades) the key database.
     pub async fn open(location: &KeyStoreLocation) -> Result<Self, KeyStoreError> {
@@ -231,7 +245,6 @@ impl KeyStore {
                     .max_connections(4)
                     .connect_with(options)
                     .await?;
-                migrate_sqlite(&pool).await?;
                 Database::Sqlite(pool)
             }
             KeyStoreLocation::Postgres(url) => {
@@ -241,10 +254,10 @@ impl KeyStore {
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_with(options)
                     .await?;
-                migrate_postgres(&pool).await?;
                 Database::Postgres(pool)
             }
         };
+        migrate(&db).await?;
         Ok(Self {
             db,
             random: SystemRandom::new(),
@@ -254,18 +267,10 @@ impl KeyStore {
 
     /// The schema version the database is at.
     pub async fn schema_version(&self) -> Result<i64, KeyStoreError> {
-        let sql = "SELECT COALESCE(MAX(version), 0) AS version FROM modelrelay_schema";
-        let row = match &self.db {
-            Database::Sqlite(pool) => sqlx::query(sql)
-                .fetch_one(pool)
-                .await?
-                .try_get::<i64, _>("version")?,
-            Database::Postgres(pool) => sqlx::query(sql)
-                .fetch_one(pool)
-                .await?
-                .try_get::<i64, _>("version")?,
-        };
-        Ok(row)
+        Ok(on_pool!(&self.db, |pool| sqlx::query(CURRENT_VERSION)
+            .fetch_one(pool)
+            .await?
+            .try_get::<i64, _>("version")?))
     }
 
     /// Makes a key named `name`; the answer is the only place the key appears.
@@ -288,28 +293,16 @@ impl KeyStore {
         let prefix = key[..SHOWN_CHARS].to_owned();
         let hash = key_hash(&key);
         let created_ms = unix_ms(now);
-        let id = match &self.db {
-            Database::Sqlite(pool) => sqlx::query(
-                "INSERT INTO api_keys (name, prefix, key_hash, created_at_ms) VALUES (?, ?, ?, ?) RETURNING id",
-            )
+        let sql = "INSERT INTO api_keys (name, prefix, key_hash, created_at_ms) \
+                   VALUES ($1, $2, $3, $4) RETURNING id";
+        let id = on_pool!(&self.db, |pool| sqlx::query(sql)
             .bind(name)
             .bind(&prefix)
             .bind(&hash)
             .bind(created_ms)
             .fetch_one(pool)
             .await?
-            .try_get::<i64, _>("id")?,
-            Database::Postgres(pool) => sqlx::query(
-                "INSERT INTO api_keys (name, prefix, key_hash, created_at_ms) VALUES ($1, $2, $3, $4) RETURNING id",
-            )
-            .bind(name)
-            .bind(&prefix)
-            .bind(&hash)
-            .bind(created_ms)
-            .fetch_one(pool)
-            .await?
-            .try_get::<i64, _>("id")?,
-        };
+            .try_get::<i64, _>("id")?);
         Ok(CreatedKey {
             record: ApiKeyRecord {
                 id: ApiKeyId(id),
@@ -326,57 +319,33 @@ impl KeyStore {
     pub async fn list(&self) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
         let sql =
             "SELECT id, name, prefix, created_at_ms, last_used_at_ms FROM api_keys ORDER BY id";
-        let rows = match &self.db {
-            Database::Sqlite(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(ApiKeyRecord {
-                        id: ApiKeyId(row.try_get("id")?),
-                        name: row.try_get("name")?,
-                        prefix: row.try_get("prefix")?,
-                        created_at: from_unix_ms(row.try_get("created_at_ms")?),
-                        last_used_at: row
-                            .try_get::<Option<i64>, _>("last_used_at_ms")?
-                            .map(from_unix_ms),
-                    })
+        Ok(on_pool!(&self.db, |pool| sqlx::query(sql)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(ApiKeyRecord {
+                    id: ApiKeyId(row.try_get("id")?),
+                    name: row.try_get("name")?,
+                    prefix: row.try_get("prefix")?,
+                    created_at: from_unix_ms(row.try_get("created_at_ms")?),
+                    last_used_at: row
+                        .try_get::<Option<i64>, _>("last_used_at_ms")?
+                        .map(from_unix_ms),
                 })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?,
-            Database::Postgres(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(ApiKeyRecord {
-                        id: ApiKeyId(row.try_get("id")?),
-                        name: row.try_get("name")?,
-                        prefix: row.try_get("prefix")?,
-                        created_at: from_unix_ms(row.try_get("created_at_ms")?),
-                        last_used_at: row
-                            .try_get::<Option<i64>, _>("last_used_at_ms")?
-                            .map(from_unix_ms),
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?,
-        };
-        Ok(rows)
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?))
     }
 
     /// Deletes a key; `false` if there was none with this id.
     pub async fn revoke(&self, id: ApiKeyId) -> Result<bool, KeyStoreError> {
-        let deleted = match &self.db {
-            Database::Sqlite(pool) => sqlx::query("DELETE FROM api_keys WHERE id = ?")
-                .bind(id.0)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            Database::Postgres(pool) => sqlx::query("DELETE FROM api_keys WHERE id = $1")
-                .bind(id.0)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        };
+        let deleted = on_pool!(&self.db, |pool| sqlx::query(
+            "DELETE FROM api_keys WHERE id = $1"
+        )
+        .bind(id.0)
+        .execute(pool)
+        .await?
+        .rows_affected());
         if let Ok(mut touched) = self.touched.lock() {
             touched.remove(&id);
         }
@@ -393,20 +362,14 @@ impl KeyStore {
             return Ok(None);
         }
         let hash = key_hash(presented);
-        let found = match &self.db {
-            Database::Sqlite(pool) => sqlx::query("SELECT id FROM api_keys WHERE key_hash = ?")
-                .bind(&hash)
-                .fetch_optional(pool)
-                .await?
-                .map(|row| row.try_get::<i64, _>("id"))
-                .transpose()?,
-            Database::Postgres(pool) => sqlx::query("SELECT id FROM api_keys WHERE key_hash = $1")
-                .bind(&hash)
-                .fetch_optional(pool)
-                .await?
-                .map(|row| row.try_get::<i64, _>("id"))
-                .transpose()?,
-        };
+        let found = on_pool!(&self.db, |pool| sqlx::query(
+            "SELECT id FROM api_keys WHERE key_hash = $1"
+        )
+        .bind(&hash)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| row.try_get::<i64, _>("id"))
+        .transpose()?);
         let Some(id) = found.map(ApiKeyId) else {
             return Ok(None);
         };
@@ -432,32 +395,20 @@ impl KeyStore {
     }
 
     async fn touch(&self, id: ApiKeyId, now: SystemTime) -> Result<(), KeyStoreError> {
-        let at = unix_ms(now);
-        match &self.db {
-            Database::Sqlite(pool) => {
-                sqlx::query("UPDATE api_keys SET last_used_at_ms = ? WHERE id = ?")
-                    .bind(at)
-                    .bind(id.0)
-                    .execute(pool)
-                    .await?;
-            }
-            Database::Postgres(pool) => {
-                sqlx::query("UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2")
-                    .bind(at)
-                    .bind(id.0)
-                    .execute(pool)
-                    .await?;
-            }
-        }
+        on_pool!(&self.db, |pool| sqlx::query(
+            "UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2"
+        )
+        .bind(unix_ms(now))
+        .bind(id.0)
+        .execute(pool)
+        .await?
+        .rows_affected());
         Ok(())
     }
 
     /// Closes the database connections.
     pub async fn close(&self) {
-        match &self.db {
-            Database::Sqlite(pool) => pool.close().await,
-            Database::Postgres(pool) => pool.close().await,
-        }
+        on_pool!(&self.db, |pool| pool.close().await)
     }
 }
 
@@ -501,64 +452,53 @@ fn create_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
     builder.create(dir).map_err(error)
 }
 
-async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), KeyStoreError> {
-    let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS modelrelay_schema (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let current: i64 =
-        sqlx::query("SELECT COALESCE(MAX(version), 0) AS version FROM modelrelay_schema")
+/// Brings the schema up to date in one transaction; on PostgreSQL, instances
+/// starting together take turns (the advisory lock ends with the transaction).
+async fn migrate(db: &Database) -> Result<(), KeyStoreError> {
+    let (postgres, schema_table) = match db {
+        Database::Sqlite(_) => (
+            false,
+            "CREATE TABLE IF NOT EXISTS modelrelay_schema \
+             (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
+        ),
+        Database::Postgres(_) => (
+            true,
+            "CREATE TABLE IF NOT EXISTS modelrelay_schema \
+             (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        ),
+    };
+    on_pool!(db, |pool| {
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        if postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(schema_table).execute(&mut *tx).await?;
+        let current: i64 = sqlx::query(CURRENT_VERSION)
             .fetch_one(&mut *tx)
             .await?
             .try_get("version")?;
-    check_not_newer(current)?;
-    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
-        for statement in migration.sqlite {
-            sqlx::query(*statement).execute(&mut *tx).await?;
+        check_not_newer(current)?;
+        for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+            let statements = if postgres {
+                migration.postgres
+            } else {
+                migration.sqlite
+            };
+            for statement in statements {
+                sqlx::query(*statement).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO modelrelay_schema (version, applied_at_ms) VALUES ($1, $2)")
+                .bind(migration.version)
+                .bind(unix_ms(SystemTime::now()))
+                .execute(&mut *tx)
+                .await?;
         }
-        sqlx::query("INSERT INTO modelrelay_schema (version, applied_at_ms) VALUES (?, ?)")
-            .bind(migration.version)
-            .bind(unix_ms(SystemTime::now()))
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-async fn migrate_postgres(pool: &PgPool) -> Result<(), KeyStoreError> {
-    let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    // Instances starting together take turns; the lock ends with the transaction.
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS modelrelay_schema (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let current: i64 =
-        sqlx::query("SELECT COALESCE(MAX(version), 0)::BIGINT AS version FROM modelrelay_schema")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("version")?;
-    check_not_newer(current)?;
-    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
-        for statement in migration.postgres {
-            sqlx::query(*statement).execute(&mut *tx).await?;
-        }
-        sqlx::query("INSERT INTO modelrelay_schema (version, applied_at_ms) VALUES ($1, $2)")
-            .bind(migration.version)
-            .bind(unix_ms(SystemTime::now()))
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
+        tx.commit().await?;
+    });
     Ok(())
 }
 
