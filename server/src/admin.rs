@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::app::{AppState, PeerAddr};
 use crate::auth::client_address;
 use crate::error::{ApiError, ApiFlavor};
-use crate::keys::{ApiKeyId, ApiKeyRecord, KeyStoreError, rfc3339};
+use crate::keys::{ApiKeyId, ApiKeyRecord, KeyStoreError, is_key_shaped, rfc3339};
 
 /// The dashboard's session cookie.
 const SESSION_COOKIE: &str = "modelrelay_session";
@@ -686,17 +686,26 @@ pub(crate) async fn setup(
     page(StatusCode::OK, html)
 }
 
+/// Whether a header value is, or is a bearer of, something shaped like one of the relay's keys.
+pub(crate) fn carries_relay_key(value: &str) -> bool {
+    let value = value.trim();
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => value,
+    };
+    is_key_shaped(token)
+}
+
 /// With `--require-api-keys`: the client's key, checked before the request is
-/// read. `Ok` names the header that carried the key, which is then not passed
-/// on to the backend (the relay's keys are not the backend's business).
+/// read. The key is taken from `Authorization: Bearer`, or on `/v1/messages`
+/// from `x-api-key` (as Anthropic clients send it), preferring whichever has a
+/// relay key's shape, so a client may also carry a backend credential in the
+/// other header.
 pub(crate) async fn check_api_key(
     app: &AppState,
     flavor: ApiFlavor,
     headers: &HeaderMap,
-) -> Result<Option<&'static str>, Response> {
-    if !app.config.require_api_keys {
-        return Ok(None);
-    }
+) -> Result<(), Response> {
     let Some(keys) = &app.config.keys else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -705,16 +714,18 @@ pub(crate) async fn check_api_key(
         )
         .into_response(flavor));
     };
-    let presented = bearer(headers)
-        .map(|key| ("authorization", key))
-        .or_else(|| {
-            // Anthropic clients send the key in x-api-key.
-            (flavor == ApiFlavor::Anthropic)
-                .then(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-                .flatten()
-                .map(|key| ("x-api-key", key.trim()))
-        });
-    let Some((carrier, presented)) = presented else {
+    let x_api_key = (flavor == ApiFlavor::Anthropic)
+        .then(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .flatten()
+        .map(str::trim)
+        .filter(|key| !key.is_empty());
+    let candidates = [bearer(headers), x_api_key];
+    let presented = candidates
+        .iter()
+        .flatten()
+        .find(|key| is_key_shaped(key))
+        .or(candidates.iter().flatten().next());
+    let Some(presented) = presented else {
         let hint = match flavor {
             ApiFlavor::OpenAi => "Authorization: Bearer mr-…",
             ApiFlavor::Anthropic => "x-api-key: mr-… (or Authorization: Bearer mr-…)",
@@ -726,7 +737,7 @@ pub(crate) async fn check_api_key(
         ));
     };
     match keys.authenticate(presented, SystemTime::now()).await {
-        Ok(Some(_)) => Ok(Some(carrier)),
+        Ok(Some(_)) => Ok(()),
         Ok(None) => Err(unauthorized(
             flavor,
             "invalid_api_key",

@@ -70,10 +70,11 @@ pub(crate) async fn inference(
     path: &'static str,
     request: Request,
 ) -> Response {
-    let key_header = match crate::admin::check_api_key(&app, flavor, request.headers()).await {
-        Ok(header) => header,
-        Err(refused) => return refused,
-    };
+    if app.config.require_api_keys
+        && let Err(refused) = crate::admin::check_api_key(&app, flavor, request.headers()).await
+    {
+        return refused;
+    }
     let (parts, body) = request.into_parts();
     let limit = app.config.max_body_bytes;
     let body = match axum::body::to_bytes(body, limit).await {
@@ -121,12 +122,16 @@ pub(crate) async fn inference(
         }
     };
     let model = match probe.model {
-        Some(serde_json::Value::String(model)) if !model.trim().is_empty() => model,
+        Some(serde_json::Value::String(model))
+            if !model.trim().is_empty() && !model.chars().any(char::is_control) =>
+        {
+            model
+        }
         Some(_) => {
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_model",
-                "`model` must be a non-empty string.",
+                "`model` must be a non-empty string without control characters.",
             )
             .into_response(flavor);
         }
@@ -150,7 +155,7 @@ pub(crate) async fn inference(
             endpoint_path: path.to_owned(),
             streaming,
             body,
-            headers: forwarded_headers(&parts.headers, key_header),
+            headers: forwarded_headers(&parts.headers, app.config.require_api_keys),
         },
         responder,
     });
@@ -201,17 +206,19 @@ pub(crate) async fn inference(
     response
 }
 
-/// The client headers the backend gets; `except` carried the relay's API key.
-fn forwarded_headers(headers: &HeaderMap, except: Option<&str>) -> Headers {
+/// The client headers the backend gets. With `strip_relay_keys` (the relay
+/// checks API keys), no header carrying one of the relay's keys is passed on,
+/// whichever header it came in: the relay's keys are not the backend's business.
+fn forwarded_headers(headers: &HeaderMap, strip_relay_keys: bool) -> Headers {
     FORWARDED_REQUEST_HEADERS
         .iter()
-        .filter(|name| Some(**name) != except)
         .filter_map(|name| {
             headers
                 .get(*name)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| (*name, v))
         })
+        .filter(|(_, value)| !(strip_relay_keys && crate::admin::carries_relay_key(value)))
         .collect()
 }
 
@@ -342,7 +349,9 @@ fn event_stream(
 
 /// `GET /v1/models`: the models connected workers serve, in the OpenAI list format.
 pub(crate) async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = crate::admin::check_api_key(&app, ApiFlavor::OpenAi, &headers).await {
+    if app.config.require_api_keys
+        && let Err(refused) = crate::admin::check_api_key(&app, ApiFlavor::OpenAi, &headers).await
+    {
         return refused;
     }
     let Some(snapshot) = app.hub.snapshot().await else {

@@ -358,7 +358,7 @@ impl KeyStore {
         presented: &str,
         now: SystemTime,
     ) -> Result<Option<ApiKeyId>, KeyStoreError> {
-        if !looks_like_a_key(presented) {
+        if !is_key_shaped(presented) {
             return Ok(None);
         }
         let hash = key_hash(presented);
@@ -413,7 +413,7 @@ impl KeyStore {
 }
 
 /// Whether `text` has a key's shape (checked before any database work).
-fn looks_like_a_key(text: &str) -> bool {
+pub(crate) fn is_key_shaped(text: &str) -> bool {
     text.len() == KEY_PREFIX.len() + 43
         && text.starts_with(KEY_PREFIX)
         && text[KEY_PREFIX.len()..]
@@ -555,13 +555,10 @@ mod tests {
 
     #[test]
     fn only_key_shaped_text_reaches_the_database() {
-        assert!(!looks_like_a_key(""));
-        assert!(!looks_like_a_key("mr-short"));
-        assert!(!looks_like_a_key(&format!("sk-{}", "a".repeat(43))));
-        assert!(!looks_like_a_key(&format!("mr-{}", "a/".repeat(21) + "a")));
-        assert!(looks_like_a_key(&format!(
-            "mr-{}",
-            "aZ09-_".repeat(7) + "a"
-        )));
+        assert!(!is_key_shaped(""));
+        assert!(!is_key_shaped("mr-short"));
+        assert!(!is_key_shaped(&format!("sk-{}", "a".repeat(43))));
+        assert!(!is_key_shaped(&format!("mr-{}", "a/".repeat(21) + "a")));
+        assert!(is_key_shaped(&format!("mr-{}", "aZ09-_".repeat(7) + "a")));
     }
 }

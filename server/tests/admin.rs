@@ -414,6 +414,38 @@ async fn api_keys_gate_every_client_route_and_revocation_holds_at_once() {
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert_eq!(wrong.json()["error"]["code"], "invalid_api_key");
 
+    // Both headers carrying the key (as clients do that read two variables):
+    // accepted, and neither header reaches the backend.
+    let both = [
+        ("content-type", "application/json"),
+        ("authorization", bearer.as_str()),
+        ("x-api-key", key.as_str()),
+    ];
+    assert_eq!(
+        http.post_with(&messages_url, &anthropic(), &both)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A backend credential as the bearer and the relay's key as x-api-key:
+    // the key is checked, the backend's credential passes on untouched.
+    let backend_credential = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer backend-token"),
+        ("x-api-key", key.as_str()),
+    ];
+    assert_eq!(
+        http.post_with(&messages_url, &anthropic(), &backend_credential)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let passed_on = backend.sim.events().iter().any(|event| {
+        matches!(event, modelrelay_worker::simulated_backend::BackendEvent::Received { headers, .. }
+            if headers.iter().any(|(name, value)| name == "authorization" && value == "Bearer backend-token"))
+    });
+    assert!(passed_on, "{:?}", backend.sim.events());
+
     // The relay's key stays with the relay: the backend never sees it.
     for event in backend.sim.events() {
         if let modelrelay_worker::simulated_backend::BackendEvent::Received { headers, .. } = event

@@ -155,6 +155,15 @@ async fn bad_requests_get_errors_in_each_apis_own_shape() {
         .post(&url("/v1/chat/completions"), r#"{"model": 7}"#)
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    // A model name with control characters (it could forge log lines).
+    let reply = http
+        .post(
+            &url("/v1/chat/completions"),
+            r#"{"model": "m\n2026-12-03T00:00:00Z INFO forged"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"]["code"], "invalid_model");
 
     let reply = http
         .post(

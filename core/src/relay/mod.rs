@@ -40,7 +40,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 pub use config::RelayConfig;
 pub use outcome::{CloseReason, Completion, Failure, Outcome};
-pub use sanitize::{SanitizedModels, sanitize_models};
+pub use sanitize::{MAX_WORKER_NAME_BYTES, SanitizedModels, sanitize_models, sanitize_worker_name};
 pub use selection::{LeastLoaded, SelectionPolicy, SelectionRank, WorkerLoad};
 
 use ended::EndedRequests;
@@ -667,7 +667,9 @@ impl Relay {
         if register.max_concurrent == 0 {
             warnings.push("max_concurrent 0 treated as 1".into());
         }
-        worker.name = register.worker_name;
+        let (name, name_warning) = sanitize_worker_name(&register.worker_name);
+        warnings.extend(name_warning);
+        worker.name = name;
         worker.models = models.clone();
         worker.max_concurrent = register.max_concurrent.max(1);
         worker.external_load = register.current_load.unwrap_or(0);

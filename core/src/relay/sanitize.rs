@@ -1,4 +1,5 @@
-//! Cleaning a worker's advertised model list before it is used for routing.
+//! Cleaning what a worker says about itself (its model list, its name) before
+//! it is used for routing, logs and the admin API.
 
 use rustc_hash::FxHashSet;
 
@@ -13,7 +14,11 @@ pub struct SanitizedModels {
     pub warnings: Vec<String>,
 }
 
-/// Trims names, drops empty, over-long and repeated ones (keeping first-seen order), caps the count.
+/// Longest worker name kept, in bytes.
+pub const MAX_WORKER_NAME_BYTES: usize = 128;
+
+/// Trims names, drops empty, over-long, repeated ones (keeping first-seen order)
+/// and ones with control characters (which no client can ask for), caps the count.
 pub fn sanitize_models(
     raw: &[String],
     max_models: usize,
@@ -32,6 +37,12 @@ pub fn sanitize_models(
             out.warnings.push(format!(
                 "dropped model name of {} bytes (limit {max_name_bytes})",
                 trimmed.len()
+            ));
+            continue;
+        }
+        if trimmed.chars().any(char::is_control) {
+            out.warnings.push(format!(
+                "dropped model name with control characters {trimmed:?}"
             ));
             continue;
         }
@@ -54,6 +65,32 @@ pub fn sanitize_models(
             .push(format!("dropped {empty} empty model names"));
     }
     out
+}
+
+/// A worker's name without control characters (so it cannot forge log lines),
+/// trimmed and cut to [`MAX_WORKER_NAME_BYTES`]; with a warning when changed.
+pub fn sanitize_worker_name(raw: &str) -> (String, Option<String>) {
+    let mut name: String = raw.chars().filter(|c| !c.is_control()).collect();
+    let had_controls = name.len() != raw.len();
+    let mut cut = false;
+    if name.trim().len() > MAX_WORKER_NAME_BYTES {
+        let end = (0..=MAX_WORKER_NAME_BYTES)
+            .rev()
+            .find(|i| name.trim().is_char_boundary(*i))
+            .unwrap_or(0);
+        name = name.trim()[..end].to_owned();
+        cut = true;
+    }
+    let name = name.trim().to_owned();
+    let warning = match (had_controls, cut) {
+        (false, false) => None,
+        (true, false) => Some("control characters dropped from the worker name".to_owned()),
+        (false, true) => Some(format!("worker name cut to {MAX_WORKER_NAME_BYTES} bytes")),
+        (true, true) => Some(format!(
+            "control characters dropped from the worker name, cut to {MAX_WORKER_NAME_BYTES} bytes"
+        )),
+    };
+    (name, warning)
 }
 
 #[cfg(test)]
@@ -91,6 +128,30 @@ mod tests {
         let out = sanitize_models(&raw(&["ok", &"x".repeat(65)]), 10, 64);
         assert_eq!(names(&out.models), ["ok"]);
         assert_eq!(out.warnings, ["dropped model name of 65 bytes (limit 64)"]);
+    }
+
+    #[test]
+    fn model_names_with_control_characters_are_dropped() {
+        let out = sanitize_models(&raw(&["ok", "bad\nname", "tab\there"]), 10, 64);
+        assert_eq!(names(&out.models), ["ok"]);
+        assert_eq!(
+            out.warnings,
+            [
+                "dropped model name with control characters \"bad\\nname\"",
+                "dropped model name with control characters \"tab\\there\""
+            ]
+        );
+    }
+
+    #[test]
+    fn worker_names_lose_control_characters_and_are_capped() {
+        assert_eq!(sanitize_worker_name(" gpu-0 "), ("gpu-0".to_owned(), None));
+        let (name, warning) = sanitize_worker_name("a\nINFO forged\u{1b}[31m");
+        assert_eq!(name, "aINFO forged[31m");
+        assert!(warning.is_some_and(|w| w.contains("control characters")));
+        let (name, warning) = sanitize_worker_name(&"é".repeat(100));
+        assert_eq!(name, "é".repeat(64));
+        assert!(warning.is_some_and(|w| w.contains("cut to 128 bytes")));
     }
 
     #[test]
