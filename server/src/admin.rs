@@ -550,6 +550,16 @@ pub(crate) async fn login(
         return disabled_page();
     };
     let headers = request.headers().clone();
+    if is_cross_site(&headers) {
+        // Before anything is counted: another site could otherwise post wrong
+        // tokens from the operator's browser and so lock the operator out.
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site_login",
+            "Log in from the relay's own login page.",
+        )
+        .into_response(ApiFlavor::OpenAi);
+    }
     let now = tokio::time::Instant::now().into_std();
     let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let address = client_address(peer.0.ip(), forwarded_for, app.config.trust_forwarded_for);
@@ -589,6 +599,23 @@ pub(crate) async fn login(
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// Whether a browser says this request comes from another site: by
+/// `Sec-Fetch-Site`, or else by an `Origin` whose host is not this request's
+/// `Host`. Requests without either (curl, scripts) are not cross-site.
+fn is_cross_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return !matches!(site.trim(), "same-origin" | "none");
+    }
+    match text("origin") {
+        None => false,
+        Some(origin) => {
+            let origin_host = origin.split_once("://").map(|(_, host)| host);
+            origin_host.is_none() || origin_host != text("host")
+        }
+    }
 }
 
 /// `POST /dashboard/logout`: forgets the session cookie.
@@ -790,6 +817,37 @@ mod tests {
         );
         assert_eq!(cookie(&headers, SESSION_COOKIE), Some("5.ab"));
         assert_eq!(cookie(&headers, "c"), None);
+    }
+
+    #[test]
+    fn cross_site_posts_are_told_apart_from_the_relays_own_pages() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        assert!(!is_cross_site(&headers(&[])));
+        assert!(!is_cross_site(&headers(&[(
+            "sec-fetch-site",
+            "same-origin"
+        )])));
+        assert!(!is_cross_site(&headers(&[("sec-fetch-site", "none")])));
+        assert!(is_cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(is_cross_site(&headers(&[("sec-fetch-site", "same-site")])));
+        assert!(!is_cross_site(&headers(&[
+            ("origin", "http://relay:8080"),
+            ("host", "relay:8080")
+        ])));
+        assert!(is_cross_site(&headers(&[
+            ("origin", "https://evil.example"),
+            ("host", "relay:8080")
+        ])));
+        assert!(is_cross_site(&headers(&[
+            ("origin", "null"),
+            ("host", "relay:8080")
+        ])));
     }
 
     #[test]

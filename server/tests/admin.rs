@@ -669,6 +669,29 @@ async fn the_dashboard_session_comes_from_the_token_and_writes_need_the_csrf_hea
             .contains("default-src 'self'")
     );
 
+    // Another site posting wrong tokens from the operator's browser is refused
+    // before anything is counted, so it cannot lock the operator out.
+    for _ in 0..8 {
+        let forged = http
+            .post_with(
+                &format!("{base}/dashboard/login"),
+                "token=nope",
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("origin", "https://evil.example"),
+                    ("sec-fetch-site", "cross-site"),
+                ],
+            )
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        assert!(!forged.headers.contains_key("set-cookie"));
+    }
+    assert_eq!(
+        admin_get(&http, &relay, "/admin/workers").await.status,
+        StatusCode::OK,
+        "not locked out"
+    );
+
     let wrong = http
         .post_with(&format!("{base}/dashboard/login"), "token=nope", &form)
         .await;
