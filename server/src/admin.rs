@@ -108,8 +108,7 @@ fn authorize(
         return Err(Refusal::Disabled);
     };
     let now = tokio::time::Instant::now().into_std();
-    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let address = client_address(peer.0.ip(), forwarded_for, app.config.trust_forwarded_for);
+    let address = client_address(peer.0.ip(), headers, app.config.trust_forwarded_for);
     app.admin_limiter
         .check(address, now)
         .map_err(Refusal::CoolingDown)?;
@@ -561,8 +560,7 @@ pub(crate) async fn login(
         .into_response(ApiFlavor::OpenAi);
     }
     let now = tokio::time::Instant::now().into_std();
-    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let address = client_address(peer.0.ip(), forwarded_for, app.config.trust_forwarded_for);
+    let address = client_address(peer.0.ip(), &headers, app.config.trust_forwarded_for);
     if let Err(retry) = app.admin_limiter.check(address, now) {
         return Refusal::CoolingDown(retry).into_response();
     }

@@ -1,9 +1,11 @@
 //! Worker authentication: a constant-time secret check and a per-address cooldown after failures.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
 
 use ring::digest::{SHA256, digest};
 use subtle::ConstantTimeEq;
@@ -88,29 +90,58 @@ struct Record {
     blocked_until: Option<Instant>,
 }
 
-/// Counts failed worker authentications per address.
+/// Counts failed authentications per address (per /64 network for IPv6,
+/// where one host commonly holds a whole /64).
 #[derive(Debug, Default)]
 pub struct AuthLimiter {
     limits: AuthLimits,
-    records: Mutex<HashMap<IpAddr, Record>>,
+    table: Mutex<Table>,
 }
 
-/// Most addresses tracked before stale ones are swept.
+#[derive(Debug, Default)]
+struct Table {
+    records: HashMap<IpAddr, Record>,
+    last_sweep: Option<Instant>,
+}
+
+/// Addresses tracked before stale ones are swept (at most once a second).
 const SWEEP_AT: usize = 4096;
+/// Most addresses tracked at all: past it, new ones go uncounted rather than
+/// let the table (and the time spent under its lock) grow without bound.
+const MAX_TRACKED: usize = 65_536;
+
+/// The address failures are counted against: IPv4 as is (also when mapped
+/// into IPv6), IPv6 by its /64 network.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(network))
+            }
+        },
+    }
+}
 
 impl AuthLimiter {
     /// A limiter with these limits.
     pub fn new(limits: AuthLimits) -> Self {
         Self {
             limits,
-            records: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         }
     }
 
     /// `Err(retry_after)` while `ip` is shut out.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let records = self.records.lock().expect("limiter lock");
-        match records.get(&ip).and_then(|r| r.blocked_until) {
+        let table = self.table.lock().expect("limiter lock");
+        match table
+            .records
+            .get(&counted_as(ip))
+            .and_then(|r| r.blocked_until)
+        {
             Some(until) if until > now => Err(until - now),
             _ => Ok(()),
         }
@@ -118,12 +149,22 @@ impl AuthLimiter {
 
     /// Records a failed attempt from `ip`.
     pub fn failure(&self, ip: IpAddr, now: Instant) {
-        let mut records = self.records.lock().expect("limiter lock");
-        if records.len() >= SWEEP_AT {
+        let ip = counted_as(ip);
+        let mut table = self.table.lock().expect("limiter lock");
+        let swept_lately = table
+            .last_sweep
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1));
+        if table.records.len() >= SWEEP_AT && !swept_lately {
             let stale = self.limits.window + self.limits.cooldown;
-            records.retain(|_, r| now.saturating_duration_since(r.window_start) < stale);
+            table
+                .records
+                .retain(|_, r| now.saturating_duration_since(r.window_start) < stale);
+            table.last_sweep = Some(now);
         }
-        let record = records.entry(ip).or_insert(Record {
+        if table.records.len() >= MAX_TRACKED && !table.records.contains_key(&ip) {
+            return;
+        }
+        let record = table.records.entry(ip).or_insert(Record {
             failures: 0,
             window_start: now,
             blocked_until: None,
@@ -143,16 +184,18 @@ impl AuthLimiter {
 
 /// The address an authentication attempt counts against: the peer, or with
 /// `trust_forwarded_for` the last address the proxy in front appended to
-/// `X-Forwarded-For` (behind a proxy every peer is the proxy itself).
-pub fn client_address(
-    peer: IpAddr,
-    forwarded_for: Option<&str>,
-    trust_forwarded_for: bool,
-) -> IpAddr {
+/// `X-Forwarded-For` (behind a proxy every peer is the proxy itself). The last
+/// entry of the last such header counts, as proxies that add a header line of
+/// their own instead of extending the client's put theirs after it.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trust_forwarded_for: bool) -> IpAddr {
     if !trust_forwarded_for {
         return peer;
     }
-    forwarded_for
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|line| line.to_str().ok())
         .and_then(|list| list.rsplit(',').next())
         .and_then(|last| last.trim().parse().ok())
         .unwrap_or(peer)
@@ -195,14 +238,66 @@ mod tests {
     #[test]
     fn behind_a_trusted_proxy_attempts_count_against_the_forwarded_address() {
         let proxy: IpAddr = "10.0.0.9".parse().unwrap();
-        let header = Some("203.0.113.7, 198.51.100.2");
-        assert_eq!(client_address(proxy, header, false), proxy);
+        let forwarded = |lines: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append("x-forwarded-for", line.parse().unwrap());
+            }
+            headers
+        };
+        let header = forwarded(&["203.0.113.7, 198.51.100.2"]);
+        assert_eq!(client_address(proxy, &header, false), proxy);
         assert_eq!(
-            client_address(proxy, header, true),
+            client_address(proxy, &header, true),
             "198.51.100.2".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(client_address(proxy, Some("garbage"), true), proxy);
-        assert_eq!(client_address(proxy, None, true), proxy);
+        // A proxy that adds its own line: the client's line cannot speak for it.
+        let two_lines = forwarded(&["203.0.113.5", "198.51.100.66"]);
+        assert_eq!(
+            client_address(proxy, &two_lines, true),
+            "198.51.100.66".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_address(proxy, &forwarded(&["garbage"]), true), proxy);
+        assert_eq!(client_address(proxy, &HeaderMap::new(), true), proxy);
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_network() {
+        let limiter = AuthLimiter::new(AuthLimits {
+            max_failures: 2,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(30),
+        });
+        let t0 = Instant::now();
+        limiter.failure("2001:db8:1:2::1".parse().unwrap(), t0);
+        limiter.failure("2001:db8:1:2:ffff::9".parse().unwrap(), t0);
+        assert!(
+            limiter
+                .check("2001:db8:1:2::77".parse().unwrap(), t0)
+                .is_err()
+        );
+        assert_eq!(
+            limiter.check("2001:db8:1:3::1".parse().unwrap(), t0),
+            Ok(())
+        );
+        // An IPv4 address mapped into IPv6 counts as itself.
+        limiter.failure("::ffff:192.0.2.1".parse().unwrap(), t0);
+        limiter.failure("192.0.2.1".parse().unwrap(), t0);
+        assert!(limiter.check("192.0.2.1".parse().unwrap(), t0).is_err());
+    }
+
+    #[test]
+    fn the_table_stays_bounded_under_failures_from_many_networks() {
+        let limiter = AuthLimiter::new(AuthLimits::default());
+        let t0 = Instant::now();
+        for n in 0..(MAX_TRACKED as u32 + 1_000) {
+            limiter.failure(IpAddr::from(n.to_be_bytes()), t0);
+        }
+        assert_eq!(limiter.table.lock().unwrap().records.len(), MAX_TRACKED);
+        // Once they are stale, the next sweep makes room again.
+        let later = t0 + Duration::from_secs(600);
+        limiter.failure("192.0.2.200".parse().unwrap(), later);
+        assert_eq!(limiter.table.lock().unwrap().records.len(), 1);
     }
 
     #[test]

@@ -50,11 +50,7 @@ pub(crate) async fn connect(
         }
     };
     let now = tokio::time::Instant::now().into_std();
-    let forwarded_for = request
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let address = client_address(peer.ip(), forwarded_for, app.config.trust_forwarded_for);
+    let address = client_address(peer.ip(), request.headers(), app.config.trust_forwarded_for);
     if let Err(retry_after) = app.limiter.check(address, now) {
         warn!(%peer, "refusing a worker connection: too many failed attempts from this address");
         let mut response = (
