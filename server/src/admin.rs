@@ -692,10 +692,11 @@ pub(crate) async fn setup(
     let url = public_url(&app, &headers);
     let quic_hint = match &app.config.quic {
         Some(quic) => {
-            let host = url
-                .split("://")
-                .nth(1)
-                .and_then(|rest| rest.split(['/', ':']).next())
+            // The host without its port; an IPv6 address keeps its brackets.
+            let parsed = url::Url::parse(&url).ok();
+            let host = parsed
+                .as_ref()
+                .and_then(|u| u.host_str())
                 .unwrap_or("127.0.0.1");
             format!(
                 "<p>On a lossy link (Wi-Fi, mobile), connect over QUIC instead: <code>--proxy-url quic://{}:{}</code> (with <code>--server-cert-sha256</code> as the relay printed at start-up).</p>",

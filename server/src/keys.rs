@@ -19,6 +19,7 @@ use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection as _, Row as _};
+use tracing::warn;
 
 /// What every key starts with, so clients and secret scanners can tell it apart.
 pub const KEY_PREFIX: &str = "mr-";
@@ -373,13 +374,18 @@ impl KeyStore {
         let Some(id) = found.map(ApiKeyId) else {
             return Ok(None);
         };
-        if self.due_for_touch(id) {
-            self.touch(id, now).await?;
+        // Best effort, tried at most once a minute per key: a key that checked
+        // out is not refused because its last-used time could not be written
+        // (a busy or read-only database).
+        if self.due_for_touch(id)
+            && let Err(error) = self.touch(id, now).await
+        {
+            warn!(key = %id, %error, "could not note an API key's last use");
         }
         Ok(Some(id))
     }
 
-    /// Whether this key's last-used time has not been written for a while.
+    /// Whether this key's last-used time is due to be written; if so, the attempt is noted.
     fn due_for_touch(&self, id: ApiKeyId) -> bool {
         let Ok(mut touched) = self.touched.lock() else {
             return true;

@@ -2,9 +2,12 @@
 //! every request end exactly once), gauges filled from a hub snapshot at scrape.
 //!
 //! Label values are bounded: routes are the five inference paths, models are
-//! ones some worker advertised (a model nobody serves is counted as `unknown`),
+//! ones some worker advertised (a model nobody serves is counted as `unknown`,
+//! and past [`MAX_MODEL_LABELS`] distinct models the rest count as `other`),
 //! outcomes and reasons are fixed words.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use modelrelay_core::relay::{Failure, Outcome, RelayStats};
@@ -20,6 +23,12 @@ use crate::error::ApiError;
 
 /// The model label of a request for a model no worker serves.
 const UNKNOWN_MODEL: &str = "unknown";
+
+/// Distinct model labels kept; models seen after that many count as [`OTHER_MODELS`].
+pub(crate) const MAX_MODEL_LABELS: usize = 1024;
+
+/// The model label once [`MAX_MODEL_LABELS`] distinct ones are in use.
+const OTHER_MODELS: &str = "other";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -86,6 +95,8 @@ pub(crate) struct Metrics {
     cancellations: Family<ReasonLabels, Counter>,
     streamed_bytes: Family<ModelLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    /// Model label values in use (workers may keep renaming their models).
+    model_labels: Mutex<HashSet<String>>,
 }
 
 /// Workers by state, for the `workers` gauge.
@@ -197,7 +208,23 @@ impl Metrics {
             cancellations,
             streamed_bytes,
             tokens,
+            model_labels: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The label for `model`: itself while fewer than [`MAX_MODEL_LABELS`] are in use.
+    fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        let Ok(mut labels) = self.model_labels.lock() else {
+            return OTHER_MODELS;
+        };
+        if labels.contains(model) {
+            return model;
+        }
+        if labels.len() < MAX_MODEL_LABELS {
+            labels.insert(model.to_owned());
+            return model;
+        }
+        OTHER_MODELS
     }
 
     /// A request got its first worker after waiting `waited`.
@@ -217,7 +244,7 @@ impl Metrics {
     /// The byte counter of one model's streams, to keep for the life of a request.
     pub(crate) fn streamed_bytes(&self, model: &str) -> Counter {
         self.streamed_bytes.get_or_create_owned(&ModelLabels {
-            model: model.to_owned(),
+            model: self.model_label(model).to_owned(),
         })
     }
 
@@ -229,7 +256,7 @@ impl Metrics {
                 failure: Failure::UnknownModel,
                 ..
             } => UNKNOWN_MODEL,
-            _ => model,
+            _ => self.model_label(model),
         };
         self.requests
             .get_or_create(&RequestLabels {
@@ -335,12 +362,16 @@ pub(crate) fn outcome_label(outcome: &Outcome) -> &'static str {
 }
 
 /// Token usage a backend reported inside a stream chunk, if this chunk has it:
-/// OpenAI's last chunk (`usage`, with `stream_options.include_usage`) or
-/// Anthropic's `message_start` and `message_delta` events.
+/// OpenAI's last chunk (`usage`, with `stream_options.include_usage`),
+/// Anthropic's `message_start` and `message_delta` events, and the Responses
+/// API's `response.completed` (`response.usage`).
+///
+/// Only the `usage` objects are read, wherever they sit in an event, so an
+/// event split across chunks still counts unless the split falls inside the
+/// small `usage` object itself. Several in one chunk are merged, each count
+/// keeping its largest value.
 pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
-    const NEEDLE: &[u8] = b"\"usage\"";
-    // Most chunks carry no usage: skip them without parsing.
-    memchr::memmem::find(chunk, NEEDLE)?;
+    const KEY: &[u8] = b"\"usage\"";
     #[derive(serde::Deserialize)]
     struct Usage {
         prompt_tokens: Option<u64>,
@@ -349,24 +380,23 @@ pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
         input_tokens: Option<u64>,
         output_tokens: Option<u64>,
     }
-    #[derive(serde::Deserialize)]
-    struct Message {
-        usage: Option<Usage>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Event {
-        usage: Option<Usage>,
-        message: Option<Message>,
-    }
     let mut found: Option<TokenCounts> = None;
-    for line in chunk.split(|&b| b == b'\n') {
-        let Some(data) = line.strip_prefix(b"data:") else {
+    let mut from = 0;
+    // Most chunks carry no usage: memmem skips them without parsing.
+    while let Some(at) = memchr::memmem::find(&chunk[from..], KEY).map(|i| from + i) {
+        from = at + KEY.len();
+        // Inside a JSON string the quotes would be escaped: not a key.
+        if at > 0 && chunk[at - 1] == b'\\' {
+            continue;
+        }
+        let rest = chunk[from..].trim_ascii_start();
+        let Some(rest) = rest.strip_prefix(b":") else {
             continue;
         };
-        let Ok(event) = serde_json::from_slice::<Event>(data.trim_ascii()) else {
+        let Some(object) = json_object_at(rest.trim_ascii_start()) else {
             continue;
         };
-        let Some(usage) = event.usage.or(event.message.and_then(|m| m.usage)) else {
+        let Ok(usage) = serde_json::from_slice::<Usage>(object) else {
             continue;
         };
         let counts = TokenCounts {
@@ -375,10 +405,45 @@ pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
             total_tokens: usage.total_tokens,
         };
         if counts.prompt_tokens.is_some() || counts.completion_tokens.is_some() {
-            found = Some(counts);
+            let merged = found.get_or_insert_with(TokenCounts::default);
+            merged.prompt_tokens = merged.prompt_tokens.max(counts.prompt_tokens);
+            merged.completion_tokens = merged.completion_tokens.max(counts.completion_tokens);
+            merged.total_tokens = merged.total_tokens.max(counts.total_tokens);
         }
     }
     found
+}
+
+/// The JSON object `text` starts with, up to its closing brace (strings and
+/// their escapes skipped), or `None` if it does not start with one or ends first.
+fn json_object_at(text: &[u8]) -> Option<&[u8]> {
+    if text.first() != Some(&b'{') {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in text.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[..=i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Why a request was stopped before its answer, if it was.
@@ -453,6 +518,26 @@ mod tests {
     }
 
     #[test]
+    fn model_labels_are_capped() {
+        let metrics = Metrics::new();
+        let route = "/v1/chat/completions";
+        let ok = completed(200, None);
+        for n in 0..MAX_MODEL_LABELS + 10 {
+            metrics.ended(route, &format!("model-{n}"), &ok, Duration::ZERO);
+        }
+        // Known ones keep their label after the cap is reached.
+        metrics.ended(route, "model-0", &ok, Duration::ZERO);
+        let text = metrics.render("local", 0, 0, WorkerStates::default());
+        let models = text
+            .lines()
+            .filter(|l| l.starts_with("modelrelay_requests_total{"))
+            .count();
+        assert_eq!(models, MAX_MODEL_LABELS + 1, "the labels plus `other`");
+        assert!(text.contains(r#"model="other",outcome="ok"} 10"#), "{text}");
+        assert!(text.contains(r#"model="model-0",outcome="ok"} 2"#));
+    }
+
+    #[test]
     fn usage_is_read_from_openai_and_anthropic_stream_events() {
         let openai = br#"data: {"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}
 
@@ -480,6 +565,38 @@ data: {"type":"message_delta","delta":{},"usage":{"output_tokens":30}}
         );
         assert_eq!(stream_usage(b"data: {\"choices\":[]}\n\n"), None);
         assert_eq!(stream_usage(b"data: {\"usage\": not json\n\n"), None);
+        assert_eq!(stream_usage(b"data: {\"usage\": null}\n\n"), None);
+    }
+
+    #[test]
+    fn usage_is_read_from_responses_events_and_split_events() {
+        let completed = br#"event: response.completed
+data: {"type":"response.completed","response":{"id":"r","output":[{"content":[{"text":"a {brace} and \"usage\": {\"input_tokens\": 99}"}]}],"usage":{"input_tokens":7,"output_tokens":11,"total_tokens":18,"output_tokens_details":{"reasoning_tokens":0}}}}
+
+"#;
+        assert_eq!(
+            stream_usage(completed),
+            Some(TokenCounts {
+                prompt_tokens: Some(7),
+                completion_tokens: Some(11),
+                total_tokens: Some(18),
+            })
+        );
+        // The event's start came in an earlier chunk; the usage is whole in this one.
+        let tail = br#"reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}
+
+data: [DONE]
+
+"#;
+        assert_eq!(
+            stream_usage(tail).and_then(|u| u.completion_tokens),
+            Some(4)
+        );
+        // Cut inside the usage object: nothing rather than a wrong count.
+        assert_eq!(
+            stream_usage(br#"data: {"usage":{"prompt_tokens":3,"compl"#),
+            None
+        );
     }
 
     #[test]

@@ -820,4 +820,15 @@ async fn setup_shows_commands_with_this_servers_url() {
         !hostile.text().contains("<script>\""),
         "a hostile Host header is not echoed"
     );
+
+    // The QUIC hint names the host the browser used, an IPv6 one in brackets.
+    let quic = relay_with_quic(|config| config.admin_token = Some(AdminToken::new(ADMIN))).await;
+    let page = get_with(
+        &http,
+        &format!("{}/setup", quic.url()),
+        &[("authorization", BEARER), ("host", "[2001:db8::1]:8080")],
+    )
+    .await
+    .text();
+    assert!(page.contains("quic://[2001:db8::1]:"), "{page}");
 }

@@ -207,3 +207,33 @@ async fn a_database_url_that_is_not_postgres_is_refused() {
         "Debug hides the URL"
     );
 }
+
+#[tokio::test]
+async fn a_key_is_not_refused_when_its_last_use_cannot_be_written() {
+    use sqlx::{Connection as _, Executor as _};
+    let dir = sqlite_dir("busy");
+    let store = KeyStore::open(&KeyStoreLocation::Sqlite(dir.clone()))
+        .await
+        .unwrap();
+    let created = store.create("busy", SystemTime::now()).await.unwrap();
+    // Another writer holds the database for longer than the store waits.
+    let mut other = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.join("modelrelay.sqlite3").display()
+    ))
+    .await
+    .unwrap();
+    other.execute("BEGIN IMMEDIATE").await.unwrap();
+    assert_eq!(
+        store
+            .authenticate(&created.key, SystemTime::now())
+            .await
+            .unwrap(),
+        Some(created.record.id),
+        "checked out although its last use could not be written"
+    );
+    other.execute("ROLLBACK").await.unwrap();
+    assert_eq!(store.list().await.unwrap()[0].last_used_at, None);
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
