@@ -493,7 +493,10 @@ impl HubTask {
                             })
                             .inc_by(chunk.len() as u64);
                         if let Some(usage) = stream_usage(&chunk) {
-                            merge_usage(&mut waiting.stream_usage, usage);
+                            waiting
+                                .stream_usage
+                                .get_or_insert_default()
+                                .merge_max(usage);
                         }
                         // Bytes the client has not taken yet (none if it is gone).
                         let held = waiting
@@ -570,16 +573,6 @@ fn log_close(worker: WorkerId, reason: &CloseReason) {
         reason if reason.is_violation() => warn!(%worker, %reason, "closing worker link"),
         reason => info!(%worker, %reason, "closing worker link"),
     }
-}
-
-/// Both usages merged, each count keeping the larger value (Anthropic reports
-/// input tokens at the start of a stream and output tokens at its end).
-fn merge_usage(into: &mut Option<TokenCounts>, usage: TokenCounts) {
-    let merged = into.get_or_insert_with(TokenCounts::default);
-    let max = |a: Option<u64>, b: Option<u64>| a.max(b);
-    merged.prompt_tokens = max(merged.prompt_tokens, usage.prompt_tokens);
-    merged.completion_tokens = max(merged.completion_tokens, usage.completion_tokens);
-    merged.total_tokens = max(merged.total_tokens, usage.total_tokens);
 }
 
 fn millis(duration: Option<Duration>) -> Option<f64> {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use modelrelay_core::relay::{Failure, Outcome, RelayStats};
-use modelrelay_core::wire::TokenCounts;
+use modelrelay_core::wire::{BackendUsage, TokenCounts};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -372,14 +372,6 @@ pub(crate) fn outcome_label(outcome: &Outcome) -> &'static str {
 /// keeping its largest value.
 pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
     const KEY: &[u8] = b"\"usage\"";
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
-        total_tokens: Option<u64>,
-        input_tokens: Option<u64>,
-        output_tokens: Option<u64>,
-    }
     let mut found: Option<TokenCounts> = None;
     let mut from = 0;
     // Most chunks carry no usage: memmem skips them without parsing.
@@ -396,19 +388,11 @@ pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
         let Some(object) = json_object_at(rest.trim_ascii_start()) else {
             continue;
         };
-        let Ok(usage) = serde_json::from_slice::<Usage>(object) else {
-            continue;
-        };
-        let counts = TokenCounts {
-            prompt_tokens: usage.prompt_tokens.or(usage.input_tokens),
-            completion_tokens: usage.completion_tokens.or(usage.output_tokens),
-            total_tokens: usage.total_tokens,
-        };
-        if counts.prompt_tokens.is_some() || counts.completion_tokens.is_some() {
-            let merged = found.get_or_insert_with(TokenCounts::default);
-            merged.prompt_tokens = merged.prompt_tokens.max(counts.prompt_tokens);
-            merged.completion_tokens = merged.completion_tokens.max(counts.completion_tokens);
-            merged.total_tokens = merged.total_tokens.max(counts.total_tokens);
+        let counts = serde_json::from_slice::<BackendUsage>(object)
+            .ok()
+            .and_then(BackendUsage::counts);
+        if let Some(counts) = counts {
+            found.get_or_insert_default().merge_max(counts);
         }
     }
     found

@@ -15,8 +15,8 @@ use http::Method;
 use modelrelay_core::WireRequestId;
 use modelrelay_core::session::{SessionConfig, SessionInput, SessionOutput, WorkerSession};
 use modelrelay_core::wire::{
-    FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, RequestFrame, ServerMessage, TokenCounts,
-    WireVersion, WorkerMessage,
+    BackendUsage, FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, RequestFrame, ServerMessage,
+    TokenCounts, WireVersion, WorkerMessage,
 };
 use modelrelay_transports::close_code;
 use modelrelay_transports::ws::CLOSE_LINGER;
@@ -540,16 +540,8 @@ async fn call_backend(
 /// Token usage from a JSON body's `usage` (OpenAI or Anthropic field names).
 fn token_counts(headers: &Headers, body: &[u8]) -> Option<TokenCounts> {
     #[derive(serde::Deserialize)]
-    struct Usage {
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
-        total_tokens: Option<u64>,
-        input_tokens: Option<u64>,
-        output_tokens: Option<u64>,
-    }
-    #[derive(serde::Deserialize)]
     struct WithUsage {
-        usage: Option<Usage>,
+        usage: Option<BackendUsage>,
     }
     let json = headers
         .get("content-type")
@@ -557,17 +549,14 @@ fn token_counts(headers: &Headers, body: &[u8]) -> Option<TokenCounts> {
     if !json {
         return None;
     }
-    let usage = serde_json::from_slice::<WithUsage>(body).ok()?.usage?;
-    let prompt = usage.prompt_tokens.or(usage.input_tokens);
-    let completion = usage.completion_tokens.or(usage.output_tokens);
-    let total = usage
+    let mut counts = serde_json::from_slice::<WithUsage>(body)
+        .ok()?
+        .usage?
+        .counts()?;
+    counts.total_tokens = counts
         .total_tokens
-        .or_else(|| prompt?.checked_add(completion?));
-    Some(TokenCounts {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: total,
-    })
+        .or_else(|| counts.prompt_tokens?.checked_add(counts.completion_tokens?));
+    Some(counts)
 }
 
 /// Runs one open link: reports it up, forwards frames, writes the session's messages,

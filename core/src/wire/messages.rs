@@ -116,6 +116,40 @@ pub struct TokenCounts {
     pub total_tokens: Option<u64>,
 }
 
+impl TokenCounts {
+    /// Sets each count to the larger of the two (a stream may report its counts
+    /// in pieces, as Anthropic's does: input tokens first, output tokens last).
+    pub fn merge_max(&mut self, other: TokenCounts) {
+        self.prompt_tokens = self.prompt_tokens.max(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.max(other.completion_tokens);
+        self.total_tokens = self.total_tokens.max(other.total_tokens);
+    }
+}
+
+/// A backend's `usage` object, with OpenAI's names (`prompt_tokens`,
+/// `completion_tokens`, `total_tokens`) or Anthropic's and the Responses
+/// API's (`input_tokens`, `output_tokens`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct BackendUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+impl BackendUsage {
+    /// The counts it reports, or `None` if it reports neither prompt nor completion tokens.
+    pub fn counts(self) -> Option<TokenCounts> {
+        let counts = TokenCounts {
+            prompt_tokens: self.prompt_tokens.or(self.input_tokens),
+            completion_tokens: self.completion_tokens.or(self.output_tokens),
+            total_tokens: self.total_tokens,
+        };
+        (counts.prompt_tokens.is_some() || counts.completion_tokens.is_some()).then_some(counts)
+    }
+}
+
 /// `pong`: answer to a ping.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pong {
@@ -363,5 +397,33 @@ impl<'de> Deserialize<'de> for Headers {
         } else {
             deserializer.deserialize_map(HeadersVisitor)
         }
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_under_either_apis_names_and_merged_by_the_larger_count() {
+        let openai: BackendUsage =
+            serde_json::from_str(r#"{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}"#)
+                .unwrap();
+        let start: BackendUsage =
+            serde_json::from_str(r#"{"input_tokens":12,"output_tokens":1}"#).unwrap();
+        let end: BackendUsage = serde_json::from_str(r#"{"output_tokens":30}"#).unwrap();
+        assert_eq!(
+            openai.counts(),
+            Some(TokenCounts {
+                prompt_tokens: Some(3),
+                completion_tokens: Some(5),
+                total_tokens: Some(8)
+            })
+        );
+        let mut merged = start.counts().unwrap();
+        merged.merge_max(end.counts().unwrap());
+        assert_eq!(merged.prompt_tokens, Some(12));
+        assert_eq!(merged.completion_tokens, Some(30));
+        assert_eq!(BackendUsage::default().counts(), None);
     }
 }

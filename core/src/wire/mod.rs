@@ -14,9 +14,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use messages::{
-    Cancel, CancelReason, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate, Ping, Pong,
-    Register, RegisterAck, RequestFrame, ResponseChunk, ResponseComplete, ServerMessage,
-    TokenCounts, WorkerError, WorkerMessage,
+    BackendUsage, Cancel, CancelReason, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate,
+    Ping, Pong, Register, RegisterAck, RequestFrame, ResponseChunk, ResponseComplete,
+    ServerMessage, TokenCounts, WorkerError, WorkerMessage,
 };
 
 /// The `protocol_version` existing (v1) ModelRelay workers announce.
