@@ -157,6 +157,7 @@ pub(crate) async fn inference(
             body,
             headers: forwarded_headers(&parts.headers, app.config.require_api_keys),
         },
+        route: path,
         responder,
     });
     if !sent {

@@ -95,6 +95,8 @@ pub(crate) enum Command {
     /// A client request.
     Request {
         request: NewRequest,
+        /// The route it came in on (one of the fixed inference paths).
+        route: &'static str,
         responder: ResponseSender,
     },
     /// A client went away.
@@ -214,7 +216,7 @@ struct LinkHandle {
 struct Waiting {
     responder: ResponseSender,
     model: ModelName,
-    route: String,
+    route: &'static str,
     streaming: bool,
     arrived: Instant,
     worker: Option<WorkerId>,
@@ -330,13 +332,17 @@ impl HubTask {
                 }
                 self.feed(Input::WorkerDisconnected { worker });
             }
-            Command::Request { request, responder } => {
+            Command::Request {
+                request,
+                route,
+                responder,
+            } => {
                 self.waiting.insert(
                     request.id,
                     Waiting {
                         responder,
                         model: request.model.clone(),
-                        route: request.endpoint_path.clone(),
+                        route,
                         streaming: request.streaming,
                         arrived: now(),
                         worker: None,
@@ -482,7 +488,7 @@ impl HubTask {
                             let after = now().saturating_duration_since(waiting.arrived);
                             waiting.first_chunk = Some(after);
                             if waiting.streaming {
-                                self.metrics.first_chunk(&waiting.route, after);
+                                self.metrics.first_chunk(waiting.route, after);
                             }
                         }
                         waiting.chunks += 1;
@@ -522,7 +528,7 @@ impl HubTask {
                         }
                         let took = now().saturating_duration_since(waiting.arrived);
                         self.metrics
-                            .ended(&waiting.route, waiting.model.as_str(), &outcome, took);
+                            .ended(waiting.route, waiting.model.as_str(), &outcome, took);
                         log_end(request, &waiting, &outcome, took);
                         let _ = waiting.responder.send(ResponseEvent::Ended(outcome));
                     }
@@ -585,7 +591,7 @@ fn log_end(request: RequestId, waiting: &Waiting, outcome: &Outcome, took: Durat
     let queue_ms = millis(waiting.queue_wait);
     let first_chunk_ms = millis(waiting.first_chunk);
     let worker = waiting.worker.map(|w| w.get());
-    let route = waiting.route.as_str();
+    let route = waiting.route;
     let result = outcome_label(outcome);
     match outcome {
         Outcome::Completed(completion) => info!(

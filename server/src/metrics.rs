@@ -32,19 +32,19 @@ const OTHER_MODELS: &str = "other";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: &'static str,
     model: String,
     outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteOutcomeLabels {
-    route: String,
+    route: &'static str,
     outcome: &'static str,
 }
 
@@ -233,11 +233,9 @@ impl Metrics {
     }
 
     /// A streaming request's first chunk went out `after` its arrival.
-    pub(crate) fn first_chunk(&self, route: &str, after: Duration) {
+    pub(crate) fn first_chunk(&self, route: &'static str, after: Duration) {
         self.first_chunk
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
+            .get_or_create(&RouteLabels { route })
             .observe(after.as_secs_f64());
     }
 
@@ -249,7 +247,13 @@ impl Metrics {
     }
 
     /// A request ended.
-    pub(crate) fn ended(&self, route: &str, model: &str, outcome: &Outcome, took: Duration) {
+    pub(crate) fn ended(
+        &self,
+        route: &'static str,
+        model: &str,
+        outcome: &Outcome,
+        took: Duration,
+    ) {
         let label = outcome_label(outcome);
         let model = match outcome {
             Outcome::Failed {
@@ -260,14 +264,14 @@ impl Metrics {
         };
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
+                route,
                 model: model.to_owned(),
                 outcome: label,
             })
             .inc();
         self.duration
             .get_or_create(&RouteOutcomeLabels {
-                route: route.to_owned(),
+                route,
                 outcome: label,
             })
             .observe(took.as_secs_f64());
