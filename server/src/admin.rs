@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use modelrelay_core::WorkerId;
 use modelrelay_core::wire::WireVersion;
 use serde_json::json;
@@ -153,18 +155,20 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// What a session's signature covers: its expiry, in seconds since the epoch.
+fn session_message(expires: &str) -> String {
+    format!("dashboard-session:{expires}")
 }
 
 /// A session value: its expiry and a signature of it.
 fn session_value(app: &AppState, expires: u64) -> Option<String> {
     let token = app.config.admin_token.as_ref()?;
-    let tag = ring::hmac::sign(
-        &token.session_key(),
-        format!("dashboard-session:{expires}").as_bytes(),
-    );
-    Some(format!("{expires}.{}", hex(tag.as_ref())))
+    let expires = expires.to_string();
+    let tag = ring::hmac::sign(&token.session_key(), session_message(&expires).as_bytes());
+    Some(format!(
+        "{expires}.{}",
+        URL_SAFE_NO_PAD.encode(tag.as_ref())
+    ))
 }
 
 fn session_is_valid(app: &AppState, value: &str, now: SystemTime) -> bool {
@@ -181,25 +185,15 @@ fn session_is_valid(app: &AppState, value: &str, now: SystemTime) -> bool {
     if expires_at <= now {
         return false;
     }
-    let Some(signature) = unhex(signature) else {
+    let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
         return false;
     };
     ring::hmac::verify(
         &token.session_key(),
-        format!("dashboard-session:{expires}").as_bytes(),
+        session_message(expires).as_bytes(),
         &signature,
     )
     .is_ok()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Proof that a request carries the admin token: handlers that take it run only for the operator.
@@ -240,32 +234,28 @@ fn wire_name(wire: WireVersion) -> &'static str {
     }
 }
 
+/// A 503 in the admin API's (OpenAI) error shape.
+fn unavailable(code: &'static str, message: &'static str) -> Response {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response(ApiFlavor::OpenAi)
+}
+
 fn hub_stopped() -> Response {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "shutting_down",
-        "The relay is shutting down.",
-    )
-    .into_response(ApiFlavor::OpenAi)
+    unavailable("shutting_down", "The relay is shutting down.")
 }
 
 fn store_failed(error: &KeyStoreError) -> Response {
     warn!(%error, "the key store failed");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+    unavailable(
         "key_store_unavailable",
         "The API-key database is not available.",
     )
-    .into_response(ApiFlavor::OpenAi)
 }
 
 fn no_key_store() -> Response {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+    unavailable(
         "key_store_unavailable",
         "This server has no API-key database.",
     )
-    .into_response(ApiFlavor::OpenAi)
 }
 
 /// `GET /admin/workers`.
