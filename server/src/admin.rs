@@ -712,8 +712,8 @@ pub(crate) fn carries_relay_key(value: &str) -> bool {
     is_key_shaped(token)
 }
 
-/// With `--require-api-keys`: the client's key, checked before the request is
-/// read. The key is taken from `Authorization: Bearer`, or on `/v1/messages`
+/// With `--require-api-keys` (else nothing to check): the client's key,
+/// checked before the request is read. The key is taken from `Authorization: Bearer`, or on `/v1/messages`
 /// from `x-api-key` (as Anthropic clients send it), preferring whichever has a
 /// relay key's shape, so a client may also carry a backend credential in the
 /// other header.
@@ -722,6 +722,9 @@ pub(crate) async fn check_api_key(
     flavor: ApiFlavor,
     headers: &HeaderMap,
 ) -> Result<(), Response> {
+    if !app.config.require_api_keys {
+        return Ok(());
+    }
     let Some(keys) = &app.config.keys else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

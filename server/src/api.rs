@@ -70,9 +70,7 @@ pub(crate) async fn inference(
     path: &'static str,
     request: Request,
 ) -> Response {
-    if app.config.require_api_keys
-        && let Err(refused) = crate::admin::check_api_key(&app, flavor, request.headers()).await
-    {
+    if let Err(refused) = crate::admin::check_api_key(&app, flavor, request.headers()).await {
         return refused;
     }
     let (parts, body) = request.into_parts();
@@ -350,9 +348,7 @@ fn event_stream(
 
 /// `GET /v1/models`: the models connected workers serve, in the OpenAI list format.
 pub(crate) async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if app.config.require_api_keys
-        && let Err(refused) = crate::admin::check_api_key(&app, ApiFlavor::OpenAi, &headers).await
-    {
+    if let Err(refused) = crate::admin::check_api_key(&app, ApiFlavor::OpenAi, &headers).await {
         return refused;
     }
     let Some(snapshot) = app.hub.snapshot().await else {
