@@ -234,9 +234,14 @@ fn wire_name(wire: WireVersion) -> &'static str {
     }
 }
 
-/// A 503 in the admin API's (OpenAI) error shape.
+/// An error answer in the admin API's (OpenAI) error shape.
+fn admin_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    ApiError::new(status, code, message).into_response(ApiFlavor::OpenAi)
+}
+
+/// A 503 in the admin API's error shape.
 fn unavailable(code: &'static str, message: &'static str) -> Response {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response(ApiFlavor::OpenAi)
+    admin_error(StatusCode::SERVICE_UNAVAILABLE, code, message)
 }
 
 fn hub_stopped() -> Response {
@@ -323,22 +328,20 @@ pub(crate) async fn drain_worker(
     Path(id): Path<String>,
 ) -> Response {
     let Ok(id) = id.parse::<u64>() else {
-        return ApiError::new(
+        return admin_error(
             StatusCode::BAD_REQUEST,
             "invalid_worker_id",
             "A worker id is a number, as GET /admin/workers lists it.",
-        )
-        .into_response(ApiFlavor::OpenAi);
+        );
     };
     let worker = WorkerId::new(id);
     match app.hub.drain_worker(worker, app.config.drain_timeout).await {
         None => hub_stopped(),
-        Some(false) => ApiError::new(
+        Some(false) => admin_error(
             StatusCode::NOT_FOUND,
             "worker_not_found",
             format!("No worker with id {id} is connected."),
-        )
-        .into_response(ApiFlavor::OpenAi),
+        ),
         Some(true) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({"id": id, "draining": true})),
@@ -375,23 +378,21 @@ pub(crate) async fn create_key(
     let body = match axum::body::to_bytes(request.into_body(), MAX_ADMIN_BODY).await {
         Ok(body) => body,
         Err(_) => {
-            return ApiError::new(
+            return admin_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
                 format!("The body must be at most {MAX_ADMIN_BODY} bytes."),
-            )
-            .into_response(ApiFlavor::OpenAi);
+            );
         }
     };
     let new: NewKey = match serde_json::from_slice(&body) {
         Ok(new) => new,
         Err(error) => {
-            return ApiError::new(
+            return admin_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
                 format!("Expected {{\"name\": \"…\"}}: {error}"),
-            )
-            .into_response(ApiFlavor::OpenAi);
+            );
         }
     };
     match keys.create(&new.name, SystemTime::now()).await {
@@ -401,12 +402,11 @@ pub(crate) async fn create_key(
             body["key"] = json!(created.key);
             (StatusCode::CREATED, axum::Json(body)).into_response()
         }
-        Err(KeyStoreError::InvalidName) => ApiError::new(
+        Err(KeyStoreError::InvalidName) => admin_error(
             StatusCode::BAD_REQUEST,
             "invalid_key_name",
             KeyStoreError::InvalidName.to_string(),
-        )
-        .into_response(ApiFlavor::OpenAi),
+        ),
         Err(error) => store_failed(&error),
     }
 }
@@ -421,24 +421,22 @@ pub(crate) async fn revoke_key(
         return no_key_store();
     };
     let Ok(id) = id.parse::<i64>() else {
-        return ApiError::new(
+        return admin_error(
             StatusCode::BAD_REQUEST,
             "invalid_key_id",
             "A key id is a number, as GET /admin/keys lists it.",
-        )
-        .into_response(ApiFlavor::OpenAi);
+        );
     };
     match keys.revoke(ApiKeyId::new(id)).await {
         Ok(true) => {
             info!(key = id, "API key revoked");
             StatusCode::NO_CONTENT.into_response()
         }
-        Ok(false) => ApiError::new(
+        Ok(false) => admin_error(
             StatusCode::NOT_FOUND,
             "key_not_found",
             format!("No API key with id {id}."),
-        )
-        .into_response(ApiFlavor::OpenAi),
+        ),
         Err(error) => store_failed(&error),
     }
 }
@@ -542,12 +540,11 @@ pub(crate) async fn login(
     if is_cross_site(&headers) {
         // Before anything is counted: another site could otherwise post wrong
         // tokens from the operator's browser and so lock the operator out.
-        return ApiError::new(
+        return admin_error(
             StatusCode::FORBIDDEN,
             "cross_site_login",
             "Log in from the relay's own login page.",
-        )
-        .into_response(ApiFlavor::OpenAi);
+        );
     }
     let now = tokio::time::Instant::now().into_std();
     let address = client_address(peer.0.ip(), &headers, app.config.trust_forwarded_for);
