@@ -4,6 +4,8 @@
 //!
 //! `SIM_SEEDS=N` runs N seeds (CI runs a few); `SIM_SEED=S` replays seed S alone;
 //! `SIM_TRACE=1` prints what happened. A failing seed prints the command that replays it.
+//! `SIM_PRINT_DIGESTS=1` prints each seed's trace digest, to check that a refactor
+//! leaves every run exactly as it was (run with `--nocapture`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -306,7 +308,19 @@ fn check(seed: u64, run: &Run) {
 
 #[test]
 fn randomized_fault_schedules_keep_the_contract() {
-    for_each_seed(&seeds(4, 0), "randomized", |seed| check(seed, &run(seed)));
+    for_each_seed(&seeds(4, 0), "randomized", |seed| {
+        let run = run(seed);
+        print_digest(seed, &run);
+        check(seed, &run);
+    });
+}
+
+/// Prints the seed's trace digest when `SIM_PRINT_DIGESTS` is set.
+#[allow(clippy::print_stdout, reason = "asked for on the command line")]
+fn print_digest(seed: u64, run: &Run) {
+    if std::env::var_os("SIM_PRINT_DIGESTS").is_some() {
+        println!("seed {seed} digest {:016x}", run.digest);
+    }
 }
 
 #[test]
