@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use benches::world::{BenchLink, World};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use modelrelay_testkit::stack::{Stack, StackLink};
 use modelrelay_worker::link::ProtocolChoice;
 
 const STREAM_1: &str = r#"{"model":"m","stream":true,"mock":{"tokens":1}}"#;
@@ -21,9 +21,9 @@ fn end_to_end(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let v2 = runtime.block_on(World::start(BenchLink::WebSocket(ProtocolChoice::V2), 64));
-    let v1 = runtime.block_on(World::start(BenchLink::WebSocket(ProtocolChoice::V1), 64));
-    let quic = runtime.block_on(World::start(BenchLink::Quic, 64));
+    let v2 = runtime.block_on(Stack::start(StackLink::WebSocket(ProtocolChoice::V2), 64));
+    let v1 = runtime.block_on(Stack::start(StackLink::WebSocket(ProtocolChoice::V1), 64));
+    let quic = runtime.block_on(Stack::start(StackLink::Quic, 64));
     let targets = [
         ("direct", v2.backend_url.clone(), &v2),
         ("relay_ws_v2", v2.relay_url.clone(), &v2),

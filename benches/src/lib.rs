@@ -1,5 +1,3 @@
 //! Shared set-ups for ModelRelay's benchmarks (`cargo bench -p benches`).
 
 pub mod fixtures;
-pub mod load;
-pub mod world;

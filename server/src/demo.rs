@@ -4,30 +4,32 @@
 //! relay's own port; only the backend is simulated.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use modelrelay_core::session::SessionConfig;
-use modelrelay_worker::backend::HttpBackend;
-use modelrelay_worker::link::{NetDialer, RelayEndpoint};
-use modelrelay_worker::simulated_backend::{SimulatedBackend, SimulatedBackendConfig};
-use modelrelay_worker::{ModelSource, WorkerOptions};
-use tokio::net::TcpListener;
+use modelrelay_testkit::simulated_backend::SimulatedBackendConfig;
+use modelrelay_testkit::{Backend, Worker, WorkerSpec};
 use tokio_util::sync::CancellationToken;
 
 /// The demo model's name.
-pub const DEMO_MODEL: &str = "demo";
+pub(crate) const DEMO_MODEL: &str = "demo";
+
+/// Requests the demo worker runs at once.
+const DEMO_SLOTS: u32 = 16;
+
+/// Tokens in each demo reply.
+const DEMO_TOKENS: usize = 40;
 
 /// The pieces of a running demo.
-pub struct Demo {
-    /// Where the simulated backend listens.
-    pub backend_addr: SocketAddr,
+pub(crate) struct Demo {
+    /// The simulated backend; stops when dropped.
+    _backend: Backend,
     /// The worker; ends after `stop` is cancelled and its requests finish.
-    pub worker: tokio::task::JoinHandle<()>,
+    pub(crate) worker: Worker,
 }
 
 /// The address to dial for a server listening on `addr` (loopback for a wildcard address).
-pub fn dial_address(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn dial_address(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
@@ -40,46 +42,29 @@ pub fn dial_address(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Starts the simulated backend (one token every `token_delay`) and a worker for it
-/// that connects to the relay at `relay`; both stop when `stop` is cancelled.
-pub async fn start(
+/// that connects to the relay at `relay`; the worker stops when `stop` is cancelled.
+pub(crate) async fn start(
     relay: SocketAddr,
     secret: &str,
     token_delay: Duration,
     stop: CancellationToken,
 ) -> std::io::Result<Demo> {
-    let backend = SimulatedBackend::new(SimulatedBackendConfig {
+    let backend = Backend::start(SimulatedBackendConfig {
         models: vec![DEMO_MODEL.into()],
-        tokens: 40,
+        tokens: DEMO_TOKENS,
         token_delay,
-    });
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let backend_addr = listener.local_addr()?;
-    tokio::spawn(backend.serve(listener, stop.clone().cancelled_owned()));
+    })
+    .await?;
     let relay_url = format!("http://{}", dial_address(relay));
-    let endpoint = RelayEndpoint::parse(&relay_url, "local")
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let backend_url = url::Url::parse(&format!("http://{backend_addr}"))
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let http = HttpBackend::new(backend_url).map_err(std::io::Error::other)?;
-    let mut options = WorkerOptions::new(
-        endpoint,
-        secret.to_owned(),
-        ModelSource::List(vec![DEMO_MODEL.into()]),
-    );
-    options.session = SessionConfig {
-        worker_name: "demo-worker".into(),
-        max_concurrent: 16,
-        jitter_seed: modelrelay_worker::process::process_seed(),
-        ..SessionConfig::default()
-    };
-    let worker = tokio::spawn(modelrelay_worker::run(
-        options,
-        NetDialer::new(None),
-        Arc::new(http),
-        stop.cancelled_owned(),
-    ));
+    let mut spec = WorkerSpec::to(&relay_url, &backend.url, &[DEMO_MODEL]);
+    spec.secret = secret;
+    spec.name = "demo-worker";
+    spec.max_concurrent = DEMO_SLOTS;
+    spec.jitter_seed = modelrelay_process::process_seed();
+    spec.shutdown_timeout = SessionConfig::default().shutdown_timeout;
+    let worker = spec.start_until(stop);
     Ok(Demo {
-        backend_addr,
+        _backend: backend,
         worker,
     })
 }

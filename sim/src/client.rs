@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use modelrelay_worker::simulated_backend::expected_text;
+use modelrelay_testkit::simulated_backend::expected_text;
 use serde_json::{Value, json};
 
 use crate::net;

@@ -4,7 +4,7 @@
 //! hosts on a simulated network with simulated time: a test can crash a host,
 //! cut or hold a link, change latency, and replay the very same run from its
 //! seed. Nothing here re-implements the relay: the hosts run
-//! `modelrelay_server::serve` and `modelrelay_worker::run` over turmoil's TCP.
+//! `modelrelay_relay::serve` and `modelrelay_worker::run` over turmoil's TCP.
 
 pub mod client;
 pub mod net;

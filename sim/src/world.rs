@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use modelrelay_core::backoff::BackoffConfig;
 use modelrelay_core::session::SessionConfig;
-use modelrelay_server::ServerConfig;
+use modelrelay_relay::ServerConfig;
+use modelrelay_testkit::simulated_backend::{
+    BackendEvent, SimulatedBackend, SimulatedBackendConfig,
+};
 use modelrelay_transports::quic;
 use modelrelay_transports::tls::{RelayIdentity, Trust, parse_fingerprint};
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::RelayEndpoint;
-use modelrelay_worker::simulated_backend::{
-    BackendEvent, SimulatedBackend, SimulatedBackendConfig,
-};
 use modelrelay_worker::{ModelSource, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 use turmoil::Sim;
@@ -199,7 +199,7 @@ impl World {
                     inner: listener,
                     trace,
                 };
-                modelrelay_server::serve(config, listener, quic, std::future::pending()).await;
+                modelrelay_relay::serve(config, listener, quic, std::future::pending()).await;
                 Ok(())
             }
         });

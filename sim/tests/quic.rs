@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use modelrelay_core::backoff::SeededRng;
-use modelrelay_worker::simulated_backend::SimulatedBackendConfig;
+use modelrelay_testkit::simulated_backend::SimulatedBackendConfig;
 use sim::client::{self, Ask, Outcome};
 use sim::seeds::{for_each_seed, seeds};
 use sim::world::{LinkKind, RELAY, World, WorldConfig, relay_config};

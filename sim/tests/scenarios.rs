@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use modelrelay_worker::simulated_backend::{BackendEvent, SimulatedBackendConfig};
+use modelrelay_testkit::simulated_backend::{BackendEvent, SimulatedBackendConfig};
 use sim::client::{self, Ask, Outcome};
 use sim::world::{RELAY, RELAY_PORT, World, WorldConfig, relay_config};
 

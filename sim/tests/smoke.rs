@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelrelay_server::ServerConfig;
+use modelrelay_relay::ServerConfig;
+use modelrelay_testkit::simulated_backend::{SimulatedBackend, SimulatedBackendConfig};
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::RelayEndpoint;
-use modelrelay_worker::simulated_backend::{SimulatedBackend, SimulatedBackendConfig};
 use modelrelay_worker::{ModelSource, WorkerOptions};
 use sim::net::{SimConnector, SimDialer, listen, post};
 
@@ -18,7 +18,7 @@ fn a_request_streams_through_the_simulated_relay() {
         .build();
     sim.host("relay", || async {
         let config = ServerConfig::new("s");
-        modelrelay_server::serve(config, listen(8080).await?, None, std::future::pending()).await;
+        modelrelay_relay::serve(config, listen(8080).await?, None, std::future::pending()).await;
         Ok(())
     });
     let backend = SimulatedBackend::new(SimulatedBackendConfig {

@@ -9,7 +9,5 @@
 pub mod backend;
 pub mod driver;
 pub mod link;
-pub mod process;
-pub mod simulated_backend;
 
 pub use driver::{ModelSource, WorkerOptions, run};

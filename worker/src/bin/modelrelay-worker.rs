@@ -8,11 +8,11 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use modelrelay_core::backoff::BackoffConfig;
 use modelrelay_core::session::SessionConfig;
+use modelrelay_process::{self as process, LogFormat};
 use modelrelay_transports::quic;
 use modelrelay_transports::tls::{Trust, client_tls, parse_fingerprint};
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::{NetDialer, ProtocolChoice, RelayEndpoint, RelayTransport};
-use modelrelay_worker::process::{self, LogFormat};
 use modelrelay_worker::{ModelSource, WorkerOptions};
 use url::Url;
 

@@ -1,0 +1,7 @@
+//! What every end-to-end test file shares: the test kit, and stories run over each link.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub use modelrelay_testkit::*;
+
+pub mod scenarios;

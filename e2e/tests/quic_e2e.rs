@@ -1,0 +1,296 @@
+//! Workers over QUIC on loopback: the same relay, one stream per request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use modelrelay_core::wire::FrameLimits;
+use modelrelay_transports::LinkReader;
+use modelrelay_transports::quic::{self, Hello};
+use modelrelay_transports::tls::{Trust, parse_fingerprint};
+use serde_json::json;
+
+async fn quic_world() -> (modelrelay_relay::RunningServer, Backend, Worker, Http) {
+    world_over(Link::Quic).await
+}
+
+#[tokio::test]
+async fn a_quic_worker_serves_streams_and_answers_byte_for_byte() {
+    let (relay, backend, _worker, http) = quic_world().await;
+    for route in ["/v1/chat/completions", "/v1/messages", "/v1/responses"] {
+        for stream in [true, false] {
+            let body = json!({"model": "m", "stream": stream, "mock": {"tokens": 30}}).to_string();
+            let direct = http.post(&format!("{}{route}", backend.url), &body).await;
+            let relayed = http.post(&format!("{}{route}", relay.url()), &body).await;
+            assert_eq!(
+                relayed.status,
+                StatusCode::OK,
+                "{route}: {}",
+                relayed.text()
+            );
+            assert_eq!(relayed.body, direct.body, "{route} stream={stream}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn many_concurrent_streams_share_one_quic_connection() {
+    let backend = backend(&["m"]).await;
+    let relay = relay_with_quic(|_| {}).await;
+    let mut spec = WorkerSpec::quic(&relay, &backend, &["m"]);
+    spec.max_concurrent = 32;
+    let _worker = spec.start();
+    let http = Http::new();
+    wait_for_workers(&http, &relay, 1).await;
+    let url = format!("{}/v1/chat/completions", relay.url());
+    let body =
+        json!({"model": "m", "stream": true, "mock": {"tokens": 40, "delay_ms": 2}}).to_string();
+    let direct = http
+        .post(&format!("{}/v1/chat/completions", backend.url), &body)
+        .await;
+    let requests: Vec<_> = (0..32)
+        .map(|_| {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            tokio::spawn(async move { http.post(&url, &body).await })
+        })
+        .collect();
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, direct.body);
+    }
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_quic_stream_cancels_the_backend_call() {
+    let (relay, backend, _worker, http) = quic_world().await;
+    let body = json!({"model": "m", "stream": true, "mock": {"tokens": 1000, "delay_ms": 10, "tag": "gone"}}).to_string();
+    let url = format!("{}/v1/chat/completions", relay.url());
+    leave_after(&http, &url, &body, 1).await;
+    assert!(
+        backend.saw_cancelled("gone", Duration::from_secs(5)).await,
+        "the backend never saw the cancellation"
+    );
+    // The connection serves on.
+    let reply = http
+        .post(
+            &format!("{}/v1/chat/completions", relay.url()),
+            r#"{"model":"m"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_quic_worker_killed_before_the_first_byte_has_its_request_requeued() {
+    scenarios::a_worker_killed_before_the_first_byte_has_its_request_requeued(Link::Quic).await;
+}
+
+#[tokio::test]
+async fn a_draining_quic_worker_finishes_its_stream_while_a_replacement_takes_new_work() {
+    scenarios::a_stopping_worker_finishes_while_a_replacement_takes_new_work(Link::Quic).await;
+}
+
+/// What a bare link gets: the relay's messages and a writer for the worker's.
+type RawLink = (
+    quic::QuicReader<modelrelay_core::wire::ServerMessage>,
+    quic::WorkerWriter,
+);
+
+/// Connects to `relay` over QUIC as a bare link, saying hello with `secret`.
+async fn raw_quic(
+    relay: &modelrelay_relay::RunningServer,
+    secret: &str,
+) -> Result<RawLink, quic::ConnectError> {
+    let (_, fingerprint) = relay.quic().unwrap();
+    let pinned = Trust::Pinned(parse_fingerprint(fingerprint).unwrap());
+    raw_quic_trusting(relay, secret, &pinned).await
+}
+
+/// Like [`raw_quic`], trusting what `trust` says.
+async fn raw_quic_trusting(
+    relay: &modelrelay_relay::RunningServer,
+    secret: &str,
+    trust: &Trust,
+) -> Result<RawLink, quic::ConnectError> {
+    let (addr, _) = relay.quic().unwrap();
+    let config = quic::client_config(trust).unwrap();
+    let local = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hello = Hello {
+        secret: secret.into(),
+        provider: "local".into(),
+    };
+    quic::connect(
+        &local,
+        config,
+        addr,
+        "localhost",
+        &hello,
+        FrameLimits::default(),
+    )
+    .await
+}
+
+/// Waits for the relay to close the link; returns its close code.
+async fn closed_with(
+    reader: &mut quic::QuicReader<modelrelay_core::wire::ServerMessage>,
+) -> Option<u16> {
+    let next = tokio::time::timeout(Duration::from_secs(5), reader.next())
+        .await
+        .unwrap();
+    assert!(next.is_none());
+    LinkReader::close_frame(reader).map(|(code, _)| code)
+}
+
+#[tokio::test]
+async fn a_wrong_secret_over_quic_is_closed_with_policy_violation() {
+    let relay = relay_with_quic(|_| {}).await;
+    let (mut reader, _writer) = raw_quic(&relay, "wrong").await.unwrap();
+    assert_eq!(closed_with(&mut reader).await, Some(1008));
+}
+
+#[tokio::test]
+async fn repeated_wrong_secrets_over_quic_are_refused_for_a_cooldown() {
+    let relay = relay_with_quic(|_| {}).await;
+    for _ in 0..5 {
+        let (mut reader, _writer) = raw_quic(&relay, "guess").await.unwrap();
+        assert_eq!(closed_with(&mut reader).await, Some(1008));
+    }
+    // Now even the right secret waits out the cooldown, and the worker is told why.
+    let error = raw_quic(&relay, SECRET)
+        .await
+        .err()
+        .expect("refused during the cooldown");
+    assert!(error.to_string().contains("refused"), "{error}");
+}
+
+#[tokio::test]
+async fn an_untrusted_relay_certificate_fails_with_what_to_do() {
+    let relay = relay_with_quic(|_| {}).await;
+    // Trusting no authority at all, as a worker with the wrong --tls-ca would.
+    let error = raw_quic_trusting(&relay, SECRET, &Trust::Roots(Vec::new()))
+        .await
+        .err()
+        .expect("the handshake fails");
+    assert!(
+        error.to_string().contains("--server-cert-sha256"),
+        "{error}"
+    );
+    // A fingerprint of another certificate says so.
+    let error = raw_quic_trusting(&relay, SECRET, &Trust::Pinned([7u8; 32]))
+        .await
+        .err()
+        .expect("the handshake fails");
+    assert!(error.to_string().contains("not the pinned"), "{error}");
+}
+
+#[tokio::test]
+async fn cancelled_requests_give_their_quic_streams_back() {
+    let backend = backend(&["m"]).await;
+    let relay = relay_with_quic(|_| {}).await;
+    let mut spec = WorkerSpec::quic(&relay, &backend, &["m"]);
+    // Room for only two request streams at a time: a cancelled request whose stream
+    // stayed half open would soon leave none.
+    spec.quic_streams = Some(2);
+    spec.max_concurrent = 2;
+    let _worker = spec.start();
+    let http = Http::new();
+    wait_for_workers(&http, &relay, 1).await;
+    let url = format!("{}/v1/chat/completions", relay.url());
+    for round in 0..8 {
+        let body = json!({"model": "m", "stream": true, "mock": {"tokens": 1000, "delay_ms": 5, "tag": format!("left-{round}")}}).to_string();
+        leave_after(&http, &url, &body, 1).await;
+        assert!(
+            backend
+                .saw_cancelled(&format!("left-{round}"), Duration::from_secs(5))
+                .await,
+            "round {round}: the backend never saw the cancellation"
+        );
+    }
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        http.post(&url, r#"{"model":"m","mock":{"tokens":3}}"#),
+    )
+    .await
+    .expect("a request after many cancels is served");
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+/// A connection that finished its handshake and opened its control stream, but has
+/// not said hello yet.
+async fn silent_quic(
+    relay: &modelrelay_relay::RunningServer,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), quinn::ConnectionError> {
+    let (addr, fingerprint) = relay.quic().unwrap();
+    let trust = Trust::Pinned(parse_fingerprint(fingerprint).unwrap());
+    let local = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = local
+        .connect_with(quic::client_config(&trust).unwrap(), addr, "localhost")
+        .unwrap()
+        .await?;
+    let (mut send, recv) = connection.open_bi().await?;
+    // A stream is only announced with its first byte: send the hello's length prefix.
+    send.write_all(&[0]).await.unwrap();
+    Ok((connection, send, recv))
+}
+
+/// The close code a raw connection ended with.
+async fn close_code_of(connection: &quinn::Connection) -> Option<u64> {
+    match tokio::time::timeout(Duration::from_secs(5), connection.closed())
+        .await
+        .expect("closed in time")
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn connections_held_before_their_hello_cannot_outrun_the_cooldown() {
+    let relay = relay_with_quic(|_| {}).await;
+    // Four connections wait before their hello; a fifth is not let in.
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        waiting.push(silent_quic(&relay).await.unwrap());
+    }
+    assert!(
+        silent_quic(&relay).await.is_err(),
+        "a fifth connection before its hello was let in"
+    );
+    // Five wrong guesses, three of them on waiting connections...
+    for (connection, send, _) in waiting.iter_mut().take(3) {
+        finish_hello(send, "guess").await;
+        assert_eq!(close_code_of(connection).await, Some(1008));
+    }
+    for _ in 0..2 {
+        let (mut reader, _writer) = raw_quic(&relay, "guess").await.unwrap();
+        assert_eq!(closed_with(&mut reader).await, Some(1008));
+    }
+    // ...and the right secret on the last waiting one comes too late: it is refused.
+    let (connection, send, _) = &mut waiting[3];
+    finish_hello(send, SECRET).await;
+    assert_eq!(close_code_of(connection).await, Some(1008));
+}
+
+#[tokio::test]
+async fn a_hello_larger_than_a_hello_is_cut_off() {
+    let relay = relay_with_quic(|_| {}).await;
+    let (connection, mut send, _recv) = silent_quic(&relay).await.unwrap();
+    // The rest of a length prefix announcing 64 MiB.
+    send.write_all(&[4, 0, 0]).await.unwrap();
+    send.write_all(&[0u8; 64 * 1024]).await.unwrap();
+    assert_eq!(close_code_of(&connection).await, Some(0));
+}
+
+/// Completes the hello whose first length byte [`silent_quic`] sent.
+async fn finish_hello(send: &mut quinn::SendStream, secret: &str) {
+    let hello = Hello {
+        secret: secret.into(),
+        provider: "local".into(),
+    };
+    let frame = quic::hello_frame(&hello).unwrap();
+    assert_eq!(frame[0], 0, "a hello is shorter than 16 MiB");
+    send.write_all(&frame[1..]).await.unwrap();
+}

@@ -1,0 +1,314 @@
+//! The `modelrelay-server` binary itself: flags, what it prints, what it keeps across restarts.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// A running `modelrelay-server` process and its log lines (JSON).
+struct ServerProcess {
+    child: Child,
+    logs: mpsc::UnboundedReceiver<Value>,
+    /// Every line it wrote, as written.
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(e2e::binary(e2e::Binary::Server))
+            .args(args)
+            .args(["--log-format", "json", "--log-level", "info"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the server binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, logs) = mpsc::unbounded_channel();
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let lines_seen = Arc::clone(&all);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                lines_seen.lock().unwrap().push(line.clone());
+                let entry = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send(entry).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            logs,
+            lines: all,
+        }
+    }
+
+    /// The fields of the first log line whose message starts with `message`.
+    async fn logged(&mut self, message: &str) -> Value {
+        let wait = async {
+            while let Some(entry) = self.logs.recv().await {
+                let text = entry["fields"]["message"].as_str().unwrap_or_default();
+                if text.starts_with(message) {
+                    return entry["fields"].clone();
+                }
+            }
+            panic!("the server exited before logging {message:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("the server never logged {message:?}"))
+    }
+
+    async fn stop(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn server_args<'a>(listen: &'a str, quic: &'a str, data_dir: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--listen",
+        listen,
+        "--quic-listen",
+        quic,
+        "--worker-secret",
+        SECRET,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]
+}
+
+#[tokio::test]
+async fn a_quic_worker_pins_the_printed_fingerprint_which_survives_a_restart() {
+    let data_dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("binary-quic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let mut server = ServerProcess::start(&server_args("127.0.0.1:0", "127.0.0.1:0", &data_dir));
+    let quic = server.logged("QUIC worker links on").await;
+    let listening = server.logged("relay listening").await;
+    let quic_addr = quic["addr"].as_str().unwrap().to_owned();
+    let fingerprint = quic["fingerprint"].as_str().unwrap().to_owned();
+    let http_addr = listening["addr"].as_str().unwrap().to_owned();
+    assert_eq!(fingerprint.len(), 32 * 3 - 1, "{fingerprint}");
+
+    let backend = backend(&["m"]).await;
+    let relay_url = format!("quic://{quic_addr}");
+    let mut spec = WorkerSpec::to(&relay_url, &backend.url, &["m"]);
+    spec.trust = Some(modelrelay_transports::tls::Trust::Pinned(
+        modelrelay_transports::tls::parse_fingerprint(&fingerprint).unwrap(),
+    ));
+    let _worker = spec.start();
+    let http = Http::new();
+    let base = format!("http://{http_addr}");
+    wait_for_workers_at(&http, &base, 1).await;
+    let body = json!({"model": "m", "stream": true, "mock": {"tokens": 20}}).to_string();
+    let direct = http
+        .post(&format!("{}/v1/chat/completions", backend.url), &body)
+        .await;
+    let streams_as_the_backend_does = async || {
+        let relayed = http
+            .post(&format!("{base}/v1/chat/completions"), &body)
+            .await;
+        assert_eq!(relayed.status, StatusCode::OK, "{}", relayed.text());
+        assert_eq!(relayed.body, direct.body);
+    };
+    streams_as_the_backend_does().await;
+
+    // Restarted on the same ports and data directory, the relay keeps its
+    // certificate: the worker, still pinning it, reconnects on its own.
+    server.stop().await;
+    let mut server = ServerProcess::start(&server_args(&http_addr, &quic_addr, &data_dir));
+    let again = server.logged("QUIC worker links on").await;
+    assert_eq!(again["fingerprint"].as_str().unwrap(), fingerprint);
+    server.logged("relay listening").await;
+    wait_for_workers_at(&http, &base, 1).await;
+    streams_as_the_backend_does().await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn half_a_certificate_is_refused_with_a_clear_message() {
+    let output = Command::new(e2e::binary(e2e::Binary::Server))
+        .args(["--worker-secret", "s", "--quic-listen", "127.0.0.1:0"])
+        .args(["--tls-cert", "/nonexistent/cert.pem"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--tls-key"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_server_binary_runs_admin_and_api_keys_and_logs_each_request_end_as_json() {
+    let data_dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("binary-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let admin = "binary-admin-token";
+    let mut server = ServerProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--demo",
+        "--admin-token",
+        admin,
+        "--require-api-keys",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    let listening = server.logged("relay listening").await;
+    let base = format!("http://{}", listening["addr"].as_str().unwrap());
+    let http = Http::new();
+    wait_for_workers_at(&http, &base, 1).await;
+    assert!(
+        data_dir.join("modelrelay.sqlite3").exists(),
+        "keys live in --data-dir"
+    );
+
+    let bearer = format!("Bearer {admin}");
+    let created = http
+        .post_with(
+            &format!("{base}/admin/keys"),
+            r#"{"name":"cli"}"#,
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    let chat =
+        json!({"model": "demo", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+    let url = format!("{base}/v1/chat/completions");
+    let refused = http.post(&url, &chat).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let key_header = format!("Bearer {key}");
+    let answer = http
+        .post_with(
+            &url,
+            &chat,
+            &[
+                ("authorization", &key_header),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let request_id = answer.headers["x-modelrelay-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let ended = server.logged("request completed").await;
+    assert_eq!(ended["request"].as_str().unwrap(), request_id);
+    assert_eq!(ended["route"], "/v1/chat/completions");
+    assert_eq!(ended["model"], "demo");
+    assert_eq!(ended["status"], 200);
+    assert_eq!(ended["outcome"], "ok");
+    assert!(ended["worker"].as_u64().is_some(), "{ended}");
+    for timing in ["queue_ms", "first_chunk_ms", "elapsed_ms"] {
+        assert!(
+            ended[timing].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{timing}: {ended}"
+        );
+    }
+    let refused_line = http.post(&url, &chat).await;
+    assert_eq!(refused_line.status, StatusCode::UNAUTHORIZED);
+    let lines = Arc::clone(&server.lines);
+    server.stop().await;
+    let lines = lines.lock().unwrap();
+    assert!(lines.len() > 3);
+    for line in lines.iter() {
+        assert!(
+            !line.contains(&key) && !line.contains(admin),
+            "a secret in the log: {line}"
+        );
+    }
+    drop(lines);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn bad_operator_settings_are_refused_with_a_clear_message() {
+    let cases: [(&[&str], &str); 3] = [
+        (&["--admin-token", " "], "--admin-token must not be empty"),
+        (&["--database-url", "mysql://db/keys"], "postgres://"),
+        (
+            &["--public-url", "https://relay.example.com/it's"],
+            "--public-url",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = Command::new(e2e::binary(e2e::Binary::Server))
+            .args(["--worker-secret", "s", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("MODELRELAY_ADMIN_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_readme_documents_every_server_flag_as_help_prints_it() {
+    let output = Command::new(e2e::binary(e2e::Binary::Server))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let mut flag: Option<String> = None;
+    let mut checked = 0;
+    let mut check = |flag: &str, env: Option<&str>| {
+        if matches!(flag, "--help" | "--version") {
+            return;
+        }
+        let row = match env {
+            Some(env) => format!("| `{flag}` | `{env}` |"),
+            None => format!("| `{flag}` | |"),
+        };
+        assert!(readme.contains(&row), "README has no row starting {row}");
+        checked += 1;
+    };
+    for line in help.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("--").or_else(|| {
+            line.strip_prefix("-h, --")
+                .or_else(|| line.strip_prefix("-V, --"))
+        }) {
+            if let Some(previous) = flag.take() {
+                check(&previous, None);
+            }
+            flag = Some(format!("--{}", rest.split_whitespace().next().unwrap()));
+        } else if let Some(env) = line.strip_prefix("[env: ") {
+            let env = env.trim_end_matches(']').split('=').next().unwrap();
+            if let Some(previous) = flag.take() {
+                check(&previous, Some(env));
+            }
+        }
+    }
+    if let Some(previous) = flag.take() {
+        check(&previous, None);
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} flags read from --help:\n{help}"
+    );
+}

@@ -1,0 +1,223 @@
+//! Worker links at the protocol level: authentication, refusals, and an existing v1 worker's raw frames.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use modelrelay_core::wire::FrameLimits;
+use modelrelay_transports::ws::client::{HandshakeError, handshake};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = WebSocketStream<TcpStream>;
+
+/// Opens a raw WebSocket to the relay's worker endpoint, as any worker would.
+async fn raw_connect(
+    relay: &modelrelay_relay::RunningServer,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Socket, HandshakeError> {
+    let stream = TcpStream::connect(relay.addr()).await.unwrap();
+    let url = format!("ws://{}/v1/worker/connect{query}", relay.addr());
+    handshake(stream, &url, headers, false, FrameLimits::default())
+        .await
+        .map(|(socket, _)| socket)
+}
+
+/// The next text frame as JSON, or the close frame's code.
+async fn next(socket: &mut Socket) -> Result<Value, Option<u16>> {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame in time");
+        match message {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, frame: &str) {
+    socket.send(Message::Text(frame.into())).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_existing_v1_worker_registers_and_serves_a_request_with_raw_json_frames() {
+    let relay = relay(|_| {}).await;
+    let mut socket = raw_connect(&relay, "?provider=local", &[("x-worker-secret", SECRET)])
+        .await
+        .unwrap();
+    // Exactly what an existing ModelRelay worker sends.
+    send(
+        &mut socket,
+        r#"{"type":"register","worker_name":"legacy-box","models":["llama-3"," llama-3 ",""],"max_concurrent":2,"protocol_version":"2026-04-bridge-v1","current_load":0}"#,
+    )
+    .await;
+    let ack = next(&mut socket).await.unwrap();
+    assert_eq!(ack["type"], "register_ack");
+    assert_eq!(ack["models"], json!(["llama-3"]));
+    assert_eq!(ack["protocol_version"], "2026-04-bridge-v1");
+    assert!(ack["worker_id"].is_string());
+    assert_eq!(ack["warnings"].as_array().unwrap().len(), 2);
+
+    let http = Http::new();
+    let url = format!("{}/v1/chat/completions", relay.url());
+    let client = tokio::spawn({
+        let http = http.clone();
+        async move {
+            http.post_with(
+                &url,
+                r#"{"model":"llama-3","stream":true,"messages":[]}"#,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", "Bearer sk-user"),
+                ],
+            )
+            .await
+        }
+    });
+    let request = next(&mut socket).await.unwrap();
+    assert_eq!(request["type"], "request");
+    assert_eq!(request["model"], "llama-3");
+    assert_eq!(request["endpoint_path"], "/v1/chat/completions");
+    assert_eq!(request["is_streaming"], true);
+    assert_eq!(
+        request["body"],
+        r#"{"model":"llama-3","stream":true,"messages":[]}"#
+    );
+    assert_eq!(request["headers"]["authorization"], "Bearer sk-user");
+    let id = request["request_id"].as_str().unwrap().to_owned();
+    for piece in [
+        "data: {\"a\":1}\n\n",
+        "data: {\"a\":2}\n\n",
+        "data: [DONE]\n\n",
+    ] {
+        let frame = json!({"type": "response_chunk", "request_id": id, "chunk": piece});
+        send(&mut socket, &frame.to_string()).await;
+    }
+    let complete = json!({"type": "response_complete", "request_id": id, "status_code": 200,
+                          "token_counts": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
+    send(&mut socket, &complete.to_string()).await;
+    let reply = client.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.text(),
+        "data: {\"a\":1}\n\ndata: {\"a\":2}\n\ndata: [DONE]\n\n"
+    );
+}
+
+#[tokio::test]
+async fn a_v1_worker_answers_pings_and_gets_cancels_for_clients_that_leave() {
+    let relay = relay(|c| c.relay.heartbeat_interval = Duration::from_millis(200)).await;
+    let mut socket = raw_connect(&relay, "?provider=local&worker_secret=test-secret", &[])
+        .await
+        .expect("the old query-parameter secret is still accepted");
+    send(
+        &mut socket,
+        r#"{"type":"register","worker_name":"w","models":["m"],"max_concurrent":1}"#,
+    )
+    .await;
+    assert_eq!(next(&mut socket).await.unwrap()["type"], "register_ack");
+    let ping = next(&mut socket).await.unwrap();
+    assert_eq!(ping["type"], "ping");
+    send(&mut socket, r#"{"type":"pong","current_load":0}"#).await;
+
+    let http = Http::new();
+    let url = format!("{}/v1/chat/completions", relay.url());
+    let client =
+        tokio::spawn(async move { http.post(&url, r#"{"model":"m","stream":true}"#).await });
+    let request = loop {
+        let frame = next(&mut socket).await.unwrap();
+        if frame["type"] == "request" {
+            break frame;
+        }
+        send(&mut socket, r#"{"type":"pong","current_load":0}"#).await;
+    };
+    client.abort();
+    let cancel = loop {
+        let frame = next(&mut socket).await.unwrap();
+        if frame["type"] == "cancel" {
+            break frame;
+        }
+        send(&mut socket, r#"{"type":"pong","current_load":1}"#).await;
+    };
+    assert_eq!(cancel["request_id"], request["request_id"]);
+    assert_eq!(cancel["reason"], "client_disconnect");
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_secret_is_closed_with_policy_violation() {
+    let relay = relay(|_| {}).await;
+    let mut socket = raw_connect(&relay, "?provider=local", &[("x-worker-secret", "wrong")])
+        .await
+        .unwrap();
+    assert_eq!(next(&mut socket).await, Err(Some(1008)));
+    let mut socket = raw_connect(&relay, "", &[]).await.unwrap();
+    assert_eq!(next(&mut socket).await, Err(Some(1008)));
+}
+
+#[tokio::test]
+async fn an_unknown_provider_is_closed_with_policy_violation() {
+    let relay = relay(|_| {}).await;
+    let mut socket = raw_connect(
+        &relay,
+        "?provider=elsewhere",
+        &[("x-worker-secret", SECRET)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next(&mut socket).await, Err(Some(1008)));
+}
+
+#[tokio::test]
+async fn repeated_failures_from_one_address_are_refused_for_a_cooldown() {
+    let relay = relay(|_| {}).await;
+    for _ in 0..5 {
+        let mut socket = raw_connect(&relay, "", &[("x-worker-secret", "guess")])
+            .await
+            .unwrap();
+        assert_eq!(next(&mut socket).await, Err(Some(1008)));
+    }
+    // Now even the right secret waits out the cooldown.
+    match raw_connect(&relay, "", &[("x-worker-secret", SECRET)]).await {
+        Err(HandshakeError::Refused {
+            status,
+            retry_after_secs,
+        }) => {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+            assert!(retry_after_secs.is_some_and(|s| s > 0 && s <= 60));
+        }
+        other => panic!("expected a 429, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn a_first_frame_other_than_register_is_closed_as_a_protocol_error() {
+    let relay = relay(|_| {}).await;
+    let mut socket = raw_connect(&relay, "", &[("x-worker-secret", SECRET)])
+        .await
+        .unwrap();
+    send(&mut socket, r#"{"type":"pong","current_load":0}"#).await;
+    assert_eq!(next(&mut socket).await, Err(Some(1002)));
+    let mut socket = raw_connect(&relay, "", &[("x-worker-secret", SECRET)])
+        .await
+        .unwrap();
+    send(&mut socket, "this is not json").await;
+    assert_eq!(next(&mut socket).await, Err(Some(1002)));
+}
+
+#[tokio::test]
+async fn a_plain_http_request_to_the_worker_endpoint_is_told_to_upgrade() {
+    let relay = relay(|_| {}).await;
+    let reply = Http::new()
+        .get(&format!("{}/v1/worker/connect", relay.url()))
+        .await;
+    assert_eq!(reply.status, StatusCode::UPGRADE_REQUIRED);
+}
