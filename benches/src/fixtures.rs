@@ -7,7 +7,7 @@ use modelrelay_core::relay::{AuthOutcome, Input, NewRequest, Output, Relay, Rela
 use modelrelay_core::wire::{
     Headers, Register, ResponseChunk, ResponseComplete, ServerMessage, WireVersion, WorkerMessage,
 };
-use modelrelay_core::{ModelName, ProviderId, RequestId, WorkerId};
+use modelrelay_core::{DEFAULT_PROVIDER, ModelName, ProviderId, RequestId, WorkerId};
 
 /// Models the loaded relay's workers serve, each worker a few of them.
 pub const MODELS: [&str; 8] = ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"];
@@ -35,7 +35,7 @@ impl LoadedRelay {
             now: Instant::now(),
             running: Vec::new(),
             next_request: 0,
-            provider: ProviderId::new("local"),
+            provider: ProviderId::new(DEFAULT_PROVIDER),
         };
         for id in 0..workers {
             let worker = WorkerId::new(id);

@@ -235,9 +235,12 @@ macro_rules! name_id {
 }
 
 name_id! {
-    /// A provider: the pool a worker joins (`?provider=` at connect; `local` by default).
+    /// A provider: the pool a worker joins (`?provider=` at connect; [`DEFAULT_PROVIDER`] by default).
     ProviderId
 }
+
+/// The provider a worker joins, and a relay serves, unless told otherwise.
+pub const DEFAULT_PROVIDER: &str = "local";
 
 name_id! {
     /// A model name exactly as workers advertise it and clients ask for it.

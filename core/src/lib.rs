@@ -12,4 +12,4 @@ pub mod relay;
 pub mod session;
 pub mod wire;
 
-pub use ids::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
+pub use ids::{DEFAULT_PROVIDER, ModelName, ProviderId, RequestId, WireRequestId, WorkerId};

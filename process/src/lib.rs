@@ -1,4 +1,5 @@
-//! What the binaries share: log set-up (`RUST_LOG` wins over `--log-level`), signals, seeds.
+//! What the binaries share: log set-up (`RUST_LOG` wins over `--log-level`), signals,
+//! seeds, shell completions.
 
 use tracing_subscriber::EnvFilter;
 
@@ -66,4 +67,11 @@ pub async fn graceful_stop_signal() {
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
+}
+
+/// Prints `C`'s shell completions for `shell` on stdout.
+pub fn print_completions<C: clap::CommandFactory>(shell: clap_complete::Shell) {
+    let mut command = C::command();
+    let name = command.get_name().to_owned();
+    clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use modelrelay_core::DEFAULT_PROVIDER;
 use modelrelay_core::backoff::BackoffConfig;
 use modelrelay_core::session::SessionConfig;
 use modelrelay_relay::ServerConfig;
@@ -255,7 +256,7 @@ impl World {
                     LinkKind::WebSocket => format!("http://{RELAY}:{RELAY_PORT}"),
                     LinkKind::Quic => format!("quic://{RELAY}:{QUIC_PORT}"),
                 };
-                let endpoint = RelayEndpoint::parse(&url, "local")?;
+                let endpoint = RelayEndpoint::parse(&url, DEFAULT_PROVIDER)?;
                 let models = ModelSource::List(vec!["m".into()]);
                 let mut options = WorkerOptions::new(endpoint, SECRET.into(), models);
                 options.session =

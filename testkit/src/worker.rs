@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use modelrelay_core::DEFAULT_PROVIDER;
 use modelrelay_core::session::SessionConfig;
 use modelrelay_relay::RunningServer;
 use modelrelay_transports::tls::{Trust, parse_fingerprint};
@@ -148,8 +149,8 @@ impl<'a> WorkerSpec<'a> {
 
     /// The worker options this spec describes.
     pub fn options(self) -> WorkerOptions {
-        let endpoint =
-            RelayEndpoint::parse(self.relay, "local").expect("the relay URL is a relay endpoint");
+        let endpoint = RelayEndpoint::parse(self.relay, DEFAULT_PROVIDER)
+            .expect("the relay URL is a relay endpoint");
         let mut options = WorkerOptions::new(endpoint, self.secret.to_owned(), self.models);
         options.session = SessionConfig {
             worker_name: self.name.to_owned(),

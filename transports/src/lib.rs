@@ -8,6 +8,7 @@
 //! the UDP socket through quinn's endpoint.
 
 use std::future::Future;
+use std::time::Duration;
 
 use modelrelay_core::wire::{DecodeError, EncodeError, WireVersion};
 use tokio::sync::mpsc;
@@ -17,6 +18,11 @@ pub mod quic;
 pub mod tls;
 #[cfg(feature = "ws")]
 pub mod ws;
+
+/// How long one side of a link, of either kind, waits for the other once it is done
+/// (a close answered, last frames written); a dead link never answers, so this
+/// bounds every close.
+pub const LINK_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Standard WebSocket close codes the relay uses (QUIC closes carry the same numbers).
 pub mod close_code {

@@ -18,8 +18,8 @@ use modelrelay_core::wire::{
     BackendUsage, FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, RequestFrame, ServerMessage,
     TokenCounts, WireVersion, WorkerMessage,
 };
+use modelrelay_transports::LINK_CLOSE_WAIT;
 use modelrelay_transports::close_code;
-use modelrelay_transports::ws::CLOSE_LINGER;
 use modelrelay_transports::{LinkReader, LinkWriter, Outgoing};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -258,7 +258,7 @@ impl<D: Dialer> Driver<D> {
                     let (generation, task, events) =
                         (*generation, task.clone(), self.events.clone());
                     self.tasks.spawn(async move {
-                        tokio::time::sleep(CLOSE_LINGER * 2).await;
+                        tokio::time::sleep(LINK_CLOSE_WAIT * 2).await;
                         if !task.is_finished() {
                             task.abort();
                             let _ = events.send(Event::LinkClosed {
@@ -587,7 +587,7 @@ async fn run_link<R, W>(
             if let Err(error) = result {
                 debug!(%error, "writing to the relay failed");
             }
-            match tokio::time::timeout(CLOSE_LINGER, &mut reading).await {
+            match tokio::time::timeout(LINK_CLOSE_WAIT, &mut reading).await {
                 Ok(ended) => ended,
                 Err(_) => ("the relay did not answer the close: link dead".to_owned(), false),
             }

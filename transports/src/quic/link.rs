@@ -25,8 +25,9 @@ use tracing::debug;
 use super::{read_frame, write_frame};
 use crate::{LinkError, LinkReader, LinkWriter, Outgoing, close_code};
 
-/// How long a closing writer waits for the peer to acknowledge what it sent.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(3);
+/// How long a closing QUIC writer waits for the peer to acknowledge what it sent
+/// (quinn drops unsent data when a connection closes).
+const UNACKED_SEND_WAIT: Duration = Duration::from_secs(3);
 
 /// After the connection closed, how long the reader waits for each message its
 /// streams still hand over (frames that arrived just before the close).
@@ -266,12 +267,12 @@ impl Control {
     }
 
     /// Closes the connection once the control stream and `streams` were
-    /// acknowledged (or [`CLOSE_LINGER`] passed): quinn drops unsent data when a
+    /// acknowledged (or [`UNACKED_SEND_WAIT`] passed): quinn drops unsent data when a
     /// connection closes.
     async fn close(mut self, code: u16, reason: &str, streams: Option<&TaskTracker>) {
         self.frames = None;
         let task = &mut self.task;
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let _ = tokio::time::timeout(UNACKED_SEND_WAIT, async {
             let _ = task.await;
             if let Some(streams) = streams {
                 streams.close();

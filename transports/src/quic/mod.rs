@@ -24,7 +24,7 @@ use modelrelay_core::wire::{FrameLimits, ServerMessage, V2_ALPN, WorkerMessage};
 use quinn::{RecvStream, SendStream, VarInt};
 use serde::{Deserialize, Serialize};
 
-pub use link::{CLOSE_LINGER, QuicReader, RelayWriter, WorkerWriter, reset_code, reset_reason};
+pub use link::{QuicReader, RelayWriter, WorkerWriter, reset_code, reset_reason};
 
 use crate::LinkError;
 use crate::tls::{RelayIdentity, TlsError, Trust, client_tls};

@@ -12,13 +12,10 @@ pub use modelrelay_core::wire::V2_WEBSOCKET_SUBPROTOCOL;
 pub use tokio_tungstenite::WebSocketStream;
 pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use std::time::Duration;
-
 use modelrelay_core::wire::FrameLimits;
 
-/// How long one side of a link waits for the other once it is done (a close answered,
-/// last frames written); a dead link never answers, so this bounds every close.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// The relay library's old name for [`crate::LINK_CLOSE_WAIT`], until it moves over.
+pub use crate::LINK_CLOSE_WAIT as CLOSE_LINGER;
 
 /// WebSocket settings for a link with these frame limits.
 pub fn config(limits: FrameLimits) -> WebSocketConfig {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser};
+use clap::Parser;
+use modelrelay_core::DEFAULT_PROVIDER;
 use modelrelay_core::backoff::BackoffConfig;
 use modelrelay_core::session::SessionConfig;
 use modelrelay_process::{self as process, LogFormat};
@@ -43,7 +44,7 @@ struct Args {
     models: String,
 
     /// Provider (worker pool) to join on the relay.
-    #[arg(long, env = "PROVIDER_NAME", default_value = "local")]
+    #[arg(long, env = "PROVIDER_NAME", default_value = DEFAULT_PROVIDER)]
     provider: String,
 
     /// Name shown on the relay; defaults to the host name.
@@ -116,12 +117,7 @@ fn model_source(models: &str) -> ModelSource {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(shell) = args.completions {
-        clap_complete::generate(
-            shell,
-            &mut Args::command(),
-            "modelrelay-worker",
-            &mut std::io::stdout(),
-        );
+        process::print_completions::<Args>(shell);
         return Ok(());
     }
     process::init(&args.log_level, args.log_format);
@@ -179,6 +175,8 @@ async fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
     #[test]

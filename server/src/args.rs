@@ -1,0 +1,114 @@
+//! The server's command line: every flag, with its environment variable and default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use modelrelay_core::DEFAULT_PROVIDER;
+use modelrelay_process::LogFormat;
+
+/// One stable OpenAI- and Anthropic-compatible endpoint in front of your own
+/// model servers, which connect out to it through `modelrelay-worker`.
+#[derive(Debug, Parser)]
+#[command(name = "modelrelay-server", version, about)]
+pub(crate) struct Args {
+    /// Address to listen on, for clients and workers alike.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: String,
+
+    /// Shared secret workers must present (required unless --demo).
+    #[arg(long, env = "WORKER_SECRET", hide_env_values = true, required_unless_present_any = ["demo", "completions"])]
+    pub(crate) worker_secret: Option<String>,
+
+    /// Provider (worker pool) name workers join.
+    #[arg(long, env = "PROVIDER_NAME", default_value = DEFAULT_PROVIDER)]
+    pub(crate) provider: String,
+
+    /// Most requests waiting for a worker; 0 means no limit.
+    #[arg(long, env = "MAX_QUEUE_LEN", default_value_t = 100)]
+    pub(crate) max_queue_len: usize,
+
+    /// Seconds a request may wait for a worker.
+    #[arg(long, env = "QUEUE_TIMEOUT_SECS", default_value_t = 30)]
+    pub(crate) queue_timeout: u64,
+
+    /// Seconds a request may take in all.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 300)]
+    pub(crate) request_timeout: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub(crate) max_body_bytes: usize,
+
+    /// Seconds running requests may take after SIGTERM before the relay stops.
+    #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub(crate) drain_timeout: u64,
+
+    /// Behind a TLS proxy: count worker logins against the address it puts in X-Forwarded-For.
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    pub(crate) trust_forwarded_for: bool,
+
+    /// Speak only protocol v1 to workers (as older relays do).
+    #[arg(long, env = "DISABLE_PROTOCOL_V2")]
+    pub(crate) disable_v2: bool,
+
+    /// UDP address for QUIC worker links (off unless given), for example 0.0.0.0:8443.
+    #[arg(long, env = "QUIC_LISTEN_ADDR")]
+    pub(crate) quic_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain for QUIC; without it a self-signed one is made and kept in --data-dir.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Where the relay keeps its state (the API-key database, the self-signed QUIC certificate).
+    #[arg(long, env = "MODELRELAY_DATA_DIR", default_value = "modelrelay-data")]
+    pub(crate) data_dir: PathBuf,
+
+    /// Bearer token for /admin/*, /dashboard and /setup; unset, they answer 403.
+    #[arg(long, env = "MODELRELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+
+    /// Client routes need an API key (Authorization: Bearer mr-…, or x-api-key on /v1/messages).
+    #[arg(long, env = "MODELRELAY_REQUIRE_API_KEYS")]
+    pub(crate) require_api_keys: bool,
+
+    /// postgres://… to keep API keys in PostgreSQL (shared by several relays); default: SQLite in --data-dir.
+    #[arg(long, env = "MODELRELAY_DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+
+    /// This server's URL as workers and clients reach it, shown on /setup (default: from the request).
+    #[arg(long, env = "MODELRELAY_PUBLIC_URL")]
+    pub(crate) public_url: Option<url::Url>,
+
+    /// Run with a built-in simulated model and worker: streams with no GPU and no backend.
+    #[arg(long)]
+    pub(crate) demo: bool,
+
+    /// Log level or filter (RUST_LOG wins).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub(crate) log_level: String,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+
+    /// Print shell completions and exit.
+    #[arg(long, hide = true, value_name = "SHELL")]
+    pub(crate) completions: Option<clap_complete::Shell>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+}
