@@ -1,0 +1,251 @@
+//! Handlers of what clients cause (arrival, departure, deadlines), and how a request ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::request_entry::{RequestEntry, RequestState};
+use super::routes::{Provider, QueueEnd};
+use super::timers::TimerOwner;
+use super::{Failure, InputError, NewRequest, Outcome, Output, Relay};
+use crate::ids::{RequestId, WorkerId};
+use crate::wire::{Cancel, CancelReason, RequestFrame, ServerMessage};
+
+impl Relay {
+    pub(super) fn on_request(&mut self, now: Instant, new: NewRequest) -> Result<(), InputError> {
+        if self.requests.contains_key(&new.id) {
+            return Err(InputError::DuplicateRequest(new.id));
+        }
+        let id = new.id;
+        let failure = if self.shutting_down {
+            Some(Failure::ShuttingDown)
+        } else if !self.knows_model(&new.provider, new.model.as_str()) {
+            Some(Failure::UnknownModel)
+        } else {
+            None
+        };
+        if let Some(failure) = failure {
+            self.end_unregistered(id, failure);
+            return Ok(());
+        }
+        self.arrivals += 1;
+        let entry = RequestEntry {
+            provider: new.provider,
+            frame: Arc::new(RequestFrame {
+                request_id: id.into(),
+                model: new.model,
+                endpoint_path: new.endpoint_path,
+                is_streaming: new.streaming,
+                body: new.body,
+                headers: new.headers,
+            }),
+            arrival: self.arrivals,
+            queue_deadline: now.checked_add(self.config.queue_timeout),
+            deadline: now.checked_add(self.config.request_timeout),
+            client_done_deadline: None,
+            requeues: 0,
+            state: RequestState::Queued { seq: 0 },
+            timer: None,
+        };
+        self.requests.insert(id, entry);
+        if !self.try_assign(id) {
+            self.enqueue(now, id, QueueEnd::Back);
+        }
+        Ok(())
+    }
+
+    /// Ends a request that never entered the tables.
+    pub(super) fn end_unregistered(&mut self, request: RequestId, failure: Failure) {
+        self.stats.failed += 1;
+        self.outputs.push_back(Output::RequestEnded {
+            request,
+            outcome: Outcome::Failed {
+                failure,
+                streamed: false,
+            },
+        });
+    }
+
+    /// Ends a request on its client's account: removed from the queue, or cancelled at
+    /// its worker (for the worker, the client went away either way). With a failure,
+    /// the client is still there and hears of it; without, it left.
+    pub(super) fn stop_for_client(&mut self, request_id: RequestId, failure: Option<Failure>) {
+        let Some(request) = self.requests.get(&request_id) else {
+            return; // ended already
+        };
+        let mut streamed = false;
+        if let RequestState::Assigned {
+            worker,
+            streamed: s,
+            ..
+        } = request.state
+        {
+            streamed = s;
+            self.send(
+                worker,
+                ServerMessage::Cancel(Cancel {
+                    request_id: request_id.into(),
+                    reason: CancelReason::ClientDisconnect,
+                }),
+            );
+        }
+        let outcome = match failure {
+            Some(failure) => Outcome::Failed { failure, streamed },
+            None => Outcome::Cancelled,
+        };
+        self.finish(request_id, outcome);
+    }
+
+    /// The client left with its whole answer: a request that streamed waits briefly
+    /// for its completion (the first such deadline holds); any other is stopped as
+    /// if the client had simply gone (so it can never be requeued without a client).
+    pub(super) fn client_done(&mut self, now: Instant, request_id: RequestId) {
+        let grace = self.config.finished_stream_grace;
+        let Some(request) = self.requests.get_mut(&request_id) else {
+            return; // ended already
+        };
+        if !matches!(request.state, RequestState::Assigned { streamed: true, .. }) {
+            self.stop_for_client(request_id, None);
+            return;
+        }
+        if request.client_done_deadline.is_none() {
+            request.client_done_deadline = Some(now.checked_add(grace).unwrap_or(now));
+            let next = request.next_deadline();
+            self.timers
+                .rearm(TimerOwner::Request(request_id), &mut request.timer, next);
+        }
+    }
+
+    pub(super) fn on_request_timer(&mut self, now: Instant, request_id: RequestId) {
+        let Some(request) = self.requests.get_mut(&request_id) else {
+            return;
+        };
+        request.timer = None; // popped by handle_timeout
+        let timed_out = request.deadline.is_some_and(|at| at <= now);
+        match request.state {
+            RequestState::Queued { .. } => {
+                let queue_expired = request.queue_deadline.is_some_and(|at| at <= now);
+                if queue_expired || timed_out {
+                    // Both may have passed: name the one that came first.
+                    let request_first = match (request.deadline, request.queue_deadline) {
+                        (Some(deadline), Some(queue_deadline)) => deadline < queue_deadline,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    };
+                    let failure = if timed_out && request_first {
+                        Failure::RequestTimeout
+                    } else {
+                        Failure::QueueTimeout
+                    };
+                    self.fail(request_id, failure, false);
+                    return;
+                }
+            }
+            RequestState::Assigned { .. }
+                if request.client_done_deadline.is_some_and(|at| {
+                    at <= now && request.deadline.is_none_or(|deadline| at <= deadline)
+                }) =>
+            {
+                // The client has its answer but the worker never said it was done.
+                self.stop_for_client(request_id, None);
+                return;
+            }
+            RequestState::Assigned {
+                worker, streamed, ..
+            } if timed_out => {
+                self.send(
+                    worker,
+                    ServerMessage::Cancel(Cancel {
+                        request_id: request_id.into(),
+                        reason: CancelReason::Timeout,
+                    }),
+                );
+                self.fail(request_id, Failure::RequestTimeout, streamed);
+                return;
+            }
+            RequestState::Detached if timed_out => {
+                self.fail(request_id, Failure::RequestTimeout, false);
+                return;
+            }
+            RequestState::Assigned { .. } | RequestState::Detached => {}
+        }
+        let next = request.next_deadline();
+        self.timers
+            .rearm(TimerOwner::Request(request_id), &mut request.timer, next);
+    }
+
+    /// Ends a live request with a failure.
+    pub(super) fn fail(&mut self, request_id: RequestId, failure: Failure, streamed: bool) {
+        self.finish(request_id, Outcome::Failed { failure, streamed });
+    }
+
+    /// Ends a live request: one `RequestEnded`, then its worker slot goes to the next waiting request.
+    pub(super) fn finish(&mut self, request_id: RequestId, outcome: Outcome) {
+        let Some(mut request) = self.requests.remove(&request_id) else {
+            return;
+        };
+        self.timers
+            .rearm(TimerOwner::Request(request_id), &mut request.timer, None);
+        match &outcome {
+            Outcome::Completed(_) => self.stats.completed += 1,
+            Outcome::Failed { .. } => self.stats.failed += 1,
+            Outcome::Cancelled => self.stats.cancelled += 1,
+        }
+        self.outputs.push_back(Output::RequestEnded {
+            request: request_id,
+            outcome,
+        });
+        match request.state {
+            RequestState::Queued { seq } => {
+                if let Some(provider) = self.providers.get_mut(&request.provider) {
+                    provider.dequeue(request.frame.model.as_str(), seq);
+                }
+            }
+            RequestState::Detached => {}
+            RequestState::Assigned { worker, .. } => {
+                let Some(entry) = self.workers.get_mut(&worker) else {
+                    return; // the worker is being removed
+                };
+                entry.in_flight.remove(&request_id);
+                self.ended.insert(request_id, worker);
+                self.rerank(worker);
+                self.close_if_drained(worker);
+                self.fill_worker(worker);
+            }
+        }
+    }
+
+    /// Counts one more requeue of a detached request, or fails it when none are left.
+    pub(super) fn count_requeue(&mut self, request_id: RequestId) -> bool {
+        let Some(request) = self.requests.get_mut(&request_id) else {
+            return false;
+        };
+        if request.requeues >= self.config.max_requeues {
+            self.fail(request_id, Failure::RequeueExhausted, false);
+            return false;
+        }
+        request.requeues += 1;
+        self.stats.requeues += 1;
+        true
+    }
+
+    pub(super) fn shutdown(&mut self, now: Instant, drain_timeout: Duration) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        let mut queued: Vec<RequestId> = self
+            .providers
+            .values()
+            .flat_map(Provider::all_queued)
+            .collect();
+        queued.sort_by_key(|id| self.requests[id].arrival);
+        for request_id in queued {
+            self.fail(request_id, Failure::ShuttingDown, false);
+        }
+        let mut workers: Vec<WorkerId> = self.workers.keys().copied().collect();
+        workers.sort();
+        for worker in workers {
+            self.drain_worker(now, worker, drain_timeout, Some("server_shutdown".into()));
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! What the relay keeps about one connected worker link.
+
+use std::time::Instant;
+
+use rustc_hash::FxHashSet;
+
+use super::SelectionRank;
+use crate::ids::{ModelName, ProviderId, RequestId};
+use crate::wire::WireVersion;
+
+/// Where a worker link is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Connected; `register` must come by the deadline.
+    AwaitingRegister { deadline: Option<Instant> },
+    /// Registered and taking work.
+    Active,
+    /// Taking no new work; closed once idle or at the deadline.
+    Draining { deadline: Option<Instant> },
+}
+
+/// One connected worker link.
+#[derive(Debug)]
+pub(crate) struct WorkerEntry {
+    pub(crate) provider: ProviderId,
+    pub(crate) wire: WireVersion,
+    pub(crate) connected_at: Instant,
+    pub(crate) phase: Phase,
+    pub(crate) name: String,
+    pub(crate) models: Vec<ModelName>,
+    pub(crate) max_concurrent: u32,
+    pub(crate) in_flight: FxHashSet<RequestId>,
+    pub(crate) external_load: u32,
+    pub(crate) last_assigned: u64,
+    /// The rank under which it sits in its models' ready sets, if it does.
+    pub(crate) ranked: Option<SelectionRank>,
+    /// It refused a request; no new work until its next pong or model update.
+    pub(crate) refusing: bool,
+    pub(crate) next_ping: Option<Instant>,
+    /// Lost unless some frame arrives by then; set when a ping goes out unanswered.
+    pub(crate) silent_deadline: Option<Instant>,
+    pub(crate) violations: u32,
+    /// The deadline armed for it in the relay's timers.
+    pub(crate) timer: Option<Instant>,
+}
+
+impl WorkerEntry {
+    /// Requests this relay has running on it.
+    pub(crate) fn in_flight_count(&self) -> u32 {
+        u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The earliest of its deadlines: registration or drain, silence, next ping.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let phase_deadline = match self.phase {
+            Phase::AwaitingRegister { deadline } => deadline,
+            Phase::Draining { deadline } => deadline,
+            Phase::Active => None,
+        };
+        [phase_deadline, self.next_ping, self.silent_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
