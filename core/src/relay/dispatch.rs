@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use super::request_entry::RequestState;
 use super::routes::QueueEnd;
-use super::timers::TimerOwner;
 use super::worker_entry::Phase;
 use super::{Failure, Relay, WorkerLoad};
 use crate::ids::{RequestId, WorkerId};
@@ -65,9 +64,7 @@ impl Relay {
             .expect("checked above")
             .enqueue(&request.frame.model, request_id, end);
         request.state = RequestState::Queued { seq };
-        let next = request.next_deadline();
-        self.timers
-            .rearm(TimerOwner::Request(request_id), &mut request.timer, next);
+        request.rearm(request_id, &mut self.timers);
     }
 
     pub(super) fn assign(&mut self, request_id: RequestId, worker_id: WorkerId) {
@@ -82,9 +79,7 @@ impl Relay {
             streamed_bytes: 0,
             streamed: false,
         };
-        let next = request.next_deadline();
-        self.timers
-            .rearm(TimerOwner::Request(request_id), &mut request.timer, next);
+        request.rearm(request_id, &mut self.timers);
         worker.in_flight.insert(request_id);
         self.assignments += 1;
         worker.last_assigned = self.assignments;

@@ -57,7 +57,7 @@ use timers::{TimerOwner, Timers};
 use worker_entry::{Phase, WorkerEntry};
 
 use crate::ids::{ModelName, ProviderId, RequestId, WorkerId};
-use crate::wire::{ModelsRefresh, ServerMessage};
+use crate::wire::{Cancel, CancelReason, ModelsRefresh, ServerMessage};
 
 /// The relay: decides where every request goes and when it ends. Pure: no I/O, no clock.
 pub struct Relay {
@@ -266,8 +266,24 @@ impl Relay {
         &self.config
     }
 
+    /// Queues a frame for `worker`.
     fn send(&mut self, worker: WorkerId, message: ServerMessage) {
         self.outputs
             .push_back(Output::SendToWorker { worker, message });
+    }
+
+    /// Tells `worker` to stop working on `request`.
+    fn send_cancel(&mut self, worker: WorkerId, request: RequestId, reason: CancelReason) {
+        let cancel = Cancel {
+            request_id: request.into(),
+            reason,
+        };
+        self.send(worker, ServerMessage::Cancel(cancel));
+    }
+
+    /// Asks the driver to close `worker`'s link.
+    fn close_link(&mut self, worker: WorkerId, reason: CloseReason) {
+        self.outputs
+            .push_back(Output::CloseWorker { worker, reason });
     }
 }

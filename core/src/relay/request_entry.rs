@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::routes::QueueSeq;
-use crate::ids::{ProviderId, WorkerId};
+use super::timers::{TimerOwner, Timers};
+use crate::ids::{ProviderId, RequestId, WorkerId};
 use crate::wire::RequestFrame;
 
 /// Where a live request is.
@@ -53,5 +54,16 @@ impl RequestEntry {
                 .min(),
             RequestState::Detached => self.deadline,
         }
+    }
+
+    /// Arms in `timers` the deadline its state calls for, in place of the one armed before.
+    pub(crate) fn rearm(&mut self, id: RequestId, timers: &mut Timers) {
+        let next = self.next_deadline();
+        timers.rearm(TimerOwner::Request(id), &mut self.timer, next);
+    }
+
+    /// Takes its deadline out of `timers`.
+    pub(crate) fn disarm(&mut self, id: RequestId, timers: &mut Timers) {
+        timers.rearm(TimerOwner::Request(id), &mut self.timer, None);
     }
 }

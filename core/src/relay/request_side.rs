@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 
 use super::request_entry::{RequestEntry, RequestState};
 use super::routes::{Provider, QueueEnd};
-use super::timers::TimerOwner;
 use super::{Failure, InputError, NewRequest, Outcome, Output, Relay};
 use crate::ids::{RequestId, WorkerId};
-use crate::wire::{Cancel, CancelReason, RequestFrame, ServerMessage};
+use crate::wire::{CancelReason, RequestFrame};
 
 impl Relay {
     pub(super) fn on_request(&mut self, now: Instant, new: NewRequest) -> Result<(), InputError> {
@@ -80,13 +79,7 @@ impl Relay {
         } = request.state
         {
             streamed = s;
-            self.send(
-                worker,
-                ServerMessage::Cancel(Cancel {
-                    request_id: request_id.into(),
-                    reason: CancelReason::ClientDisconnect,
-                }),
-            );
+            self.send_cancel(worker, request_id, CancelReason::ClientDisconnect);
         }
         let outcome = match failure {
             Some(failure) => Outcome::Failed { failure, streamed },
@@ -109,9 +102,7 @@ impl Relay {
         }
         if request.client_done_deadline.is_none() {
             request.client_done_deadline = Some(now.checked_add(grace).unwrap_or(now));
-            let next = request.next_deadline();
-            self.timers
-                .rearm(TimerOwner::Request(request_id), &mut request.timer, next);
+            request.rearm(request_id, &mut self.timers);
         }
     }
 
@@ -152,13 +143,7 @@ impl Relay {
             RequestState::Assigned {
                 worker, streamed, ..
             } if timed_out => {
-                self.send(
-                    worker,
-                    ServerMessage::Cancel(Cancel {
-                        request_id: request_id.into(),
-                        reason: CancelReason::Timeout,
-                    }),
-                );
+                self.send_cancel(worker, request_id, CancelReason::Timeout);
                 self.fail(request_id, Failure::RequestTimeout, streamed);
                 return;
             }
@@ -168,9 +153,7 @@ impl Relay {
             }
             RequestState::Assigned { .. } | RequestState::Detached => {}
         }
-        let next = request.next_deadline();
-        self.timers
-            .rearm(TimerOwner::Request(request_id), &mut request.timer, next);
+        request.rearm(request_id, &mut self.timers);
     }
 
     /// Ends a live request with a failure.
@@ -183,8 +166,7 @@ impl Relay {
         let Some(mut request) = self.requests.remove(&request_id) else {
             return;
         };
-        self.timers
-            .rearm(TimerOwner::Request(request_id), &mut request.timer, None);
+        request.disarm(request_id, &mut self.timers);
         match &outcome {
             Outcome::Completed(_) => self.stats.completed += 1,
             Outcome::Failed { .. } => self.stats.failed += 1,

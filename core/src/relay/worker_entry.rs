@@ -5,7 +5,8 @@ use std::time::Instant;
 use rustc_hash::FxHashSet;
 
 use super::SelectionRank;
-use crate::ids::{ModelName, ProviderId, RequestId};
+use super::timers::{TimerOwner, Timers};
+use crate::ids::{ModelName, ProviderId, RequestId, WorkerId};
 use crate::wire::WireVersion;
 
 /// Where a worker link is in its life.
@@ -61,5 +62,16 @@ impl WorkerEntry {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Arms in `timers` its earliest deadline, in place of the one armed before.
+    pub(crate) fn rearm(&mut self, id: WorkerId, timers: &mut Timers) {
+        let next = self.next_deadline();
+        timers.rearm(TimerOwner::Worker(id), &mut self.timer, next);
+    }
+
+    /// Takes its deadline out of `timers`.
+    pub(crate) fn disarm(&mut self, id: WorkerId, timers: &mut Timers) {
+        timers.rearm(TimerOwner::Worker(id), &mut self.timer, None);
     }
 }

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashSet;
 
 use super::routes::QueueEnd;
-use super::timers::TimerOwner;
 use super::worker_entry::{Phase, WorkerEntry};
 use super::{
     AuthOutcome, CloseReason, Completion, Failure, InputError, Outcome, Output, Relay,
@@ -13,7 +12,7 @@ use super::{
 };
 use crate::ids::{ProviderId, RequestId, WireRequestId, WorkerId};
 use crate::wire::{
-    Cancel, CancelReason, GracefulShutdown, ModelsUpdate, Ping, Pong, REFUSED_AT_CAPACITY,
+    CancelReason, GracefulShutdown, ModelsUpdate, Ping, Pong, REFUSED_AT_CAPACITY,
     REFUSED_DRAINING, Register, RegisterAck, ResponseChunk, ResponseComplete, ServerMessage,
     WireVersion, WorkerError, WorkerMessage,
 };
@@ -36,8 +35,7 @@ impl Relay {
             AuthOutcome::Accepted => None,
         };
         if let Some(reason) = refuse {
-            self.outputs
-                .push_back(Output::CloseWorker { worker, reason });
+            self.close_link(worker, reason);
             return Ok(());
         }
         self.providers.entry(provider.clone()).or_default();
@@ -240,15 +238,9 @@ impl Relay {
         *streamed_bytes += chunk.len() as u64;
         if *streamed_bytes > limit {
             let streamed = *streamed;
-            self.send(
-                worker,
-                ServerMessage::Cancel(Cancel {
-                    request_id: request_id.into(),
-                    // Only the documented reasons go out (existing workers know no others);
-                    // for the worker, the stream's reader went away.
-                    reason: CancelReason::ClientDisconnect,
-                }),
-            );
+            // Only the documented reasons go out (existing workers know no others);
+            // for the worker, the stream's reader went away.
+            self.send_cancel(worker, request_id, CancelReason::ClientDisconnect);
             self.fail(request_id, Failure::StreamTooLarge, streamed);
             return;
         }
@@ -342,10 +334,7 @@ impl Relay {
         match worker.phase {
             Phase::AwaitingRegister { .. } => {
                 self.remove_worker(worker_id);
-                self.outputs.push_back(Output::CloseWorker {
-                    worker: worker_id,
-                    reason: CloseReason::Drained,
-                });
+                self.close_link(worker_id, CloseReason::Drained);
             }
             Phase::Draining { .. } => {}
             Phase::Active => {
@@ -373,10 +362,7 @@ impl Relay {
             .is_some_and(|w| matches!(w.phase, Phase::Draining { .. }) && w.in_flight.is_empty());
         if drained {
             self.remove_worker(worker_id);
-            self.outputs.push_back(Output::CloseWorker {
-                worker: worker_id,
-                reason: CloseReason::Drained,
-            });
+            self.close_link(worker_id, CloseReason::Drained);
         }
     }
 
@@ -440,18 +426,9 @@ impl Relay {
                 _ => CancelReason::WorkerDisconnect,
             };
             for request_id in &orphans {
-                self.send(
-                    worker_id,
-                    ServerMessage::Cancel(Cancel {
-                        request_id: (*request_id).into(),
-                        reason: cancel_reason.clone(),
-                    }),
-                );
+                self.send_cancel(worker_id, *request_id, cancel_reason.clone());
             }
-            self.outputs.push_back(Output::CloseWorker {
-                worker: worker_id,
-                reason,
-            });
+            self.close_link(worker_id, reason);
         }
         let mut to_front = Vec::new();
         for request_id in orphans {
@@ -478,8 +455,7 @@ impl Relay {
     pub(super) fn remove_worker(&mut self, worker_id: WorkerId) -> Option<WorkerEntry> {
         self.unrank(worker_id);
         let mut worker = self.workers.remove(&worker_id)?;
-        self.timers
-            .rearm(TimerOwner::Worker(worker_id), &mut worker.timer, None);
+        worker.disarm(worker_id, &mut self.timers);
         if let Some(provider) = self.providers.get_mut(&worker.provider) {
             provider.withdraw(&worker.models);
         }
@@ -488,9 +464,7 @@ impl Relay {
 
     pub(super) fn rearm_worker(&mut self, worker_id: WorkerId) {
         if let Some(worker) = self.workers.get_mut(&worker_id) {
-            let next = worker.next_deadline();
-            self.timers
-                .rearm(TimerOwner::Worker(worker_id), &mut worker.timer, next);
+            worker.rearm(worker_id, &mut self.timers);
         }
     }
 }
