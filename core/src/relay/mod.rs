@@ -53,7 +53,7 @@ pub use types::{
 use ended::EndedRequests;
 use request_entry::{RequestEntry, RequestState};
 use routes::Provider;
-use timers::{TimerOwner, Timers};
+use timers::{Timer, Timers};
 use worker_entry::{Phase, WorkerEntry};
 
 use crate::ids::{ModelName, ProviderId, RequestId, WorkerId};
@@ -164,10 +164,10 @@ impl Relay {
 
     /// Lets time pass: expires queue and request deadlines, pings, heartbeats and drains due by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(owner) = self.timers.pop_due(now) {
-            match owner {
-                TimerOwner::Request(id) => self.on_request_timer(now, id),
-                TimerOwner::Worker(id) => self.on_worker_timer(now, id),
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Request(id, deadline) => self.on_request_deadline(id, deadline),
+                Timer::Worker(id) => self.on_worker_timer(now, id),
             }
         }
     }

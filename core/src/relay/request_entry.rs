@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::routes::QueueSeq;
-use super::timers::{TimerOwner, Timers};
+use super::timers::{ArmedDeadlines, RequestDeadline, Timer, Timers};
 use crate::ids::{ProviderId, RequestId, WorkerId};
 use crate::wire::RequestFrame;
 
@@ -36,34 +36,40 @@ pub(crate) struct RequestEntry {
     pub(crate) client_done_deadline: Option<Instant>,
     pub(crate) requeues: u8,
     pub(crate) state: RequestState,
-    /// The deadline armed for it in the relay's timers.
-    pub(crate) timer: Option<Instant>,
+    /// The deadlines armed for it in the relay's timers.
+    pub(crate) armed: ArmedDeadlines,
 }
 
 impl RequestEntry {
-    /// The earliest of the deadlines that apply in its state.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        match self.state {
-            RequestState::Queued { .. } => [self.queue_deadline, self.deadline]
-                .into_iter()
-                .flatten()
-                .min(),
-            RequestState::Assigned { .. } => [self.deadline, self.client_done_deadline]
-                .into_iter()
-                .flatten()
-                .min(),
-            RequestState::Detached => self.deadline,
+    /// When `kind` is due in its current state; `None` if that deadline does not apply now.
+    fn due_at(&self, kind: RequestDeadline) -> Option<Instant> {
+        match (kind, self.state) {
+            (RequestDeadline::Queue, RequestState::Queued { .. }) => self.queue_deadline,
+            (RequestDeadline::ClientDone, RequestState::Assigned { .. }) => {
+                self.client_done_deadline
+            }
+            (RequestDeadline::Total, _) => self.deadline,
+            (RequestDeadline::Queue | RequestDeadline::ClientDone, _) => None,
         }
     }
 
-    /// Arms in `timers` the deadline its state calls for, in place of the one armed before.
+    /// Arms in `timers` the deadlines its state calls for, in place of those armed before.
     pub(crate) fn rearm(&mut self, id: RequestId, timers: &mut Timers) {
-        let next = self.next_deadline();
-        timers.rearm(TimerOwner::Request(id), &mut self.timer, next);
+        for kind in RequestDeadline::ALL {
+            let next = self.due_at(kind);
+            timers.rearm(Timer::Request(id, kind), self.armed.slot(kind), next);
+        }
     }
 
-    /// Takes its deadline out of `timers`.
+    /// Takes its deadlines out of `timers`.
     pub(crate) fn disarm(&mut self, id: RequestId, timers: &mut Timers) {
-        timers.rearm(TimerOwner::Request(id), &mut self.timer, None);
+        for kind in RequestDeadline::ALL {
+            timers.rearm(Timer::Request(id, kind), self.armed.slot(kind), None);
+        }
+    }
+
+    /// Notes that `kind` fired and is no longer armed.
+    pub(crate) fn fired(&mut self, kind: RequestDeadline) {
+        *self.armed.slot(kind) = None;
     }
 }

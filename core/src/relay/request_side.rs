@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::request_entry::{RequestEntry, RequestState};
 use super::routes::{Provider, QueueEnd};
+use super::timers::{ArmedDeadlines, RequestDeadline};
 use super::{Failure, InputError, NewRequest, Outcome, Output, Relay};
 use crate::ids::{RequestId, WorkerId};
 use crate::wire::{CancelReason, RequestFrame};
@@ -43,7 +44,7 @@ impl Relay {
             client_done_deadline: None,
             requeues: 0,
             state: RequestState::Queued { seq: 0 },
-            timer: None,
+            armed: ArmedDeadlines::default(),
         };
         self.requests.insert(id, entry);
         if !self.try_assign(id) {
@@ -106,54 +107,35 @@ impl Relay {
         }
     }
 
-    pub(super) fn on_request_timer(&mut self, now: Instant, request_id: RequestId) {
+    /// One of a request's deadlines passed.
+    pub(super) fn on_request_deadline(&mut self, request_id: RequestId, kind: RequestDeadline) {
         let Some(request) = self.requests.get_mut(&request_id) else {
             return;
         };
-        request.timer = None; // popped by handle_timeout
-        let timed_out = request.deadline.is_some_and(|at| at <= now);
-        match request.state {
-            RequestState::Queued { .. } => {
-                let queue_expired = request.queue_deadline.is_some_and(|at| at <= now);
-                if queue_expired || timed_out {
-                    // Both may have passed: name the one that came first.
-                    let request_first = match (request.deadline, request.queue_deadline) {
-                        (Some(deadline), Some(queue_deadline)) => deadline < queue_deadline,
-                        (Some(_), None) => true,
-                        (None, _) => false,
-                    };
-                    let failure = if timed_out && request_first {
-                        Failure::RequestTimeout
-                    } else {
-                        Failure::QueueTimeout
-                    };
-                    self.fail(request_id, failure, false);
-                    return;
-                }
+        request.fired(kind);
+        match (kind, request.state) {
+            (RequestDeadline::Queue, RequestState::Queued { .. }) => {
+                self.fail(request_id, Failure::QueueTimeout, false);
             }
-            RequestState::Assigned { .. }
-                if request.client_done_deadline.is_some_and(|at| {
-                    at <= now && request.deadline.is_none_or(|deadline| at <= deadline)
-                }) =>
-            {
+            (RequestDeadline::ClientDone, RequestState::Assigned { .. }) => {
                 // The client has its answer but the worker never said it was done.
                 self.stop_for_client(request_id, None);
-                return;
             }
-            RequestState::Assigned {
-                worker, streamed, ..
-            } if timed_out => {
+            (
+                RequestDeadline::Total,
+                RequestState::Assigned {
+                    worker, streamed, ..
+                },
+            ) => {
                 self.send_cancel(worker, request_id, CancelReason::Timeout);
                 self.fail(request_id, Failure::RequestTimeout, streamed);
-                return;
             }
-            RequestState::Detached if timed_out => {
+            (RequestDeadline::Total, RequestState::Queued { .. } | RequestState::Detached) => {
                 self.fail(request_id, Failure::RequestTimeout, false);
-                return;
             }
-            RequestState::Assigned { .. } | RequestState::Detached => {}
+            // Armed only in the states above, so never due in another.
+            (RequestDeadline::Queue | RequestDeadline::ClientDone, _) => {}
         }
-        request.rearm(request_id, &mut self.timers);
     }
 
     /// Ends a live request with a failure.

@@ -5,7 +5,7 @@ use std::time::Instant;
 use rustc_hash::FxHashSet;
 
 use super::SelectionRank;
-use super::timers::{TimerOwner, Timers};
+use super::timers::{Timer, Timers};
 use crate::ids::{ModelName, ProviderId, RequestId, WorkerId};
 use crate::wire::WireVersion;
 
@@ -67,11 +67,11 @@ impl WorkerEntry {
     /// Arms in `timers` its earliest deadline, in place of the one armed before.
     pub(crate) fn rearm(&mut self, id: WorkerId, timers: &mut Timers) {
         let next = self.next_deadline();
-        timers.rearm(TimerOwner::Worker(id), &mut self.timer, next);
+        timers.rearm(Timer::Worker(id), &mut self.timer, next);
     }
 
     /// Takes its deadline out of `timers`.
     pub(crate) fn disarm(&mut self, id: WorkerId, timers: &mut Timers) {
-        timers.rearm(TimerOwner::Worker(id), &mut self.timer, None);
+        timers.rearm(Timer::Worker(id), &mut self.timer, None);
     }
 }
