@@ -67,7 +67,8 @@ impl Relay {
         request.rearm(request_id, &mut self.timers);
     }
 
-    pub(super) fn assign(&mut self, request_id: RequestId, worker_id: WorkerId) {
+    /// Puts a request on a worker and sends it the request frame.
+    fn assign(&mut self, request_id: RequestId, worker_id: WorkerId) {
         let (Some(request), Some(worker)) = (
             self.requests.get_mut(&request_id),
             self.workers.get_mut(&worker_id),

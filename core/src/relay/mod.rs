@@ -57,7 +57,7 @@ use timers::{Timer, Timers};
 use worker_entry::{Phase, WorkerEntry};
 
 use crate::ids::{ModelName, ProviderId, RequestId, WorkerId};
-use crate::wire::{Cancel, CancelReason, ModelsRefresh, ServerMessage};
+use crate::wire::{Cancel, CancelReason, ServerMessage};
 
 /// The relay: decides where every request goes and when it ends. Pure: no I/O, no clock.
 pub struct Relay {
@@ -135,18 +135,7 @@ impl Relay {
                 timeout,
                 reason,
             } => self.drain_worker(now, worker, timeout, reason),
-            Input::RefreshModels { worker } => {
-                let registered = self
-                    .workers
-                    .get(&worker)
-                    .is_some_and(|w| !matches!(w.phase, Phase::AwaitingRegister { .. }));
-                if registered {
-                    self.send(
-                        worker,
-                        ServerMessage::ModelsRefresh(ModelsRefresh { reason: None }),
-                    );
-                }
-            }
+            Input::RefreshModels { worker } => self.refresh_models(worker),
             Input::Shutdown { drain_timeout } => self.shutdown(now, drain_timeout),
         }
         Ok(())

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::routes::QueueSeq;
 use super::timers::{ArmedDeadlines, RequestDeadline, Timer, Timers};
+use super::{NewRequest, RelayConfig};
 use crate::ids::{ProviderId, RequestId, WorkerId};
 use crate::wire::RequestFrame;
 
@@ -41,6 +42,28 @@ pub(crate) struct RequestEntry {
 }
 
 impl RequestEntry {
+    /// A request that arrived at `now`, `arrival`-th in order; not yet queued or assigned.
+    pub(crate) fn new(now: Instant, new: NewRequest, arrival: u64, config: &RelayConfig) -> Self {
+        Self {
+            provider: new.provider,
+            frame: Arc::new(RequestFrame {
+                request_id: new.id.into(),
+                model: new.model,
+                endpoint_path: new.endpoint_path,
+                is_streaming: new.streaming,
+                body: new.body,
+                headers: new.headers,
+            }),
+            arrival,
+            queue_deadline: now.checked_add(config.queue_timeout),
+            deadline: now.checked_add(config.request_timeout),
+            client_done_deadline: None,
+            requeues: 0,
+            state: RequestState::Queued { seq: 0 },
+            armed: ArmedDeadlines::default(),
+        }
+    }
+
     /// When `kind` is due in its current state; `None` if that deadline does not apply now.
     fn due_at(&self, kind: RequestDeadline) -> Option<Instant> {
         match (kind, self.state) {

@@ -1,16 +1,16 @@
 //! Handlers of what clients cause (arrival, departure, deadlines), and how a request ends.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::request_entry::{RequestEntry, RequestState};
 use super::routes::{Provider, QueueEnd};
-use super::timers::{ArmedDeadlines, RequestDeadline};
+use super::timers::RequestDeadline;
 use super::{Failure, InputError, NewRequest, Outcome, Output, Relay};
 use crate::ids::{RequestId, WorkerId};
-use crate::wire::{CancelReason, RequestFrame};
+use crate::wire::CancelReason;
 
 impl Relay {
+    /// A client request arrived: fail it at once, hand it to a worker, or queue it.
     pub(super) fn on_request(&mut self, now: Instant, new: NewRequest) -> Result<(), InputError> {
         if self.requests.contains_key(&new.id) {
             return Err(InputError::DuplicateRequest(new.id));
@@ -28,24 +28,7 @@ impl Relay {
             return Ok(());
         }
         self.arrivals += 1;
-        let entry = RequestEntry {
-            provider: new.provider,
-            frame: Arc::new(RequestFrame {
-                request_id: id.into(),
-                model: new.model,
-                endpoint_path: new.endpoint_path,
-                is_streaming: new.streaming,
-                body: new.body,
-                headers: new.headers,
-            }),
-            arrival: self.arrivals,
-            queue_deadline: now.checked_add(self.config.queue_timeout),
-            deadline: now.checked_add(self.config.request_timeout),
-            client_done_deadline: None,
-            requeues: 0,
-            state: RequestState::Queued { seq: 0 },
-            armed: ArmedDeadlines::default(),
-        };
+        let entry = RequestEntry::new(now, new, self.arrivals, &self.config);
         self.requests.insert(id, entry);
         if !self.try_assign(id) {
             self.enqueue(now, id, QueueEnd::Back);
@@ -54,7 +37,7 @@ impl Relay {
     }
 
     /// Ends a request that never entered the tables.
-    pub(super) fn end_unregistered(&mut self, request: RequestId, failure: Failure) {
+    fn end_unregistered(&mut self, request: RequestId, failure: Failure) {
         self.stats.failed += 1;
         self.outputs.push_back(Output::RequestEnded {
             request,
@@ -192,6 +175,7 @@ impl Relay {
         true
     }
 
+    /// Takes no new requests, fails the queued ones (oldest first) and drains every worker.
     pub(super) fn shutdown(&mut self, now: Instant, drain_timeout: Duration) {
         if self.shutting_down {
             return;

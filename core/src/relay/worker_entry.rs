@@ -46,6 +46,35 @@ pub(crate) struct WorkerEntry {
 }
 
 impl WorkerEntry {
+    /// A link of `provider` that opened at `now` and must register by `register_deadline`.
+    pub(crate) fn new(
+        now: Instant,
+        provider: ProviderId,
+        wire: WireVersion,
+        register_deadline: Option<Instant>,
+    ) -> Self {
+        Self {
+            provider,
+            wire,
+            connected_at: now,
+            phase: Phase::AwaitingRegister {
+                deadline: register_deadline,
+            },
+            name: String::new(),
+            models: Vec::new(),
+            max_concurrent: 0,
+            in_flight: FxHashSet::default(),
+            external_load: 0,
+            last_assigned: 0,
+            ranked: None,
+            refusing: false,
+            next_ping: None,
+            silent_deadline: None,
+            violations: 0,
+            timer: None,
+        }
+    }
+
     /// Requests this relay has running on it.
     pub(crate) fn in_flight_count(&self) -> u32 {
         u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX)

@@ -1,8 +1,6 @@
-//! Handlers of what worker links send (connection, frames, loss) and of operator commands about one worker.
+//! Handlers of what worker links send (connection, frames, loss) and of commands about one worker.
 
 use std::time::{Duration, Instant};
-
-use rustc_hash::FxHashSet;
 
 use super::routes::QueueEnd;
 use super::worker_entry::{Phase, WorkerEntry};
@@ -12,12 +10,13 @@ use super::{
 };
 use crate::ids::{ProviderId, RequestId, WireRequestId, WorkerId};
 use crate::wire::{
-    CancelReason, GracefulShutdown, ModelsUpdate, Ping, Pong, REFUSED_AT_CAPACITY,
+    CancelReason, GracefulShutdown, ModelsRefresh, ModelsUpdate, Ping, Pong, REFUSED_AT_CAPACITY,
     REFUSED_DRAINING, Register, RegisterAck, ResponseChunk, ResponseComplete, ServerMessage,
     WireVersion, WorkerError, WorkerMessage,
 };
 
 impl Relay {
+    /// A worker link opened: admit it to await its `register`, or close it at once.
     pub(super) fn on_worker_connected(
         &mut self,
         now: Instant,
@@ -39,33 +38,14 @@ impl Relay {
             return Ok(());
         }
         self.providers.entry(provider.clone()).or_default();
-        self.workers.insert(
-            worker,
-            WorkerEntry {
-                provider,
-                wire,
-                connected_at: now,
-                phase: Phase::AwaitingRegister {
-                    deadline: now.checked_add(self.config.register_timeout),
-                },
-                name: String::new(),
-                models: Vec::new(),
-                max_concurrent: 0,
-                in_flight: FxHashSet::default(),
-                external_load: 0,
-                last_assigned: 0,
-                ranked: None,
-                refusing: false,
-                next_ping: None,
-                silent_deadline: None,
-                violations: 0,
-                timer: None,
-            },
-        );
+        let register_deadline = now.checked_add(self.config.register_timeout);
+        let entry = WorkerEntry::new(now, provider, wire, register_deadline);
+        self.workers.insert(worker, entry);
         self.rearm_worker(worker);
         Ok(())
     }
 
+    /// A decoded frame from a worker: any frame proves the link alive; `register` must come first.
     pub(super) fn on_worker_frame(
         &mut self,
         now: Instant,
@@ -103,7 +83,8 @@ impl Relay {
         }
     }
 
-    pub(super) fn on_register(&mut self, now: Instant, worker_id: WorkerId, register: Register) {
+    /// The worker registered: check its version, keep its sanitized models, ack, give it work.
+    fn on_register(&mut self, now: Instant, worker_id: WorkerId, register: Register) {
         let Some(worker) = self.workers.get_mut(&worker_id) else {
             return;
         };
@@ -154,7 +135,8 @@ impl Relay {
         self.fill_worker(worker_id);
     }
 
-    pub(super) fn on_models_update(&mut self, worker_id: WorkerId, update: ModelsUpdate) {
+    /// The worker's model list or load changed: re-route it.
+    fn on_models_update(&mut self, worker_id: WorkerId, update: ModelsUpdate) {
         let sanitized = sanitize_models(
             &update.models,
             self.config.max_models_per_worker,
@@ -177,7 +159,8 @@ impl Relay {
         self.fill_worker(worker_id);
     }
 
-    pub(super) fn on_pong(&mut self, worker_id: WorkerId, pong: Pong) {
+    /// The worker answered a ping with its load.
+    fn on_pong(&mut self, worker_id: WorkerId, pong: Pong) {
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.external_load = pong.current_load.saturating_sub(worker.in_flight_count());
             worker.refusing = false;
@@ -190,7 +173,7 @@ impl Relay {
     /// Late frames for requests that ended there are dropped quietly; anything
     /// else (including an id this relay never issues) is a protocol violation,
     /// and too many close the link. Returns the request when it is running there.
-    pub(super) fn owned_request(
+    fn owned_request(
         &mut self,
         now: Instant,
         worker: WorkerId,
@@ -217,7 +200,8 @@ impl Relay {
         None
     }
 
-    pub(super) fn on_chunk(&mut self, now: Instant, worker: WorkerId, chunk: ResponseChunk) {
+    /// Stream bytes for a request: passed to the client, unless the stream grew past its bound.
+    fn on_chunk(&mut self, now: Instant, worker: WorkerId, chunk: ResponseChunk) {
         let ResponseChunk { request_id, chunk } = chunk;
         let Some(request_id) = self.owned_request(now, worker, &request_id) else {
             return;
@@ -251,12 +235,8 @@ impl Relay {
         });
     }
 
-    pub(super) fn on_complete(
-        &mut self,
-        now: Instant,
-        worker: WorkerId,
-        complete: ResponseComplete,
-    ) {
+    /// The worker finished a request.
+    fn on_complete(&mut self, now: Instant, worker: WorkerId, complete: ResponseComplete) {
         let Some(request_id) = self.owned_request(now, worker, &complete.request_id) else {
             return;
         };
@@ -271,7 +251,8 @@ impl Relay {
         );
     }
 
-    pub(super) fn on_worker_error(&mut self, now: Instant, worker: WorkerId, error: WorkerError) {
+    /// The worker reported an error: a refusal before any output requeues; else the request fails.
+    fn on_worker_error(&mut self, now: Instant, worker: WorkerId, error: WorkerError) {
         let Some(request_id) = &error.request_id else {
             return; // about the link as a whole: for the driver's logs, not for routing
         };
@@ -300,12 +281,7 @@ impl Relay {
     }
 
     /// A worker refused a request before starting it: rest the worker, requeue the request.
-    pub(super) fn requeue_refused(
-        &mut self,
-        now: Instant,
-        worker_id: WorkerId,
-        request_id: RequestId,
-    ) {
+    fn requeue_refused(&mut self, now: Instant, worker_id: WorkerId, request_id: RequestId) {
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.in_flight.remove(&request_id);
             worker.refusing = true;
@@ -321,6 +297,7 @@ impl Relay {
         self.close_if_drained(worker_id);
     }
 
+    /// Stops giving a worker new work and closes it once idle or at the deadline.
     pub(super) fn drain_worker(
         &mut self,
         now: Instant,
@@ -355,6 +332,19 @@ impl Relay {
         }
     }
 
+    /// Asks a registered worker to re-read its backend's models.
+    pub(super) fn refresh_models(&mut self, worker_id: WorkerId) {
+        let registered = self
+            .workers
+            .get(&worker_id)
+            .is_some_and(|w| !matches!(w.phase, Phase::AwaitingRegister { .. }));
+        if registered {
+            let refresh = ModelsRefresh { reason: None };
+            self.send(worker_id, ServerMessage::ModelsRefresh(refresh));
+        }
+    }
+
+    /// Closes a draining worker that has nothing left running.
     pub(super) fn close_if_drained(&mut self, worker_id: WorkerId) {
         let drained = self
             .workers
@@ -366,6 +356,7 @@ impl Relay {
         }
     }
 
+    /// The earliest of a worker's deadlines passed; settles every one due, by precedence.
     pub(super) fn on_worker_timer(&mut self, now: Instant, worker_id: WorkerId) {
         let Some(worker) = self.workers.get_mut(&worker_id) else {
             return;
@@ -452,7 +443,7 @@ impl Relay {
     }
 
     /// Takes a worker out of every table; returns what it was.
-    pub(super) fn remove_worker(&mut self, worker_id: WorkerId) -> Option<WorkerEntry> {
+    fn remove_worker(&mut self, worker_id: WorkerId) -> Option<WorkerEntry> {
         self.unrank(worker_id);
         let mut worker = self.workers.remove(&worker_id)?;
         worker.disarm(worker_id, &mut self.timers);
@@ -462,7 +453,8 @@ impl Relay {
         Some(worker)
     }
 
-    pub(super) fn rearm_worker(&mut self, worker_id: WorkerId) {
+    /// Re-arms a worker's timer at its earliest deadline.
+    fn rearm_worker(&mut self, worker_id: WorkerId) {
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.rearm(worker_id, &mut self.timers);
         }
