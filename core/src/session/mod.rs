@@ -126,11 +126,13 @@ impl WorkerSession {
     }
 
     /// The next thing for the driver to do.
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<SessionOutput> {
         self.outputs.pop_front()
     }
 
     /// When [`WorkerSession::handle_timeout`] should next be called.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link_deadline = match self.link {
             LinkState::Down { reconnect_at } => reconnect_at,
