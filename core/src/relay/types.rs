@@ -146,6 +146,7 @@ pub enum Output {
 
 /// A mistake by the driver: an input that names ids in a way the relay cannot accept.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InputError {
     /// A request id that is still live was used again.
     #[error("request id {0} is already in use")]
@@ -176,6 +177,7 @@ pub struct RelayStats {
 
 /// Where a live request is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RequestStatus {
     /// Waiting for a worker.
     Queued,
