@@ -31,8 +31,10 @@ pub(crate) struct RequestEntry {
     pub(crate) frame: Arc<RequestFrame>,
     /// Its place in arrival order.
     pub(crate) arrival: u64,
+    /// It fails unless a worker takes it by then.
     pub(crate) queue_deadline: Option<Instant>,
-    pub(crate) deadline: Option<Instant>,
+    /// It fails unless it ends by then.
+    pub(crate) total_deadline: Option<Instant>,
     /// Its client left with the whole answer: the completion must come by then.
     pub(crate) client_done_deadline: Option<Instant>,
     pub(crate) requeues: u8,
@@ -56,7 +58,7 @@ impl RequestEntry {
             }),
             arrival,
             queue_deadline: now.checked_add(config.queue_timeout),
-            deadline: now.checked_add(config.request_timeout),
+            total_deadline: now.checked_add(config.request_timeout),
             client_done_deadline: None,
             requeues: 0,
             state: RequestState::Queued { seq: 0 },
@@ -71,7 +73,7 @@ impl RequestEntry {
             (RequestDeadline::ClientDone, RequestState::Assigned { .. }) => {
                 self.client_done_deadline
             }
-            (RequestDeadline::Total, _) => self.deadline,
+            (RequestDeadline::Total, _) => self.total_deadline,
             (RequestDeadline::Queue | RequestDeadline::ClientDone, _) => None,
         }
     }

@@ -42,7 +42,7 @@ pub(crate) struct WorkerEntry {
     pub(crate) silent_deadline: Option<Instant>,
     pub(crate) violations: u32,
     /// The deadline armed for it in the relay's timers.
-    pub(crate) timer: Option<Instant>,
+    pub(crate) armed: Option<Instant>,
 }
 
 impl WorkerEntry {
@@ -71,7 +71,7 @@ impl WorkerEntry {
             next_ping: None,
             silent_deadline: None,
             violations: 0,
-            timer: None,
+            armed: None,
         }
     }
 
@@ -96,11 +96,11 @@ impl WorkerEntry {
     /// Arms in `timers` its earliest deadline, in place of the one armed before.
     pub(crate) fn rearm(&mut self, id: WorkerId, timers: &mut Timers) {
         let next = self.next_deadline();
-        timers.rearm(Timer::Worker(id), &mut self.timer, next);
+        timers.rearm(Timer::Worker(id), &mut self.armed, next);
     }
 
     /// Takes its deadline out of `timers`.
     pub(crate) fn disarm(&mut self, id: WorkerId, timers: &mut Timers) {
-        timers.rearm(Timer::Worker(id), &mut self.timer, None);
+        timers.rearm(Timer::Worker(id), &mut self.armed, None);
     }
 }

@@ -361,7 +361,7 @@ impl Relay {
         let Some(worker) = self.workers.get_mut(&worker_id) else {
             return;
         };
-        worker.timer = None; // popped by handle_timeout
+        worker.armed = None; // popped by handle_timeout
         match worker.phase {
             Phase::AwaitingRegister {
                 deadline: Some(deadline),

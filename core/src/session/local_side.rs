@@ -1,5 +1,4 @@
-//! Handlers of what happens on the worker's own side: the link going up or down,
-//! the backend's model list changing, a local shutdown.
+//! Handlers of the worker's own events: its link going up or down, its models changing, shutdown.
 
 use std::time::Instant;
 
