@@ -85,6 +85,7 @@ impl Default for FrameLimits {
 
 /// Why a frame could not be decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The frame is larger than the limit.
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
@@ -125,6 +126,7 @@ pub enum DecodeError {
 
 /// Why a message could not be encoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// v1 text frames carry payloads as JSON strings, so they must be UTF-8.
     #[error("cannot encode as v1 JSON: {0}")]

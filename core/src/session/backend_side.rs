@@ -1,0 +1,96 @@
+//! Handlers of what the backend returns for a request: chunks, the completion, a failure.
+
+use bytes::Bytes;
+
+use super::text_carry::NotUtf8;
+use super::{SessionOutput, WorkerSession};
+use crate::ids::WireRequestId;
+use crate::wire::{
+    CancelReason, ResponseChunk, ResponseComplete, WireVersion, WorkerError, WorkerMessage,
+};
+
+/// `error` code for a request whose backend output is not UTF-8 on a v1 link.
+pub const BACKEND_OUTPUT_NOT_UTF8: &str = "backend_output_not_utf8";
+
+impl WorkerSession {
+    /// Response bytes from the backend: passed on while the request runs and the link is up.
+    pub(super) fn on_backend_chunk(&mut self, request: WireRequestId, chunk: Bytes) {
+        if !self.running.contains(&request) || !self.linked() {
+            return;
+        }
+        match self.sendable_chunk(&request, chunk) {
+            Ok(Some(chunk)) => self.send(WorkerMessage::ResponseChunk(ResponseChunk {
+                request_id: request,
+                chunk,
+            })),
+            Ok(None) => {}
+            Err(NotUtf8) => self.fail_not_utf8(request),
+        }
+    }
+
+    /// The backend finished a request: passed on, unless a v1 link cannot carry its output.
+    pub(super) fn on_backend_complete(&mut self, complete: ResponseComplete) {
+        let request = &complete.request_id;
+        if !self.running.contains(request) {
+            return;
+        }
+        let leftover = self.text_carry.forget(request);
+        let v1 = self.wire == Some(WireVersion::V1);
+        if v1 && (leftover || std::str::from_utf8(&complete.body).is_err()) {
+            self.fail_not_utf8(complete.request_id);
+            return;
+        }
+        self.running.remove(request);
+        self.send(WorkerMessage::ResponseComplete(complete));
+        self.after_request_ended();
+    }
+
+    /// The backend call failed: the request ends with the backend's error.
+    pub(super) fn on_backend_failed(
+        &mut self,
+        request: WireRequestId,
+        code: String,
+        message: String,
+    ) {
+        if !self.running.remove(&request) {
+            return;
+        }
+        self.text_carry.forget(&request);
+        self.send(WorkerMessage::Error(WorkerError {
+            request_id: Some(request),
+            code,
+            message,
+        }));
+        self.after_request_ended();
+    }
+
+    /// The part of `chunk` that can go out now. v2 carries any bytes. On v1 a chunk
+    /// must be UTF-8 text, and a backend may split a character across chunks: the
+    /// incomplete end waits for the next chunk.
+    fn sendable_chunk(
+        &mut self,
+        request: &WireRequestId,
+        chunk: Bytes,
+    ) -> Result<Option<Bytes>, NotUtf8> {
+        if self.wire != Some(WireVersion::V1) {
+            return Ok(Some(chunk));
+        }
+        self.text_carry.whole_text(request, chunk)
+    }
+
+    /// Ends a request whose backend output cannot travel in a v1 text frame.
+    fn fail_not_utf8(&mut self, request: WireRequestId) {
+        self.running.remove(&request);
+        self.text_carry.forget(&request);
+        self.outputs.push_back(SessionOutput::AbortRequest {
+            request: request.clone(),
+            reason: CancelReason::Other(BACKEND_OUTPUT_NOT_UTF8.into()),
+        });
+        self.send(WorkerMessage::Error(WorkerError {
+            request_id: Some(request),
+            code: BACKEND_OUTPUT_NOT_UTF8.into(),
+            message: "the backend's output is not UTF-8 text, which a v1 link cannot carry".into(),
+        }));
+        self.after_request_ended();
+    }
+}

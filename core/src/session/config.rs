@@ -1,0 +1,44 @@
+//! Who the worker is and how its session behaves.
+
+use std::time::Duration;
+
+use crate::backoff::BackoffConfig;
+
+/// Who the worker is and how it behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Name sent in `register`.
+    pub worker_name: String,
+    /// Models advertised at start.
+    pub models: Vec<String>,
+    /// Requests run at once.
+    pub max_concurrent: u32,
+    /// Reconnect delays.
+    pub backoff: BackoffConfig,
+    /// Seed of the reconnect jitter.
+    pub jitter_seed: u64,
+    /// How long to wait for `register_ack` before dropping the link.
+    pub register_timeout: Duration,
+    /// How long running requests may take after a local shutdown.
+    pub shutdown_timeout: Duration,
+    /// Extra time past the server's drain timeout before the worker drops the link itself.
+    pub drain_grace: Duration,
+    /// How long the link may stay silent (the relay pings every 15 s) before it counts as dead.
+    pub link_silence_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            worker_name: "worker".into(),
+            models: Vec::new(),
+            max_concurrent: 1,
+            backoff: BackoffConfig::default(),
+            jitter_seed: 0,
+            register_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_secs(5),
+            link_silence_timeout: Duration::from_secs(45),
+        }
+    }
+}

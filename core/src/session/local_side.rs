@@ -1,0 +1,105 @@
+//! Handlers of the worker's own events: its link going up or down, its models changing, shutdown.
+
+use std::time::Instant;
+
+use super::{LinkState, SessionOutput, WorkerSession};
+use crate::wire::{CancelReason, ModelsUpdate, Register, WireVersion, WorkerMessage};
+
+impl WorkerSession {
+    /// The link asked for is open: register on it.
+    pub(super) fn on_link_up(&mut self, now: Instant, wire: WireVersion) {
+        if self.link != LinkState::Connecting {
+            return;
+        }
+        if self.stopping && self.running.is_empty() {
+            self.close_link();
+            return;
+        }
+        self.wire = Some(wire);
+        self.link = LinkState::Registering {
+            deadline: now.checked_add(self.config.register_timeout),
+        };
+        self.silence_deadline = now.checked_add(self.config.link_silence_timeout);
+        self.models_sent = true;
+        let models = if self.stopping {
+            Vec::new()
+        } else {
+            self.models.clone()
+        };
+        self.send(WorkerMessage::Register(Register {
+            worker_name: self.config.worker_name.clone(),
+            models,
+            max_concurrent: self.config.max_concurrent,
+            protocol_version: Some(wire.protocol_version().to_owned()),
+            current_load: Some(self.current_load()),
+        }));
+    }
+
+    /// The link closed: abort what runs, then exit if stopping or reconnect after a backoff.
+    pub(super) fn on_link_down(&mut self, now: Instant) {
+        if matches!(self.link, LinkState::Down { .. }) {
+            return;
+        }
+        // Results can no longer be delivered; the relay requeues or fails these.
+        self.abort_all(CancelReason::WorkerDisconnect);
+        self.wire = None;
+        self.server_drain_deadline = None;
+        self.server_draining = false;
+        self.silence_deadline = None;
+        if self.stopping {
+            self.link = LinkState::Down { reconnect_at: None };
+            self.exit();
+            return;
+        }
+        let after = self.backoff.next_delay();
+        self.link = LinkState::Down {
+            reconnect_at: now.checked_add(after),
+        };
+        self.outputs
+            .push_back(SessionOutput::Reconnecting { after });
+    }
+
+    /// The backend's models changed: tell the server now if registered, else once registered.
+    pub(super) fn on_models_changed(&mut self, models: Vec<String>) {
+        if models == self.models {
+            return;
+        }
+        self.models = models;
+        self.models_sent = false;
+        if self.link == LinkState::Ready && !self.stopping {
+            self.send_models();
+        }
+    }
+
+    /// Sends the current models and load.
+    pub(super) fn send_models(&mut self) {
+        self.models_sent = true;
+        self.send(WorkerMessage::ModelsUpdate(ModelsUpdate {
+            models: self.models.clone(),
+            current_load: self.current_load(),
+        }));
+    }
+
+    /// Local shutdown: advertise nothing, finish what runs (until the deadline), then exit.
+    pub(super) fn on_shutdown(&mut self, now: Instant) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.stop_deadline = now.checked_add(self.config.shutdown_timeout);
+        match self.link {
+            LinkState::Down { .. } => self.exit(),
+            LinkState::Registering { .. } | LinkState::Ready if !self.running.is_empty() => {
+                // Advertise nothing, so the relay routes no new work here.
+                self.send(WorkerMessage::ModelsUpdate(ModelsUpdate {
+                    models: Vec::new(),
+                    current_load: self.current_load(),
+                }));
+            }
+            LinkState::Registering { .. } | LinkState::Ready | LinkState::Connecting => {
+                self.close_link();
+            }
+            LinkState::Closing => {}
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Handlers of what the server sends: the registration ack, requests, cancels, pings, drains.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{LinkState, SessionOutput, WorkerSession};
+use crate::wire::{
+    Cancel, GracefulShutdown, Ping, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, RegisterAck,
+    RequestFrame, ServerMessage, WorkerError, WorkerMessage,
+};
+
+impl WorkerSession {
+    /// A frame from the server: any frame proves the link alive.
+    pub(super) fn on_frame(&mut self, now: Instant, message: ServerMessage) {
+        if !self.linked() {
+            return;
+        }
+        self.silence_deadline = now.checked_add(self.config.link_silence_timeout);
+        match message {
+            ServerMessage::RegisterAck(ack) => self.on_register_ack(ack),
+            ServerMessage::Request(frame) => self.on_request(frame),
+            ServerMessage::Cancel(cancel) => self.on_cancel(cancel),
+            ServerMessage::Ping(ping) => self.on_ping(ping),
+            ServerMessage::GracefulShutdown(drain) => self.on_server_drain(now, drain),
+            ServerMessage::ModelsRefresh(_) => self.outputs.push_back(SessionOutput::RefreshModels),
+        }
+    }
+
+    /// The server accepted the registration: serve, and send the models if they changed since.
+    fn on_register_ack(&mut self, ack: RegisterAck) {
+        if !matches!(self.link, LinkState::Registering { .. }) {
+            return;
+        }
+        self.link = LinkState::Ready;
+        self.backoff.reset();
+        self.outputs.push_back(SessionOutput::Registered {
+            worker_id: ack.worker_id,
+            models: ack.models,
+            warnings: ack.warnings,
+        });
+        if !self.models_sent {
+            self.send_models();
+        }
+    }
+
+    /// A request to run: started, or refused when draining or at capacity.
+    fn on_request(&mut self, frame: Arc<RequestFrame>) {
+        let request_id = frame.request_id.clone();
+        if self.running.contains(&request_id) {
+            return; // a repeat; the first copy is already running
+        }
+        let refusal = if self.stopping || self.server_draining {
+            Some((
+                REFUSED_DRAINING,
+                "worker is draining and takes no new requests",
+            ))
+        } else if self.current_load() >= self.config.max_concurrent {
+            Some((REFUSED_AT_CAPACITY, "all of the worker's slots are busy"))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
+            self.send(WorkerMessage::Error(WorkerError {
+                request_id: Some(request_id),
+                code: code.into(),
+                message: message.into(),
+            }));
+            return;
+        }
+        self.running.insert(request_id);
+        self.outputs.push_back(SessionOutput::StartRequest(frame));
+    }
+
+    /// The server no longer wants a request: its backend call is stopped.
+    fn on_cancel(&mut self, cancel: Cancel) {
+        if !self.running.remove(&cancel.request_id) {
+            return;
+        }
+        self.text_carry.forget(&cancel.request_id);
+        self.outputs.push_back(SessionOutput::AbortRequest {
+            request: cancel.request_id,
+            reason: cancel.reason,
+        });
+        self.after_request_ended();
+    }
+
+    /// A ping, answered with the current load.
+    fn on_ping(&mut self, ping: Ping) {
+        self.send(WorkerMessage::Pong(Pong {
+            current_load: self.current_load(),
+            timestamp_unix_ms: ping.timestamp_unix_ms,
+        }));
+    }
+
+    /// The server asked this worker to drain: take no new work, drop the link after its deadline.
+    fn on_server_drain(&mut self, now: Instant, drain: GracefulShutdown) {
+        let timeout = Duration::from_secs(drain.drain_timeout_secs.unwrap_or(30));
+        // The timeout comes from the peer: no value of it may overflow.
+        self.server_draining = true;
+        self.server_drain_deadline = now
+            .checked_add(timeout)
+            .and_then(|at| at.checked_add(self.config.drain_grace));
+    }
+}

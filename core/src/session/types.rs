@@ -1,0 +1,98 @@
+//! What drivers exchange with the worker session: its inputs and outputs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+#[cfg(doc)]
+use super::WorkerSession;
+use crate::ids::{ModelName, WireRequestId};
+use crate::wire::{
+    CancelReason, Headers, RequestFrame, ServerMessage, TokenCounts, WireVersion, WorkerMessage,
+};
+
+/// Something that happened, for [`WorkerSession::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionInput {
+    /// The link asked for by [`SessionOutput::Connect`] is open.
+    LinkUp {
+        /// The encoding it speaks.
+        wire: WireVersion,
+    },
+    /// The link closed, or could not be opened.
+    LinkDown,
+    /// A frame from the server.
+    Frame(ServerMessage),
+    /// Response bytes from the backend for a request.
+    BackendChunk {
+        /// The request.
+        request: WireRequestId,
+        /// The bytes, unchanged.
+        chunk: Bytes,
+    },
+    /// The backend finished a request.
+    BackendComplete {
+        /// The request.
+        request: WireRequestId,
+        /// HTTP status.
+        status_code: u16,
+        /// Response headers to pass on.
+        headers: Headers,
+        /// Body of a non-streaming response.
+        body: Bytes,
+        /// Token usage, if the backend said.
+        token_counts: Option<TokenCounts>,
+    },
+    /// The backend call failed (unreachable, broken stream).
+    BackendFailed {
+        /// The request.
+        request: WireRequestId,
+        /// Machine-readable code.
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+    /// The backend's model list changed (discovery or a refresh).
+    ModelsChanged(Vec<String>),
+    /// Local shutdown (SIGTERM): finish running requests, then exit.
+    Shutdown,
+}
+
+/// Something for the driver to do, from [`WorkerSession::poll_output`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionOutput {
+    /// Open a link to the server.
+    Connect,
+    /// Send a frame to the server.
+    Send(WorkerMessage),
+    /// Close the link; report [`SessionInput::LinkDown`] once it is closed.
+    CloseLink,
+    /// Call the backend for a request.
+    StartRequest(Arc<RequestFrame>),
+    /// Stop the backend call of a request; its results are no longer wanted.
+    AbortRequest {
+        /// The request.
+        request: WireRequestId,
+        /// Why.
+        reason: CancelReason,
+    },
+    /// Re-read the backend's models and report them with [`SessionInput::ModelsChanged`].
+    RefreshModels,
+    /// The server accepted the registration.
+    Registered {
+        /// The id the server gave the link (opaque text).
+        worker_id: String,
+        /// The models it routes here.
+        models: Vec<ModelName>,
+        /// What it changed in the list.
+        warnings: Vec<String>,
+    },
+    /// The next connection attempt is scheduled.
+    Reconnecting {
+        /// Delay before it.
+        after: Duration,
+    },
+    /// Local shutdown is complete: the process may exit.
+    Exit,
+}
