@@ -4,8 +4,16 @@
 //! the binaries for them. `README.md` beside it says how to add a test.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+/// How long [`Process::logged`] and [`Process::announced`] wait for a line.
+const LINE_WAIT: Duration = Duration::from_secs(30);
 
 /// A binary of the workspace that end-to-end tests start as a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,4 +91,102 @@ fn build_binaries() -> Result<PathBuf, String> {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
     Ok(profile_dir.to_path_buf())
+}
+
+/// A running binary of the workspace, killed when dropped, its standard error
+/// read line by line (JSON log lines parsed) as it runs. Its standard output is
+/// kept for [`Process::announced`]; the relay and the worker write nothing there.
+pub struct Process {
+    child: tokio::process::Child,
+    logs: mpsc::UnboundedReceiver<Value>,
+    /// Every line it wrote to standard error, as written.
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `binary` with `args`; `RUST_LOG` is removed so its log level is the flags'.
+    pub fn start(binary: Binary, args: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new(self::binary(binary))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} does not start: {e}", binary.name()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, logs) = mpsc::unbounded_channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&lines);
+        tokio::spawn(async move {
+            let mut stderr = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                seen.lock().expect("lines lock").push(line.clone());
+                let entry = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                // The test may stop listening; the lines are still kept.
+                let _ = tx.send(entry);
+            }
+        });
+        Self { child, logs, lines }
+    }
+
+    /// The fields of the first JSON log line (`--log-format json`) from now on
+    /// whose message starts with `message`; panics after 30 s or at exit.
+    pub async fn logged(&mut self, message: &str) -> Value {
+        let wait = async {
+            while let Some(entry) = self.logs.recv().await {
+                let text = entry["fields"]["message"].as_str().unwrap_or_default();
+                if text.starts_with(message) {
+                    return entry["fields"].clone();
+                }
+            }
+            panic!("the process exited before logging {message:?}");
+        };
+        tokio::time::timeout(LINE_WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("the process never logged {message:?}"))
+    }
+
+    /// The address a process that prints `listening on ADDR` first on its
+    /// standard output (the simulated backend) listens on.
+    pub async fn announced(&mut self) -> String {
+        let stdout = self.child.stdout.take().expect("stdout read once");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(LINE_WAIT, lines.next_line())
+            .await
+            .expect("the process says where it listens within 30 s")
+            .expect("its stdout is readable")
+            .expect("the process exited before saying where it listens");
+        // Whatever it prints later is read and dropped, so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        line.strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("not an address announcement: {line:?}"))
+            .to_owned()
+    }
+
+    /// Its process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Asks it to stop as a service manager would (SIGTERM) and waits up to
+    /// `within` for it to exit; its exit status, or `None` if it did not.
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id()?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(sent, "SIGTERM could not be sent to {pid}");
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()
+            .map(|status| status.expect("the exit status is readable"))
+    }
+
+    /// Kills it at once and waits for it to be gone.
+    pub async fn stop(mut self) {
+        self.child.kill().await.expect("the process can be killed");
+    }
 }

@@ -3,76 +3,19 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use common::*;
+use e2e::{Binary, Process};
 use http::StatusCode;
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use serde_json::json;
+use tokio::process::Command;
 
-/// A running `modelrelay-server` process and its log lines (JSON).
-struct ServerProcess {
-    child: Child,
-    logs: mpsc::UnboundedReceiver<Value>,
-    /// Every line it wrote, as written.
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl ServerProcess {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(e2e::binary(e2e::Binary::Server))
-            .args(args)
-            .args(["--log-format", "json", "--log-level", "info"])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the server binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, logs) = mpsc::unbounded_channel();
-        let all = Arc::new(Mutex::new(Vec::new()));
-        let lines_seen = Arc::clone(&all);
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                lines_seen.lock().unwrap().push(line.clone());
-                let entry = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send(entry).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            logs,
-            lines: all,
-        }
-    }
-
-    /// The fields of the first log line whose message starts with `message`.
-    async fn logged(&mut self, message: &str) -> Value {
-        let wait = async {
-            while let Some(entry) = self.logs.recv().await {
-                let text = entry["fields"]["message"].as_str().unwrap_or_default();
-                if text.starts_with(message) {
-                    return entry["fields"].clone();
-                }
-            }
-            panic!("the server exited before logging {message:?}");
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .unwrap_or_else(|_| panic!("the server never logged {message:?}"))
-    }
-
-    async fn stop(mut self) {
-        self.child.kill().await.unwrap();
-    }
+/// A running `modelrelay-server` with `args`, logging JSON at level info.
+fn start_server(args: &[&str]) -> Process {
+    let mut all = args.to_vec();
+    all.extend(["--log-format", "json", "--log-level", "info"]);
+    Process::start(Binary::Server, &all)
 }
 
 fn server_args<'a>(listen: &'a str, quic: &'a str, data_dir: &'a Path) -> Vec<&'a str> {
@@ -93,7 +36,7 @@ async fn a_quic_worker_pins_the_printed_fingerprint_which_survives_a_restart() {
     let data_dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("binary-quic-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
-    let mut server = ServerProcess::start(&server_args("127.0.0.1:0", "127.0.0.1:0", &data_dir));
+    let mut server = start_server(&server_args("127.0.0.1:0", "127.0.0.1:0", &data_dir));
     let quic = server.logged("QUIC worker links on").await;
     let listening = server.logged("relay listening").await;
     let quic_addr = quic["addr"].as_str().unwrap().to_owned();
@@ -127,7 +70,7 @@ async fn a_quic_worker_pins_the_printed_fingerprint_which_survives_a_restart() {
     // Restarted on the same ports and data directory, the relay keeps its
     // certificate: the worker, still pinning it, reconnects on its own.
     server.stop().await;
-    let mut server = ServerProcess::start(&server_args(&http_addr, &quic_addr, &data_dir));
+    let mut server = start_server(&server_args(&http_addr, &quic_addr, &data_dir));
     let again = server.logged("QUIC worker links on").await;
     assert_eq!(again["fingerprint"].as_str().unwrap(), fingerprint);
     server.logged("relay listening").await;
@@ -156,7 +99,7 @@ async fn the_server_binary_runs_admin_and_api_keys_and_logs_each_request_end_as_
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("binary-admin-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let admin = "binary-admin-token";
-    let mut server = ServerProcess::start(&[
+    let mut server = start_server(&[
         "--listen",
         "127.0.0.1:0",
         "--demo",
