@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::app::{AppState, PeerAddr};
 use crate::auth::client_address;
+use crate::codes;
 use crate::error::{ApiError, ApiFlavor};
 use crate::keys::{ApiKeyId, ApiKeyRecord, KeyStoreError, is_key_shaped, rfc3339};
 
@@ -64,18 +65,18 @@ impl Refusal {
         let error = match self {
             Self::Disabled => ApiError::new(
                 StatusCode::FORBIDDEN,
-                "admin_disabled",
+                codes::ADMIN_DISABLED,
                 "The admin API is off; start the server with --admin-token (MODELRELAY_ADMIN_TOKEN).",
             ),
             Self::Unauthorized => ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_admin_token",
+                codes::INVALID_ADMIN_TOKEN,
                 "A valid admin token is required: Authorization: Bearer <token>.",
             ),
             Self::CoolingDown(retry) => {
                 let mut error = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "auth_cooldown",
+                    codes::AUTH_COOLDOWN,
                     "Too many failed admin authentications from this address; try again later.",
                 );
                 error.retry_after_secs = Some(retry.as_secs().max(1));
@@ -83,7 +84,7 @@ impl Refusal {
             }
             Self::MissingCsrf => ApiError::new(
                 StatusCode::FORBIDDEN,
-                "csrf_header_missing",
+                codes::CSRF_HEADER_MISSING,
                 format!("Writes made with the dashboard session need the {CSRF_HEADER} header."),
             ),
         };
@@ -245,20 +246,20 @@ fn unavailable(code: &'static str, message: &'static str) -> Response {
 }
 
 fn hub_stopped() -> Response {
-    unavailable("shutting_down", "The relay is shutting down.")
+    unavailable(codes::SHUTTING_DOWN, "The relay is shutting down.")
 }
 
 fn store_failed(error: &KeyStoreError) -> Response {
     warn!(%error, "the key store failed");
     unavailable(
-        "key_store_unavailable",
+        codes::KEY_STORE_UNAVAILABLE,
         "The API-key database is not available.",
     )
 }
 
 fn no_key_store() -> Response {
     unavailable(
-        "key_store_unavailable",
+        codes::KEY_STORE_UNAVAILABLE,
         "This server has no API-key database.",
     )
 }
@@ -330,7 +331,7 @@ pub(crate) async fn drain_worker(
     let Ok(id) = id.parse::<u64>() else {
         return admin_error(
             StatusCode::BAD_REQUEST,
-            "invalid_worker_id",
+            codes::INVALID_WORKER_ID,
             "A worker id is a number, as GET /admin/workers lists it.",
         );
     };
@@ -339,7 +340,7 @@ pub(crate) async fn drain_worker(
         None => hub_stopped(),
         Some(false) => admin_error(
             StatusCode::NOT_FOUND,
-            "worker_not_found",
+            codes::WORKER_NOT_FOUND,
             format!("No worker with id {id} is connected."),
         ),
         Some(true) => (
@@ -380,7 +381,7 @@ pub(crate) async fn create_key(
         Err(_) => {
             return admin_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
+                codes::REQUEST_TOO_LARGE,
                 format!("The body must be at most {MAX_ADMIN_BODY} bytes."),
             );
         }
@@ -390,7 +391,7 @@ pub(crate) async fn create_key(
         Err(error) => {
             return admin_error(
                 StatusCode::BAD_REQUEST,
-                "invalid_json",
+                codes::INVALID_JSON,
                 format!("Expected {{\"name\": \"…\"}}: {error}"),
             );
         }
@@ -404,7 +405,7 @@ pub(crate) async fn create_key(
         }
         Err(KeyStoreError::InvalidName) => admin_error(
             StatusCode::BAD_REQUEST,
-            "invalid_key_name",
+            codes::INVALID_KEY_NAME,
             KeyStoreError::InvalidName.to_string(),
         ),
         Err(error) => store_failed(&error),
@@ -423,7 +424,7 @@ pub(crate) async fn revoke_key(
     let Ok(id) = id.parse::<i64>() else {
         return admin_error(
             StatusCode::BAD_REQUEST,
-            "invalid_key_id",
+            codes::INVALID_KEY_ID,
             "A key id is a number, as GET /admin/keys lists it.",
         );
     };
@@ -434,7 +435,7 @@ pub(crate) async fn revoke_key(
         }
         Ok(false) => admin_error(
             StatusCode::NOT_FOUND,
-            "key_not_found",
+            codes::KEY_NOT_FOUND,
             format!("No API key with id {id}."),
         ),
         Err(error) => store_failed(&error),
@@ -542,7 +543,7 @@ pub(crate) async fn login(
         // tokens from the operator's browser and so lock the operator out.
         return admin_error(
             StatusCode::FORBIDDEN,
-            "cross_site_login",
+            codes::CROSS_SITE_LOGIN,
             "Log in from the relay's own login page.",
         );
     }
@@ -725,7 +726,7 @@ pub(crate) async fn check_api_key(
     let Some(keys) = &app.config.keys else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "key_store_unavailable",
+            codes::KEY_STORE_UNAVAILABLE,
             "API keys are required but this server has no key database.",
         )
         .into_response(flavor));
@@ -748,7 +749,7 @@ pub(crate) async fn check_api_key(
         };
         return Err(unauthorized(
             flavor,
-            "missing_api_key",
+            codes::MISSING_API_KEY,
             format!("An API key is required: {hint}."),
         ));
     };
@@ -756,14 +757,14 @@ pub(crate) async fn check_api_key(
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(unauthorized(
             flavor,
-            "invalid_api_key",
+            codes::INVALID_API_KEY,
             "The API key is not valid (unknown or revoked).".into(),
         )),
         Err(error) => {
             warn!(%error, "the key store failed");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "key_store_unavailable",
+                codes::KEY_STORE_UNAVAILABLE,
                 "API keys cannot be checked right now.",
             )
             .into_response(flavor))

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::codes;
 use crate::error::{ApiError, ApiFlavor};
 use crate::hub::{Command, Hub, ResponseEvent};
 use crate::response_queue::{ResponseReceiver, response_queue};
@@ -85,13 +86,13 @@ pub(crate) async fn inference(
             return if too_large {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_too_large",
+                    codes::REQUEST_TOO_LARGE,
                     format!("The request body exceeds the limit of {limit} bytes."),
                 )
             } else {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    "invalid_body",
+                    codes::INVALID_BODY,
                     format!("Cannot read the request body: {error}"),
                 )
             }
@@ -103,7 +104,7 @@ pub(crate) async fn inference(
     if std::str::from_utf8(&body).is_err() {
         return ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_body",
+            codes::INVALID_BODY,
             "The request body is not UTF-8.",
         )
         .into_response(flavor);
@@ -113,7 +114,7 @@ pub(crate) async fn inference(
         Err(error) => {
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_json",
+                codes::INVALID_JSON,
                 format!("The request body is not a JSON object: {error}"),
             )
             .into_response(flavor);
@@ -128,7 +129,7 @@ pub(crate) async fn inference(
         Some(_) => {
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_model",
+                codes::INVALID_MODEL,
                 "`model` must be a non-empty string without control characters.",
             )
             .into_response(flavor);
@@ -136,7 +137,7 @@ pub(crate) async fn inference(
         None => {
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "missing_model",
+                codes::MISSING_MODEL,
                 "The request has no `model`.",
             )
             .into_response(flavor);
@@ -224,7 +225,7 @@ fn forwarded_headers(headers: &HeaderMap, strip_relay_keys: bool) -> Headers {
 fn shutting_down(flavor: ApiFlavor) -> Response {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "shutting_down",
+        codes::SHUTTING_DOWN,
         "The relay is shutting down.",
     )
     .into_response(flavor)
@@ -387,7 +388,7 @@ pub(crate) async fn health(State(app): State<Arc<AppState>>) -> Response {
 pub(crate) async fn not_found(request: Request) -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        codes::NOT_FOUND,
         format!(
             "No route for {} {}.",
             request.method(),

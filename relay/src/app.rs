@@ -25,6 +25,9 @@ use crate::links;
 use crate::metrics::Metrics;
 use crate::{admin, api};
 
+/// The provider a server serves, and a worker asks for, when none is named.
+pub(crate) const DEFAULT_PROVIDER: &str = "local";
+
 /// Everything the server needs to know.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -65,7 +68,7 @@ impl ServerConfig {
     pub fn new(worker_secret: &str) -> Self {
         Self {
             worker_secret: WorkerSecret::new(worker_secret),
-            provider: ProviderId::new("local"),
+            provider: ProviderId::new(DEFAULT_PROVIDER),
             relay: RelayConfig::default(),
             max_body_bytes: 32 * 1024 * 1024,
             enable_v2: true,

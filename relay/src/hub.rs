@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::codes;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, WorkerStates, outcome_label, stream_usage};
 use crate::response_queue::ResponseSender;
@@ -368,7 +369,7 @@ impl HubTask {
                     worker,
                     message: WorkerMessage::Error(WorkerError {
                         request_id: Some(request),
-                        code: "request_undeliverable".into(),
+                        code: codes::REQUEST_UNDELIVERABLE.into(),
                         message: detail,
                     }),
                 });

@@ -10,6 +10,7 @@ mod admin;
 mod api;
 mod app;
 pub mod auth;
+mod codes;
 pub mod error;
 mod http;
 mod hub;

@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::app::{AppState, PeerAddr};
+use crate::app::{AppState, DEFAULT_PROVIDER, PeerAddr};
 use crate::auth::client_address;
+use crate::codes;
 use crate::hub::{Command, Hub, Transport};
 
 /// The query of a worker's connect request.
@@ -44,7 +45,7 @@ pub(crate) async fn connect(
         Err(error) => {
             return (
                 StatusCode::UPGRADE_REQUIRED,
-                axum::Json(json!({"error": {"message": error.to_string(), "type": "invalid_request_error", "code": "websocket_required"}})),
+                axum::Json(json!({"error": {"message": error.to_string(), "type": "invalid_request_error", "code": codes::WEBSOCKET_REQUIRED}})),
             )
                 .into_response();
         }
@@ -55,7 +56,7 @@ pub(crate) async fn connect(
         warn!(%peer, "refusing a worker connection: too many failed attempts from this address");
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
-            axum::Json(json!({"error": {"message": "Too many failed worker authentications from this address; try again later.", "type": "rate_limit_error", "code": "auth_cooldown"}})),
+            axum::Json(json!({"error": {"message": "Too many failed worker authentications from this address; try again later.", "type": "rate_limit_error", "code": codes::AUTH_COOLDOWN}})),
         )
             .into_response();
         response.headers_mut().insert(
@@ -79,7 +80,9 @@ pub(crate) async fn connect(
             AuthOutcome::Rejected
         }
     };
-    let provider = query.provider.unwrap_or_else(|| "local".to_owned());
+    let provider = query
+        .provider
+        .unwrap_or_else(|| DEFAULT_PROVIDER.to_owned());
     let unknown_provider = (provider != app.config.provider.as_str()).then(|| {
         warn!(%peer, %provider, "worker asked for an unknown provider");
         format!("unknown provider {provider:?}")

@@ -19,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::codes;
 use crate::error::ApiError;
 
 /// The model label of a request for a model no worker serves.
@@ -439,9 +440,9 @@ fn cancellation_reason(outcome: &Outcome) -> Option<&'static str> {
     match outcome {
         Outcome::Cancelled => Some("client_disconnected"),
         Outcome::Failed { failure, .. } => match failure {
-            Failure::RequestTimeout => Some("request_timeout"),
-            Failure::QueueTimeout => Some("queue_timeout"),
-            Failure::ClientTooSlow => Some("client_too_slow"),
+            Failure::RequestTimeout => Some(codes::REQUEST_TIMEOUT),
+            Failure::QueueTimeout => Some(codes::QUEUE_TIMEOUT),
+            Failure::ClientTooSlow => Some(codes::CLIENT_TOO_SLOW),
             _ => None,
         },
         Outcome::Completed(_) => None,
