@@ -1,4 +1,4 @@
-//! The server as a whole: configuration, routes, serving, graceful shutdown.
+//! The server assembled: configuration, the router of every audience, serving, graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::routing::{delete, get, post};
 use axum::serve::{Listener, ListenerExt};
 use modelrelay_core::ProviderId;
 use modelrelay_core::relay::RelayConfig;
@@ -18,12 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::{AdminToken, AuthLimiter, AuthLimits, WorkerSecret};
-use crate::error::ApiFlavor;
 use crate::hub::{Command, Hub};
 use crate::keys::KeyStore;
-use crate::links;
-use crate::metrics::Metrics;
-use crate::{admin, api};
+use crate::operator::Metrics;
+use crate::workers::quic::QuicSettings;
+use crate::{clients, operator, workers};
 
 /// The provider a server serves, and a worker asks for, when none is named.
 pub(crate) const DEFAULT_PROVIDER: &str = "local";
@@ -48,7 +46,7 @@ pub struct ServerConfig {
     /// When addresses with failed worker logins are shut out.
     pub auth_limits: AuthLimits,
     /// QUIC worker links, if enabled (`--quic-listen`).
-    pub quic: Option<crate::quic::QuicSettings>,
+    pub quic: Option<QuicSettings>,
     /// Most bytes a response may hold for a client that reads too slowly; past it, the stream is stopped.
     pub max_client_buffer_bytes: usize,
     /// Count worker logins against the address in `X-Forwarded-For` (behind a TLS proxy).
@@ -103,46 +101,13 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<Metrics>,
 }
 
+/// Every route, by audience, on one router.
 fn router(state: Arc<AppState>) -> Router {
-    use ApiFlavor::{Anthropic, OpenAi};
     Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(|s, r| api::inference(s, OpenAi, "/v1/chat/completions", r)),
-        )
-        .route(
-            "/v1/completions",
-            post(|s, r| api::inference(s, OpenAi, "/v1/completions", r)),
-        )
-        .route(
-            "/v1/responses",
-            post(|s, r| api::inference(s, OpenAi, "/v1/responses", r)),
-        )
-        .route(
-            "/v1/embeddings",
-            post(|s, r| api::inference(s, OpenAi, "/v1/embeddings", r)),
-        )
-        .route(
-            "/v1/messages",
-            post(|s, r| api::inference(s, Anthropic, "/v1/messages", r)),
-        )
-        .route("/v1/models", get(api::models))
-        .route("/health", get(api::health))
-        .route("/metrics", get(admin::metrics))
-        .route("/v1/worker/connect", get(links::connect))
-        .route("/admin/workers", get(admin::workers))
-        .route("/admin/workers/{id}/drain", post(admin::drain_worker))
-        .route("/admin/stats", get(admin::stats))
-        .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
-        .route("/admin/keys/{id}", delete(admin::revoke_key))
-        .route("/dashboard", get(admin::dashboard))
-        .route(
-            "/dashboard/login",
-            get(admin::login_page).post(admin::login),
-        )
-        .route("/dashboard/logout", post(admin::logout))
-        .route("/setup", get(admin::setup))
-        .fallback(api::not_found)
+        .merge(clients::router())
+        .merge(workers::router())
+        .merge(operator::router())
+        .fallback(clients::not_found)
         .with_state(state)
 }
 
@@ -192,7 +157,7 @@ pub async fn serve<L>(
     let app = router(Arc::clone(&state));
     let stopping = CancellationToken::new();
     if let Some(endpoint) = &quic {
-        tokio::spawn(crate::quic::accept_workers(
+        tokio::spawn(workers::quic::accept_workers(
             endpoint.clone(),
             state,
             stopping.clone(),
@@ -249,7 +214,7 @@ impl RunningServer {
         let (endpoint, quic) = match &config.quic {
             Some(settings) => {
                 let (endpoint, fingerprint) =
-                    crate::quic::endpoint(settings).map_err(std::io::Error::other)?;
+                    workers::quic::endpoint(settings).map_err(std::io::Error::other)?;
                 let quic_addr = endpoint.local_addr()?;
                 (Some(endpoint), Some((quic_addr, fingerprint)))
             }

@@ -138,6 +138,63 @@ impl ApiError {
     }
 }
 
+/// An [`ApiError`] bound to the API that answers with it: what client handlers return with `?`.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientError {
+    error: ApiError,
+    flavor: ApiFlavor,
+    /// The `WWW-Authenticate` challenge, for a 401.
+    challenge: Option<&'static str>,
+}
+
+impl ApiError {
+    /// This error answered in `flavor`'s shape.
+    pub(crate) fn for_api(self, flavor: ApiFlavor) -> ClientError {
+        ClientError {
+            error: self,
+            flavor,
+            challenge: None,
+        }
+    }
+
+    /// The 429 for an address shut out after failed authentications, welcome again after `retry`.
+    pub(crate) fn auth_cooldown(message: &'static str, retry: std::time::Duration) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, codes::AUTH_COOLDOWN, message);
+        error.retry_after_secs = Some(retry.as_secs().max(1));
+        error
+    }
+
+    /// The 503 once the hub has stopped: the relay is shutting down.
+    pub(crate) fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::SHUTTING_DOWN,
+            "The relay is shutting down.",
+        )
+    }
+}
+
+impl ClientError {
+    /// The same answer with a `WWW-Authenticate: {challenge}` header.
+    pub(crate) fn challenging(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+}
+
+impl IntoResponse for ClientError {
+    fn into_response(self) -> Response {
+        let mut response = self.error.into_response(self.flavor);
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
 fn capitalize(text: &str) -> String {
     let mut chars = text.chars();
     match chars.next() {
