@@ -90,14 +90,21 @@ pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
 /// What every handler shares.
 pub(crate) struct AppState {
+    /// How the server was configured.
     pub(crate) config: ServerConfig,
+    /// The handle to the hub task.
     pub(crate) hub: Hub,
+    /// Failed worker logins, per address.
     pub(crate) limiter: AuthLimiter,
     /// Failed admin logins, counted apart so they cannot lock workers out.
     pub(crate) admin_limiter: AuthLimiter,
+    /// The next request id.
     pub(crate) next_request: AtomicU64,
+    /// The next worker id.
     pub(crate) next_worker: AtomicU64,
+    /// When the server started, for uptimes.
     pub(crate) started: Instant,
+    /// The metrics `/metrics` exports.
     pub(crate) metrics: Arc<Metrics>,
 }
 

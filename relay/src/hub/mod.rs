@@ -1,7 +1,7 @@
 //! The hub: the one task that owns the relay core and carries out what it decides.
 //!
 //! HTTP handlers and worker links send [`Command`]s; the hub feeds them to the
-//! [`Relay`](modelrelay_core::relay::Relay), then routes its outputs: frames to
+//! [`Relay`], then routes its outputs: frames to
 //! worker links, chunks and ends to waiting responses (through each one's
 //! [`response_queue`]), closes to links. Deadlines come from `Relay::poll_timeout`.
 

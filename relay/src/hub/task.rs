@@ -22,12 +22,16 @@ use super::response_queue::ResponseSender;
 
 /// The hub's state: the core, the links it writes to, the requests it answers.
 pub(super) struct HubTask {
+    /// The core, which makes every decision.
     pub(super) relay: Relay,
+    /// The one provider this relay serves.
     pub(super) provider: ProviderId,
+    /// The open worker links.
     pub(super) links: HashMap<WorkerId, LinkHandle>,
     requests: HashMap<RequestId, OpenRequest>,
     /// Most bytes a response may hold for a client that does not read them.
     max_client_buffer: usize,
+    /// Where requests and links are counted.
     pub(super) metrics: Arc<Metrics>,
 }
 

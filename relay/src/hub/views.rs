@@ -14,18 +14,31 @@ use super::task::{HubTask, now};
 /// One connected worker, for the admin API.
 #[derive(Clone, Debug)]
 pub(crate) struct WorkerView {
+    /// Its id.
     pub(crate) id: WorkerId,
+    /// The name it registered with.
     pub(crate) name: String,
+    /// The provider it serves.
     pub(crate) provider: String,
+    /// The models it serves.
     pub(crate) models: Vec<ModelName>,
+    /// Requests it runs for this relay.
     pub(crate) in_flight: usize,
+    /// Those plus the load it reports from elsewhere.
     pub(crate) load: u64,
+    /// Most requests it takes at once.
     pub(crate) capacity: u32,
+    /// Whether it has registered.
     pub(crate) registered: bool,
+    /// Whether it is draining.
     pub(crate) draining: bool,
+    /// When its link opened (wall clock).
     pub(crate) connected_since: SystemTime,
+    /// How long its link has been open.
     pub(crate) connected_for: Duration,
+    /// How its link reaches the relay.
     pub(crate) transport: Transport,
+    /// The protocol version it speaks.
     pub(crate) wire: WireVersion,
 }
 

@@ -50,7 +50,8 @@ fn unavailable(code: &'static str, message: &'static str) -> Response {
     admin_error(StatusCode::SERVICE_UNAVAILABLE, code, message)
 }
 
-pub(super) fn hub_stopped() -> Response {
+/// The 503 once the hub has stopped, in the admin API's error shape.
+fn hub_stopped() -> Response {
     ApiError::shutting_down().into_response(ApiFlavor::OpenAi)
 }
 

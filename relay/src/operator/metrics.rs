@@ -1,7 +1,10 @@
-//! Prometheus metrics and their `/metrics` export: counted where things happen (mostly in the hub, which sees
-//! every request end exactly once), gauges filled from a hub snapshot at scrape.
+//! Prometheus metrics and their `/metrics` export.
 //!
-//! Label values are bounded: routes are the five inference paths, models are
+//! Counted where things happen (mostly in the hub, which sees every request end
+//! exactly once), gauges filled from a hub snapshot at scrape.
+//!
+//! Label values are bounded: routes are the paths of the inference route table
+//! ([`INFERENCE_ROUTES`](crate::clients::INFERENCE_ROUTES)), models are
 //! ones some worker advertised (a model nobody serves is counted as `unknown`,
 //! and past [`MAX_MODEL_LABELS`] distinct models the rest count as `other`),
 //! outcomes and reasons are fixed words.

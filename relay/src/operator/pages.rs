@@ -41,10 +41,12 @@ pub(super) fn page(status: StatusCode, html: String) -> Response {
     response
 }
 
+/// A 303 to `to`.
 pub(super) fn redirect(to: &'static str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
 }
 
+/// The page saying the dashboard is off.
 pub(super) fn disabled_page() -> Response {
     page(
         StatusCode::FORBIDDEN,

@@ -27,10 +27,15 @@ pub(super) async fn refuse<W: LinkWriter<ServerMessage>>(writer: W, reason: &str
 
 /// What the hub is told of a new link.
 pub(super) struct LinkInfo {
+    /// The id the worker gets.
     pub(super) worker: WorkerId,
+    /// The protocol version of the link.
     pub(super) wire: WireVersion,
+    /// Whether its secret was right.
     pub(super) auth: AuthOutcome,
+    /// Its address, as a name until it registers.
     pub(super) peer: SocketAddr,
+    /// How it connected.
     pub(super) transport: Transport,
 }
 
