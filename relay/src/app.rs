@@ -1,4 +1,4 @@
-//! The server as a whole: configuration, routes, serving, graceful shutdown.
+//! The server assembled: configuration, the router of every audience, serving, graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::routing::{delete, get, post};
 use axum::serve::{Listener, ListenerExt};
 use modelrelay_core::ProviderId;
 use modelrelay_core::relay::RelayConfig;
@@ -18,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::{AdminToken, AuthLimiter, AuthLimits, WorkerSecret};
-use crate::error::ApiFlavor;
 use crate::hub::{Command, Hub};
 use crate::keys::KeyStore;
-use crate::links;
-use crate::metrics::Metrics;
-use crate::{admin, api};
+use crate::operator::Metrics;
+use crate::workers::quic::QuicSettings;
+use crate::{clients, operator, workers};
+
+/// The provider a server serves, and a worker asks for, when none is named.
+pub(crate) const DEFAULT_PROVIDER: &str = "local";
 
 /// Everything the server needs to know.
 #[derive(Clone, Debug)]
@@ -45,7 +46,7 @@ pub struct ServerConfig {
     /// When addresses with failed worker logins are shut out.
     pub auth_limits: AuthLimits,
     /// QUIC worker links, if enabled (`--quic-listen`).
-    pub quic: Option<crate::quic::QuicSettings>,
+    pub quic: Option<QuicSettings>,
     /// Most bytes a response may hold for a client that reads too slowly; past it, the stream is stopped.
     pub max_client_buffer_bytes: usize,
     /// Count worker logins against the address in `X-Forwarded-For` (behind a TLS proxy).
@@ -65,7 +66,7 @@ impl ServerConfig {
     pub fn new(worker_secret: &str) -> Self {
         Self {
             worker_secret: WorkerSecret::new(worker_secret),
-            provider: ProviderId::new("local"),
+            provider: ProviderId::new(DEFAULT_PROVIDER),
             relay: RelayConfig::default(),
             max_body_bytes: 32 * 1024 * 1024,
             enable_v2: true,
@@ -89,57 +90,31 @@ pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
 /// What every handler shares.
 pub(crate) struct AppState {
+    /// How the server was configured.
     pub(crate) config: ServerConfig,
+    /// The handle to the hub task.
     pub(crate) hub: Hub,
+    /// Failed worker logins, per address.
     pub(crate) limiter: AuthLimiter,
     /// Failed admin logins, counted apart so they cannot lock workers out.
     pub(crate) admin_limiter: AuthLimiter,
+    /// The next request id.
     pub(crate) next_request: AtomicU64,
+    /// The next worker id.
     pub(crate) next_worker: AtomicU64,
+    /// When the server started, for uptimes.
     pub(crate) started: Instant,
+    /// The metrics `/metrics` exports.
     pub(crate) metrics: Arc<Metrics>,
 }
 
+/// Every route, by audience, on one router.
 fn router(state: Arc<AppState>) -> Router {
-    use ApiFlavor::{Anthropic, OpenAi};
     Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(|s, r| api::inference(s, OpenAi, "/v1/chat/completions", r)),
-        )
-        .route(
-            "/v1/completions",
-            post(|s, r| api::inference(s, OpenAi, "/v1/completions", r)),
-        )
-        .route(
-            "/v1/responses",
-            post(|s, r| api::inference(s, OpenAi, "/v1/responses", r)),
-        )
-        .route(
-            "/v1/embeddings",
-            post(|s, r| api::inference(s, OpenAi, "/v1/embeddings", r)),
-        )
-        .route(
-            "/v1/messages",
-            post(|s, r| api::inference(s, Anthropic, "/v1/messages", r)),
-        )
-        .route("/v1/models", get(api::models))
-        .route("/health", get(api::health))
-        .route("/metrics", get(admin::metrics))
-        .route("/v1/worker/connect", get(links::connect))
-        .route("/admin/workers", get(admin::workers))
-        .route("/admin/workers/{id}/drain", post(admin::drain_worker))
-        .route("/admin/stats", get(admin::stats))
-        .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
-        .route("/admin/keys/{id}", delete(admin::revoke_key))
-        .route("/dashboard", get(admin::dashboard))
-        .route(
-            "/dashboard/login",
-            get(admin::login_page).post(admin::login),
-        )
-        .route("/dashboard/logout", post(admin::logout))
-        .route("/setup", get(admin::setup))
-        .fallback(api::not_found)
+        .merge(clients::router())
+        .merge(workers::router())
+        .merge(operator::router())
+        .fallback(clients::not_found)
         .with_state(state)
 }
 
@@ -189,7 +164,7 @@ pub async fn serve<L>(
     let app = router(Arc::clone(&state));
     let stopping = CancellationToken::new();
     if let Some(endpoint) = &quic {
-        tokio::spawn(crate::quic::accept_workers(
+        tokio::spawn(workers::quic::accept_workers(
             endpoint.clone(),
             state,
             stopping.clone(),
@@ -246,7 +221,7 @@ impl RunningServer {
         let (endpoint, quic) = match &config.quic {
             Some(settings) => {
                 let (endpoint, fingerprint) =
-                    crate::quic::endpoint(settings).map_err(std::io::Error::other)?;
+                    workers::quic::endpoint(settings).map_err(std::io::Error::other)?;
                 let quic_addr = endpoint.local_addr()?;
                 (Some(endpoint), Some((quic_addr, fingerprint)))
             }

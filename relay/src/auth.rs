@@ -1,11 +1,11 @@
-//! Worker authentication: a constant-time secret check and a per-address cooldown after failures.
+//! Authentication shared by every audience: constant-time secret checks, bearer tokens, and a per-address cooldown after failures.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 
 use ring::digest::{SHA256, digest};
 use subtle::ConstantTimeEq;
@@ -182,6 +182,16 @@ impl AuthLimiter {
     }
 }
 
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// The address an authentication attempt counts against: the peer, or with
 /// `trust_forwarded_for` the last address the proxy in front appended to
 /// `X-Forwarded-For` (behind a proxy every peer is the proxy itself). The last
@@ -203,7 +213,23 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trust_forwarded_for: bo
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively_and_trimmed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  abc "),
+        );
+        assert_eq!(bearer(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&headers), None);
+    }
 
     #[test]
     fn the_secret_matches_only_itself_and_never_prints() {

@@ -6,6 +6,8 @@ use bytes::Bytes;
 use modelrelay_core::relay::Failure;
 use serde_json::json;
 
+use crate::codes;
+
 /// Which API a route speaks, and so how its errors look.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApiFlavor {
@@ -42,17 +44,19 @@ impl ApiError {
     /// The answer to a request the relay failed.
     pub fn from_failure(failure: &Failure, model: &str) -> Self {
         let (status, code) = match failure {
-            Failure::UnknownModel => (StatusCode::NOT_FOUND, "model_not_found"),
-            Failure::QueueFull => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
-            Failure::QueueTimeout => (StatusCode::GATEWAY_TIMEOUT, "queue_timeout"),
-            Failure::RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request_timeout"),
-            Failure::RequeueExhausted => (StatusCode::SERVICE_UNAVAILABLE, "requeue_exhausted"),
-            Failure::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
-            Failure::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            Failure::WorkerLost => (StatusCode::BAD_GATEWAY, "worker_lost"),
-            Failure::WorkerError { .. } => (StatusCode::BAD_GATEWAY, "worker_error"),
-            Failure::StreamTooLarge => (StatusCode::BAD_GATEWAY, "stream_too_large"),
-            Failure::ClientTooSlow => (StatusCode::SERVICE_UNAVAILABLE, "client_too_slow"),
+            Failure::UnknownModel => (StatusCode::NOT_FOUND, codes::MODEL_NOT_FOUND),
+            Failure::QueueFull => (StatusCode::TOO_MANY_REQUESTS, codes::QUEUE_FULL),
+            Failure::QueueTimeout => (StatusCode::GATEWAY_TIMEOUT, codes::QUEUE_TIMEOUT),
+            Failure::RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, codes::REQUEST_TIMEOUT),
+            Failure::RequeueExhausted => {
+                (StatusCode::SERVICE_UNAVAILABLE, codes::REQUEUE_EXHAUSTED)
+            }
+            Failure::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, codes::NO_CAPACITY),
+            Failure::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, codes::SHUTTING_DOWN),
+            Failure::WorkerLost => (StatusCode::BAD_GATEWAY, codes::WORKER_LOST),
+            Failure::WorkerError { .. } => (StatusCode::BAD_GATEWAY, codes::WORKER_ERROR),
+            Failure::StreamTooLarge => (StatusCode::BAD_GATEWAY, codes::STREAM_TOO_LARGE),
+            Failure::ClientTooSlow => (StatusCode::SERVICE_UNAVAILABLE, codes::CLIENT_TOO_SLOW),
         };
         let message = match failure {
             Failure::UnknownModel => {
@@ -129,6 +133,63 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// An [`ApiError`] bound to the API that answers with it: what client handlers return with `?`.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientError {
+    error: ApiError,
+    flavor: ApiFlavor,
+    /// The `WWW-Authenticate` challenge, for a 401.
+    challenge: Option<&'static str>,
+}
+
+impl ApiError {
+    /// This error answered in `flavor`'s shape.
+    pub(crate) fn for_api(self, flavor: ApiFlavor) -> ClientError {
+        ClientError {
+            error: self,
+            flavor,
+            challenge: None,
+        }
+    }
+
+    /// The 429 for an address shut out after failed authentications, welcome again after `retry`.
+    pub(crate) fn auth_cooldown(message: &'static str, retry: std::time::Duration) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, codes::AUTH_COOLDOWN, message);
+        error.retry_after_secs = Some(retry.as_secs().max(1));
+        error
+    }
+
+    /// The 503 once the hub has stopped: the relay is shutting down.
+    pub(crate) fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::SHUTTING_DOWN,
+            "The relay is shutting down.",
+        )
+    }
+}
+
+impl ClientError {
+    /// The same answer with a `WWW-Authenticate: {challenge}` header.
+    pub(crate) fn challenging(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+}
+
+impl IntoResponse for ClientError {
+    fn into_response(self) -> Response {
+        let mut response = self.error.into_response(self.flavor);
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }

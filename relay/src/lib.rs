@@ -5,22 +5,29 @@
 //! `/v1/messages`, `/v1/embeddings` and `/v1/models`; workers connect to
 //! `/v1/worker/connect` on the same port. One task, the hub, owns the core
 //! `Relay`; handlers and links talk to it over channels.
+//!
+//! The code is laid out by who is on the other end:
+//! - `clients/`: the inference routes (one table), the API-key gate, `/v1/models`, `/health`;
+//! - `workers/`: admission, the WebSocket and QUIC acceptors, the link task;
+//! - `operator/`: login and sessions, the admin API, the pages, `/metrics`;
+//! - `hub/`: the task that drives the core, its open requests and the response queues.
+//!
+//! Shared by all: `app` (configuration and serving), `http` (the HTTP/1 loop),
+//! `auth`, `keys`, `error` and `codes`.
 
-mod admin;
-mod api;
 mod app;
 pub mod auth;
+mod clients;
+mod codes;
 pub mod error;
 mod http;
 mod hub;
 pub mod keys;
-mod links;
-mod metrics;
-pub mod quic;
-mod response_queue;
-mod sse;
+mod operator;
+mod workers;
 
-pub use admin::CSRF_HEADER;
-pub use api::REQUEST_ID_HEADER;
 pub use app::{RunningServer, ServerConfig, serve};
 pub use auth::AdminToken;
+pub use clients::REQUEST_ID_HEADER;
+pub use operator::CSRF_HEADER;
+pub use workers::quic;

@@ -1,5 +1,8 @@
 //! A response's events on their way from the hub to the client's handler.
 //!
+//! It sits with the hub: the hub writes it, and its byte count is what the hub's
+//! backpressure reads; handlers only take from it.
+//!
 //! An unbounded queue (the hub must never wait on a client) that holds no
 //! memory while it is empty: with ten thousand streams open, most of them
 //! keeping up, a preallocated block per request would be most of the relay's
@@ -11,7 +14,17 @@ use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
-use crate::hub::ResponseEvent;
+use bytes::Bytes;
+use modelrelay_core::relay::Outcome;
+
+/// What a waiting response hears.
+#[derive(Debug)]
+pub(crate) enum ResponseEvent {
+    /// Stream bytes, in order.
+    Chunk(Bytes),
+    /// The end; nothing follows.
+    Ended(Outcome),
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -123,9 +136,6 @@ impl Drop for ResponseReceiver {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use modelrelay_core::relay::Outcome;
-
     use super::*;
 
     #[tokio::test]

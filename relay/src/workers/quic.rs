@@ -1,4 +1,5 @@
-//! Worker links over QUIC: the same checks as the WebSocket endpoint, on a UDP port.
+//! Worker links over QUIC: the endpoint, the pool of connections still before
+//! their hello, and the same admission as the WebSocket endpoint, on a UDP port.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -7,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use modelrelay_core::WorkerId;
-use modelrelay_core::relay::AuthOutcome;
 use modelrelay_core::wire::WireVersion;
 use modelrelay_transports::quic::{self, AcceptError, AcceptedLink};
 use modelrelay_transports::tls::{RelayIdentity, TlsError};
@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::app::AppState;
-use crate::links::{LinkInfo, refuse, run_link};
+use crate::hub::Transport;
+
+use super::admission::{Candidate, admit};
+use super::link::{LinkInfo, refuse, run_link};
 
 /// Where and with which certificate the relay takes QUIC worker links.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +161,7 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// Takes one QUIC connection through its hello and admission, then runs its link.
 async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending: Arc<Pending>) {
     let peer = incoming.remote_address();
     if app.limiter.check(peer.ip(), now()).is_err() {
@@ -190,9 +194,16 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
             return;
         }
     };
-    // Checked again now: failures by other connections may have started a cooldown
-    // while this one was shaking hands.
-    if app.limiter.check(peer.ip(), now()).is_err() {
+    // The cooldown is checked again now: failures by other connections may have
+    // started one while this one was shaking hands.
+    let candidate = Candidate {
+        transport: Transport::Quic,
+        peer,
+        address: peer.ip(),
+        secret: Some(&hello.secret),
+        provider: &hello.provider,
+    };
+    let Ok(admission) = admit(&app, &candidate, now()) else {
         warn!(%peer, "closing a QUIC worker connection: too many failed attempts from this address");
         refuse(
             writer,
@@ -200,27 +211,18 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
         )
         .await;
         return;
-    }
-    let now = now();
-    let auth = if app.config.worker_secret.matches(&hello.secret) {
-        AuthOutcome::Accepted
-    } else {
-        app.limiter.failure(peer.ip(), now);
-        warn!(%peer, "QUIC worker presented a wrong secret");
-        AuthOutcome::Rejected
     };
-    if hello.provider != app.config.provider.as_str() {
-        warn!(%peer, provider = %hello.provider, "QUIC worker asked for an unknown provider");
-        refuse(writer, &format!("unknown provider {:?}", hello.provider)).await;
+    if let Some(reason) = admission.refusal {
+        refuse(writer, &reason).await;
         return;
     }
     let worker = WorkerId::new(app.next_worker.fetch_add(1, Ordering::Relaxed));
     let link = LinkInfo {
         worker,
         wire: WireVersion::V2,
-        auth,
+        auth: admission.auth,
         peer,
-        transport: crate::hub::Transport::Quic,
+        transport: Transport::Quic,
     };
     run_link(reader, writer, link, app.hub.clone()).await;
 }

@@ -1,7 +1,10 @@
-//! Prometheus metrics: counted where things happen (mostly in the hub, which sees
-//! every request end exactly once), gauges filled from a hub snapshot at scrape.
+//! Prometheus metrics and their `/metrics` export.
 //!
-//! Label values are bounded: routes are the five inference paths, models are
+//! Counted where things happen (mostly in the hub, which sees every request end
+//! exactly once), gauges filled from a hub snapshot at scrape.
+//!
+//! Label values are bounded: routes are the paths of the inference route table
+//! ([`INFERENCE_ROUTES`](crate::clients::INFERENCE_ROUTES)), models are
 //! ones some worker advertised (a model nobody serves is counted as `unknown`,
 //! and past [`MAX_MODEL_LABELS`] distinct models the rest count as `other`),
 //! outcomes and reasons are fixed words.
@@ -11,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use modelrelay_core::relay::{Failure, Outcome, RelayStats};
-use modelrelay_core::wire::{BackendUsage, TokenCounts};
+use modelrelay_core::wire::TokenCounts;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,7 +22,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::error::ApiError;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppState;
+use crate::codes;
+use crate::error::{ApiError, ApiFlavor};
 
 /// The model label of a request for a model no worker serves.
 const UNKNOWN_MODEL: &str = "unknown";
@@ -74,6 +85,27 @@ struct StateLabels {
     state: &'static str,
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub(super) async fn scrape(State(app): State<Arc<AppState>>) -> Response {
+    let Some(snapshot) = app.hub.snapshot().await else {
+        return ApiError::shutting_down().into_response(ApiFlavor::OpenAi);
+    };
+    let text = app.metrics.render(
+        app.config.provider.as_str(),
+        snapshot.queue_depth,
+        snapshot.open_requests,
+        snapshot.worker_states,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 /// Histogram of seconds, 0.5 ms to about 4.6 min.
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.5, 15))
@@ -111,6 +143,8 @@ pub(crate) struct WorkerStates {
 }
 
 impl Metrics {
+    /// Every metric registered, at zero.
+    // One flat registration per metric, in export order: long, but nothing to untangle.
     pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
@@ -365,83 +399,14 @@ pub(crate) fn outcome_label(outcome: &Outcome) -> &'static str {
     }
 }
 
-/// Token usage a backend reported inside a stream chunk, if this chunk has it:
-/// OpenAI's last chunk (`usage`, with `stream_options.include_usage`),
-/// Anthropic's `message_start` and `message_delta` events, and the Responses
-/// API's `response.completed` (`response.usage`).
-///
-/// Only the `usage` objects are read, wherever they sit in an event, so an
-/// event split across chunks still counts unless the split falls inside the
-/// small `usage` object itself. Several in one chunk are merged, each count
-/// keeping its largest value.
-pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
-    const KEY: &[u8] = b"\"usage\"";
-    let mut found: Option<TokenCounts> = None;
-    let mut from = 0;
-    // Most chunks carry no usage: memmem skips them without parsing.
-    while let Some(at) = memchr::memmem::find(&chunk[from..], KEY).map(|i| from + i) {
-        from = at + KEY.len();
-        // Inside a JSON string the quotes would be escaped: not a key.
-        if at > 0 && chunk[at - 1] == b'\\' {
-            continue;
-        }
-        let rest = chunk[from..].trim_ascii_start();
-        let Some(rest) = rest.strip_prefix(b":") else {
-            continue;
-        };
-        let Some(object) = json_object_at(rest.trim_ascii_start()) else {
-            continue;
-        };
-        let counts = serde_json::from_slice::<BackendUsage>(object)
-            .ok()
-            .and_then(BackendUsage::counts);
-        if let Some(counts) = counts {
-            found.get_or_insert_default().merge_max(counts);
-        }
-    }
-    found
-}
-
-/// The JSON object `text` starts with, up to its closing brace (strings and
-/// their escapes skipped), or `None` if it does not start with one or ends first.
-fn json_object_at(text: &[u8]) -> Option<&[u8]> {
-    if text.first() != Some(&b'{') {
-        return None;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, &b) in text.iter().enumerate() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' => depth += 1,
-            b'}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(&text[..=i]);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
 /// Why a request was stopped before its answer, if it was.
 fn cancellation_reason(outcome: &Outcome) -> Option<&'static str> {
     match outcome {
         Outcome::Cancelled => Some("client_disconnected"),
         Outcome::Failed { failure, .. } => match failure {
-            Failure::RequestTimeout => Some("request_timeout"),
-            Failure::QueueTimeout => Some("queue_timeout"),
-            Failure::ClientTooSlow => Some("client_too_slow"),
+            Failure::RequestTimeout => Some(codes::REQUEST_TIMEOUT),
+            Failure::QueueTimeout => Some(codes::QUEUE_TIMEOUT),
+            Failure::ClientTooSlow => Some(codes::CLIENT_TOO_SLOW),
             _ => None,
         },
         Outcome::Completed(_) => None,
@@ -523,68 +488,6 @@ mod tests {
         assert_eq!(models, MAX_MODEL_LABELS + 1, "the labels plus `other`");
         assert!(text.contains(r#"model="other",outcome="ok"} 10"#), "{text}");
         assert!(text.contains(r#"model="model-0",outcome="ok"} 2"#));
-    }
-
-    #[test]
-    fn usage_is_read_from_openai_and_anthropic_stream_events() {
-        let openai = br#"data: {"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}
-
-"#;
-        assert_eq!(
-            stream_usage(openai),
-            Some(TokenCounts {
-                prompt_tokens: Some(5),
-                completion_tokens: Some(9),
-                total_tokens: Some(14),
-            })
-        );
-        let start = br#"event: message_start
-data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":12,"output_tokens":1}}}
-
-"#;
-        assert_eq!(stream_usage(start).and_then(|u| u.prompt_tokens), Some(12));
-        let delta = br#"event: message_delta
-data: {"type":"message_delta","delta":{},"usage":{"output_tokens":30}}
-
-"#;
-        assert_eq!(
-            stream_usage(delta).and_then(|u| u.completion_tokens),
-            Some(30)
-        );
-        assert_eq!(stream_usage(b"data: {\"choices\":[]}\n\n"), None);
-        assert_eq!(stream_usage(b"data: {\"usage\": not json\n\n"), None);
-        assert_eq!(stream_usage(b"data: {\"usage\": null}\n\n"), None);
-    }
-
-    #[test]
-    fn usage_is_read_from_responses_events_and_split_events() {
-        let completed = br#"event: response.completed
-data: {"type":"response.completed","response":{"id":"r","output":[{"content":[{"text":"a {brace} and \"usage\": {\"input_tokens\": 99}"}]}],"usage":{"input_tokens":7,"output_tokens":11,"total_tokens":18,"output_tokens_details":{"reasoning_tokens":0}}}}
-
-"#;
-        assert_eq!(
-            stream_usage(completed),
-            Some(TokenCounts {
-                prompt_tokens: Some(7),
-                completion_tokens: Some(11),
-                total_tokens: Some(18),
-            })
-        );
-        // The event's start came in an earlier chunk; the usage is whole in this one.
-        let tail = br#"reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}
-
-data: [DONE]
-
-"#;
-        assert_eq!(
-            stream_usage(tail).and_then(|u| u.completion_tokens),
-            Some(4)
-        );
-        // Cut inside the usage object: nothing rather than a wrong count.
-        assert_eq!(
-            stream_usage(br#"data: {"usage":{"prompt_tokens":3,"compl"#),
-            None
-        );
     }
 
     #[test]

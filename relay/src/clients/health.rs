@@ -1,0 +1,31 @@
+//! `GET /health`: whether the relay runs, and its main numbers.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::app::AppState;
+
+/// `GET /health`: status, version, workers, queue depth, uptime.
+pub(super) async fn health(State(app): State<Arc<AppState>>) -> Response {
+    let uptime_secs = app.started.elapsed().as_secs();
+    match app.hub.snapshot().await {
+        Some(snapshot) => axum::Json(json!({
+            "status": if snapshot.shutting_down { "draining" } else { "ok" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "workers_connected": snapshot.workers,
+            "queue_depth": snapshot.queue_depth,
+            "requests_in_progress": snapshot.open_requests,
+            "uptime_secs": uptime_secs,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "stopped", "version": env!("CARGO_PKG_VERSION"), "uptime_secs": uptime_secs})),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,45 @@
+//! What clients call: the inference routes, `/v1/models`, `/health`, and the answer to any other path.
+//!
+//! An inference request is parsed ([`parse`]), handed to the hub and answered
+//! ([`inference`]) whole ([`respond`]) or as a stream ([`stream`]); the routes
+//! come from one table ([`routes`]), and the API-key gate ([`api_key`]) stands in
+//! front of them.
+
+mod api_key;
+mod guard;
+mod health;
+mod inference;
+mod models;
+mod not_found;
+mod parse;
+mod respond;
+mod routes;
+mod sse;
+mod stream;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::app::AppState;
+
+pub use inference::REQUEST_ID_HEADER;
+pub(crate) use not_found::not_found;
+pub(crate) use routes::{INFERENCE_ROUTES, InferenceRoute};
+pub(crate) use sse::stream_usage;
+
+/// The client routes: every inference route of the table, `/v1/models` and `/health`.
+pub(crate) fn router() -> Router<Arc<AppState>> {
+    let router = INFERENCE_ROUTES
+        .iter()
+        .fold(Router::new(), |router, &route| {
+            router.route(
+                route.path,
+                post(move |app, request| inference::inference(app, route, request)),
+            )
+        });
+    router
+        .route("/v1/models", get(models::models))
+        .route("/health", get(health::health))
+}

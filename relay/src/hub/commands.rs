@@ -1,0 +1,90 @@
+//! What the hub is asked to do: the commands handlers and worker links send it.
+
+use std::time::Duration;
+
+use modelrelay_core::relay::{AuthOutcome, NewRequest};
+use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_core::{RequestId, WireRequestId, WorkerId};
+use modelrelay_transports::Outgoing;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::clients::InferenceRoute;
+
+use super::response_queue::ResponseSender;
+use super::views::{Snapshot, WorkerView};
+
+/// How a worker's link reaches the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// A WebSocket on the HTTP port.
+    WebSocket,
+    /// A QUIC connection.
+    Quic,
+}
+
+impl Transport {
+    /// Its name in the admin API.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Quic => "quic",
+        }
+    }
+}
+
+/// Something for the hub to do.
+pub(crate) enum Command {
+    /// A worker link is open.
+    WorkerConnected {
+        worker: WorkerId,
+        wire: WireVersion,
+        auth: AuthOutcome,
+        name_hint: String,
+        transport: Transport,
+        outbound: mpsc::UnboundedSender<LinkCommand>,
+        /// Cancelled when the hub closes the link; the link task then ends within a bound.
+        closing: CancellationToken,
+    },
+    /// A frame from a worker.
+    WorkerFrame {
+        worker: WorkerId,
+        message: WorkerMessage,
+    },
+    /// A frame from a worker that did not decode.
+    WorkerInvalid { worker: WorkerId, detail: String },
+    /// A worker link closed.
+    WorkerGone { worker: WorkerId },
+    /// A request frame could not be sent on its worker's link (too large for it).
+    Undeliverable {
+        worker: WorkerId,
+        request: WireRequestId,
+        detail: String,
+    },
+    /// A client request.
+    Request {
+        request: NewRequest,
+        /// The route it came in on.
+        route: InferenceRoute,
+        responder: ResponseSender,
+    },
+    /// A client went away.
+    ClientGone { request: RequestId },
+    /// A client went away after its stream's final event reached it.
+    ClientDone { request: RequestId },
+    /// Numbers for `/health`, `/v1/models`, `/metrics` and `/admin/stats`.
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// The connected workers, for `/admin/workers`.
+    Workers(oneshot::Sender<Vec<WorkerView>>),
+    /// Drain one worker; answers whether it was connected.
+    DrainWorker {
+        worker: WorkerId,
+        timeout: Duration,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Stop taking work and drain every worker.
+    Shutdown { drain: Duration },
+}
+
+/// What a worker link's writer is asked to do.
+pub(crate) type LinkCommand = Outgoing<ServerMessage>;

@@ -1,0 +1,77 @@
+//! The hub: the one task that owns the relay core and carries out what it decides.
+//!
+//! HTTP handlers and worker links send [`Command`]s; the hub feeds them to the
+//! [`Relay`], then routes its outputs: frames to
+//! worker links, chunks and ends to waiting responses (through each one's
+//! [`response_queue`]), closes to links. Deadlines come from `Relay::poll_timeout`.
+
+mod commands;
+mod links;
+mod request;
+pub(crate) mod response_queue;
+mod task;
+mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelrelay_core::relay::{Relay, RelayConfig};
+use modelrelay_core::{ProviderId, WorkerId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::operator::Metrics;
+
+pub(crate) use commands::{Command, LinkCommand, Transport};
+pub(crate) use views::{Snapshot, WorkerView};
+
+use task::HubTask;
+
+/// A handle to send commands to the hub.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Hub {
+    /// Starts the hub task.
+    pub(crate) fn spawn(
+        config: RelayConfig,
+        provider: ProviderId,
+        max_client_buffer: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let task = HubTask::new(Relay::new(config), provider, max_client_buffer, metrics);
+        (Self { commands }, tokio::spawn(task.run(inbox)))
+    }
+
+    /// Sends a command; `false` if the hub has stopped.
+    pub(crate) fn send(&self, command: Command) -> bool {
+        self.commands.send(command).is_ok()
+    }
+
+    /// The relay's current numbers, if the hub still runs.
+    pub(crate) async fn snapshot(&self) -> Option<Snapshot> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Snapshot(reply));
+        answer.await.ok()
+    }
+
+    /// The connected workers, if the hub still runs.
+    pub(crate) async fn workers(&self) -> Option<Vec<WorkerView>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Workers(reply));
+        answer.await.ok()
+    }
+
+    /// Drains one worker; `Some(false)` if no such worker is connected, `None` if the hub stopped.
+    pub(crate) async fn drain_worker(&self, worker: WorkerId, timeout: Duration) -> Option<bool> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::DrainWorker {
+            worker,
+            timeout,
+            reply,
+        });
+        answer.await.ok()
+    }
+}

@@ -1,0 +1,155 @@
+//! One client request while the hub has it open: where its answer goes, and what is measured of it.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use modelrelay_core::relay::{NewRequest, Outcome};
+use modelrelay_core::wire::TokenCounts;
+use modelrelay_core::{ModelName, RequestId, WorkerId};
+use prometheus_client::metrics::counter::Counter;
+use tracing::{info, warn};
+
+use crate::clients::{InferenceRoute, stream_usage};
+use crate::error::ApiError;
+use crate::operator::{Metrics, outcome_label};
+
+use super::response_queue::{ResponseEvent, ResponseSender};
+use super::task::now;
+
+/// A request waiting for its answer: its queue to the client, its timings, usage and byte counts.
+pub(super) struct OpenRequest {
+    id: RequestId,
+    responder: ResponseSender,
+    model: ModelName,
+    route: InferenceRoute,
+    streaming: bool,
+    arrived: Instant,
+    worker: Option<WorkerId>,
+    chunks: u64,
+    too_slow: bool,
+    /// Time spent queued before the first worker took it.
+    queue_wait: Option<Duration>,
+    /// Time to the first chunk.
+    first_chunk: Option<Duration>,
+    /// Stream bytes of its model, counted for `/metrics`.
+    bytes: Option<Counter>,
+    /// Token usage seen in the stream, if the backend reported any there.
+    stream_usage: Option<TokenCounts>,
+}
+
+impl OpenRequest {
+    /// `request`, arrived now on `route`, answered through `responder`.
+    pub(super) fn new(
+        request: &NewRequest,
+        route: InferenceRoute,
+        responder: ResponseSender,
+    ) -> Self {
+        Self {
+            id: request.id,
+            responder,
+            model: request.model.clone(),
+            route,
+            streaming: request.streaming,
+            arrived: now(),
+            worker: None,
+            chunks: 0,
+            too_slow: false,
+            queue_wait: None,
+            first_chunk: None,
+            bytes: None,
+            stream_usage: None,
+        }
+    }
+
+    /// Its frame went to `worker`; the first time, its wait in the queue is over.
+    pub(super) fn sent_to(&mut self, worker: WorkerId, metrics: &Metrics) {
+        self.worker = Some(worker);
+        if self.queue_wait.is_none() {
+            let waited = now().saturating_duration_since(self.arrived);
+            self.queue_wait = Some(waited);
+            metrics.dispatched(waited);
+        }
+    }
+
+    /// Hands a stream chunk to the client, counting it; `true` when the client
+    /// has just fallen more than `max_client_buffer` bytes behind.
+    pub(super) fn deliver(
+        &mut self,
+        chunk: Bytes,
+        metrics: &Metrics,
+        max_client_buffer: usize,
+    ) -> bool {
+        if self.chunks == 0 {
+            let after = now().saturating_duration_since(self.arrived);
+            self.first_chunk = Some(after);
+            if self.streaming {
+                metrics.first_chunk(self.route.path, after);
+            }
+        }
+        self.chunks += 1;
+        self.bytes
+            .get_or_insert_with(|| metrics.streamed_bytes(self.model.as_str()))
+            .inc_by(chunk.len() as u64);
+        if let Some(usage) = stream_usage(&chunk) {
+            self.stream_usage.get_or_insert_default().merge_max(usage);
+        }
+        // Bytes the client has not taken yet (none if it is gone).
+        let held = self
+            .responder
+            .send(ResponseEvent::Chunk(chunk))
+            .unwrap_or(0);
+        if held > max_client_buffer && !self.too_slow {
+            self.too_slow = true;
+            warn!(request = %self.id, held, "client reads too slowly; stopping its stream");
+            return true;
+        }
+        false
+    }
+
+    /// Ends it: usage seen in the stream fills a completion without counts, then
+    /// the metrics, the log line, and the end for the client.
+    pub(super) fn end(mut self, mut outcome: Outcome, metrics: &Metrics) {
+        if let Outcome::Completed(completion) = &mut outcome
+            && completion.token_counts.is_none()
+        {
+            completion.token_counts = self.stream_usage.take();
+        }
+        let took = now().saturating_duration_since(self.arrived);
+        metrics.ended(self.route.path, self.model.as_str(), &outcome, took);
+        self.log_end(&outcome, took);
+        let _ = self.responder.send(ResponseEvent::Ended(outcome));
+    }
+
+    /// One line per request end: id, route, model, worker, status, outcome, timings.
+    fn log_end(&self, outcome: &Outcome, took: Duration) {
+        let request = self.id;
+        let elapsed_ms = took.as_secs_f64() * 1000.0;
+        let queue_ms = millis(self.queue_wait);
+        let first_chunk_ms = millis(self.first_chunk);
+        let worker = self.worker.map(|w| w.get());
+        let route = self.route.path;
+        let result = outcome_label(outcome);
+        match outcome {
+            Outcome::Completed(completion) => info!(
+                %request, route, model = %self.model, worker, status = completion.status_code,
+                outcome = result, chunks = self.chunks, queue_ms, first_chunk_ms, elapsed_ms,
+                "request completed"
+            ),
+            Outcome::Failed { failure, streamed } => info!(
+                %request, route, model = %self.model, worker,
+                status = ApiError::from_failure(failure, "").status.as_u16(),
+                outcome = result, %failure, streamed, chunks = self.chunks, queue_ms,
+                first_chunk_ms, elapsed_ms, "request failed"
+            ),
+            Outcome::Cancelled => info!(
+                %request, route, model = %self.model, worker, outcome = result,
+                chunks = self.chunks, queue_ms, first_chunk_ms, elapsed_ms,
+                "request cancelled by the client"
+            ),
+        }
+    }
+}
+
+fn millis(duration: Option<Duration>) -> Option<f64> {
+    duration.map(|d| d.as_secs_f64() * 1000.0)
+}

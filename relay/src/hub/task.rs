@@ -1,0 +1,231 @@
+//! The hub's loop: each command fed to the core, each output carried out, in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use modelrelay_core::relay::{Input, NewRequest, Outcome, Output, Relay};
+use modelrelay_core::wire::{WorkerError, WorkerMessage};
+use modelrelay_core::{ProviderId, RequestId, WireRequestId, WorkerId};
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use crate::clients::InferenceRoute;
+use crate::codes;
+use crate::operator::Metrics;
+
+use super::Command;
+use super::links::LinkHandle;
+use super::request::OpenRequest;
+use super::response_queue::ResponseSender;
+
+/// The hub's state: the core, the links it writes to, the requests it answers.
+pub(super) struct HubTask {
+    /// The core, which makes every decision.
+    pub(super) relay: Relay,
+    /// The one provider this relay serves.
+    pub(super) provider: ProviderId,
+    /// The open worker links.
+    pub(super) links: HashMap<WorkerId, LinkHandle>,
+    requests: HashMap<RequestId, OpenRequest>,
+    /// Most bytes a response may hold for a client that does not read them.
+    max_client_buffer: usize,
+    /// Where requests and links are counted.
+    pub(super) metrics: Arc<Metrics>,
+}
+
+/// The hub's clock (tokio's, so paused and simulated time apply).
+pub(super) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Commands handled per wake-up before outputs are flushed.
+const BATCH: usize = 64;
+
+impl HubTask {
+    /// A hub over `relay`, serving `provider`.
+    pub(super) fn new(
+        relay: Relay,
+        provider: ProviderId,
+        max_client_buffer: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            relay,
+            provider,
+            links: HashMap::new(),
+            requests: HashMap::new(),
+            max_client_buffer,
+            metrics,
+        }
+    }
+
+    /// Runs until the inbox closes or the relay has drained after a shutdown.
+    pub(super) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let deadline = self
+                .relay
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                command = inbox.recv() => {
+                    let Some(command) = command else { break };
+                    self.apply(command);
+                    // Outputs go out after each command: a later command in the same
+                    // batch (a link closing) must not overtake them.
+                    self.flush();
+                    for _ in 1..BATCH {
+                        match inbox.try_recv() {
+                            Ok(command) => {
+                                self.apply(command);
+                                self.flush();
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    self.relay.handle_timeout(now());
+                    self.flush();
+                }
+            }
+            if self.relay.is_shutting_down() && self.relay.is_idle() {
+                info!("relay drained");
+                break;
+            }
+        }
+    }
+
+    /// Feeds one input to the core.
+    pub(super) fn feed(&mut self, input: Input) {
+        if let Err(error) = self.relay.handle(now(), input) {
+            // Ids come from counters in this process; a clash is a bug worth a loud line.
+            error!(%error, "relay refused an input");
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::WorkerConnected {
+                worker,
+                wire,
+                auth,
+                name_hint,
+                transport,
+                outbound,
+                closing,
+            } => {
+                let link = LinkHandle::new(outbound, closing, transport);
+                self.link_opened(worker, wire, auth, &name_hint, link);
+            }
+            Command::WorkerFrame { worker, message } => {
+                self.feed(Input::WorkerFrame { worker, message })
+            }
+            Command::WorkerInvalid { worker, detail } => self.link_invalid(worker, detail),
+            Command::WorkerGone { worker } => self.link_gone(worker),
+            Command::Request {
+                request,
+                route,
+                responder,
+            } => self.request_arrived(request, route, responder),
+            Command::ClientGone { request } => self.feed(Input::ClientGone { request }),
+            Command::ClientDone { request } => self.feed(Input::ClientDone { request }),
+            Command::Undeliverable {
+                worker,
+                request,
+                detail,
+            } => self.undeliverable(worker, request, detail),
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Command::Workers(reply) => {
+                let _ = reply.send(self.worker_views());
+            }
+            Command::DrainWorker {
+                worker,
+                timeout,
+                reply,
+            } => {
+                let _ = reply.send(self.drain_worker(worker, timeout));
+            }
+            Command::Shutdown { drain } => self.shutdown(drain),
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(output) = self.relay.poll_output() {
+            match output {
+                Output::SendToWorker { worker, message } => self.send_to_worker(worker, message),
+                Output::CloseWorker { worker, reason } => self.close_worker(worker, &reason),
+                Output::StreamChunk { request, chunk } => self.stream_chunk(request, chunk),
+                Output::RequestEnded { request, outcome } => self.request_ended(request, outcome),
+            }
+        }
+        self.metrics.sync_relay_stats(self.relay.stats());
+    }
+
+    fn request_arrived(
+        &mut self,
+        request: NewRequest,
+        route: InferenceRoute,
+        responder: ResponseSender,
+    ) {
+        let open = OpenRequest::new(&request, route, responder);
+        self.requests.insert(request.id, open);
+        self.feed(Input::RequestArrived(request));
+    }
+
+    /// A request's frame went to `worker`.
+    pub(super) fn request_sent(&mut self, request: RequestId, worker: WorkerId) {
+        if let Some(open) = self.requests.get_mut(&request) {
+            open.sent_to(worker, &self.metrics);
+        }
+    }
+
+    fn stream_chunk(&mut self, request: RequestId, chunk: Bytes) {
+        let Some(open) = self.requests.get_mut(&request) else {
+            return;
+        };
+        if open.deliver(chunk, &self.metrics, self.max_client_buffer) {
+            self.feed(Input::ClientTooSlow { request });
+        }
+    }
+
+    fn request_ended(&mut self, request: RequestId, outcome: Outcome) {
+        if let Some(open) = self.requests.remove(&request) {
+            open.end(outcome, &self.metrics);
+        }
+    }
+
+    /// A request frame its worker's link could not carry.
+    fn undeliverable(&mut self, worker: WorkerId, request: WireRequestId, detail: String) {
+        // To the relay this is the worker failing the request: it ends with a 502.
+        self.feed(Input::WorkerFrame {
+            worker,
+            message: WorkerMessage::Error(WorkerError {
+                request_id: Some(request),
+                code: codes::REQUEST_UNDELIVERABLE.into(),
+                message: detail,
+            }),
+        });
+    }
+
+    /// Stops taking work and drains every worker.
+    fn shutdown(&mut self, drain: Duration) {
+        info!(
+            drain_secs = drain.as_secs(),
+            "draining workers for shutdown"
+        );
+        self.feed(Input::Shutdown {
+            drain_timeout: drain,
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,41 @@
+//! What operators use: login and sessions, the JSON admin API, the HTML pages, and `/metrics`.
+
+mod admin_api;
+mod login;
+mod metrics;
+mod pages;
+mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{delete, get, post};
+
+use crate::app::AppState;
+
+pub(crate) use metrics::{Metrics, WorkerStates, outcome_label};
+pub use session::CSRF_HEADER;
+
+/// Largest admin request body (a key name, a login form).
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+/// The operator's routes: `/metrics`, `/admin/*`, `/dashboard*` and `/setup`.
+pub(crate) fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .route("/admin/workers", get(admin_api::workers))
+        .route("/admin/workers/{id}/drain", post(admin_api::drain_worker))
+        .route("/admin/stats", get(admin_api::stats))
+        .route(
+            "/admin/keys",
+            get(admin_api::list_keys).post(admin_api::create_key),
+        )
+        .route("/admin/keys/{id}", delete(admin_api::revoke_key))
+        .route("/dashboard", get(pages::dashboard))
+        .route(
+            "/dashboard/login",
+            get(login::login_page).post(login::login),
+        )
+        .route("/dashboard/logout", post(login::logout))
+        .route("/setup", get(pages::setup))
+}

@@ -1,0 +1,175 @@
+//! The operator's HTML pages: the dashboard and `/setup`, and what every page shares.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppState;
+
+use super::session::{Refusal, authorize, peer_of};
+
+const DASHBOARD_HTML: &str = include_str!("../../assets/dashboard.html");
+const SETUP_HTML: &str = include_str!("../../assets/setup.html");
+
+/// What the pages may load: only themselves.
+const PAGE_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
+/// An HTML page with the headers every page gets.
+pub(super) fn page(status: StatusCode, html: String) -> Response {
+    let mut response = (status, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// A 303 to `to`.
+pub(super) fn redirect(to: &'static str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+}
+
+/// The page saying the dashboard is off.
+pub(super) fn disabled_page() -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "<!doctype html><meta charset=utf-8><title>ModelRelay</title><p>The dashboard is off: start the server with <code>--admin-token</code> (<code>MODELRELAY_ADMIN_TOKEN</code>).</p>".into(),
+    )
+}
+
+/// Proof that the operator may see a page; if not, the rejection is the answer
+/// instead (the way to log in, or the page saying the dashboard is off).
+pub(super) struct PageViewer;
+
+impl FromRequestParts<Arc<AppState>> for PageViewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = peer_of(parts).map_err(IntoResponse::into_response)?;
+        match authorize(app, peer, &Method::GET, &parts.headers) {
+            Ok(_) => Ok(Self),
+            Err(Refusal::Disabled) => Err(disabled_page()),
+            Err(Refusal::Unauthorized) => Err(redirect("/dashboard/login")),
+            Err(other) => Err(other.into_response()),
+        }
+    }
+}
+
+/// `GET /dashboard`.
+pub(crate) async fn dashboard(_viewer: PageViewer) -> Response {
+    page(StatusCode::OK, DASHBOARD_HTML.to_owned())
+}
+
+/// Whether the client reached us over HTTPS (as far as we can tell).
+pub(super) fn is_https(app: &AppState, headers: &HeaderMap) -> bool {
+    let forwarded_https = app.config.trust_forwarded_for
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    forwarded_https
+        || app
+            .config
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+}
+
+/// This server's base URL as clients see it.
+fn public_url(app: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &app.config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        })
+        .unwrap_or("127.0.0.1:8080");
+    let scheme = if is_https(app, headers) {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `GET /setup`: commands to connect a new worker, with this server's URL.
+pub(crate) async fn setup(
+    State(app): State<Arc<AppState>>,
+    _viewer: PageViewer,
+    headers: HeaderMap,
+) -> Response {
+    let url = public_url(&app, &headers);
+    let quic_hint = match &app.config.quic {
+        Some(quic) => {
+            // The host without its port; an IPv6 address keeps its brackets.
+            let parsed = url::Url::parse(&url).ok();
+            let host = parsed
+                .as_ref()
+                .and_then(|u| u.host_str())
+                .unwrap_or("127.0.0.1");
+            format!(
+                "<p>On a lossy link (Wi-Fi, mobile), connect over QUIC instead: <code>--proxy-url quic://{}:{}</code> (with <code>--server-cert-sha256</code> as the relay printed at start-up).</p>",
+                escape_html(host),
+                quic.listen.port()
+            )
+        }
+        None => String::new(),
+    };
+    let html = SETUP_HTML
+        .replace("{{PUBLIC_URL}}", &escape_html(&url))
+        .replace("{{QUIC_HINT}}", &quic_hint);
+    page(StatusCode::OK, html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape_html(r#"<a href="x">&'"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}

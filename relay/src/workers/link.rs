@@ -1,0 +1,143 @@
+//! The task that runs one worker link, whichever its transport: frames to the hub, the hub's frames to the worker.
+
+use std::net::SocketAddr;
+
+use modelrelay_core::WorkerId;
+use modelrelay_core::relay::AuthOutcome;
+use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_transports::close_code;
+use modelrelay_transports::ws::CLOSE_LINGER;
+use modelrelay_transports::{LinkError, LinkReader, LinkWriter, Outgoing};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::hub::{Command, Hub, Transport};
+
+/// Closes a link at once with a policy violation (unknown provider, refused hello).
+pub(super) async fn refuse<W: LinkWriter<ServerMessage>>(writer: W, reason: &str) {
+    let (tx, queue) = mpsc::unbounded_channel();
+    let _ = tx.send(Outgoing::Close {
+        code: close_code::POLICY_VIOLATION,
+        reason: reason.to_owned(),
+    });
+    drop(tx);
+    let _ = tokio::time::timeout(CLOSE_LINGER, writer.run(queue, |_, _| None)).await;
+}
+
+/// What the hub is told of a new link.
+pub(super) struct LinkInfo {
+    /// The id the worker gets.
+    pub(super) worker: WorkerId,
+    /// The protocol version of the link.
+    pub(super) wire: WireVersion,
+    /// Whether its secret was right.
+    pub(super) auth: AuthOutcome,
+    /// Its address, as a name until it registers.
+    pub(super) peer: SocketAddr,
+    /// How it connected.
+    pub(super) transport: Transport,
+}
+
+/// Feeds a link's frames to the hub and writes what the hub sends, until either side ends it.
+pub(super) async fn run_link<R, W>(reader: R, writer: W, link: LinkInfo, hub: Hub)
+where
+    R: LinkReader<WorkerMessage>,
+    W: LinkWriter<ServerMessage>,
+{
+    let worker = link.worker;
+    let (outbound, queue) = mpsc::unbounded_channel();
+    let closing = CancellationToken::new();
+    let connected = hub.send(Command::WorkerConnected {
+        worker,
+        wire: link.wire,
+        auth: link.auth,
+        name_hint: link.peer.to_string(),
+        transport: link.transport,
+        outbound,
+        closing: closing.clone(),
+    });
+    if !connected {
+        return;
+    }
+    let reading = read_frames(reader, &hub, worker);
+    let writing = writer.run(queue, |message, error| {
+        undeliverable(&hub, worker, message, error)
+    });
+    tokio::pin!(reading, writing);
+    // One task per link. When the worker's side ends, the hub hears of it and the
+    // writer gets a moment to send what the hub still has to say (a close); when the
+    // hub's side ends (a close sent), the worker gets a moment to answer. A dead
+    // link answers nothing, so both waits are bounded.
+    let link = async {
+        tokio::select! {
+            biased;
+            () = &mut reading => {
+                hub.send(Command::WorkerGone { worker });
+                let _ = tokio::time::timeout(CLOSE_LINGER, &mut writing).await;
+            }
+            result = &mut writing => {
+                if let Err(error) = result {
+                    debug!(%worker, %error, "writing to the worker failed");
+                }
+                let _ = tokio::time::timeout(CLOSE_LINGER, &mut reading).await;
+            }
+        }
+    };
+    // The hub's close may sit behind frames a dead link never drains: past the
+    // linger, drop the link (the hub has already let it go).
+    let gave_up = async {
+        closing.cancelled().await;
+        tokio::time::sleep(CLOSE_LINGER * 2).await;
+    };
+    tokio::select! {
+        () = link => {}
+        () = gave_up => debug!(%worker, "the close did not complete: dropping the link"),
+    }
+    hub.send(Command::WorkerGone { worker });
+}
+
+/// Passes the worker's frames to the hub until the link ends or fails.
+async fn read_frames<R: LinkReader<WorkerMessage>>(mut reader: R, hub: &Hub, worker: WorkerId) {
+    loop {
+        match reader.next().await {
+            Some(Ok(message)) => {
+                if !hub.send(Command::WorkerFrame { worker, message }) {
+                    return;
+                }
+            }
+            Some(Err(error)) if error.is_protocol_violation() => {
+                hub.send(Command::WorkerInvalid {
+                    worker,
+                    detail: error.to_string(),
+                });
+                return;
+            }
+            Some(Err(error)) => {
+                debug!(%worker, %error, "worker link failed");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// A frame the writer could not send: a request is failed through the hub, anything else logged.
+fn undeliverable(
+    hub: &Hub,
+    worker: WorkerId,
+    message: ServerMessage,
+    error: &LinkError,
+) -> Option<ServerMessage> {
+    if let ServerMessage::Request(frame) = &message {
+        warn!(%worker, request = %frame.request_id, %error, "a request could not be sent to its worker");
+        hub.send(Command::Undeliverable {
+            worker,
+            request: frame.request_id.clone(),
+            detail: error.to_string(),
+        });
+    } else {
+        warn!(%worker, %error, "a frame for a worker could not be sent");
+    }
+    None
+}
