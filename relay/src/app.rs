@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::serve::{Listener, ListenerExt};
-use modelrelay_core::ProviderId;
 use modelrelay_core::relay::RelayConfig;
 use modelrelay_core::wire::FrameLimits;
+use modelrelay_core::{DEFAULT_PROVIDER, ProviderId};
 use modelrelay_transports::close_code;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,9 +22,6 @@ use crate::keys::KeyStore;
 use crate::operator::Metrics;
 use crate::workers::quic::QuicSettings;
 use crate::{clients, operator, workers};
-
-/// The provider a server serves, and a worker asks for, when none is named.
-pub(crate) const DEFAULT_PROVIDER: &str = "local";
 
 /// Everything the server needs to know.
 #[derive(Clone, Debug)]

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use modelrelay_core::WorkerId;
 use modelrelay_core::relay::AuthOutcome;
 use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_transports::LINK_CLOSE_WAIT;
 use modelrelay_transports::close_code;
-use modelrelay_transports::ws::CLOSE_LINGER;
 use modelrelay_transports::{LinkError, LinkReader, LinkWriter, Outgoing};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ pub(super) async fn refuse<W: LinkWriter<ServerMessage>>(writer: W, reason: &str
         reason: reason.to_owned(),
     });
     drop(tx);
-    let _ = tokio::time::timeout(CLOSE_LINGER, writer.run(queue, |_, _| None)).await;
+    let _ = tokio::time::timeout(LINK_CLOSE_WAIT, writer.run(queue, |_, _| None)).await;
 }
 
 /// What the hub is told of a new link.
@@ -74,13 +74,13 @@ where
             biased;
             () = &mut reading => {
                 hub.send(Command::WorkerGone { worker });
-                let _ = tokio::time::timeout(CLOSE_LINGER, &mut writing).await;
+                let _ = tokio::time::timeout(LINK_CLOSE_WAIT, &mut writing).await;
             }
             result = &mut writing => {
                 if let Err(error) = result {
                     debug!(%worker, %error, "writing to the worker failed");
                 }
-                let _ = tokio::time::timeout(CLOSE_LINGER, &mut reading).await;
+                let _ = tokio::time::timeout(LINK_CLOSE_WAIT, &mut reading).await;
             }
         }
     };
@@ -88,7 +88,7 @@ where
     // linger, drop the link (the hub has already let it go).
     let gave_up = async {
         closing.cancelled().await;
-        tokio::time::sleep(CLOSE_LINGER * 2).await;
+        tokio::time::sleep(LINK_CLOSE_WAIT * 2).await;
     };
     tokio::select! {
         () = link => {}

@@ -7,13 +7,13 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use modelrelay_core::WorkerId;
 use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_core::{DEFAULT_PROVIDER, WorkerId};
 use modelrelay_transports::ws::{split, upgrade};
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-use crate::app::{AppState, DEFAULT_PROVIDER, PeerAddr};
+use crate::app::{AppState, PeerAddr};
 use crate::auth::client_address;
 use crate::codes;
 use crate::error::{ApiError, ApiFlavor, ClientError};

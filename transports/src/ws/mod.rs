@@ -14,9 +14,6 @@ pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use modelrelay_core::wire::FrameLimits;
 
-/// The relay library's old name for [`crate::LINK_CLOSE_WAIT`], until it moves over.
-pub use crate::LINK_CLOSE_WAIT as CLOSE_LINGER;
-
 /// WebSocket settings for a link with these frame limits.
 pub fn config(limits: FrameLimits) -> WebSocketConfig {
     WebSocketConfig::default()
