@@ -26,6 +26,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, BackendError, BackendRequest, collect_body, list_models};
+use crate::endpoint;
 use crate::link::{ConnectError, Dialer, Link, ProtocolChoice, RelayEndpoint, connect};
 
 /// Where the worker's model list comes from.
@@ -445,6 +446,7 @@ impl<D: Dialer> Driver<D> {
                         BackendError::Unreachable(_) => "backend_unreachable",
                         BackendError::Body(_) => "backend_stream_error",
                         BackendError::Unexpected(_) => "backend_error",
+                        BackendError::Refused(_) => endpoint::REFUSED_CODE,
                     };
                     SessionInput::BackendFailed {
                         request: frame.request_id.clone(),
