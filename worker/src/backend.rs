@@ -17,6 +17,8 @@ use modelrelay_core::wire::{HOP_BY_HOP_HEADERS, Headers};
 use modelrelay_transports::tls::{TlsError, Trust, client_tls};
 use url::Url;
 
+use crate::endpoint::{self, RefusedPath};
+
 /// A request for the backend.
 #[derive(Clone, Debug)]
 pub struct BackendRequest {
@@ -59,6 +61,9 @@ pub enum BackendError {
     /// The answer was not what was asked for (for instance a model list that is not JSON).
     #[error("unexpected backend answer: {0}")]
     Unexpected(String),
+    /// The path asked for is not one the worker calls; the backend was not called.
+    #[error("{0}")]
+    Refused(RefusedPath),
 }
 
 /// Something that answers backend requests.
@@ -111,17 +116,10 @@ where
         Self { base, client }
     }
 
-    /// The full URL of `path` on the backend.
+    /// The full URL of `path` on the backend; refused if it is not a plain
+    /// path, so no path can change the backend's address (see [`endpoint::join`]).
     fn uri(&self, path: &str) -> Result<Uri, BackendError> {
-        let base = self.base.as_str().trim_end_matches('/');
-        // `--backend-url http://host:8000/v1` is a common spelling: do not double the `/v1`.
-        let path = match (base.ends_with("/v1"), path.strip_prefix("/v1")) {
-            (true, Some(rest)) if rest.is_empty() || rest.starts_with('/') => rest,
-            _ => path,
-        };
-        format!("{base}{path}")
-            .parse()
-            .map_err(|e| BackendError::Unexpected(format!("invalid backend URL: {e}")))
+        endpoint::backend_uri(&self.base, path).map_err(BackendError::Refused)
     }
 }
 
@@ -294,6 +292,20 @@ mod tests {
             backend.uri("/v1/models").unwrap(),
             "http://h:1/prefix/v1/models"
         );
+    }
+
+    #[test]
+    fn a_path_that_would_change_the_backend_host_is_refused_before_any_connection() {
+        let backend = HttpBackend::with_connector(
+            Url::parse("http://127.0.0.1:8000").unwrap(),
+            HttpConnector::new(),
+        );
+        for path in ["@evil.example/v1/chat/completions", "//evil.example/x"] {
+            assert!(
+                matches!(backend.uri(path), Err(BackendError::Refused(_))),
+                "{path:?}"
+            );
+        }
     }
 
     #[test]

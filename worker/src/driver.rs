@@ -26,6 +26,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, BackendError, BackendRequest, collect_body, list_models};
+use crate::endpoint;
 use crate::link::{ConnectError, Dialer, Link, ProtocolChoice, RelayEndpoint, connect};
 
 /// Where the worker's model list comes from.
@@ -445,6 +446,7 @@ impl<D: Dialer> Driver<D> {
                         BackendError::Unreachable(_) => "backend_unreachable",
                         BackendError::Body(_) => "backend_stream_error",
                         BackendError::Unexpected(_) => "backend_error",
+                        BackendError::Refused(_) => endpoint::REFUSED_CODE,
                     };
                     SessionInput::BackendFailed {
                         request: frame.request_id.clone(),
@@ -482,12 +484,21 @@ fn undeliverable(
 }
 
 /// Calls the backend for one request; streams SSE bodies chunk by chunk, collects others.
+///
+/// A path that is not an inference endpoint fails this request alone, before
+/// the backend is called: the relay gets an `error` frame for it (code
+/// [`endpoint::REFUSED_CODE`]), like every other failed backend call.
 async fn call_backend(
     backend: &dyn Backend,
     frame: &RequestFrame,
     limit: usize,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Result<SessionInput, BackendError> {
+    if let Err(refused) = endpoint::check_inference_path(&frame.endpoint_path) {
+        // The message escapes the path: no raw control characters reach the log.
+        warn!(request = %frame.request_id, %refused, "refusing a request: the relay asked for a path the worker does not call");
+        return Err(BackendError::Refused(refused));
+    }
     let headers: Headers = frame
         .headers
         .iter()
@@ -639,6 +650,48 @@ mod tests {
 
     fn json() -> Headers {
         [("content-type", "application/json")].into_iter().collect()
+    }
+
+    /// A backend that counts its calls and fails each one.
+    #[derive(Default)]
+    struct CountingBackend(std::sync::atomic::AtomicUsize);
+
+    impl Backend for CountingBackend {
+        fn send(&self, _: BackendRequest) -> crate::backend::BackendFuture {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Err(BackendError::Unreachable("a counted call".into())) })
+        }
+    }
+
+    fn request_for(path: &str) -> RequestFrame {
+        RequestFrame {
+            request_id: "req-1".into(),
+            model: "m".into(),
+            endpoint_path: path.into(),
+            is_streaming: false,
+            body: Bytes::from_static(b"{}"),
+            headers: Headers::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_for_a_path_that_is_not_an_inference_endpoint_fails_without_calling_the_backend()
+     {
+        let backend = CountingBackend::default();
+        let (events, _inbox) = mpsc::unbounded_channel();
+        for path in [
+            "/api/delete",
+            "@evil.example/v1/chat/completions",
+            "/v1/models",
+        ] {
+            let result = call_backend(&backend, &request_for(path), 1024, &events).await;
+            assert!(
+                matches!(&result, Err(BackendError::Refused(_))),
+                "{path}: {:?}",
+                result.err()
+            );
+        }
+        assert_eq!(backend.0.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod driver;
+pub mod endpoint;
 pub mod link;
 
 pub use driver::{ModelSource, WorkerOptions, run};

@@ -1,0 +1,188 @@
+//! Our worker against a relay that asks for backend paths it must not call.
+//!
+//! The relay chooses each request's `endpoint_path`; the worker calls only the
+//! inference endpoints, on its own backend. A fake v1 relay (a raw WebSocket
+//! server speaking JSON, as in `foreign_relay.rs`) asks for Ollama's
+//! `/api/delete` and for a path that would move the call to another host.
+
+// tungstenite's handshake callback fixes the (large) error type of the closure.
+#![allow(clippy::result_large_err)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use modelrelay_testkit::simulated_backend::BackendEvent;
+use modelrelay_worker::backend::HttpBackend;
+use modelrelay_worker::link::{NetDialer, RelayEndpoint};
+use modelrelay_worker::{ModelSource, WorkerOptions};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+/// Accepts connections on a loopback port and counts them; with `to`, passes
+/// each one on to that address, so the count is every connection the backend got.
+async fn counting_listener(to: Option<String>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            if let Some(to) = to.clone() {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }
+    });
+    (addr, count)
+}
+
+/// The next JSON text frame from the worker.
+async fn next(socket: &mut WebSocketStream<TcpStream>) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame from the worker within 10 s")
+        {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("link ended: {other:?}"),
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocketStream<TcpStream>, frame: Value) {
+    socket
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_relay_asking_for_a_path_outside_the_inference_endpoints_gets_an_error_and_the_backend_is_never_called()
+ {
+    let backend = backend(&["m"]).await;
+    let backend_addr = backend.url.trim_start_matches("http://").to_owned();
+    // What the worker is told is its backend: a counting front of the simulated one.
+    let (front, backend_connections) = counting_listener(Some(backend_addr)).await;
+    // Where an authority-changing path would send the call.
+    let (elsewhere, elsewhere_connections) = counting_listener(None).await;
+
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_url = format!("http://{}", relay.local_addr().unwrap());
+    let mut options = WorkerOptions::new(
+        RelayEndpoint::parse(&relay_url, "local").unwrap(),
+        "secret".into(),
+        ModelSource::List(vec!["m".into()]),
+    );
+    options.session.worker_name = "ours".into();
+    let http = HttpBackend::new(url::Url::parse(&format!("http://{front}")).unwrap()).unwrap();
+    let worker = tokio::spawn(modelrelay_worker::run(
+        options,
+        NetDialer::new(None),
+        Arc::new(http),
+        std::future::pending(),
+    ));
+
+    // Our worker offers v2 first; a relay that ignores the offer makes it dial
+    // again without it. Take connections until one brings a register frame.
+    let mut socket = loop {
+        let (stream, _) = relay.accept().await.unwrap();
+        let mut socket =
+            tokio_tungstenite::accept_hdr_async(stream, |_: &Request, response: Response| {
+                Ok(response)
+            })
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Text(text))) => {
+                let register: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(register["type"], "register", "{register}");
+                break socket;
+            }
+            _ => continue,
+        }
+    };
+    send(
+        &mut socket,
+        json!({"type": "register_ack", "worker_id": "w-1", "models": ["m"]}),
+    )
+    .await;
+
+    let refused = [
+        ("req-delete", "/api/delete".to_owned()),
+        ("req-elsewhere", format!("@{elsewhere}/v1/chat/completions")),
+        (
+            "req-control",
+            "/v1/chat/completions\r\nHost: evil\u{1b}[2J".to_owned(),
+        ),
+    ];
+    for (id, path) in &refused {
+        send(
+            &mut socket,
+            json!({"type": "request", "request_id": id, "model": "m",
+                "endpoint_path": path, "is_streaming": false,
+                "body": r#"{"model":"m","name":"m"}"#}),
+        )
+        .await;
+        let answer = next(&mut socket).await;
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["request_id"], *id, "{answer}");
+        assert_eq!(answer["code"], "endpoint_not_allowed", "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains("/v1/chat/completions"), "{message}");
+        assert!(!message.chars().any(char::is_control), "{message}");
+    }
+    assert_eq!(backend_connections.load(Ordering::SeqCst), 0);
+    assert_eq!(elsewhere_connections.load(Ordering::SeqCst), 0);
+    assert_eq!(backend.sim.events(), []);
+
+    // The link is still up: the next valid request on it is served.
+    send(
+        &mut socket,
+        json!({"type": "request", "request_id": "req-ok", "model": "m",
+            "endpoint_path": "/v1/chat/completions", "is_streaming": true,
+            "body": r#"{"model":"m","stream":true}"#}),
+    )
+    .await;
+    let mut chunks = 0;
+    loop {
+        let frame = next(&mut socket).await;
+        assert_eq!(frame["request_id"], "req-ok", "{frame}");
+        match frame["type"].as_str().unwrap() {
+            "response_chunk" => chunks += 1,
+            "response_complete" => {
+                assert_eq!(frame["status_code"], 200, "{frame}");
+                break;
+            }
+            other => panic!("unexpected {other}: {frame}"),
+        }
+    }
+    assert!(chunks >= 1);
+    let paths: Vec<String> = backend
+        .sim
+        .events()
+        .into_iter()
+        .filter_map(|event| match event {
+            BackendEvent::Received { path, .. } => Some(path),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paths, ["/v1/chat/completions"]);
+    assert_eq!(elsewhere_connections.load(Ordering::SeqCst), 0);
+    worker.abort();
+}
