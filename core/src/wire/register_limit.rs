@@ -40,7 +40,8 @@ const fn field(key: &str, value: usize) -> usize {
 /// The largest acceptable v1 `register` frame.
 const fn largest_v1_register() -> usize {
     let name = escaped(MAX_MODEL_NAME_BYTES);
-    let models = "[]".len() + MAX_MODELS_PER_WORKER * name + (MAX_MODELS_PER_WORKER - 1) * ", ".len();
+    let models =
+        "[]".len() + MAX_MODELS_PER_WORKER * name + (MAX_MODELS_PER_WORKER - 1) * ", ".len();
     let fields = [
         field("type", escaped("register".len())),
         field("worker_name", escaped(MAX_WORKER_NAME_BYTES)),
@@ -90,7 +91,7 @@ const fn largest_v2_register() -> usize {
 
 impl FrameLimits {
     /// The limit for a link on either version until its `register` is accepted:
-    /// room for the largest `register` the relay accepts, no more (396,230
+    /// room for the largest `register` the relay accepts, no more (395,880
     /// bytes, set by v1's worst case escaping; see [`FrameLimits::before_register_on`]).
     pub const fn before_register() -> Self {
         let v1 = largest_v1_register();
@@ -101,7 +102,7 @@ impl FrameLimits {
     }
 
     /// The limit for a link on `wire` until its `register` is accepted: the size of
-    /// the largest `register` the relay accepts in that encoding (v2: 66,450 bytes).
+    /// the largest `register` the relay accepts in that encoding (v2: 66,259 bytes).
     pub const fn before_register_on(wire: WireVersion) -> Self {
         Self {
             max_frame_bytes: match wire {
