@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use modelrelay_core::session::*;
 use modelrelay_core::wire::{
-    Cancel, CancelReason, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate, Ping, Pong,
-    REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, RequestFrame, ResponseChunk,
-    ServerMessage, WireVersion, WorkerError, WorkerMessage,
+    Cancel, CancelReason, GracefulShutdown, Headers, MAX_LISTED_MODELS, ModelsRefresh,
+    ModelsUpdate, Ping, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck,
+    RequestFrame, ResponseChunk, ServerMessage, WireVersion, WorkerError, WorkerMessage,
 };
 use modelrelay_core::{ModelName, RequestId, WireRequestId};
 
@@ -617,4 +617,43 @@ fn any_drain_timeout_from_the_relay_is_taken_without_overflow() {
         h.advance(Duration::from_secs(3600)),
         [SessionOutput::CloseLink]
     );
+}
+
+#[test]
+fn a_worker_advertises_no_more_models_than_a_relay_decodes() {
+    let many: Vec<String> = (0..MAX_LISTED_MODELS + 10)
+        .map(|n| format!("m{n}"))
+        .collect();
+    let mut h = Harness::new(1);
+    h.session = WorkerSession::new(SessionConfig {
+        worker_name: "gpu-1".into(),
+        models: many.clone(),
+        max_concurrent: 1,
+        jitter_seed: 42,
+        ..SessionConfig::default()
+    });
+    h.outputs();
+    let outputs = h.handle(SessionInput::LinkUp {
+        wire: WireVersion::V2,
+    });
+    let [SessionOutput::Send(WorkerMessage::Register(register))] = &outputs[..] else {
+        panic!("a register: {outputs:?}");
+    };
+    assert_eq!(register.models, many[..MAX_LISTED_MODELS]);
+
+    h.ack();
+    let mut more = many.clone();
+    more.push("late".into());
+    let outputs = h.handle(SessionInput::ModelsChanged(more));
+    assert!(
+        outputs.is_empty(),
+        "a change past the ceiling changes nothing advertised: {outputs:?}"
+    );
+    let mut fewer = many[1..].to_vec();
+    fewer.push("new".into());
+    let outputs = h.handle(SessionInput::ModelsChanged(fewer.clone()));
+    let [SessionOutput::Send(WorkerMessage::ModelsUpdate(update))] = &outputs[..] else {
+        panic!("a models_update: {outputs:?}");
+    };
+    assert_eq!(update.models, fewer[..MAX_LISTED_MODELS]);
 }

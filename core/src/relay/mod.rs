@@ -44,7 +44,10 @@ use rustc_hash::FxHashMap;
 
 pub use config::RelayConfig;
 pub use outcome::{CloseReason, Completion, Failure, Outcome};
-pub use sanitize::{MAX_WORKER_NAME_BYTES, SanitizedModels, sanitize_models, sanitize_worker_name};
+pub use sanitize::{
+    MAX_MODEL_NAME_BYTES, MAX_MODELS_PER_WORKER, MAX_WORKER_NAME_BYTES, SanitizedModels,
+    sanitize_models, sanitize_worker_name,
+};
 pub use selection::{LeastLoaded, SelectionPolicy, SelectionRank, WorkerLoad};
 pub use types::{
     AuthOutcome, Input, InputError, NewRequest, Output, RelayStats, RequestStatus, WorkerInfo,

@@ -17,6 +17,14 @@ pub struct SanitizedModels {
 /// Longest worker name kept, in bytes.
 pub const MAX_WORKER_NAME_BYTES: usize = 128;
 
+/// Most models kept from one worker's list (the default of
+/// `RelayConfig::max_models_per_worker`); the wire decoders refuse lists longer
+/// than four times this (`wire::MAX_LISTED_MODELS`).
+pub const MAX_MODELS_PER_WORKER: usize = 256;
+
+/// Longest model name kept, in bytes (the default of `RelayConfig::max_model_name_bytes`).
+pub const MAX_MODEL_NAME_BYTES: usize = 256;
+
 /// Trims names, drops empty, over-long, repeated ones (keeping first-seen order)
 /// and ones with control characters (which no client can ask for), caps the count.
 pub fn sanitize_models(

@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use super::{LinkState, SessionOutput, WorkerSession};
-use crate::wire::{CancelReason, ModelsUpdate, Register, WireVersion, WorkerMessage};
+use crate::wire::{
+    CancelReason, MAX_LISTED_MODELS, ModelsUpdate, Register, WireVersion, WorkerMessage,
+};
 
 impl WorkerSession {
     /// The link asked for is open: register on it.
@@ -61,6 +63,7 @@ impl WorkerSession {
 
     /// The backend's models changed: tell the server now if registered, else once registered.
     pub(super) fn on_models_changed(&mut self, models: Vec<String>) {
+        let models = advertisable(models);
         if models == self.models {
             return;
         }
@@ -102,4 +105,11 @@ impl WorkerSession {
             LinkState::Closing => {}
         }
     }
+}
+
+/// The models a worker advertises: at most [`MAX_LISTED_MODELS`] (a relay refuses a
+/// longer list as undecodable, and keeps only the first 256 of a shorter one anyway).
+pub(super) fn advertisable(mut models: Vec<String>) -> Vec<String> {
+    models.truncate(MAX_LISTED_MODELS);
+    models
 }

@@ -75,7 +75,7 @@ impl WorkerSession {
         outputs.push_back(SessionOutput::Connect);
         Self {
             backoff: Backoff::new(config.backoff, config.jitter_seed),
-            models: config.models.clone(),
+            models: local_side::advertisable(config.models.clone()),
             config,
             link: LinkState::Connecting,
             models_sent: false,

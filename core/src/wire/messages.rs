@@ -8,11 +8,15 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::bounded::{self, MAX_HEADER_PAIRS, too_many};
 use super::format::{payload, skip_empty_bytes, skip_empty_headers, skip_empty_vec, skip_none};
+use super::tagged::tagged_by_type;
 use crate::ids::{ModelName, WireRequestId};
 
 /// A frame a worker sends to the server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Deserialized without serde's internally tagged buffering (see `tagged.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerMessage {
     /// First frame on every link: who the worker is and what it serves.
@@ -30,7 +34,9 @@ pub enum WorkerMessage {
 }
 
 /// A frame the server sends to a worker.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Deserialized without serde's internally tagged buffering (see `tagged.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// Registration accepted: the worker's id and its sanitized model list.
@@ -47,12 +53,32 @@ pub enum ServerMessage {
     ModelsRefresh(ModelsRefresh),
 }
 
+tagged_by_type!(WorkerMessage, WorkerMessageType, "a worker message: a JSON object tagged by `type`" {
+    Register(Register),
+    ModelsUpdate(ModelsUpdate),
+    ResponseChunk(ResponseChunk),
+    ResponseComplete(ResponseComplete),
+    Pong(Pong),
+    Error(WorkerError),
+});
+
+tagged_by_type!(ServerMessage, ServerMessageType, "a server message: a JSON object tagged by `type`" {
+    RegisterAck(RegisterAck),
+    Request(Arc<RequestFrame>),
+    Cancel(Cancel),
+    Ping(Ping),
+    GracefulShutdown(GracefulShutdown),
+    ModelsRefresh(ModelsRefresh),
+});
+
 /// `register`: sent once, as the first frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Register {
     /// Human-readable name of the worker.
     pub worker_name: String,
-    /// Models as the worker lists them, before sanitizing.
+    /// Models as the worker lists them, before sanitizing; at most
+    /// [`MAX_LISTED_MODELS`](super::MAX_LISTED_MODELS), or the frame does not decode.
+    #[serde(deserialize_with = "bounded::listed_models")]
     pub models: Vec<String>,
     /// Requests the worker runs at once.
     pub max_concurrent: u32,
@@ -67,7 +93,9 @@ pub struct Register {
 /// `models_update`: the worker's full new model list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelsUpdate {
-    /// Models as the worker lists them, before sanitizing.
+    /// Models as the worker lists them, before sanitizing; at most
+    /// [`MAX_LISTED_MODELS`](super::MAX_LISTED_MODELS), or the frame does not decode.
+    #[serde(deserialize_with = "bounded::listed_models")]
     pub models: Vec<String>,
     /// Requests running on the worker.
     #[serde(default)]
@@ -178,9 +206,14 @@ pub struct RegisterAck {
     /// Id of this worker link on the server (opaque text).
     pub worker_id: String,
     /// The model list after sanitizing: what the server routes to this worker.
+    #[serde(deserialize_with = "bounded::acked_models")]
     pub models: Vec<ModelName>,
     /// What sanitizing changed, in words.
-    #[serde(default, skip_serializing_if = "skip_empty_vec")]
+    #[serde(
+        default,
+        deserialize_with = "bounded::ack_warnings",
+        skip_serializing_if = "skip_empty_vec"
+    )]
     pub warnings: Vec<String>,
     /// Protocol version the server speaks on this link.
     #[serde(default, skip_serializing_if = "skip_none")]
@@ -307,7 +340,8 @@ impl<'de> Deserialize<'de> for CancelReason {
     }
 }
 
-/// HTTP headers as `{name: value}`, in the order they were given.
+/// HTTP headers as `{name: value}`, in the order they were given; at most
+/// [`MAX_HEADER_PAIRS`] when decoded from a frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers(Vec<(String, String)>);
 
@@ -378,9 +412,16 @@ impl<'de> Deserialize<'de> for Headers {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
-                // The size hint comes from the peer: never trust it for allocation.
-                let mut pairs = Vec::with_capacity(access.size_hint().unwrap_or(0).min(64));
+                // postcard announces the count up front: refuse before reserving anything.
+                let announced = access.size_hint().unwrap_or(0);
+                if announced > MAX_HEADER_PAIRS {
+                    return Err(too_many("headers", MAX_HEADER_PAIRS));
+                }
+                let mut pairs = Vec::with_capacity(announced);
                 while let Some((name, value)) = access.next_entry::<String, String>()? {
+                    if pairs.len() == MAX_HEADER_PAIRS {
+                        return Err(too_many("headers", MAX_HEADER_PAIRS));
+                    }
                     pairs.push((name, value));
                 }
                 Ok(Headers(pairs))

@@ -6,18 +6,23 @@
 //! `[version byte][message tag byte][postcard body]` in a binary frame, with
 //! payloads (`body`, `chunk`) as raw bytes that decode as slices of the frame.
 
+mod bounded;
 mod format;
 mod messages;
+mod register_limit;
+mod tagged;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use bounded::{MAX_ACK_WARNINGS, MAX_HEADER_PAIRS, MAX_LISTED_MODELS};
 pub use messages::{
     BackendUsage, Cancel, CancelReason, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate,
     Ping, Pong, Register, RegisterAck, RequestFrame, ResponseChunk, ResponseComplete,
     ServerMessage, TokenCounts, WorkerError, WorkerMessage,
 };
+pub use register_limit::MAX_PROTOCOL_VERSION_BYTES;
 
 /// The `protocol_version` existing (v1) ModelRelay workers announce.
 pub const V1_PROTOCOL_VERSION: &str = "2026-04-bridge-v1";
@@ -122,6 +127,16 @@ pub enum DecodeError {
         /// How many bytes were left over.
         count: usize,
     },
+    /// A list or map in the frame (v1 or v2) is longer than its ceiling
+    /// ([`MAX_LISTED_MODELS`], [`MAX_ACK_WARNINGS`], [`MAX_HEADER_PAIRS`]);
+    /// decoding stopped at the first item past it.
+    #[error("{list} lists more than {ceiling} items")]
+    TooManyItems {
+        /// Which field: `models`, `warnings` or `headers`.
+        list: &'static str,
+        /// The ceiling it broke.
+        ceiling: usize,
+    },
 }
 
 /// Why a message could not be encoded.
@@ -166,8 +181,9 @@ impl WireVersion {
                 limit: limits.max_frame_bytes,
             });
         }
-        match self {
-            Self::V1 => serde_json::from_slice(frame).map_err(DecodeError::Json),
+        bounded::clear_ceiling_hit();
+        let decoded = match self {
+            Self::V1 => M::decode_v1(frame).map_err(DecodeError::Json),
             Self::V2 => {
                 let (&version, rest) = frame.split_first().ok_or(DecodeError::Empty)?;
                 if version != V2_FRAME_VERSION {
@@ -176,6 +192,13 @@ impl WireVersion {
                 let (&tag, body) = rest.split_first().ok_or(DecodeError::Empty)?;
                 format::slicing_from(frame, || M::decode_v2(tag, body))
             }
+        };
+        match (decoded, bounded::take_ceiling_hit()) {
+            (Err(_), Some(hit)) => Err(DecodeError::TooManyItems {
+                list: hit.list,
+                ceiling: hit.ceiling,
+            }),
+            (decoded, _) => decoded,
         }
     }
 
@@ -202,6 +225,8 @@ impl WireVersion {
 
 /// A message type that travels in frames: [`WorkerMessage`] or [`ServerMessage`].
 pub trait WireMessage: Serialize + DeserializeOwned + Sized {
+    /// Decodes a v1 JSON frame without serde's buffering of tagged enums.
+    fn decode_v1(frame: &[u8]) -> Result<Self, serde_json::Error>;
     /// Appends the v2 tag byte and postcard body to `frame`.
     fn encode_v2(&self, frame: Vec<u8>) -> Result<Vec<u8>, postcard::Error>;
     /// Decodes a v2 message from its tag byte and postcard body.
@@ -222,6 +247,10 @@ fn decode_v2_body<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, De
 macro_rules! v2_tags {
     ($message:ident { $($tag:literal => $variant:ident),* $(,)? }) => {
         impl WireMessage for $message {
+            fn decode_v1(frame: &[u8]) -> Result<Self, serde_json::Error> {
+                tagged::decode_v1(frame)
+            }
+
             fn encode_v2(&self, mut frame: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
                 match self {
                     $(Self::$variant(inner) => {
