@@ -18,7 +18,7 @@
 //!   holds a table from each prefix to the file that holds its tests; it is the
 //!   only place that says where a test lives, so a file that moves changes one
 //!   row there and nothing here. (Paths the prose writes out, such as a
-//!   section's `server/tests/relay_e2e.rs`, are checked to exist too, so after a
+//!   section's `e2e/tests/relay_e2e.rs`, are checked to exist too, so after a
 //!   move this test also points at the sentences that still name the old place.)
 //! - A backticked bare snake_case name with four or more underscores reads as a
 //!   test named without its prefix, and is refused.
@@ -320,7 +320,7 @@ fn is_module_path(s: &str) -> bool {
     s.split("::").all(is_snake)
 }
 
-/// `core/src/relay`, `server/tests/`: a relative path, not a route (`/v1/models`)
+/// `core/src/relay`, `e2e/tests/`: a relative path, not a route (`/v1/models`)
 /// or a URL (`quic://…`).
 fn is_workspace_path(s: &str) -> bool {
     s.contains('/')
