@@ -135,6 +135,60 @@ async fn upstream_4xx_and_5xx_pass_through_with_their_bodies() {
 }
 
 #[tokio::test]
+async fn a_model_that_is_no_routable_name_or_a_stream_flag_that_is_no_boolean_gets_400_without_echo()
+ {
+    let (relay, backend, _worker, http) = world().await;
+    let url = |route: &str| format!("{}{route}", relay.url());
+
+    // An array where the name belongs: refused at its first byte, in each API's shape.
+    let zeros = format!(r#"{{"model":[{}0]}}"#, "0,".repeat(100_000));
+    let reply = http.post(&url("/v1/chat/completions"), &zeros).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"]["code"], "invalid_model");
+    let reply = http
+        .post(&url("/v1/messages"), r#"{"model":{"a":1}}"#)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["type"], "error");
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+
+    // A name longer than any worker may advertise is not echoed back.
+    let long = "m".repeat(257);
+    let reply = http
+        .post(
+            &url("/v1/chat/completions"),
+            &format!(r#"{{"model":"{long}"}}"#),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"]["code"], "invalid_model");
+    assert!(!reply.text().contains(&long), "{}", reply.text());
+
+    // `stream` other than true, false or null: lenient backends stream on these.
+    for stream in ["1", r#""true""#, "[true]"] {
+        let body = format!(r#"{{"model":"m","stream":{stream}}}"#);
+        let reply = http.post(&url("/v1/chat/completions"), &body).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{stream}");
+        assert_eq!(reply.json()["error"]["code"], "invalid_stream", "{stream}");
+    }
+    let reply = http
+        .post(
+            &url("/v1/chat/completions"),
+            r#"{"model":"m","stream":null}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // None of the refused requests reached the backend: only the last one did.
+    let received = backend
+        .sim
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, BackendEvent::Received { .. }))
+        .count();
+    assert_eq!(received, 1, "{:?}", backend.sim.events());
+}
+
+#[tokio::test]
 async fn bad_requests_get_errors_in_each_apis_own_shape() {
     let (relay, _backend, _worker, http) = world().await;
     let url = |route: &str| format!("{}{route}", relay.url());

@@ -12,6 +12,8 @@ pub(crate) const INVALID_BODY: &str = "invalid_body";
 pub(crate) const INVALID_JSON: &str = "invalid_json";
 /// A `model` that is not a usable string.
 pub(crate) const INVALID_MODEL: &str = "invalid_model";
+/// A `stream` that is not a boolean.
+pub(crate) const INVALID_STREAM: &str = "invalid_stream";
 /// A request without `model`.
 pub(crate) const MISSING_MODEL: &str = "missing_model";
 /// No route for the method and path.
