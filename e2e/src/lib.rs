@@ -116,6 +116,8 @@ impl Process {
             .spawn()
             .unwrap_or_else(|e| panic!("{} does not start: {e}", binary.name()));
         let stderr = child.stderr.take().expect("stderr is piped");
+        // Unbounded, like `lines`: a test's child writes a few hundred log lines
+        // at most, and a line left unread must not stall the child's stderr.
         let (tx, logs) = mpsc::unbounded_channel();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&lines);

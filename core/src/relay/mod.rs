@@ -71,6 +71,9 @@ pub struct Relay {
     requests: FxHashMap<RequestId, RequestEntry>,
     ended: EndedRequests,
     timers: Timers,
+    /// What to do next. Bounded: the driver drains it after every input, and
+    /// one input yields at most a few outputs per request and worker it touches
+    /// (a shutdown, the largest, ends each queued or running request once).
     outputs: VecDeque<Output>,
     assignments: u64,
     arrivals: u64,

@@ -49,19 +49,25 @@ impl ArmedDeadlines {
 }
 
 /// A set of `(deadline, timer)`; each owner keeps the deadlines it armed so it can disarm them.
-#[derive(Debug, Default)]
-pub(crate) struct Timers {
-    pending: BTreeSet<(Instant, Timer)>,
+///
+/// Generic over the instant type only so its unit tests can use plain numbers
+/// instead of reading a clock; the relay uses `Instant`.
+#[derive(Debug)]
+pub(crate) struct Timers<At = Instant> {
+    pending: BTreeSet<(At, Timer)>,
 }
 
-impl Timers {
+impl<At> Default for Timers<At> {
+    fn default() -> Self {
+        Self {
+            pending: BTreeSet::new(),
+        }
+    }
+}
+
+impl<At: Ord + Copy> Timers<At> {
     /// Moves `timer` from `armed` to `next`, updating `armed`.
-    pub(crate) fn rearm(
-        &mut self,
-        timer: Timer,
-        armed: &mut Option<Instant>,
-        next: Option<Instant>,
-    ) {
+    pub(crate) fn rearm(&mut self, timer: Timer, armed: &mut Option<At>, next: Option<At>) {
         if *armed == next {
             return;
         }
@@ -75,12 +81,12 @@ impl Timers {
     }
 
     /// The earliest deadline.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<At> {
         self.pending.first().map(|(at, _)| *at)
     }
 
     /// Removes and returns the earliest timer due at or before `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+    pub(crate) fn pop_due(&mut self, now: At) -> Option<Timer> {
         let (at, _) = self.pending.first()?;
         if *at > now {
             return None;
@@ -91,13 +97,11 @@ impl Timers {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
     fn equal_instants_fire_requests_by_id_then_kind_before_workers() {
-        let at = Instant::now();
+        let at = 100_u64;
         let mut timers = Timers::default();
         let mut slots = [None; 5];
         let order = [
@@ -116,8 +120,8 @@ mod tests {
 
     #[test]
     fn a_rearmed_timer_leaves_its_old_instant() {
-        let at = Instant::now();
-        let later = at + Duration::from_secs(1);
+        let at = 100_u64;
+        let later = at + 1;
         let timer = Timer::Worker(WorkerId::new(1));
         let mut timers = Timers::default();
         let mut armed = None;

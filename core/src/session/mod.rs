@@ -65,6 +65,9 @@ pub struct WorkerSession {
     stop_deadline: Option<Instant>,
     stopping: bool,
     exited: bool,
+    /// What to do next. Bounded: the driver drains it after every input, and
+    /// one input yields at most one output per running request plus a few
+    /// (a shutdown, the largest, aborts each of at most `max_concurrent`).
     outputs: VecDeque<SessionOutput>,
 }
 

@@ -42,6 +42,9 @@ pub(crate) enum Command {
         auth: AuthOutcome,
         name_hint: String,
         transport: Transport,
+        /// The link's outbound queue: unbounded for now, as it was before the
+        /// split (docs/architecture.md lists it); per-request windows across
+        /// the link (the flow-control issue) are what will bound it.
         outbound: mpsc::UnboundedSender<LinkCommand>,
         /// Cancelled when the hub closes the link; the link task then ends within a bound.
         closing: CancellationToken,

@@ -15,6 +15,7 @@ use super::{LinkCommand, Transport};
 
 /// What the hub holds of a worker link.
 pub(super) struct LinkHandle {
+    /// Unbounded for now (see `Command::WorkerConnected`'s `outbound`).
     outbound: mpsc::UnboundedSender<LinkCommand>,
     closing: CancellationToken,
     transport: Transport,
