@@ -1,6 +1,7 @@
 //! Decoders that cannot be inflated: list and map ceilings enforced while
-//! decoding, the frame limit before `register`, v1 decoding that matches serde's
-//! derive, and the allocations a frame of N bytes may cost (at most 4·N + 1 MiB).
+//! decoding, the frame limit before `register`, and the allocations a frame of
+//! N bytes may cost (at most 4·N + 1 MiB). That v1 decoding matches serde's
+//! derive is checked beside the golden frames, in `core/src/wire/tests.rs`.
 //!
 //! Allocations are counted per thread by `allocation_counter` (its global
 //! allocator), so the tests of this binary may run in parallel.
@@ -14,14 +15,12 @@ use modelrelay_core::relay::{
     sanitize_models,
 };
 use modelrelay_core::wire::{
-    Cancel, CancelReason, DecodeError, FrameLimits, GracefulShutdown, Headers, MAX_ACK_WARNINGS,
-    MAX_HEADER_PAIRS, MAX_LISTED_MODELS, MAX_PROTOCOL_VERSION_BYTES, ModelsRefresh, ModelsUpdate,
-    Ping, Pong, Register, RegisterAck, RequestFrame, ResponseChunk, ResponseComplete,
-    ServerMessage, TokenCounts, WireVersion, WorkerError, WorkerMessage,
+    DecodeError, FrameLimits, MAX_ACK_WARNINGS, MAX_HEADER_PAIRS, MAX_LISTED_MODELS,
+    MAX_PROTOCOL_VERSION_BYTES, ModelsUpdate, Register, RegisterAck, RequestFrame,
+    ResponseComplete, ServerMessage, WireVersion, WorkerMessage,
 };
-use modelrelay_core::{ModelName, RequestId, WireRequestId};
+use modelrelay_core::{ModelName, RequestId};
 use proptest::prelude::*;
-use serde::Deserialize;
 
 const BOTH: [WireVersion; 2] = [WireVersion::V1, WireVersion::V2];
 const MIB: u64 = 1024 * 1024;
@@ -393,283 +392,6 @@ fn the_before_register_limit_is_a_few_hundred_kilobytes() {
     );
 }
 
-// ---- v1 decodes as serde's internally tagged derive did ----
-
-/// The message enums as they were derived before: the reference for v1 decoding.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum DerivedWorkerMessage {
-    Register(Register),
-    ModelsUpdate(ModelsUpdate),
-    ResponseChunk(ResponseChunk),
-    ResponseComplete(ResponseComplete),
-    Pong(Pong),
-    Error(WorkerError),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum DerivedServerMessage {
-    RegisterAck(RegisterAck),
-    Request(Arc<RequestFrame>),
-    Cancel(Cancel),
-    Ping(Ping),
-    GracefulShutdown(GracefulShutdown),
-    ModelsRefresh(ModelsRefresh),
-}
-
-impl From<DerivedWorkerMessage> for WorkerMessage {
-    fn from(message: DerivedWorkerMessage) -> Self {
-        match message {
-            DerivedWorkerMessage::Register(m) => Self::Register(m),
-            DerivedWorkerMessage::ModelsUpdate(m) => Self::ModelsUpdate(m),
-            DerivedWorkerMessage::ResponseChunk(m) => Self::ResponseChunk(m),
-            DerivedWorkerMessage::ResponseComplete(m) => Self::ResponseComplete(m),
-            DerivedWorkerMessage::Pong(m) => Self::Pong(m),
-            DerivedWorkerMessage::Error(m) => Self::Error(m),
-        }
-    }
-}
-
-impl From<DerivedServerMessage> for ServerMessage {
-    fn from(message: DerivedServerMessage) -> Self {
-        match message {
-            DerivedServerMessage::RegisterAck(m) => Self::RegisterAck(m),
-            DerivedServerMessage::Request(m) => Self::Request(m),
-            DerivedServerMessage::Cancel(m) => Self::Cancel(m),
-            DerivedServerMessage::Ping(m) => Self::Ping(m),
-            DerivedServerMessage::GracefulShutdown(m) => Self::GracefulShutdown(m),
-            DerivedServerMessage::ModelsRefresh(m) => Self::ModelsRefresh(m),
-        }
-    }
-}
-
-/// Both decoders agree: the same message, or both an error.
-///
-/// Except where serde's buffering decoded a value the message then ignored: an
-/// unknown field is now skipped unread, as serde_json does for any struct, so a
-/// number past `f64`'s range or a lone surrogate escape there no longer fails
-/// the frame. Every frame the derive accepted is accepted, with the same result.
-fn decodes_as_the_derive_did(frame: &[u8]) -> Result<(), TestCaseError> {
-    fn agree<T: PartialEq + std::fmt::Debug>(
-        ours: Result<T, String>,
-        derived: Result<T, String>,
-    ) -> Result<(), TestCaseError> {
-        match (ours, derived) {
-            (Ok(ours), Ok(derived)) => prop_assert_eq!(ours, derived),
-            (Err(_), Err(_)) => {}
-            (Ok(ours), Err(derived)) => prop_assert!(
-                derived.contains("number out of range") || derived.contains("surrogate"),
-                "{:?} vs {:?}",
-                ours,
-                derived
-            ),
-            (Err(ours), Ok(derived)) => {
-                prop_assert!(false, "refused {:?}: {}", derived, ours);
-            }
-        }
-        Ok(())
-    }
-    agree(
-        worker(WireVersion::V1, frame).map_err(|e| e.to_string()),
-        serde_json::from_slice::<DerivedWorkerMessage>(frame)
-            .map(WorkerMessage::from)
-            .map_err(|e| e.to_string()),
-    )?;
-    agree(
-        server(WireVersion::V1, frame).map_err(|e| e.to_string()),
-        serde_json::from_slice::<DerivedServerMessage>(frame)
-            .map(ServerMessage::from)
-            .map_err(|e| e.to_string()),
-    )
-}
-
-#[test]
-fn type_may_come_anywhere_and_a_repeated_type_is_refused_as_before() {
-    let frames: [&[u8]; 8] = [
-        br#"{"current_load":3,"type":"pong"}"#,
-        br#"{"current_load":3,"type":"pong","timestamp_unix_ms":5}"#,
-        br#" { "type" : "pong" , "current_load" : 3 } "#,
-        br#"{"\u0074ype":"pong","current_load":3}"#,
-        br#"{"type":"pong","current_load":3,"type":"pong"}"#,
-        br#"{"current_load":3,"type":"pong","type":"pong"}"#,
-        br#"{"type":"ping","type":"pong"}"#,
-        br#"{}"#,
-    ];
-    for frame in frames {
-        decodes_as_the_derive_did(frame).unwrap();
-    }
-    assert!(worker(WireVersion::V1, br#"{"current_load":3,"type":"pong"}"#).is_ok());
-    assert!(
-        worker(
-            WireVersion::V1,
-            br#"{"type":"pong","current_load":3,"type":"pong"}"#
-        )
-        .is_err()
-    );
-}
-
-#[test]
-fn a_v1_frame_that_is_not_utf8_is_refused_even_where_the_bytes_sit_in_an_ignored_field() {
-    for frame in [
-        &b"{\"x\":\"\x80\",\"type\":\"pong\",\"current_load\":0}"[..],
-        &b"{\"type\":\"pong\",\"current_load\":0,\"x\":\"\x80\"}"[..],
-    ] {
-        let result = worker(WireVersion::V1, frame);
-        assert!(matches!(result, Err(DecodeError::Json(_))), "{result:?}");
-        decodes_as_the_derive_did(frame).unwrap();
-    }
-    // Values of ignored fields are checked for syntax only, as for any struct.
-    let frame = br#"{"x":1e999,"type":"pong","current_load":0}"#;
-    assert!(worker(WireVersion::V1, frame).is_ok());
-    assert!(serde_json::from_slice::<DerivedWorkerMessage>(frame).is_err());
-}
-
-fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z0-9._:/-]{0,12}",
-        any::<String>().prop_map(|s| s.chars().take(12).collect()),
-    ]
-}
-
-fn arb_worker_message() -> impl Strategy<Value = WorkerMessage> {
-    let id = any::<u64>().prop_map(|n| WireRequestId::from(RequestId::new(n)));
-    let headers = proptest::collection::vec((text(), text()), 0..4)
-        .prop_map(|pairs| pairs.into_iter().collect::<Headers>());
-    prop_oneof![
-        (
-            text(),
-            proptest::collection::vec(text(), 0..4),
-            any::<u32>(),
-            proptest::option::of(text()),
-            proptest::option::of(any::<u32>())
-        )
-            .prop_map(
-                |(worker_name, models, max_concurrent, protocol_version, current_load)| {
-                    WorkerMessage::Register(Register {
-                        worker_name,
-                        models,
-                        max_concurrent,
-                        protocol_version,
-                        current_load,
-                    })
-                }
-            ),
-        (proptest::collection::vec(text(), 0..4), any::<u32>()).prop_map(
-            |(models, current_load)| WorkerMessage::ModelsUpdate(ModelsUpdate {
-                models,
-                current_load
-            })
-        ),
-        (id.clone(), text()).prop_map(|(request_id, chunk)| {
-            WorkerMessage::ResponseChunk(ResponseChunk {
-                request_id,
-                chunk: Bytes::from(chunk),
-            })
-        }),
-        (
-            id.clone(),
-            any::<u16>(),
-            headers,
-            text(),
-            proptest::option::of(any::<u64>())
-        )
-            .prop_map(|(request_id, status_code, headers, body, total)| {
-                WorkerMessage::ResponseComplete(ResponseComplete {
-                    request_id,
-                    status_code,
-                    headers,
-                    body: Bytes::from(body),
-                    token_counts: total.map(|t| TokenCounts {
-                        total_tokens: Some(t),
-                        ..TokenCounts::default()
-                    }),
-                })
-            }),
-        (any::<u32>(), proptest::option::of(any::<u64>())).prop_map(
-            |(current_load, timestamp_unix_ms)| WorkerMessage::Pong(Pong {
-                current_load,
-                timestamp_unix_ms
-            })
-        ),
-        (proptest::option::of(id), text(), text()).prop_map(|(request_id, code, message)| {
-            WorkerMessage::Error(WorkerError {
-                request_id,
-                code,
-                message,
-            })
-        }),
-    ]
-}
-
-fn arb_server_message() -> impl Strategy<Value = ServerMessage> {
-    prop_oneof![
-        (
-            text(),
-            proptest::collection::vec(text(), 0..4),
-            proptest::collection::vec(text(), 0..3)
-        )
-            .prop_map(|(worker_id, models, warnings)| ServerMessage::RegisterAck(
-                RegisterAck {
-                    worker_id,
-                    models: models.iter().map(|m| ModelName::new(m)).collect(),
-                    warnings,
-                    protocol_version: None,
-                }
-            )),
-        (any::<u64>(), text(), any::<bool>(), text()).prop_map(
-            |(id, model, is_streaming, body)| {
-                ServerMessage::Request(Arc::new(RequestFrame {
-                    request_id: RequestId::new(id).into(),
-                    model: ModelName::new(&model),
-                    endpoint_path: "/v1/chat/completions".into(),
-                    is_streaming,
-                    body: Bytes::from(body),
-                    headers: [("content-type", "application/json")].into_iter().collect(),
-                }))
-            }
-        ),
-        (any::<u64>(), text()).prop_map(|(id, reason)| ServerMessage::Cancel(Cancel {
-            request_id: RequestId::new(id).into(),
-            reason: CancelReason::Other(format!("{reason}x")),
-        })),
-        proptest::option::of(any::<u64>())
-            .prop_map(|timestamp_unix_ms| ServerMessage::Ping(Ping { timestamp_unix_ms })),
-        (
-            proptest::option::of(text()),
-            proptest::option::of(any::<u64>())
-        )
-            .prop_map(|(reason, drain_timeout_secs)| {
-                ServerMessage::GracefulShutdown(GracefulShutdown {
-                    reason,
-                    drain_timeout_secs,
-                })
-            }),
-        proptest::option::of(text())
-            .prop_map(|reason| ServerMessage::ModelsRefresh(ModelsRefresh { reason })),
-    ]
-}
-
-/// A v1 frame of either direction, its keys in encoder order or sorted (which
-/// puts `type` after other keys for most messages), or with a repeated `type`.
-fn arb_v1_frame() -> impl Strategy<Value = Vec<u8>> {
-    let encoded = prop_oneof![
-        arb_worker_message().prop_map(|m| encode(WireVersion::V1, &m).to_vec()),
-        arb_server_message().prop_map(|m| encode(WireVersion::V1, &m).to_vec()),
-    ];
-    (encoded, 0u8..4).prop_map(|(frame, shape)| match shape {
-        // serde_json's Value keeps keys sorted.
-        0 => serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&frame).unwrap())
-            .unwrap(),
-        1 => {
-            let mut repeated = frame[..frame.len() - 1].to_vec();
-            repeated.extend_from_slice(br#","type":"ping"}"#);
-            repeated
-        }
-        _ => frame,
-    })
-}
-
 fn cases(default: u32) -> ProptestConfig {
     ProptestConfig::with_cases(
         std::env::var("PROPTEST_CASES")
@@ -677,33 +399,6 @@ fn cases(default: u32) -> ProptestConfig {
             .and_then(|cases| cases.parse().ok())
             .unwrap_or(default),
     )
-}
-
-proptest! {
-    #![proptest_config(cases(256))]
-
-    #[test]
-    fn v1_frames_decode_as_serdes_internally_tagged_derive_did(
-        frame in arb_v1_frame(),
-        mutations in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 0..3),
-    ) {
-        let mut frame = frame;
-        for (index, byte, kind) in &mutations {
-            if frame.is_empty() {
-                break;
-            }
-            let at = index.index(frame.len());
-            match kind {
-                0 => frame[at] = *byte,
-                1 => { frame.remove(at); }
-                2 => frame.insert(at, *byte),
-                _ => frame.truncate(at),
-            }
-        }
-        // serde also took a JSON array for an internally tagged enum; v1 frames are objects.
-        prop_assume!(frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'['));
-        decodes_as_the_derive_did(&frame)?;
-    }
 }
 
 // ---- allocations: a frame of N bytes costs at most 4·N + 1 MiB ----

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use serde::Deserialize;
 
 use super::*;
 use crate::ids::{ModelName, RequestId, WireRequestId};
@@ -658,5 +659,186 @@ proptest! {
                 let _ = version.decode::<ServerMessage>(&frame, LIMITS);
             }
         }
+    }
+}
+
+fn v1_worker(frame: &[u8]) -> Result<WorkerMessage, DecodeError> {
+    WireVersion::V1.decode(&Bytes::copy_from_slice(frame), FrameLimits::default())
+}
+
+fn v1_server(frame: &[u8]) -> Result<ServerMessage, DecodeError> {
+    WireVersion::V1.decode(&Bytes::copy_from_slice(frame), FrameLimits::default())
+}
+
+// ---- v1 decodes as serde's internally tagged derive did (before `tagged.rs`) ----
+
+/// The message enums as they were derived before: the reference for v1 decoding.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum DerivedWorkerMessage {
+    Register(Register),
+    ModelsUpdate(ModelsUpdate),
+    ResponseChunk(ResponseChunk),
+    ResponseComplete(ResponseComplete),
+    Pong(Pong),
+    Error(WorkerError),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum DerivedServerMessage {
+    RegisterAck(RegisterAck),
+    Request(Arc<RequestFrame>),
+    Cancel(Cancel),
+    Ping(Ping),
+    GracefulShutdown(GracefulShutdown),
+    ModelsRefresh(ModelsRefresh),
+}
+
+impl From<DerivedWorkerMessage> for WorkerMessage {
+    fn from(message: DerivedWorkerMessage) -> Self {
+        match message {
+            DerivedWorkerMessage::Register(m) => Self::Register(m),
+            DerivedWorkerMessage::ModelsUpdate(m) => Self::ModelsUpdate(m),
+            DerivedWorkerMessage::ResponseChunk(m) => Self::ResponseChunk(m),
+            DerivedWorkerMessage::ResponseComplete(m) => Self::ResponseComplete(m),
+            DerivedWorkerMessage::Pong(m) => Self::Pong(m),
+            DerivedWorkerMessage::Error(m) => Self::Error(m),
+        }
+    }
+}
+
+impl From<DerivedServerMessage> for ServerMessage {
+    fn from(message: DerivedServerMessage) -> Self {
+        match message {
+            DerivedServerMessage::RegisterAck(m) => Self::RegisterAck(m),
+            DerivedServerMessage::Request(m) => Self::Request(m),
+            DerivedServerMessage::Cancel(m) => Self::Cancel(m),
+            DerivedServerMessage::Ping(m) => Self::Ping(m),
+            DerivedServerMessage::GracefulShutdown(m) => Self::GracefulShutdown(m),
+            DerivedServerMessage::ModelsRefresh(m) => Self::ModelsRefresh(m),
+        }
+    }
+}
+
+/// Both decoders agree: the same message, or both an error.
+///
+/// Except where serde's buffering decoded a value the message then ignored: an
+/// unknown field is now skipped unread, as serde_json does for any struct, so a
+/// number past `f64`'s range or a lone surrogate escape there no longer fails
+/// the frame. Every frame the derive accepted is accepted, with the same result.
+fn decodes_as_the_derive_did(frame: &[u8]) -> Result<(), TestCaseError> {
+    fn agree<T: PartialEq + std::fmt::Debug>(
+        ours: Result<T, String>,
+        derived: Result<T, String>,
+    ) -> Result<(), TestCaseError> {
+        match (ours, derived) {
+            (Ok(ours), Ok(derived)) => prop_assert_eq!(ours, derived),
+            (Err(_), Err(_)) => {}
+            (Ok(ours), Err(derived)) => prop_assert!(
+                derived.contains("number out of range") || derived.contains("surrogate"),
+                "{:?} vs {:?}",
+                ours,
+                derived
+            ),
+            (Err(ours), Ok(derived)) => {
+                prop_assert!(false, "refused {:?}: {}", derived, ours);
+            }
+        }
+        Ok(())
+    }
+    agree(
+        v1_worker(frame).map_err(|e| e.to_string()),
+        serde_json::from_slice::<DerivedWorkerMessage>(frame)
+            .map(WorkerMessage::from)
+            .map_err(|e| e.to_string()),
+    )?;
+    agree(
+        v1_server(frame).map_err(|e| e.to_string()),
+        serde_json::from_slice::<DerivedServerMessage>(frame)
+            .map(ServerMessage::from)
+            .map_err(|e| e.to_string()),
+    )
+}
+
+#[test]
+fn type_may_come_anywhere_and_a_repeated_type_is_refused_as_before() {
+    let frames: [&[u8]; 8] = [
+        br#"{"current_load":3,"type":"pong"}"#,
+        br#"{"current_load":3,"type":"pong","timestamp_unix_ms":5}"#,
+        br#" { "type" : "pong" , "current_load" : 3 } "#,
+        br#"{"\u0074ype":"pong","current_load":3}"#,
+        br#"{"type":"pong","current_load":3,"type":"pong"}"#,
+        br#"{"current_load":3,"type":"pong","type":"pong"}"#,
+        br#"{"type":"ping","type":"pong"}"#,
+        br#"{}"#,
+    ];
+    for frame in frames {
+        decodes_as_the_derive_did(frame).unwrap();
+    }
+    assert!(v1_worker(br#"{"current_load":3,"type":"pong"}"#).is_ok());
+    assert!(v1_worker(br#"{"type":"pong","current_load":3,"type":"pong"}"#).is_err());
+}
+
+#[test]
+fn a_v1_frame_that_is_not_utf8_is_refused_even_where_the_bytes_sit_in_an_ignored_field() {
+    for frame in [
+        &b"{\"x\":\"\x80\",\"type\":\"pong\",\"current_load\":0}"[..],
+        &b"{\"type\":\"pong\",\"current_load\":0,\"x\":\"\x80\"}"[..],
+    ] {
+        let result = v1_worker(frame);
+        assert!(matches!(result, Err(DecodeError::Json(_))), "{result:?}");
+        decodes_as_the_derive_did(frame).unwrap();
+    }
+    // Values of ignored fields are checked for syntax only, as for any struct.
+    let frame = br#"{"x":1e999,"type":"pong","current_load":0}"#;
+    assert!(v1_worker(frame).is_ok());
+    assert!(serde_json::from_slice::<DerivedWorkerMessage>(frame).is_err());
+}
+
+/// A v1 frame of either direction, its keys in encoder order or sorted (which
+/// puts `type` after other keys for most messages), or with a repeated `type`.
+fn arb_v1_frame() -> impl Strategy<Value = Vec<u8>> {
+    let encoded = prop_oneof![
+        arb_worker_message().prop_map(|m| WireVersion::V1.encode(&m).unwrap().to_vec()),
+        arb_server_message().prop_map(|m| WireVersion::V1.encode(&m).unwrap().to_vec()),
+    ];
+    (encoded, 0u8..4).prop_map(|(frame, shape)| match shape {
+        // serde_json's Value keeps keys sorted.
+        0 => serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&frame).unwrap())
+            .unwrap(),
+        1 => {
+            let mut repeated = frame[..frame.len() - 1].to_vec();
+            repeated.extend_from_slice(br#","type":"ping"}"#);
+            repeated
+        }
+        _ => frame,
+    })
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn v1_frames_decode_as_serdes_internally_tagged_derive_did(
+        frame in arb_v1_frame(),
+        mutations in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 0..3),
+    ) {
+        let mut frame = frame;
+        for (index, byte, kind) in &mutations {
+            if frame.is_empty() {
+                break;
+            }
+            let at = index.index(frame.len());
+            match kind {
+                0 => frame[at] = *byte,
+                1 => { frame.remove(at); }
+                2 => frame.insert(at, *byte),
+                _ => frame.truncate(at),
+            }
+        }
+        // serde also took a JSON array for an internally tagged enum; v1 frames are objects.
+        prop_assume!(frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'['));
+        decodes_as_the_derive_did(&frame)?;
     }
 }
