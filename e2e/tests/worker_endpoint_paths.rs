@@ -5,26 +5,19 @@
 //! server speaking JSON, as in `foreign_relay.rs`) asks for Ollama's
 //! `/api/delete` and for a path that would move the call to another host.
 
-// tungstenite's handshake callback fixes the (large) error type of the closure.
-#![allow(clippy::result_large_err)]
-
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
+use common::fake_v1_relay::{FakeV1Relay, next_frame, send_frame};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use modelrelay_testkit::simulated_backend::BackendEvent;
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::{NetDialer, RelayEndpoint};
 use modelrelay_worker::{ModelSource, WorkerOptions};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
 /// Accepts connections on a loopback port and counts them; with `to`, passes
 /// each one on to that address, so the count is every connection the backend got.
@@ -48,27 +41,6 @@ async fn counting_listener(to: Option<String>) -> (String, Arc<AtomicUsize>) {
     (addr, count)
 }
 
-/// The next JSON text frame from the worker.
-async fn next(socket: &mut WebSocketStream<TcpStream>) -> Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame from the worker within 10 s")
-        {
-            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("link ended: {other:?}"),
-        }
-    }
-}
-
-async fn send(socket: &mut WebSocketStream<TcpStream>, frame: Value) {
-    socket
-        .send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_relay_asking_for_a_path_outside_the_inference_endpoints_gets_an_error_and_the_backend_is_never_called()
  {
@@ -79,10 +51,9 @@ async fn a_relay_asking_for_a_path_outside_the_inference_endpoints_gets_an_error
     // Where an authority-changing path would send the call.
     let (elsewhere, elsewhere_connections) = counting_listener(None).await;
 
-    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_url = format!("http://{}", relay.local_addr().unwrap());
+    let relay = FakeV1Relay::bind().await;
     let mut options = WorkerOptions::new(
-        RelayEndpoint::parse(&relay_url, "local").unwrap(),
+        RelayEndpoint::parse(&relay.url, "local").unwrap(),
         "secret".into(),
         ModelSource::List(vec!["m".into()]),
     );
@@ -95,29 +66,9 @@ async fn a_relay_asking_for_a_path_outside_the_inference_endpoints_gets_an_error
         std::future::pending(),
     ));
 
-    // Our worker offers v2 first; a relay that ignores the offer makes it dial
-    // again without it. Take connections until one brings a register frame.
-    let mut socket = loop {
-        let (stream, _) = relay.accept().await.unwrap();
-        let mut socket =
-            tokio_tungstenite::accept_hdr_async(stream, |_: &Request, response: Response| {
-                Ok(response)
-            })
-            .await
-            .unwrap();
-        match tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Text(text))) => {
-                let register: Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(register["type"], "register", "{register}");
-                break socket;
-            }
-            _ => continue,
-        }
-    };
-    send(
+    let (mut socket, register) = relay.accept_register(|_| {}).await;
+    assert_eq!(register["type"], "register", "{register}");
+    send_frame(
         &mut socket,
         json!({"type": "register_ack", "worker_id": "w-1", "models": ["m"]}),
     )
@@ -132,14 +83,14 @@ async fn a_relay_asking_for_a_path_outside_the_inference_endpoints_gets_an_error
         ),
     ];
     for (id, path) in &refused {
-        send(
+        send_frame(
             &mut socket,
             json!({"type": "request", "request_id": id, "model": "m",
                 "endpoint_path": path, "is_streaming": false,
                 "body": r#"{"model":"m","name":"m"}"#}),
         )
         .await;
-        let answer = next(&mut socket).await;
+        let answer = next_frame(&mut socket).await;
         assert_eq!(answer["type"], "error", "{answer}");
         assert_eq!(answer["request_id"], *id, "{answer}");
         assert_eq!(answer["code"], "endpoint_not_allowed", "{answer}");
@@ -152,7 +103,7 @@ async fn a_relay_asking_for_a_path_outside_the_inference_endpoints_gets_an_error
     assert_eq!(backend.sim.events(), []);
 
     // The link is still up: the next valid request on it is served.
-    send(
+    send_frame(
         &mut socket,
         json!({"type": "request", "request_id": "req-ok", "model": "m",
             "endpoint_path": "/v1/chat/completions", "is_streaming": true,
@@ -161,7 +112,7 @@ async fn a_relay_asking_for_a_path_outside_the_inference_endpoints_gets_an_error
     .await;
     let mut chunks = 0;
     loop {
-        let frame = next(&mut socket).await;
+        let frame = next_frame(&mut socket).await;
         assert_eq!(frame["request_id"], "req-ok", "{frame}");
         match frame["type"].as_str().unwrap() {
             "response_chunk" => chunks += 1,

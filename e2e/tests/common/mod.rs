@@ -4,4 +4,5 @@
 
 pub use modelrelay_testkit::*;
 
+pub mod fake_v1_relay;
 pub mod scenarios;
