@@ -6,6 +6,8 @@
 //! front of them.
 
 mod api_key;
+#[cfg(test)]
+mod fuzz;
 mod guard;
 mod health;
 mod inference;

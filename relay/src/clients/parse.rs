@@ -33,7 +33,7 @@ pub(super) struct ParsedRequest {
 /// probe allocate more than the name it names (a tree of a 32 MB array of
 /// zeros once cost about 16 bytes for each byte of the body).
 #[derive(Deserialize)]
-struct Probe {
+pub(super) struct Probe {
     #[serde(default)]
     model: ModelField,
     #[serde(default)]
@@ -200,7 +200,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// The `model` and `stream` fields of a UTF-8 body, which must be a JSON object.
-fn probe(body: &[u8]) -> Result<Probe, ApiError> {
+pub(super) fn probe(body: &[u8]) -> Result<Probe, ApiError> {
     // serde would also read a struct from an array, by position.
     if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::new(

@@ -34,6 +34,10 @@ fn is_final_line(line: &[u8]) -> bool {
     false
 }
 
+/// Longest `usage` object read: real ones are a few hundred bytes; a longer
+/// one is skipped unread, so no chunk costs more than one pass over its bytes.
+const MAX_USAGE_OBJECT_BYTES: usize = 4096;
+
 /// Token usage a backend reported inside a stream chunk, if this chunk has it:
 /// OpenAI's last chunk (`usage`, with `stream_options.include_usage`),
 /// Anthropic's `message_start` and `message_delta` events, and the Responses
@@ -44,8 +48,18 @@ fn is_final_line(line: &[u8]) -> bool {
 /// small `usage` object itself. Several in one chunk are merged, each count
 /// keeping its largest value.
 pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
+    scan_usage(chunk).0
+}
+
+/// The merged usage in `chunk`, with the bytes looked at while delimiting
+/// objects (the `memmem` search aside), which tests hold to one pass.
+///
+/// Every byte is delimited at most once: the search resumes after an object,
+/// or after the window that held none, so a chunk of `"usage":{` repeated
+/// costs one pass, not one per key.
+pub(super) fn scan_usage(chunk: &[u8]) -> (Option<TokenCounts>, usize) {
     const KEY: &[u8] = b"\"usage\"";
-    let mut found: Option<TokenCounts> = None;
+    let (mut found, mut examined): (Option<TokenCounts>, usize) = (None, 0);
     let mut from = 0;
     // Most chunks carry no usage: memmem skips them without parsing.
     while let Some(at) = memchr::memmem::find(&chunk[from..], KEY).map(|i| from + i) {
@@ -54,28 +68,31 @@ pub(crate) fn stream_usage(chunk: &[u8]) -> Option<TokenCounts> {
         if at > 0 && chunk[at - 1] == b'\\' {
             continue;
         }
-        let rest = chunk[from..].trim_ascii_start();
-        let Some(rest) = rest.strip_prefix(b":") else {
+        let after_key = chunk[from..].trim_ascii_start();
+        let Some(value) = after_key.strip_prefix(b":").map(<[u8]>::trim_ascii_start) else {
             continue;
         };
-        let Some(object) = json_object_at(rest.trim_ascii_start()) else {
-            continue;
-        };
-        let counts = serde_json::from_slice::<BackendUsage>(object)
-            .ok()
+        let window = &value[..value.len().min(MAX_USAGE_OBJECT_BYTES)];
+        let (object, looked_at) = json_object_at(window);
+        examined += looked_at;
+        // Past what was looked at (at least one byte, at most the rest).
+        from = chunk.len() - value.len() + looked_at.max(1).min(value.len());
+        let counts = object
+            .and_then(|object| serde_json::from_slice::<BackendUsage>(object).ok())
             .and_then(BackendUsage::counts);
         if let Some(counts) = counts {
             found.get_or_insert_default().merge_max(counts);
         }
     }
-    found
+    (found, examined)
 }
 
 /// The JSON object `text` starts with, up to its closing brace (strings and
-/// their escapes skipped), or `None` if it does not start with one or ends first.
-fn json_object_at(text: &[u8]) -> Option<&[u8]> {
+/// their escapes skipped), or `None` if it does not start with one or ends
+/// first; with the number of bytes looked at.
+fn json_object_at(text: &[u8]) -> (Option<&[u8]>, usize) {
     if text.first() != Some(&b'{') {
-        return None;
+        return (None, 0);
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for (i, &b) in text.iter().enumerate() {
@@ -94,13 +111,13 @@ fn json_object_at(text: &[u8]) -> Option<&[u8]> {
             b'}' => {
                 depth -= 1;
                 if depth == 0 {
-                    return Some(&text[..=i]);
+                    return (Some(&text[..=i]), i + 1);
                 }
             }
             _ => {}
         }
     }
-    None
+    (None, text.len())
 }
 
 #[cfg(test)]
@@ -198,6 +215,38 @@ data: [DONE]
         assert_eq!(
             stream_usage(br#"data: {"usage":{"prompt_tokens":3,"compl"#),
             None
+        );
+    }
+
+    #[test]
+    fn the_usage_scan_looks_at_each_byte_once_whatever_the_chunk_holds() {
+        let hostile = [
+            b"\"usage\":{".repeat(60_000),
+            b"\"usage\":{\"a\":\"".repeat(60_000),
+            [b"\"usage\":".as_slice(), &b"{".repeat(500_000)].concat(),
+            br#""usage":{"prompt_tokens":1},"#.repeat(20_000),
+        ];
+        for chunk in hostile {
+            let (_, examined) = scan_usage(&chunk);
+            assert!(
+                examined <= chunk.len(),
+                "{examined} bytes examined for a chunk of {}",
+                chunk.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_usage_object_longer_than_the_window_is_skipped() {
+        let padding = " ".repeat(MAX_USAGE_OBJECT_BYTES);
+        let long = format!(
+            "data: {{\"usage\":{{\"prompt_tokens\":3,{padding}\"completion_tokens\":4}}}}\n\n"
+        );
+        assert_eq!(stream_usage(long.as_bytes()), None);
+        let after = format!("{long}data: {{\"usage\":{{\"completion_tokens\":5}}}}\n\n");
+        assert_eq!(
+            stream_usage(after.as_bytes()).and_then(|u| u.completion_tokens),
+            Some(5)
         );
     }
 }
