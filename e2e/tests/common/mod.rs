@@ -5,4 +5,5 @@
 pub use modelrelay_testkit::*;
 
 pub mod fake_v1_relay;
+pub mod raw_worker;
 pub mod scenarios;

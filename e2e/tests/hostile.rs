@@ -1,0 +1,142 @@
+//! Attacks on the real `modelrelay-server` binary, replayed: what it answers,
+//! that an ordinary client is served during and after, and what the attack
+//! may cost the process (its peak memory, `VmHWM`). Each test names the
+//! attack it replays from issue 12 and the bound it holds the relay to.
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw_worker::{next, raw_connect, registered, send};
+use common::*;
+use e2e::{Binary, Process};
+use http::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A generous bound for steps that take milliseconds when the relay is sound
+/// and minutes or hours when it is not; not a timing assertion.
+const SOUND_WITHIN: Duration = Duration::from_secs(60);
+
+/// The server binary with `extra` flags, logging at `format` and level debug;
+/// its base URL.
+async fn server(format: &str, extra: &[&str]) -> (Process, String) {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--worker-secret", SECRET];
+    args.extend(["--log-format", format, "--log-level", "debug"]);
+    args.extend(extra);
+    let mut server = Process::start(Binary::Server, &args);
+    let addr = match format {
+        "json" => {
+            let listening = server.logged("relay listening").await;
+            listening["addr"].as_str().unwrap().to_owned()
+        }
+        _ => {
+            let line = server.wrote("relay listening").await;
+            let at = line.find("addr=").expect("the address is logged") + "addr=".len();
+            line[at..].split_whitespace().next().unwrap().to_owned()
+        }
+    };
+    (server, addr)
+}
+
+/// Whether `/health` answers 200 within [`SOUND_WITHIN`].
+async fn healthy(http: &Http, addr: &str) -> bool {
+    let url = format!("http://{addr}/health");
+    let health = tokio::time::timeout(SOUND_WITHIN, http.get(&url)).await;
+    matches!(health, Ok(reply) if reply.status == StatusCode::OK)
+}
+
+/// Issue 12, "one chunk freezes everyone": a worker answers a stream with one
+/// 5 MB chunk of `"usage":{` repeated. The relay scans it in one pass, the
+/// client gets every byte, and `/health` answers meanwhile (once this took
+/// most of an hour inside the task that serves everyone).
+#[tokio::test]
+async fn a_chunk_of_repeated_usage_keys_is_relayed_without_stalling_the_relay() {
+    let (_server, addr) = server("json", &[]).await;
+    let mut worker = registered(&addr, SECRET, &["m"]).await;
+    let http = Http::new();
+    let client = tokio::spawn({
+        let (http, url) = (http.clone(), format!("http://{addr}/v1/chat/completions"));
+        async move { http.post(&url, r#"{"model":"m","stream":true}"#).await }
+    });
+    let request = next(&mut worker).await.unwrap();
+    assert_eq!(request["type"], "request");
+    let id = request["request_id"].as_str().unwrap().to_owned();
+    let hostile = "\"usage\":{".repeat(5 * 1024 * 1024 / 9);
+    let chunk = json!({"type": "response_chunk", "request_id": id, "chunk": hostile});
+    send(&mut worker, &chunk.to_string()).await;
+    assert!(
+        healthy(&http, &addr).await,
+        "the relay stalled on one chunk"
+    );
+    let complete = json!({"type": "response_complete", "request_id": id, "status_code": 200});
+    send(&mut worker, &complete.to_string()).await;
+    let reply = tokio::time::timeout(SOUND_WITHIN, client)
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len(), hostile.len());
+}
+
+/// Issue 12, "log forging without a secret": a provider name and a v1 frame
+/// type carrying newlines and terminal escapes, and secrets in query strings.
+/// Text logs keep every value on its line with control characters escaped,
+/// and no query string reaches a log line.
+#[tokio::test]
+async fn network_values_are_escaped_in_text_logs_and_query_strings_are_never_logged() {
+    let (mut server, addr) = server("text", &[]).await;
+    // A provider name with a forged log line in it, on an upgrade request.
+    let forged_provider = "evil%0AINFO%20forged%20line%1B%5B31m";
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let upgrade = format!(
+        "GET /v1/worker/connect?provider={forged_provider}&token=QUERYSECRET HTTP/1.1\r\n\
+         Host: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         x-worker-secret: {SECRET}\r\n\r\n"
+    );
+    stream.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 512];
+    let _ = tokio::time::timeout(SOUND_WITHIN, stream.read(&mut answer)).await;
+    drop(stream);
+    let escaped_provider = server.wrote("unknown provider").await;
+    assert!(
+        escaped_provider.contains("evil\\nINFO forged line\\u{1b}[31m"),
+        "{escaped_provider}"
+    );
+    // A v1 frame whose type is a forged line: serde's error text quotes it.
+    let mut socket = raw_connect(
+        &addr,
+        "?worker_secret=QUERYSECRET",
+        &[("x-worker-secret", SECRET)],
+    )
+    .await
+    .unwrap();
+    send(&mut socket, r#"{"type":"x\nINFO forged frame\u001b[2J"}"#).await;
+    let _ = next(&mut socket).await;
+    let escaped_frame = server.wrote("forged frame").await;
+    assert!(
+        escaped_frame.contains("x\\nINFO forged frame"),
+        "{escaped_frame}"
+    );
+    // A query string on a route that does not exist.
+    let http = Http::new();
+    let reply = http
+        .get(&format!("http://{addr}/nowhere?api_key=QUERYSECRET"))
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(healthy(&http, &addr).await);
+    server.terminate(SOUND_WITHIN).await;
+    let lines = server.lines.lock().unwrap().clone();
+    for line in &lines {
+        assert!(
+            !line.trim_start().starts_with("INFO forged"),
+            "a forged line: {line}"
+        );
+        assert!(
+            !line.contains("QUERYSECRET"),
+            "a query string was logged: {line}"
+        );
+    }
+}
