@@ -651,7 +651,7 @@ fn session_cookie(reply: &Reply) -> String {
 }
 
 #[tokio::test]
-async fn the_dashboard_session_comes_from_the_token_and_writes_need_the_csrf_header() {
+async fn the_dashboard_session_comes_from_the_token_and_writes_and_logout_need_the_csrf_header() {
     let relay = admin_relay(|_| {}).await;
     let http = Http::new();
     let base = relay.url();
@@ -758,26 +758,41 @@ async fn the_dashboard_session_comes_from_the_token_and_writes_need_the_csrf_hea
         assert_eq!(answer.status, StatusCode::SEE_OTHER, "{bad}");
     }
 
-    // Another token (a rotation) ends old sessions.
-    let rotated = relay_with_token("another-token").await;
-    let answer = get_with(
-        &http,
-        &format!("{}/dashboard", rotated.url()),
-        &[("cookie", &cookie)],
-    )
-    .await;
-    assert_eq!(answer.status, StatusCode::SEE_OTHER);
-
-    let out = reply(
-        http.send(
-            Method::POST,
-            &format!("{base}/dashboard/logout"),
-            "",
+    // Another token (a rotation) ends old sessions; so does another process
+    // with the same token: the key is random, not derived from the token.
+    for other in [
+        relay_with_token("another-token").await,
+        relay_with_token(ADMIN).await,
+    ] {
+        let answer = get_with(
+            &http,
+            &format!("{}/dashboard", other.url()),
             &[("cookie", &cookie)],
         )
-        .await,
-    )
-    .await;
+        .await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    }
+
+    // Logging out is a write like the others: another site's form (no CSRF
+    // header) or a request without the session cannot do it.
+    let logout = async |headers: &[(&str, &str)]| {
+        reply(
+            http.send(
+                Method::POST,
+                &format!("{base}/dashboard/logout"),
+                "",
+                headers,
+            )
+            .await,
+        )
+        .await
+    };
+    let forged = logout(&[("cookie", &cookie)]).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.text());
+    assert!(!forged.headers.contains_key("set-cookie"));
+    let anonymous = logout(&[(CSRF_HEADER, "1")]).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let out = logout(&[("cookie", &cookie), (CSRF_HEADER, "1")]).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert!(
         out.headers["set-cookie"]

@@ -155,6 +155,26 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
         "a placeholder was left on the setup page"
     );
 
+    // Logging out from the page sends the CSRF header the server now wants,
+    // and the session is gone afterwards.
+    page.navigate(&format!("{}/dashboard", relay.url())).await;
+    let on_dashboard = "document.readyState === 'complete' && !!document.getElementById('logout')";
+    assert!(page.wait_for(on_dashboard, Duration::from_secs(10)).await);
+    page.eval("(() => { document.querySelector('#logout button').click(); return true; })()")
+        .await;
+    let at_login = "location.pathname === '/dashboard/login'";
+    let logged_out = page.wait_for(at_login, Duration::from_secs(10)).await;
+    assert!(
+        logged_out,
+        "logging out did not reach the login page\n{}",
+        page.diagnostics(&browser).await
+    );
+    page.navigate(&format!("{}/dashboard", relay.url())).await;
+    assert!(
+        page.wait_for(at_login, Duration::from_secs(10)).await,
+        "the session outlived the logout"
+    );
+
     let exceptions = page.exceptions();
     assert!(
         exceptions.is_empty(),

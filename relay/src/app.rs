@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::auth::{AdminToken, AuthLimiter, AuthLimits, WorkerSecret};
 use crate::hub::{Command, Hub};
 use crate::keys::KeyStore;
-use crate::operator::Metrics;
+use crate::operator::{Metrics, SessionKey};
 use crate::workers::quic::QuicSettings;
 use crate::{clients, operator, workers};
 
@@ -101,6 +101,8 @@ pub(crate) struct AppState {
     pub(crate) next_worker: AtomicU64,
     /// When the server started, for uptimes.
     pub(crate) started: Instant,
+    /// What dashboard session cookies are signed with.
+    pub(crate) session_key: SessionKey,
     /// The metrics `/metrics` exports.
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -141,6 +143,9 @@ pub async fn serve<L>(
             "large request bodies may not fit a worker link frame; such requests will fail with 502"
         );
     }
+    if let Some(why) = session_cookies_in_clear(&config) {
+        warn!("dashboard session cookies may travel without TLS: {why}");
+    }
     let metrics = Arc::new(Metrics::new());
     let (hub, hub_task) = Hub::spawn(
         config.relay.clone(),
@@ -156,6 +161,7 @@ pub async fn serve<L>(
         next_request: AtomicU64::new(1),
         next_worker: AtomicU64::new(1),
         started: tokio::time::Instant::now().into_std(),
+        session_key: SessionKey::random(),
         metrics,
     });
     let app = router(Arc::clone(&state));
@@ -266,5 +272,62 @@ impl RunningServer {
     /// Waits for the server to have stopped.
     pub async fn stopped(self) {
         let _ = self.task.await;
+    }
+}
+
+/// Why dashboard session cookies could go out without the `Secure` flag, if
+/// they could: an admin token with a plain-http public URL that is not
+/// loopback, or no public URL and no trusted `X-Forwarded-Proto`.
+fn session_cookies_in_clear(config: &ServerConfig) -> Option<&'static str> {
+    config.admin_token.as_ref()?;
+    match config.public_url.as_deref() {
+        Some(url) if url.starts_with("https://") => None,
+        Some(url) if is_loopback_url(url) => None,
+        Some(_) => Some("--public-url is plain http; use an https:// URL behind a TLS proxy"),
+        None if config.trust_forwarded_for => None,
+        None => Some(
+            "no --public-url; set it to the https:// URL of the TLS proxy in front, \
+             or trust its X-Forwarded-Proto with --trust-forwarded-for",
+        ),
+    }
+}
+
+/// Whether `url` names this machine (`localhost` or a loopback address).
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    match parsed.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AdminToken;
+
+    #[test]
+    fn cookies_in_clear_are_warned_about_only_with_an_admin_token_off_tls() {
+        let mut config = ServerConfig::new("s");
+        assert_eq!(session_cookies_in_clear(&config), None, "no admin token");
+        config.admin_token = Some(AdminToken::new("t"));
+        assert!(session_cookies_in_clear(&config).is_some(), "no public URL");
+        config.trust_forwarded_for = true;
+        assert_eq!(session_cookies_in_clear(&config), None);
+        for (url, warned) in [
+            ("https://relay.example", false),
+            ("http://localhost:8080", false),
+            ("http://127.0.0.1:8080", false),
+            ("http://[::1]:8080", false),
+            ("http://relay.example", true),
+            ("http://10.0.0.5:8080", true),
+        ] {
+            config.public_url = Some(url.into());
+            assert_eq!(session_cookies_in_clear(&config).is_some(), warned, "{url}");
+        }
     }
 }

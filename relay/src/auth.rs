@@ -49,11 +49,6 @@ impl AdminToken {
     pub fn matches(&self, presented: &str) -> bool {
         self.0.matches(presented)
     }
-
-    /// A key derived from the token, for signing dashboard sessions (changes with the token).
-    pub(crate) fn session_key(&self) -> ring::hmac::Key {
-        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &(self.0).0)
-    }
 }
 
 impl std::fmt::Debug for AdminToken {

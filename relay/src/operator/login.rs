@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::warn;
 
@@ -15,7 +15,7 @@ use crate::codes;
 use super::MAX_ADMIN_BODY;
 use super::admin_api::admin_error;
 use super::pages::{disabled_page, is_https, page, redirect};
-use super::session::{Refusal, SESSION_COOKIE, SESSION_LIFETIME, session_value};
+use super::session::{Refusal, SESSION_COOKIE, SESSION_LIFETIME, authorize, session_value};
 
 const LOGIN_HTML: &str = include_str!("../../assets/login.html");
 
@@ -103,8 +103,18 @@ fn is_cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
-/// `POST /dashboard/logout`: forgets the session cookie.
-pub(crate) async fn logout() -> Response {
+/// `POST /dashboard/logout`: forgets the session cookie. Like every other
+/// cookie-authenticated write it needs the session and the CSRF header, so no
+/// other site can log the operator out.
+pub(crate) async fn logout(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = authorize(&app, peer, &method, &headers) {
+        return refusal.into_response();
+    }
     let mut response = redirect("/dashboard/login");
     response.headers_mut().insert(
         header::SET_COOKIE,

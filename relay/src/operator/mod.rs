@@ -15,6 +15,7 @@ use crate::app::AppState;
 
 pub(crate) use metrics::{Metrics, WorkerStates, outcome_label};
 pub use session::CSRF_HEADER;
+pub(crate) use session::SessionKey;
 
 /// Largest admin request body (a key name, a login form).
 const MAX_ADMIN_BODY: usize = 16 * 1024;

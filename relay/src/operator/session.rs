@@ -1,9 +1,11 @@
 //! The operator's proof: the admin token as a bearer or a dashboard session cookie, and the [`Admin`] extractor.
 //!
 //! The admin token comes as `Authorization: Bearer …`, or, from the dashboard, as
-//! a session cookie signed with a key derived from the token (so rotating the
-//! token ends every session). Writes made with the cookie must carry the
-//! `x-modelrelay-csrf` header, which a cross-site form cannot send.
+//! a session cookie signed with a random key drawn when the process starts: a
+//! stolen cookie says nothing about the token (no offline guessing), and a
+//! restart (how the token is rotated) ends every session. Writes made with the
+//! cookie, logging out included, must carry the `x-modelrelay-csrf` header,
+//! which a cross-site form cannot send.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,6 +29,24 @@ pub(super) const SESSION_COOKIE: &str = "modelrelay_session";
 pub(super) const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// The header dashboard writes carry.
 pub const CSRF_HEADER: &str = "x-modelrelay-csrf";
+
+/// The key dashboard sessions are signed with: random, drawn once per process.
+pub(crate) struct SessionKey(Option<ring::hmac::Key>);
+
+impl SessionKey {
+    /// A fresh random key; without the system's randomness, none (dashboard
+    /// logins are then refused, the bearer token still works).
+    pub(crate) fn random() -> Self {
+        let key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new());
+        if key.is_err() {
+            tracing::error!(
+                "no system randomness for the dashboard session key: dashboard logins are off"
+            );
+        }
+        Self(key.ok())
+    }
+}
 
 /// How a request proved it is the operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,9 +152,10 @@ fn session_message(expires: &str) -> String {
 
 /// A session value: its expiry and a signature of it.
 pub(super) fn session_value(app: &AppState, expires: u64) -> Option<String> {
-    let token = app.config.admin_token.as_ref()?;
+    app.config.admin_token.as_ref()?;
+    let key = app.session_key.0.as_ref()?;
     let expires = expires.to_string();
-    let tag = ring::hmac::sign(&token.session_key(), session_message(&expires).as_bytes());
+    let tag = ring::hmac::sign(key, session_message(&expires).as_bytes());
     Some(format!(
         "{expires}.{}",
         URL_SAFE_NO_PAD.encode(tag.as_ref())
@@ -142,7 +163,7 @@ pub(super) fn session_value(app: &AppState, expires: u64) -> Option<String> {
 }
 
 fn session_is_valid(app: &AppState, value: &str, now: SystemTime) -> bool {
-    let Some(token) = &app.config.admin_token else {
+    let (Some(_), Some(key)) = (&app.config.admin_token, &app.session_key.0) else {
         return false;
     };
     let Some((expires, signature)) = value.split_once('.') else {
@@ -158,12 +179,7 @@ fn session_is_valid(app: &AppState, value: &str, now: SystemTime) -> bool {
     let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
         return false;
     };
-    ring::hmac::verify(
-        &token.session_key(),
-        session_message(expires).as_bytes(),
-        &signature,
-    )
-    .is_ok()
+    ring::hmac::verify(key, session_message(expires).as_bytes(), &signature).is_ok()
 }
 
 /// Proof that a request carries the admin token: handlers that take it run only for the operator.
