@@ -140,3 +140,125 @@ async fn network_values_are_escaped_in_text_logs_and_query_strings_are_never_log
         );
     }
 }
+
+/// Bytes of one large body in the memory tests (under the 32 MiB default limit).
+const LARGE_BODY_BYTES: usize = 32_000_000;
+/// How many large bodies are in flight at once.
+const BODIES_IN_FLIGHT: usize = 8;
+
+/// The backend, the server (with `extra` flags) and a worker as three
+/// processes, the worker registered for model `m`; the server and its URL.
+async fn three_processes(extra: &[&str]) -> (Process, Process, Process, String) {
+    let mut backend = Process::start(
+        Binary::SimulatedBackend,
+        &["--models", "m", "--tokens", "3"],
+    );
+    let backend_url = format!("http://{}", backend.announced().await);
+    let (server, addr) = server("json", extra).await;
+    let relay = format!("http://{addr}");
+    let mut args = vec!["--proxy-url", &relay, "--backend-url", &backend_url];
+    args.extend([
+        "--worker-secret",
+        SECRET,
+        "--models",
+        "m",
+        "--max-concurrency",
+        "16",
+    ]);
+    let worker = Process::start(Binary::Worker, &args);
+    wait_for_workers_at(&Http::new(), &relay, 1).await;
+    (backend, server, worker, relay)
+}
+
+/// A relay that took [`BODIES_IN_FLIGHT`] large bodies at once, with what it cost.
+struct BodyAttack {
+    /// How much the server's peak memory grew, in bytes.
+    growth: u64,
+    /// The bytes that were in flight at once.
+    in_flight: u64,
+    /// The relay's base URL.
+    relay: String,
+    /// The backend, server and worker, kept running.
+    _processes: (Process, Process, Process),
+}
+
+/// Sends [`BODIES_IN_FLIGHT`] copies of `body` at once to a fresh relay of
+/// three processes; each must be answered `expected`.
+async fn bodies_at_once(body: String, expected: StatusCode) -> BodyAttack {
+    let (backend, server, worker, relay) = three_processes(&[]).await;
+    let in_flight = (body.len() * BODIES_IN_FLIGHT) as u64;
+    let url = format!("{relay}/v1/chat/completions");
+    let http = Http::new();
+    let before = server.peak_memory_bytes().expect("the server runs");
+    let posts: Vec<_> = (0..BODIES_IN_FLIGHT)
+        .map(|_| {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            tokio::spawn(async move { http.post(&url, &body).await.status })
+        })
+        .collect();
+    for post in posts {
+        let status = tokio::time::timeout(SOUND_WITHIN, post)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, expected);
+    }
+    let after = server.peak_memory_bytes().expect("the server runs");
+    note(&format!(
+        "server peak {before} -> {after} bytes for {in_flight} bytes in flight"
+    ));
+    BodyAttack {
+        growth: after.saturating_sub(before),
+        in_flight,
+        relay,
+        _processes: (backend, server, worker),
+    }
+}
+
+/// A line for whoever runs the suite with `--nocapture`; never asserted on.
+#[allow(clippy::print_stderr)]
+fn note(line: &str) {
+    eprintln!("{line}");
+}
+
+/// Issue 12, "no key needed, 280 MB per request": eight 32 MB bodies at once
+/// whose `model` is an array of zeros. Each gets 400 `invalid_model` and the
+/// server's peak grows by at most 1.5× the bytes in flight (a value tree
+/// once cost 9×).
+#[tokio::test]
+async fn large_bodies_whose_model_is_not_a_string_cost_at_most_one_and_a_half_times_their_size() {
+    let zeros = "0,".repeat((LARGE_BODY_BYTES - 16) / 2);
+    let body = format!("{{\"model\":[{zeros}0]}}");
+    let attack = bodies_at_once(body, StatusCode::BAD_REQUEST).await;
+    let (growth, in_flight) = (attack.growth, attack.in_flight);
+    assert!(
+        growth * 2 <= in_flight * 3,
+        "peak grew by {growth} bytes for {in_flight} bytes in flight"
+    );
+    let ok = Http::new()
+        .post(
+            &format!("{}/v1/chat/completions", attack.relay),
+            r#"{"model":"m"}"#,
+        )
+        .await;
+    assert_eq!(
+        ok.status,
+        StatusCode::OK,
+        "an ordinary client is served after"
+    );
+}
+
+/// Issue 12: eight valid 32 MB bodies at once are relayed to the worker and
+/// answered, and the server's peak grows by at most 3× the bytes in flight.
+#[tokio::test]
+async fn large_valid_bodies_cost_at_most_three_times_their_size() {
+    let content = "x".repeat(LARGE_BODY_BYTES - 64);
+    let body =
+        json!({"model": "m", "messages": [{"role": "user", "content": content}]}).to_string();
+    let attack = bodies_at_once(body, StatusCode::OK).await;
+    let (growth, in_flight) = (attack.growth, attack.in_flight);
+    assert!(
+        growth <= in_flight * 3,
+        "peak grew by {growth} bytes for {in_flight} bytes in flight"
+    );
+}

@@ -170,6 +170,9 @@ impl SimulatedBackend {
                 post(|s, h, b| generate(s, h, b, Api::Messages)),
             )
             .route("/v1/embeddings", post(embeddings))
+            // As large as the relay's default body limit, as model servers take
+            // long prompts (axum's own default is 2 MB).
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_PROMPT_BYTES))
             .with_state(self.clone())
     }
 
@@ -372,6 +375,9 @@ impl Drop for Progress {
         }
     }
 }
+
+/// The largest request body the simulated backend takes: the relay's default limit.
+const MAX_PROMPT_BYTES: usize = 32 * 1024 * 1024;
 
 /// The text of an answer of `tokens` tokens, as the simulated model writes it.
 pub fn expected_text(tokens: usize) -> String {
