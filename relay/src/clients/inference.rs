@@ -22,6 +22,9 @@ use super::{InferenceRoute, respond};
 /// The header naming the relay's id for a request, for logs on both sides.
 pub const REQUEST_ID_HEADER: &str = "x-modelrelay-request-id";
 
+/// The common request-id header, also carrying the relay's id.
+const GENERIC_REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Handles one inference request on `route`.
 pub(super) async fn inference(
     State(app): State<Arc<AppState>>,
@@ -41,9 +44,10 @@ pub(super) async fn inference(
     } = parsed;
     let mut response = respond::answer(app.hub.clone(), id, events, model, streaming, flavor).await;
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+        let headers = response.headers_mut();
+        headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value.clone());
+        // The relay's id owns the common name; the backend's goes out as `x-backend-request-id`.
+        headers.insert(HeaderName::from_static(GENERIC_REQUEST_ID_HEADER), value);
     }
     Ok(response)
 }

@@ -1,18 +1,18 @@
 //! Answering an inference request from its response queue: an error, the backend's answer whole, or a stream.
 
 use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use modelrelay_core::RequestId;
 use modelrelay_core::relay::{Completion, Outcome};
-use modelrelay_core::wire::HOP_BY_HOP_HEADERS;
 
 use crate::error::{ApiError, ApiFlavor};
 use crate::hub::Hub;
 use crate::hub::response_queue::{ResponseEvent, ResponseReceiver};
 
 use super::guard::ClientGuard;
+use super::headers::passed_headers;
 use super::stream::event_stream;
 
 /// The answer to request `id` from what its queue brings: a stream once a
@@ -81,7 +81,8 @@ fn finish(outcome: Outcome, pieces: Vec<Bytes>, model: &str, flavor: ApiFlavor) 
     }
 }
 
-/// The backend's status, headers and body, unchanged (4xx and 5xx included).
+/// The backend's status and body unchanged, with the headers of the allow-list
+/// ([`super::headers`]) and a content type a browser will not run.
 fn passthrough(completion: Completion, pieces: Vec<Bytes>) -> Response {
     let Completion {
         status_code,
@@ -99,25 +100,20 @@ fn passthrough(completion: Completion, pieces: Vec<Bytes>) -> Response {
         all.freeze()
     };
     let mut response = Response::new(Body::from(body));
-    *response.status_mut() = StatusCode::from_u16(status_code).unwrap_or(StatusCode::BAD_GATEWAY);
-    let out = response.headers_mut();
-    for (name, value) in headers.iter() {
-        let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP_HEADERS.contains(&lower.as_str()) || lower == "content-length" {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(lower.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            out.append(name, value);
-        }
-    }
-    if !out.contains_key(header::CONTENT_TYPE) {
-        out.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
+    *response.status_mut() = served_status(status_code);
+    *response.headers_mut() = passed_headers(&headers);
     response
+}
+
+/// The backend's status if it is a success or an error; an informational or
+/// redirect status (whose headers were not passed on) is a bad gateway.
+fn served_status(code: u16) -> StatusCode {
+    match StatusCode::from_u16(code) {
+        Ok(status)
+            if status.is_success() || status.is_client_error() || status.is_server_error() =>
+        {
+            status
+        }
+        _ => StatusCode::BAD_GATEWAY,
+    }
 }
