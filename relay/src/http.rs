@@ -5,10 +5,12 @@
 //! for an HTTP/2 preface, which makes hyper grow every connection's read buffer
 //! to 16 KiB; plain HTTP/1 keeps it at 8 KiB (with ten thousand streams open,
 //! the difference is 80 MB). It also bounds how long a client may take to send
-//! its request head.
+//! its request head, caps the connections open at once ([`crate::connections`]),
+//! and cuts a connection whose client stops taking bytes ([`crate::write_progress`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,21 +18,36 @@ use axum::extract::ConnectInfo;
 use axum::serve::Listener;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use tracing::debug;
 
 use crate::app::PeerAddr;
+use crate::connections::{ConnectionLimits, log_refusal};
+use crate::write_progress::WriteProgress;
 
 /// How long a client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What bounds the connections: how many, and how long a client may stall.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpLimits {
+    /// The caps on open connections.
+    pub(crate) connections: Arc<ConnectionLimits>,
+    /// How long a client may take no bytes while the relay has some for it (`None`: no limit).
+    pub(crate) client_idle_timeout: Option<Duration>,
+    /// Counts the connections that timeout cut.
+    pub(crate) idle_cuts: Counter,
+}
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting,
 /// lets each connection finish its requests, and returns once all are closed.
 pub(crate) async fn serve<L>(
     mut listener: L,
     router: Router,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) where
     L: Listener<Addr = SocketAddr>,
@@ -48,6 +65,14 @@ pub(crate) async fn serve<L>(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
+        let slot = match limits.connections.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                log_refusal(refusal, peer.ip());
+                limits.connections.refuse(io, refusal);
+                continue;
+            }
+        };
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
             request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
@@ -58,7 +83,15 @@ pub(crate) async fn serve<L>(
             }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(
+                WriteProgress::new(
+                    TokioIo::new(io),
+                    limits.client_idle_timeout,
+                    peer,
+                    limits.idle_cuts.clone(),
+                ),
+                service,
+            )
             .with_upgrades();
         let stopping = stopping.clone();
         connections.spawn(async move {
@@ -74,6 +107,8 @@ pub(crate) async fn serve<L>(
             if let Err(error) = result {
                 debug!(%peer, %error, "client connection ended with an error");
             }
+            // Held until hyper lets the connection go (at an upgrade, too).
+            drop(slot);
         });
     }
     drop(listener);

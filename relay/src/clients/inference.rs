@@ -16,6 +16,7 @@ use crate::hub::Command;
 use crate::hub::response_queue::{ResponseReceiver, response_queue};
 
 use super::api_key::{carries_relay_key, require_api_key};
+use super::body::BodyLimits;
 use super::parse::{ParsedRequest, parse};
 use super::{InferenceRoute, respond};
 
@@ -34,15 +35,29 @@ pub(super) async fn inference(
     let flavor = route.flavor;
     require_api_key(&app, flavor, request.headers()).await?;
     let (parts, body) = request.into_parts();
-    let parsed = parse(body, app.config.max_body_bytes, route)
+    let limits = BodyLimits {
+        max_bytes: app.config.max_body_bytes,
+        read_timeout: app.config.body_read_timeout,
+        budget: &app.body_budget,
+    };
+    let parsed = parse(body, limits, route)
         .await
         .map_err(|error| error.for_api(flavor))?;
     let (id, events) = dispatch(&app, route, &parsed, &parts.headers)
         .ok_or_else(|| ApiError::shutting_down().for_api(flavor))?;
     let ParsedRequest {
-        model, streaming, ..
+        model,
+        streaming,
+        held,
+        ..
     } = parsed;
-    let mut response = respond::answer(app.hub.clone(), id, events, model, streaming, flavor).await;
+    let asked = respond::Asked {
+        model,
+        streaming,
+        flavor,
+        held,
+    };
+    let mut response = respond::answer(app.hub.clone(), id, events, asked).await;
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         let headers = response.headers_mut();
         headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value.clone());

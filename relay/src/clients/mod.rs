@@ -6,6 +6,7 @@
 //! front of them.
 
 mod api_key;
+mod body;
 mod guard;
 mod headers;
 mod health;
@@ -26,6 +27,7 @@ use axum::routing::{get, post};
 
 use crate::app::AppState;
 
+pub(crate) use body::BodyBudget;
 pub use inference::REQUEST_ID_HEADER;
 pub(crate) use not_found::not_found;
 pub(crate) use routes::{INFERENCE_ROUTES, InferenceRoute};

@@ -11,9 +11,22 @@ use crate::error::{ApiError, ApiFlavor};
 use crate::hub::Hub;
 use crate::hub::response_queue::{ResponseEvent, ResponseReceiver};
 
+use super::body::HeldBytes;
 use super::guard::ClientGuard;
 use super::headers::passed_headers;
 use super::stream::event_stream;
+
+/// What the client asked for, as far as answering it goes.
+pub(super) struct Asked {
+    /// The model it named.
+    pub(super) model: String,
+    /// Whether it asked for a stream.
+    pub(super) streaming: bool,
+    /// The API it speaks.
+    pub(super) flavor: ApiFlavor,
+    /// The room its body holds in the budget, kept until the answer is over.
+    pub(super) held: HeldBytes,
+}
 
 /// The answer to request `id` from what its queue brings: a stream once a
 /// streaming request's first chunk comes, else the whole answer at its end.
@@ -21,11 +34,11 @@ pub(super) async fn answer(
     hub: Hub,
     id: RequestId,
     mut events: ResponseReceiver,
-    model: String,
-    streaming: bool,
-    flavor: ApiFlavor,
+    asked: Asked,
 ) -> Response {
     let mut guard = ClientGuard::new(hub, id);
+    let flavor = asked.flavor;
+    let model = asked.model.as_str();
     match events.recv().await {
         None => {
             guard.disarm();
@@ -33,12 +46,12 @@ pub(super) async fn answer(
         }
         Some(ResponseEvent::Ended(outcome)) => {
             guard.disarm();
-            finish(outcome, Vec::new(), &model, flavor)
+            finish(outcome, Vec::new(), model, flavor)
         }
-        Some(ResponseEvent::Chunk(first)) if streaming => {
-            event_stream(first, events, guard, model, flavor)
+        Some(ResponseEvent::Chunk(first)) if asked.streaming => {
+            event_stream(first, events, guard, asked)
         }
-        Some(ResponseEvent::Chunk(first)) => gather(first, events, guard, &model, flavor).await,
+        Some(ResponseEvent::Chunk(first)) => gather(first, events, guard, model, flavor).await,
     }
 }
 

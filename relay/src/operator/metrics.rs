@@ -127,6 +127,8 @@ pub(crate) struct Metrics {
     cancellations: Family<ReasonLabels, Counter>,
     streamed_bytes: Family<ModelLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    /// Connections cut by `--client-idle-timeout`.
+    pub(crate) idle_client_cuts: Counter,
     /// Model label values in use (workers may keep renaming their models).
     model_labels: Mutex<HashSet<String>>,
 }
@@ -227,8 +229,15 @@ impl Metrics {
             "Tokens the backends reported, by model and kind (prompt, completion)",
             tokens.clone(),
         );
+        let idle_client_cuts = Counter::default();
+        registry.register(
+            "modelrelay_idle_client_connections_cut",
+            "Client connections cut because the client took no bytes of its answer for --client-idle-timeout",
+            idle_client_cuts.clone(),
+        );
         Self {
             registry,
+            idle_client_cuts,
             requests,
             duration,
             first_chunk,
