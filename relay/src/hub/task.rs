@@ -139,6 +139,12 @@ impl HubTask {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Counts(reply) => {
+                let _ = reply.send(self.counts());
+            }
+            Command::Models(reply) => {
+                let _ = reply.send(self.relay.models(&self.provider));
+            }
             Command::Workers(reply) => {
                 let _ = reply.send(self.worker_views());
             }

@@ -87,7 +87,7 @@ struct StateLabels {
 
 /// `GET /metrics`: Prometheus text format.
 pub(super) async fn scrape(State(app): State<Arc<AppState>>) -> Response {
-    let Some(snapshot) = app.hub.snapshot().await else {
+    let Some(snapshot) = app.hub.counts().await else {
         return ApiError::shutting_down().into_response(ApiFlavor::OpenAi);
     };
     let text = app.metrics.render(
