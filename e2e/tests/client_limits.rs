@@ -198,3 +198,22 @@ async fn the_per_address_cap_refuses_with_429_and_never_counts_worker_links() {
         "too_many_connections_from_address"
     );
 }
+
+#[tokio::test]
+async fn a_login_body_that_does_not_arrive_in_time_frees_its_connection() {
+    let relay = relay(|c| {
+        c.admin_token = Some(modelrelay_relay::AdminToken::new("admin-token"));
+        c.body_read_timeout = Some(Duration::from_millis(300));
+    })
+    .await;
+    let mut client = TcpStream::connect(relay.addr()).await.unwrap();
+    client
+        .write_all(b"POST /dashboard/login HTTP/1.1\r\nhost: relay\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\ntoken=")
+        .await
+        .unwrap();
+    // The rest never comes: the relay answers and closes the connection.
+    let answer = read_until_closed(&mut client).await;
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+    assert!(!answer.starts_with("HTTP/1.1 3"), "{answer}");
+}

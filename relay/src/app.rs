@@ -157,6 +157,7 @@ pub async fn serve<L>(
         ),
         client_idle_timeout: config.client_idle_timeout,
         idle_cuts: metrics.idle_client_cuts.clone(),
+        body_read_timeout: config.body_read_timeout,
     };
     // On v1 a valid JSON body can double in size when escaped into a request frame.
     let worst_request_frame = config

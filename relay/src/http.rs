@@ -11,11 +11,14 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
+use http::{HeaderValue, header};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +28,7 @@ use tower_service::Service;
 use tracing::debug;
 
 use crate::app::PeerAddr;
+use crate::body_deadline::DeadlineBody;
 use crate::connections::{ConnectionLimits, log_refusal};
 use crate::write_progress::WriteProgress;
 
@@ -40,6 +44,8 @@ pub(crate) struct HttpLimits {
     pub(crate) client_idle_timeout: Option<Duration>,
     /// Counts the connections that timeout cut.
     pub(crate) idle_cuts: Counter,
+    /// How long a request body may take to arrive after its head (`None`: no limit).
+    pub(crate) body_read_timeout: Option<Duration>,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting,
@@ -74,12 +80,22 @@ pub(crate) async fn serve<L>(
             }
         };
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
+        let body_read_timeout = limits.body_read_timeout;
+        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
             let mut router = router.clone();
+            let (request, passed) = with_deadline(request, body_read_timeout);
             async move {
-                let response = router.call(request.map(axum::body::Body::new)).await;
-                Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+                let mut response = router
+                    .call(request)
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                if passed.is_some_and(|passed| passed.load(Ordering::Acquire)) {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
             }
         });
         let connection = builder
@@ -115,4 +131,20 @@ pub(crate) async fn serve<L>(
     stopping.cancel();
     connections.close();
     connections.wait().await;
+}
+
+/// `request` with its body bound by `timeout`, and the flag saying whether it passed.
+fn with_deadline(
+    request: http::Request<Incoming>,
+    timeout: Option<Duration>,
+) -> (http::Request<axum::body::Body>, Option<Arc<AtomicBool>>) {
+    let Some(timeout) = timeout else {
+        return (request.map(axum::body::Body::new), None);
+    };
+    let (parts, body) = request.into_parts();
+    let (body, passed) = DeadlineBody::new(body, timeout);
+    (
+        http::Request::from_parts(parts, axum::body::Body::new(body)),
+        Some(passed),
+    )
 }

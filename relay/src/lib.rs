@@ -17,6 +17,7 @@
 
 mod app;
 pub mod auth;
+mod body_deadline;
 mod clients;
 mod codes;
 mod connections;

@@ -1,5 +1,6 @@
 //! Reading a request body within its limits: its size (`--max-body-bytes`), the
-//! time it may take to arrive (`--body-read-timeout`), and the bytes all bodies
+//! time it may take to arrive (`--body-read-timeout`, enforced by
+//! [`crate::body_deadline`] and answered here with 408), and the bytes all bodies
 //! may hold at once (`--max-buffered-request-bytes`).
 //!
 //! A body is read into one buffer, sized from its `Content-Length` up front (or
@@ -16,6 +17,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::body_deadline::is_deadline;
 use crate::codes;
 use crate::error::ApiError;
 
@@ -89,8 +91,6 @@ impl BodyBudget {
 pub(super) struct BodyLimits<'a> {
     /// Largest body.
     pub(super) max_bytes: usize,
-    /// How long the whole body may take to arrive (`None`: no limit).
-    pub(super) read_timeout: Option<Duration>,
     /// The bytes all bodies may hold at once.
     pub(super) budget: &'a BodyBudget,
 }
@@ -100,13 +100,7 @@ pub(super) async fn read_body(
     body: Body,
     limits: BodyLimits<'_>,
 ) -> Result<(Bytes, HeldBytes), ApiError> {
-    let read = collect(body, limits);
-    match limits.read_timeout {
-        None => read.await,
-        Some(timeout) => tokio::time::timeout(timeout, read)
-            .await
-            .unwrap_or_else(|_| Err(too_slow(timeout))),
-    }
+    collect(body, limits).await
 }
 
 async fn collect(mut body: Body, limits: BodyLimits<'_>) -> Result<(Bytes, HeldBytes), ApiError> {
@@ -122,6 +116,9 @@ async fn collect(mut body: Body, limits: BodyLimits<'_>) -> Result<(Bytes, HeldB
     let mut buffer = BytesMut::with_capacity(declared);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
+            if is_deadline(&error) {
+                return too_slow();
+            }
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 codes::INVALID_BODY,
@@ -157,14 +154,12 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-fn too_slow(timeout: Duration) -> ApiError {
+/// The 408 for a body that did not arrive within `--body-read-timeout` (see [`crate::body_deadline`]).
+fn too_slow() -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         codes::BODY_READ_TIMEOUT,
-        format!(
-            "The request body did not arrive within {} s.",
-            timeout.as_secs_f64()
-        ),
+        "The request body did not arrive in time.",
     )
 }
 
@@ -186,7 +181,6 @@ mod tests {
     fn limits(budget: &BodyBudget) -> BodyLimits<'_> {
         BodyLimits {
             max_bytes: 1 << 20,
-            read_timeout: None,
             budget,
         }
     }

@@ -37,7 +37,6 @@ pub(super) async fn inference(
     let (parts, body) = request.into_parts();
     let limits = BodyLimits {
         max_bytes: app.config.max_body_bytes,
-        read_timeout: app.config.body_read_timeout,
         budget: &app.body_budget,
     };
     let parsed = parse(body, limits, route)
