@@ -237,3 +237,26 @@ async fn a_key_is_not_refused_when_its_last_use_cannot_be_written() {
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_unknown_key_is_answered_from_memory_while_new_and_revoked_keys_hold_at_once() {
+    let store = KeyStore::open(&KeyStoreLocation::Sqlite(sqlite_dir("misses")))
+        .await
+        .unwrap();
+    let now = SystemTime::now();
+    let unknown = format!("mr-{}", "x".repeat(43));
+    for _ in 0..5 {
+        assert_eq!(store.authenticate(&unknown, now).await.unwrap(), None);
+    }
+    assert_eq!(store.lookups(), 1, "repeats of a miss cost no query");
+    // A key made now works at once, and its revocation holds at once.
+    let made = store.create("new", now).await.unwrap();
+    assert_eq!(
+        store.authenticate(&made.key, now).await.unwrap(),
+        Some(made.record.id)
+    );
+    assert!(store.revoke(made.record.id).await.unwrap());
+    assert_eq!(store.authenticate(&made.key, now).await.unwrap(), None);
+    assert_eq!(store.authenticate(&unknown, now).await.unwrap(), None);
+    assert_eq!(store.lookups(), 3);
+}

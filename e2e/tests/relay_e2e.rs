@@ -71,6 +71,95 @@ async fn non_streaming_answers_on_every_route_pass_through_unchanged() {
     }
 }
 
+/// A backend (or a worker's owner) trying to speak for the relay's origin:
+/// HTML with a script, a cookie, a redirect and a CORS grant, plus headers a
+/// client does want.
+async fn hostile_backend() -> String {
+    use axum::routing::post;
+    let answer = || async {
+        axum::response::Response::builder()
+            .status(200)
+            .header("content-type", "text/html; charset=utf-8")
+            .header("set-cookie", "x=1; Path=/")
+            .header("location", "https://elsewhere.example/")
+            .header("access-control-allow-origin", "*")
+            .header("x-request-id", "backend-id-7")
+            .header("x-ratelimit-remaining-requests", "41")
+            .header("openai-processing-ms", "5")
+            .body(axum::body::Body::from(
+                "<script>alert(document.cookie)</script>",
+            ))
+            .unwrap()
+    };
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", post(answer))
+        .route("/v1/messages", post(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn a_backend_answering_html_with_a_cookie_reaches_the_client_as_inert_plain_text() {
+    let relay = relay(|_| {}).await;
+    let backend = hostile_backend().await;
+    let relay_url = relay.url();
+    let _worker = WorkerSpec::to(&relay_url, &backend, &["m"]).start();
+    let http = Http::new();
+    wait_for_workers(&http, &relay, 1).await;
+    for route in ["/v1/chat/completions", "/v1/messages"] {
+        // As a cross-site `<form enctype="text/plain">` would post it.
+        let reply = http
+            .post_with(
+                &format!("{relay_url}{route}"),
+                r#"{"model":"m"}"#,
+                &[("content-type", "text/plain")],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{route}");
+        let h = &reply.headers;
+        assert_eq!(h["content-type"], "text/plain; charset=utf-8", "{route}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{route}");
+        assert_eq!(h["content-security-policy"], "sandbox", "{route}");
+        for dropped in ["set-cookie", "location", "access-control-allow-origin"] {
+            assert!(!h.contains_key(dropped), "{route}: {dropped} passed");
+        }
+        assert_eq!(h["x-backend-request-id"], "backend-id-7", "{route}");
+        assert_eq!(
+            h["x-request-id"],
+            h[modelrelay_relay::REQUEST_ID_HEADER],
+            "{route}: x-request-id is the relay's own id"
+        );
+        assert_eq!(h["x-ratelimit-remaining-requests"], "41", "{route}");
+        assert_eq!(h["openai-processing-ms"], "5", "{route}");
+        assert_eq!(reply.text(), "<script>alert(document.cookie)</script>");
+    }
+}
+
+#[tokio::test]
+async fn every_inference_answer_streamed_or_not_and_errors_too_says_nosniff_and_sandbox() {
+    let (relay, _backend, _worker, http) = world().await;
+    let url = format!("{}/v1/chat/completions", relay.url());
+    let streamed = http.post(&url, r#"{"model":"m","stream":true}"#).await;
+    let whole = http.post(&url, r#"{"model":"m"}"#).await;
+    let unknown = http.post(&url, r#"{"model":"nobody-serves-this"}"#).await;
+    let invalid = http.post(&url, r#"{"model":[1]}"#).await;
+    for (what, reply, status) in [
+        ("streamed", &streamed, 200),
+        ("whole", &whole, 200),
+        ("unknown model", &unknown, 404),
+        ("invalid model", &invalid, 400),
+    ] {
+        assert_eq!(reply.status.as_u16(), status, "{what}");
+        assert_eq!(reply.headers["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(
+            reply.headers["content-security-policy"], "sandbox",
+            "{what}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn chunks_arrive_in_order_and_complete_while_the_backend_is_still_generating() {
     let (relay, _backend, _worker, http) = world().await;

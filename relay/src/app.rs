@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::{AdminToken, AuthLimiter, AuthLimits, WorkerSecret};
+use crate::clients::BodyBudget;
+use crate::connections::ConnectionLimits;
+use crate::http::HttpLimits;
 use crate::hub::{Command, Hub};
 use crate::keys::KeyStore;
 use crate::operator::{Metrics, SessionKey};
@@ -34,6 +37,16 @@ pub struct ServerConfig {
     pub relay: RelayConfig,
     /// Largest client request body.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive (`None`: no limit); then 408.
+    pub body_read_timeout: Option<Duration>,
+    /// Bytes all request bodies held in memory may take together (0: no limit); past it, 503.
+    pub max_buffered_request_bytes: usize,
+    /// How long a client may take no bytes of its answer before its connection is cut (`None`: never).
+    pub client_idle_timeout: Option<Duration>,
+    /// Most open HTTP connections (0: no limit); past it, 503 and close.
+    pub max_connections: usize,
+    /// Most open HTTP connections from one address (0: no limit); worker links never count.
+    pub max_connections_per_address: usize,
     /// Whether workers may speak protocol v2.
     pub enable_v2: bool,
     /// How long running requests may take once shutdown begins.
@@ -66,6 +79,11 @@ impl ServerConfig {
             provider: ProviderId::new(DEFAULT_PROVIDER),
             relay: RelayConfig::default(),
             max_body_bytes: 32 * 1024 * 1024,
+            body_read_timeout: Some(Duration::from_secs(60)),
+            max_buffered_request_bytes: 256 * 1024 * 1024,
+            client_idle_timeout: Some(Duration::from_secs(60)),
+            max_connections: 16_384,
+            max_connections_per_address: 0,
             enable_v2: true,
             drain_timeout: Duration::from_secs(30),
             frame_limits: FrameLimits::default(),
@@ -105,6 +123,8 @@ pub(crate) struct AppState {
     pub(crate) session_key: SessionKey,
     /// The metrics `/metrics` exports.
     pub(crate) metrics: Arc<Metrics>,
+    /// The bytes request bodies may hold in memory at once.
+    pub(crate) body_budget: BodyBudget,
 }
 
 /// Every route, by audience, on one router.
@@ -131,6 +151,16 @@ pub async fn serve<L>(
     L: Listener<Addr = SocketAddr>,
 {
     let drain = config.drain_timeout;
+    let metrics = Arc::new(Metrics::new());
+    let http_limits = HttpLimits {
+        connections: ConnectionLimits::new(
+            config.max_connections,
+            config.max_connections_per_address,
+        ),
+        client_idle_timeout: config.client_idle_timeout,
+        idle_cuts: metrics.idle_client_cuts.clone(),
+        body_read_timeout: config.body_read_timeout,
+    };
     // On v1 a valid JSON body can double in size when escaped into a request frame.
     let worst_request_frame = config
         .max_body_bytes
@@ -146,13 +176,22 @@ pub async fn serve<L>(
     if let Some(why) = session_cookies_in_clear(&config) {
         warn!("dashboard session cookies may travel without TLS: {why}");
     }
-    let metrics = Arc::new(Metrics::new());
     let (hub, hub_task) = Hub::spawn(
         config.relay.clone(),
         config.provider.clone(),
         config.max_client_buffer_bytes,
         Arc::clone(&metrics),
     );
+    let body_budget = BodyBudget::new(config.max_buffered_request_bytes);
+    if config.max_buffered_request_bytes != 0
+        && config.max_body_bytes > config.max_buffered_request_bytes
+    {
+        warn!(
+            max_body_bytes = config.max_body_bytes,
+            max_buffered_request_bytes = config.max_buffered_request_bytes,
+            "bodies larger than --max-buffered-request-bytes will be refused with 503"
+        );
+    }
     let state = Arc::new(AppState {
         limiter: AuthLimiter::new(config.auth_limits),
         admin_limiter: AuthLimiter::new(config.auth_limits),
@@ -163,6 +202,7 @@ pub async fn serve<L>(
         started: tokio::time::Instant::now().into_std(),
         session_key: SessionKey::random(),
         metrics,
+        body_budget,
     });
     let app = router(Arc::clone(&state));
     let stopping = CancellationToken::new();
@@ -183,7 +223,7 @@ pub async fn serve<L>(
             stopping.cancel();
         }
     };
-    let http = crate::http::serve(listener, app, on_shutdown);
+    let http = crate::http::serve(listener, app, http_limits, on_shutdown);
     // Open responses end once their workers finish or the drain deadline fails them.
     let bound = drain.saturating_add(Duration::from_secs(5));
     tokio::select! {

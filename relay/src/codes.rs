@@ -6,6 +6,14 @@ pub(crate) const SHUTTING_DOWN: &str = "shutting_down";
 pub(crate) const KEY_STORE_UNAVAILABLE: &str = "key_store_unavailable";
 /// A request body over its limit.
 pub(crate) const REQUEST_TOO_LARGE: &str = "request_too_large";
+/// A request body that did not arrive within `--body-read-timeout`.
+pub(crate) const BODY_READ_TIMEOUT: &str = "body_read_timeout";
+/// The request bodies held in memory leave no room for another (`--max-buffered-request-bytes`).
+pub(crate) const SERVER_BUSY: &str = "server_busy";
+/// The relay holds `--max-connections` connections.
+pub(crate) const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+/// One address holds `--max-connections-per-address` connections.
+pub(crate) const TOO_MANY_CONNECTIONS_FROM_ADDRESS: &str = "too_many_connections_from_address";
 /// A request body that cannot be read or is not UTF-8.
 pub(crate) const INVALID_BODY: &str = "invalid_body";
 /// A request body that is not the JSON expected.

@@ -5,32 +5,55 @@
 //! for an HTTP/2 preface, which makes hyper grow every connection's read buffer
 //! to 16 KiB; plain HTTP/1 keeps it at 8 KiB (with ten thousand streams open,
 //! the difference is 80 MB). It also bounds how long a client may take to send
-//! its request head.
+//! its request head, caps the connections open at once ([`crate::connections`]),
+//! and cuts a connection whose client stops taking bytes ([`crate::write_progress`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
+use http::{HeaderValue, header};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use tracing::debug;
 
 use crate::app::PeerAddr;
+use crate::body_deadline::DeadlineBody;
+use crate::connections::{ConnectionLimits, log_refusal};
+use crate::write_progress::WriteProgress;
 
 /// How long a client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What bounds the connections: how many, and how long a client may stall.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpLimits {
+    /// The caps on open connections.
+    pub(crate) connections: Arc<ConnectionLimits>,
+    /// How long a client may take no bytes while the relay has some for it (`None`: no limit).
+    pub(crate) client_idle_timeout: Option<Duration>,
+    /// Counts the connections that timeout cut.
+    pub(crate) idle_cuts: Counter,
+    /// How long a request body may take to arrive after its head (`None`: no limit).
+    pub(crate) body_read_timeout: Option<Duration>,
+}
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting,
 /// lets each connection finish its requests, and returns once all are closed.
 pub(crate) async fn serve<L>(
     mut listener: L,
     router: Router,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) where
     L: Listener<Addr = SocketAddr>,
@@ -48,17 +71,43 @@ pub(crate) async fn serve<L>(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
+        let slot = match limits.connections.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                log_refusal(refusal, peer.ip());
+                limits.connections.refuse(io, refusal);
+                continue;
+            }
+        };
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
+        let body_read_timeout = limits.body_read_timeout;
+        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
             let mut router = router.clone();
+            let (request, passed) = with_deadline(request, body_read_timeout);
             async move {
-                let response = router.call(request.map(axum::body::Body::new)).await;
-                Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+                let mut response = router
+                    .call(request)
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                if passed.is_some_and(|passed| passed.load(Ordering::Acquire)) {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
             }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(
+                WriteProgress::new(
+                    TokioIo::new(io),
+                    limits.client_idle_timeout,
+                    peer,
+                    limits.idle_cuts.clone(),
+                ),
+                service,
+            )
             .with_upgrades();
         let stopping = stopping.clone();
         connections.spawn(async move {
@@ -74,10 +123,28 @@ pub(crate) async fn serve<L>(
             if let Err(error) = result {
                 debug!(%peer, %error, "client connection ended with an error");
             }
+            // Held until hyper lets the connection go (at an upgrade, too).
+            drop(slot);
         });
     }
     drop(listener);
     stopping.cancel();
     connections.close();
     connections.wait().await;
+}
+
+/// `request` with its body bound by `timeout`, and the flag saying whether it passed.
+fn with_deadline(
+    request: http::Request<Incoming>,
+    timeout: Option<Duration>,
+) -> (http::Request<axum::body::Body>, Option<Arc<AtomicBool>>) {
+    let Some(timeout) = timeout else {
+        return (request.map(axum::body::Body::new), None);
+    };
+    let (parts, body) = request.into_parts();
+    let (body, passed) = DeadlineBody::new(body, timeout);
+    (
+        http::Request::from_parts(parts, axum::body::Body::new(body)),
+        Some(passed),
+    )
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -35,6 +36,16 @@ pub const MAX_NAME_CHARS: usize = 100;
 
 /// How often one key's last-used time is written, at most.
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a key-shaped key the database did not know is answered from memory.
+///
+/// Only misses are remembered, by digest: a revoked key is never served from
+/// memory (revocation holds at once), and a key created after a miss has a
+/// digest nobody can have presented before, short of guessing 256 random bits.
+const MISS_TTL: Duration = Duration::from_secs(30);
+
+/// Misses remembered at most; past it, new misses go to the database each time.
+const MAX_MISSES: usize = 4096;
 
 /// The SQLite file inside the data folder.
 const SQLITE_FILE: &str = "modelrelay.sqlite3";
@@ -171,6 +182,10 @@ pub struct KeyStore {
     random: SystemRandom,
     /// When this process last wrote each key's last-used time.
     touched: Mutex<HashMap<ApiKeyId, Instant>>,
+    /// Digests of key-shaped keys the database did not know, and when it said so.
+    misses: Mutex<HashMap<String, Instant>>,
+    /// Database lookups `authenticate` has made.
+    lookups: AtomicU64,
 }
 
 enum Database {
@@ -263,6 +278,8 @@ impl KeyStore {
             db,
             random: SystemRandom::new(),
             touched: Mutex::new(HashMap::new()),
+            misses: Mutex::new(HashMap::new()),
+            lookups: AtomicU64::new(0),
         })
     }
 
@@ -293,6 +310,7 @@ impl KeyStore {
         );
         let prefix = key[..SHOWN_CHARS].to_owned();
         let hash = key_hash(&key);
+        self.forget_miss(&hash);
         let created_ms = unix_ms(now);
         let sql = "INSERT INTO api_keys (name, prefix, key_hash, created_at_ms) \
                    VALUES ($1, $2, $3, $4) RETURNING id";
@@ -363,6 +381,10 @@ impl KeyStore {
             return Ok(None);
         }
         let hash = key_hash(presented);
+        if self.recently_missed(&hash) {
+            return Ok(None);
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let found = on_pool!(&self.db, |pool| sqlx::query(
             "SELECT id FROM api_keys WHERE key_hash = $1"
         )
@@ -372,6 +394,7 @@ impl KeyStore {
         .map(|row| row.try_get::<i64, _>("id"))
         .transpose()?);
         let Some(id) = found.map(ApiKeyId) else {
+            self.remember_miss(hash);
             return Ok(None);
         };
         // Best effort, tried at most once a minute per key: a key that checked
@@ -383,6 +406,39 @@ impl KeyStore {
             warn!(key = %id, %error, "could not note an API key's last use");
         }
         Ok(Some(id))
+    }
+
+    /// Database lookups `authenticate` has made (a miss answered from memory makes none).
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// Whether the database said within [`MISS_TTL`] that it does not know this digest.
+    fn recently_missed(&self, hash: &str) -> bool {
+        let Ok(misses) = self.misses.lock() else {
+            return false;
+        };
+        misses.get(hash).is_some_and(|at| at.elapsed() < MISS_TTL)
+    }
+
+    /// Remembers a miss, if there is room once expired ones are gone.
+    fn remember_miss(&self, hash: String) {
+        let Ok(mut misses) = self.misses.lock() else {
+            return;
+        };
+        if misses.len() >= MAX_MISSES {
+            misses.retain(|_, at| at.elapsed() < MISS_TTL);
+        }
+        if misses.len() < MAX_MISSES {
+            misses.insert(hash, Instant::now());
+        }
+    }
+
+    /// Forgets a remembered miss for `hash` (a key just created here).
+    fn forget_miss(&self, hash: &str) {
+        if let Ok(mut misses) = self.misses.lock() {
+            misses.remove(hash);
+        }
     }
 
     /// Whether this key's last-used time is due to be written; if so, the attempt is noted.

@@ -17,14 +17,17 @@
 
 mod app;
 pub mod auth;
+mod body_deadline;
 mod clients;
 mod codes;
+mod connections;
 pub mod error;
 mod http;
 mod hub;
 pub mod keys;
 mod operator;
 mod workers;
+mod write_progress;
 
 pub use app::{RunningServer, ServerConfig, serve};
 pub use auth::AdminToken;

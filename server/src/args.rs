@@ -40,6 +40,26 @@ pub(crate) struct Args {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub(crate) max_body_bytes: usize,
 
+    /// Seconds a request body may take to arrive; then 408. 0 means no limit.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 60)]
+    pub(crate) body_read_timeout: u64,
+
+    /// Bytes all request bodies may hold in memory at once; a body that finds no room within 5 s gets 503. 0 means no limit.
+    #[arg(long, env = "MAX_BUFFERED_REQUEST_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub(crate) max_buffered_request_bytes: usize,
+
+    /// Seconds a client may take none of its answer's bytes before its connection is cut (a stream is cancelled at its worker). 0 means never.
+    #[arg(long, env = "CLIENT_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub(crate) client_idle_timeout: u64,
+
+    /// Most open HTTP connections (worker links are not counted once connected); past it, 503 and close. 0 means no limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub(crate) max_connections: usize,
+
+    /// Most open HTTP connections from one address, past it 429 (behind a proxy every client shares its address; worker links are not counted once connected). 0 means no limit.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 0)]
+    pub(crate) max_connections_per_address: usize,
+
     /// Seconds running requests may take after SIGTERM before the relay stops.
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub(crate) drain_timeout: u64,

@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     process::init(&args.log_level, args.log_format);
+    check_open_file_limit(args.max_connections);
     let secret = worker_secret(&args)?;
     let mut config = server_config(&args, &secret)?;
     if config.admin_token.is_some() || config.require_api_keys || args.database_url.is_some() {
@@ -91,6 +92,11 @@ fn server_config(args: &Args, secret: &str) -> anyhow::Result<ServerConfig> {
         ..RelayConfig::default()
     };
     config.max_body_bytes = args.max_body_bytes;
+    config.body_read_timeout = seconds_or_never(args.body_read_timeout);
+    config.client_idle_timeout = seconds_or_never(args.client_idle_timeout);
+    config.max_buffered_request_bytes = args.max_buffered_request_bytes;
+    config.max_connections = args.max_connections;
+    config.max_connections_per_address = args.max_connections_per_address;
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.enable_v2 = !args.disable_v2;
     config.trust_forwarded_for = args.trust_forwarded_for;
@@ -109,6 +115,39 @@ fn server_config(args: &Args, secret: &str) -> anyhow::Result<ServerConfig> {
         Some(token) => Some(AdminToken::new(token)),
     };
     Ok(config)
+}
+
+/// `secs` seconds, or `None` for 0 (no limit).
+fn seconds_or_never(secs: u64) -> Option<Duration> {
+    (secs != 0).then(|| Duration::from_secs(secs))
+}
+
+/// Warns when the process may open fewer files than `--max-connections` asks
+/// for (each connection is one), plus a margin for worker links, the database and logs.
+fn check_open_file_limit(max_connections: usize) {
+    const MARGIN: u64 = 1024;
+    let Some(limit) = open_file_limit() else {
+        return;
+    };
+    let wanted = (max_connections as u64).saturating_add(MARGIN);
+    if max_connections != 0 && limit < wanted {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections,
+            "the open-file limit is below --max-connections plus {MARGIN}: past it, new connections fail at accept; raise it (ulimit -n, LimitNOFILE=) or lower --max-connections"
+        );
+    }
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux; `None` elsewhere or unlimited).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Opens (and migrates) the API-key database the flags name.

@@ -12,7 +12,8 @@ use crate::app::AppState;
 /// `GET /health`: status, version, workers, queue depth, uptime.
 pub(super) async fn health(State(app): State<Arc<AppState>>) -> Response {
     let uptime_secs = app.started.elapsed().as_secs();
-    match app.hub.snapshot().await {
+    // Numbers only: this route is open to anyone, so it clones no lists.
+    match app.hub.counts().await {
         Some(snapshot) => axum::Json(json!({
             "status": if snapshot.shutting_down { "draining" } else { "ok" },
             "version": env!("CARGO_PKG_VERSION"),

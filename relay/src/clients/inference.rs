@@ -16,11 +16,15 @@ use crate::hub::Command;
 use crate::hub::response_queue::{ResponseReceiver, response_queue};
 
 use super::api_key::{carries_relay_key, require_api_key};
+use super::body::BodyLimits;
 use super::parse::{ParsedRequest, parse};
 use super::{InferenceRoute, respond};
 
 /// The header naming the relay's id for a request, for logs on both sides.
 pub const REQUEST_ID_HEADER: &str = "x-modelrelay-request-id";
+
+/// The common request-id header, also carrying the relay's id.
+const GENERIC_REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Handles one inference request on `route`.
 pub(super) async fn inference(
@@ -31,19 +35,33 @@ pub(super) async fn inference(
     let flavor = route.flavor;
     require_api_key(&app, flavor, request.headers()).await?;
     let (parts, body) = request.into_parts();
-    let parsed = parse(body, app.config.max_body_bytes, route)
+    let limits = BodyLimits {
+        max_bytes: app.config.max_body_bytes,
+        budget: &app.body_budget,
+    };
+    let parsed = parse(body, limits, route)
         .await
         .map_err(|error| error.for_api(flavor))?;
     let (id, events) = dispatch(&app, route, &parsed, &parts.headers)
         .ok_or_else(|| ApiError::shutting_down().for_api(flavor))?;
     let ParsedRequest {
-        model, streaming, ..
+        model,
+        streaming,
+        held,
+        ..
     } = parsed;
-    let mut response = respond::answer(app.hub.clone(), id, events, model, streaming, flavor).await;
+    let asked = respond::Asked {
+        model,
+        streaming,
+        flavor,
+        held,
+    };
+    let mut response = respond::answer(app.hub.clone(), id, events, asked).await;
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+        let headers = response.headers_mut();
+        headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value.clone());
+        // The relay's id owns the common name; the backend's goes out as `x-backend-request-id`.
+        headers.insert(HeaderName::from_static(GENERIC_REQUEST_ID_HEADER), value);
     }
     Ok(response)
 }

@@ -6,9 +6,11 @@
 //! front of them.
 
 mod api_key;
+mod body;
 #[cfg(test)]
 mod fuzz;
 mod guard;
+mod headers;
 mod health;
 mod inference;
 mod models;
@@ -22,23 +24,32 @@ mod stream;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use crate::app::AppState;
 
+pub(crate) use body::BodyBudget;
 pub use inference::REQUEST_ID_HEADER;
 pub(crate) use not_found::not_found;
 pub(crate) use routes::{INFERENCE_ROUTES, InferenceRoute};
 pub(crate) use sse::stream_usage;
 
-/// The client routes: every inference route of the table, `/v1/models` and `/health`.
+/// The client routes: every inference route of the table (each answer hardened
+/// against being run by a browser), `/v1/models` and `/health`.
 pub(crate) fn router() -> Router<Arc<AppState>> {
     let router = INFERENCE_ROUTES
         .iter()
         .fold(Router::new(), |router, &route| {
             router.route(
                 route.path,
-                post(move |app, request| inference::inference(app, route, request)),
+                post(move |app, request| async move {
+                    headers::harden(
+                        inference::inference(app, route, request)
+                            .await
+                            .into_response(),
+                    )
+                }),
             )
         });
     router

@@ -18,13 +18,13 @@ pub(super) async fn models(
     headers: HeaderMap,
 ) -> Result<Response, ClientError> {
     require_api_key(&app, ApiFlavor::OpenAi, &headers).await?;
-    let snapshot = app
+    // Bounded: at most 256 names of at most 256 bytes per connected worker.
+    let models = app
         .hub
-        .snapshot()
+        .models()
         .await
         .ok_or_else(|| ApiError::shutting_down().for_api(ApiFlavor::OpenAi))?;
-    let data: Vec<serde_json::Value> = snapshot
-        .models
+    let data: Vec<serde_json::Value> = models
         .iter()
         .map(|model| json!({"id": model.as_str(), "object": "model", "created": 0, "owned_by": "modelrelay"}))
         .collect();

@@ -13,6 +13,7 @@ use crate::codes;
 use crate::error::ApiError;
 
 use super::InferenceRoute;
+use super::body::{BodyLimits, HeldBytes, read_body};
 
 /// An inference request the relay can route.
 pub(super) struct ParsedRequest {
@@ -22,6 +23,8 @@ pub(super) struct ParsedRequest {
     pub(super) model: String,
     /// Whether it asks for a streamed answer (on a route that can stream).
     pub(super) streaming: bool,
+    /// The room its body holds in the budget of buffered request bytes.
+    pub(super) held: HeldBytes,
 }
 
 /// The two fields the relay reads from a request body; the rest is skipped
@@ -148,13 +151,13 @@ impl<'de, T> Visitor<'de> for ScalarVisitor<T> {
     }
 }
 
-/// Reads a request body of at most `limit` bytes sent to `route`, and checks it.
+/// Reads a request body sent to `route` within `limits`, and checks it.
 pub(super) async fn parse(
     body: Body,
-    limit: usize,
+    limits: BodyLimits<'_>,
     route: InferenceRoute,
 ) -> Result<ParsedRequest, ApiError> {
-    let body = read_body(body, limit).await?;
+    let (body, held) = read_body(body, limits).await?;
     // The body travels to the worker as text on v1 links, and JSON must be UTF-8
     // anyway; serde_json does not check the strings it skips, so check here.
     if std::str::from_utf8(&body).is_err() {
@@ -171,32 +174,8 @@ pub(super) async fn parse(
         body,
         model,
         streaming,
+        held,
     })
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match axum::body::to_bytes(body, limit).await {
-        // A copy of its own: the body lives as long as the request (for requeues),
-        // and a slice would pin the connection's whole read buffer all that time.
-        Ok(body) => Ok(Bytes::copy_from_slice(&body)),
-        Err(error) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            Err(if too_large {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    codes::REQUEST_TOO_LARGE,
-                    format!("The request body exceeds the limit of {limit} bytes."),
-                )
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    codes::INVALID_BODY,
-                    format!("Cannot read the request body: {error}"),
-                )
-            })
-        }
-    }
 }
 
 /// The `model` and `stream` fields of a UTF-8 body, which must be a JSON object.

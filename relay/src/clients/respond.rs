@@ -1,19 +1,32 @@
 //! Answering an inference request from its response queue: an error, the backend's answer whole, or a stream.
 
 use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use modelrelay_core::RequestId;
 use modelrelay_core::relay::{Completion, Outcome};
-use modelrelay_core::wire::HOP_BY_HOP_HEADERS;
 
 use crate::error::{ApiError, ApiFlavor};
 use crate::hub::Hub;
 use crate::hub::response_queue::{ResponseEvent, ResponseReceiver};
 
+use super::body::HeldBytes;
 use super::guard::ClientGuard;
+use super::headers::passed_headers;
 use super::stream::event_stream;
+
+/// What the client asked for, as far as answering it goes.
+pub(super) struct Asked {
+    /// The model it named.
+    pub(super) model: String,
+    /// Whether it asked for a stream.
+    pub(super) streaming: bool,
+    /// The API it speaks.
+    pub(super) flavor: ApiFlavor,
+    /// The room its body holds in the budget, kept until the answer is over.
+    pub(super) held: HeldBytes,
+}
 
 /// The answer to request `id` from what its queue brings: a stream once a
 /// streaming request's first chunk comes, else the whole answer at its end.
@@ -21,11 +34,11 @@ pub(super) async fn answer(
     hub: Hub,
     id: RequestId,
     mut events: ResponseReceiver,
-    model: String,
-    streaming: bool,
-    flavor: ApiFlavor,
+    asked: Asked,
 ) -> Response {
     let mut guard = ClientGuard::new(hub, id);
+    let flavor = asked.flavor;
+    let model = asked.model.as_str();
     match events.recv().await {
         None => {
             guard.disarm();
@@ -33,12 +46,12 @@ pub(super) async fn answer(
         }
         Some(ResponseEvent::Ended(outcome)) => {
             guard.disarm();
-            finish(outcome, Vec::new(), &model, flavor)
+            finish(outcome, Vec::new(), model, flavor)
         }
-        Some(ResponseEvent::Chunk(first)) if streaming => {
-            event_stream(first, events, guard, model, flavor)
+        Some(ResponseEvent::Chunk(first)) if asked.streaming => {
+            event_stream(first, events, guard, asked)
         }
-        Some(ResponseEvent::Chunk(first)) => gather(first, events, guard, &model, flavor).await,
+        Some(ResponseEvent::Chunk(first)) => gather(first, events, guard, model, flavor).await,
     }
 }
 
@@ -81,7 +94,8 @@ fn finish(outcome: Outcome, pieces: Vec<Bytes>, model: &str, flavor: ApiFlavor) 
     }
 }
 
-/// The backend's status, headers and body, unchanged (4xx and 5xx included).
+/// The backend's status and body unchanged, with the headers of the allow-list
+/// ([`super::headers`]) and a content type a browser will not run.
 fn passthrough(completion: Completion, pieces: Vec<Bytes>) -> Response {
     let Completion {
         status_code,
@@ -99,25 +113,20 @@ fn passthrough(completion: Completion, pieces: Vec<Bytes>) -> Response {
         all.freeze()
     };
     let mut response = Response::new(Body::from(body));
-    *response.status_mut() = StatusCode::from_u16(status_code).unwrap_or(StatusCode::BAD_GATEWAY);
-    let out = response.headers_mut();
-    for (name, value) in headers.iter() {
-        let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP_HEADERS.contains(&lower.as_str()) || lower == "content-length" {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(lower.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            out.append(name, value);
-        }
-    }
-    if !out.contains_key(header::CONTENT_TYPE) {
-        out.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
+    *response.status_mut() = served_status(status_code);
+    *response.headers_mut() = passed_headers(&headers);
     response
+}
+
+/// The backend's status if it is a success or an error; an informational or
+/// redirect status (whose headers were not passed on) is a bad gateway.
+fn served_status(code: u16) -> StatusCode {
+    match StatusCode::from_u16(code) {
+        Ok(status)
+            if status.is_success() || status.is_client_error() || status.is_server_error() =>
+        {
+            status
+        }
+        _ => StatusCode::BAD_GATEWAY,
+    }
 }

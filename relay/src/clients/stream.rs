@@ -12,7 +12,9 @@ use modelrelay_core::relay::Outcome;
 use crate::error::{ApiError, ApiFlavor};
 use crate::hub::response_queue::{ResponseEvent, ResponseReceiver};
 
+use super::body::HeldBytes;
 use super::guard::ClientGuard;
+use super::respond::Asked;
 
 /// Where a streamed answer is: what it still has to hand over.
 struct Streaming {
@@ -22,6 +24,8 @@ struct Streaming {
     model: String,
     flavor: ApiFlavor,
     done: bool,
+    /// The request body's room in the budget, given back when the stream ends.
+    _held: HeldBytes,
 }
 
 /// A streaming answer: the chunks as they come, byte for byte; a failure becomes one error event.
@@ -29,16 +33,16 @@ pub(super) fn event_stream(
     first: Bytes,
     events: ResponseReceiver,
     guard: ClientGuard,
-    model: String,
-    flavor: ApiFlavor,
+    asked: Asked,
 ) -> Response {
     let state = Streaming {
         first: Some(first),
         events,
         guard,
-        model,
-        flavor,
+        model: asked.model,
+        flavor: asked.flavor,
         done: false,
+        _held: asked.held,
     };
     let chunks = stream::unfold(state, |mut state| async move {
         let chunk = state.next_chunk().await?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use modelrelay_core::relay::{AuthOutcome, NewRequest};
 use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
-use modelrelay_core::{RequestId, WireRequestId, WorkerId};
+use modelrelay_core::{ModelName, RequestId, WireRequestId, WorkerId};
 use modelrelay_transports::Outgoing;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clients::InferenceRoute;
 
 use super::response_queue::ResponseSender;
-use super::views::{Snapshot, WorkerView};
+use super::views::{Counts, Snapshot, WorkerView};
 
 /// How a worker's link reaches the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,8 +75,12 @@ pub(crate) enum Command {
     ClientGone { request: RequestId },
     /// A client went away after its stream's final event reached it.
     ClientDone { request: RequestId },
-    /// Numbers for `/health`, `/v1/models`, `/metrics` and `/admin/stats`.
+    /// Numbers and models for `/admin/stats`.
     Snapshot(oneshot::Sender<Snapshot>),
+    /// Numbers alone, for `/health` and `/metrics`.
+    Counts(oneshot::Sender<Counts>),
+    /// The models served now, for `/v1/models`.
+    Models(oneshot::Sender<Vec<ModelName>>),
     /// The connected workers, for `/admin/workers`.
     Workers(oneshot::Sender<Vec<WorkerView>>),
     /// Drain one worker; answers whether it was connected.

@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modelrelay_core::relay::{Relay, RelayConfig};
-use modelrelay_core::{ProviderId, WorkerId};
+use modelrelay_core::{ModelName, ProviderId, WorkerId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::operator::Metrics;
 
 pub(crate) use commands::{Command, LinkCommand, Transport};
-pub(crate) use views::{Snapshot, WorkerView};
+pub(crate) use views::{Counts, Snapshot, WorkerView};
 
 use task::HubTask;
 
@@ -54,6 +54,20 @@ impl Hub {
     pub(crate) async fn snapshot(&self) -> Option<Snapshot> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Snapshot(reply));
+        answer.await.ok()
+    }
+
+    /// The relay's numbers without lists, if the hub still runs.
+    pub(crate) async fn counts(&self) -> Option<Counts> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Counts(reply));
+        answer.await.ok()
+    }
+
+    /// The models served now, if the hub still runs.
+    pub(crate) async fn models(&self) -> Option<Vec<ModelName>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Models(reply));
         answer.await.ok()
     }
 

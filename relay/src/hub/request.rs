@@ -61,6 +61,11 @@ impl OpenRequest {
         }
     }
 
+    /// The model it asks for.
+    pub(super) fn model(&self) -> &ModelName {
+        &self.model
+    }
+
     /// Its frame went to `worker`; the first time, its wait in the queue is over.
     pub(super) fn sent_to(&mut self, worker: WorkerId, metrics: &Metrics) {
         self.worker = Some(worker);
@@ -107,15 +112,24 @@ impl OpenRequest {
     }
 
     /// Ends it: usage seen in the stream fills a completion without counts, then
-    /// the metrics, the log line, and the end for the client.
-    pub(super) fn end(mut self, mut outcome: Outcome, metrics: &Metrics) {
+    /// the metrics, the log line, and the end for the client. `known` says
+    /// whether a worker has advertised its model (a request that reached a
+    /// worker counts as known: workers only get their own models).
+    pub(super) fn end(mut self, mut outcome: Outcome, known: bool, metrics: &Metrics) {
         if let Outcome::Completed(completion) = &mut outcome
             && completion.token_counts.is_none()
         {
             completion.token_counts = self.stream_usage.take();
         }
         let took = now().saturating_duration_since(self.arrived);
-        metrics.ended(self.route.path, self.model.as_str(), &outcome, took);
+        let advertised = known || self.worker.is_some();
+        metrics.ended(
+            self.route.path,
+            self.model.as_str(),
+            advertised,
+            &outcome,
+            took,
+        );
         self.log_end(&outcome, took);
         let _ = self.responder.send(ResponseEvent::Ended(outcome));
     }

@@ -139,6 +139,12 @@ impl HubTask {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Counts(reply) => {
+                let _ = reply.send(self.counts());
+            }
+            Command::Models(reply) => {
+                let _ = reply.send(self.relay.models(&self.provider));
+            }
             Command::Workers(reply) => {
                 let _ = reply.send(self.worker_views());
             }
@@ -194,7 +200,10 @@ impl HubTask {
 
     fn request_ended(&mut self, request: RequestId, outcome: Outcome) {
         if let Some(open) = self.requests.remove(&request) {
-            open.end(outcome, &self.metrics);
+            let known = self
+                .relay
+                .knows_model(&self.provider, open.model().as_str());
+            open.end(outcome, known, &self.metrics);
         }
     }
 
@@ -227,5 +236,61 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use modelrelay_core::ModelName;
+    use modelrelay_core::relay::RelayConfig;
+
+    use super::*;
+    use crate::clients::INFERENCE_ROUTES;
+    use crate::hub::response_queue::response_queue;
+    use crate::operator::WorkerStates;
+
+    fn request(id: u64, model: &str) -> NewRequest {
+        NewRequest {
+            id: RequestId::new(id),
+            provider: ProviderId::new("local"),
+            model: ModelName::new(model),
+            endpoint_path: INFERENCE_ROUTES[0].path.to_owned(),
+            streaming: false,
+            body: Bytes::from_static(b"{}"),
+            headers: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_model_name_no_worker_advertised_never_becomes_a_metric_label_even_during_shutdown() {
+        let metrics = Arc::new(Metrics::new());
+        let relay = Relay::new(RelayConfig::default());
+        let mut hub = HubTask::new(relay, ProviderId::new("local"), 1 << 20, metrics.clone());
+        let arrive = |hub: &mut HubTask, id, model| {
+            let (responder, _events) = response_queue();
+            hub.apply(Command::Request {
+                request: request(id, model),
+                route: INFERENCE_ROUTES[0],
+                responder,
+            });
+            hub.flush();
+        };
+        arrive(&mut hub, 1, "made-up-before-shutdown");
+        // Once shutdown began, requests fail before any model check.
+        hub.apply(Command::Shutdown {
+            drain: Duration::from_secs(1),
+        });
+        hub.flush();
+        arrive(&mut hub, 2, "made-up-during-shutdown");
+        let text = metrics.render("local", 0, 0, WorkerStates::default());
+        assert!(!text.contains("made-up"), "{text}");
+        assert!(
+            text.contains(r#"model="unknown",outcome="shutting_down"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"model="unknown",outcome="model_not_found"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -42,17 +42,29 @@ pub(crate) struct WorkerView {
     pub(crate) wire: WireVersion,
 }
 
-/// The relay's state, for status endpoints.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Snapshot {
+/// The relay's numbers without any list: what `/health` and `/metrics` (open
+/// to anyone) ask for, costing one pass over the workers and nothing cloned.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
     /// Registered workers.
     pub(crate) workers: usize,
     /// Requests waiting.
     pub(crate) queue_depth: usize,
     /// Requests not ended.
     pub(crate) open_requests: usize,
-    /// Models served now.
-    pub(crate) models: Vec<ModelName>,
+    /// Whether shutdown began.
+    pub(crate) shutting_down: bool,
+    /// Workers by state.
+    pub(crate) worker_states: WorkerStates,
+}
+
+/// The relay's state, for status endpoints.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Snapshot {
+    /// Requests waiting.
+    pub(crate) queue_depth: usize,
+    /// Requests not ended.
+    pub(crate) open_requests: usize,
     /// Whether shutdown began.
     pub(crate) shutting_down: bool,
     /// Workers by state.
@@ -62,23 +74,34 @@ pub(crate) struct Snapshot {
 }
 
 impl HubTask {
-    /// The numbers for `/health`, `/v1/models`, `/metrics` and `/admin/stats`.
-    pub(super) fn snapshot(&self) -> Snapshot {
-        let mut worker_states = WorkerStates::default();
-        for worker in self.relay.workers() {
-            match (worker.registered, worker.draining) {
-                (_, true) => worker_states.draining += 1,
-                (false, false) => worker_states.registering += 1,
-                (true, false) => worker_states.active += 1,
-            }
-        }
-        Snapshot {
-            workers: self.relay.workers().filter(|w| w.registered).count(),
+    /// The numbers for `/health` and `/metrics`.
+    pub(super) fn counts(&self) -> Counts {
+        let mut counts = Counts {
             queue_depth: self.relay.queue_len(&self.provider),
             open_requests: self.relay.open_requests(),
-            models: self.relay.models(&self.provider),
             shutting_down: self.relay.is_shutting_down(),
-            worker_states,
+            ..Counts::default()
+        };
+        for worker in self.relay.workers() {
+            counts.workers += usize::from(worker.registered);
+            let states = &mut counts.worker_states;
+            match (worker.registered, worker.draining) {
+                (_, true) => states.draining += 1,
+                (false, false) => states.registering += 1,
+                (true, false) => states.active += 1,
+            }
+        }
+        counts
+    }
+
+    /// The numbers and counters for `/admin/stats`.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let counts = self.counts();
+        Snapshot {
+            queue_depth: counts.queue_depth,
+            open_requests: counts.open_requests,
+            shutting_down: counts.shutting_down,
+            worker_states: counts.worker_states,
             stats: self.relay.stats().clone(),
         }
     }

@@ -5,8 +5,8 @@
 //!
 //! Label values are bounded: routes are the paths of the inference route table
 //! ([`INFERENCE_ROUTES`](crate::clients::INFERENCE_ROUTES)), models are
-//! ones some worker advertised (a model nobody serves is counted as `unknown`,
-//! and past [`MAX_MODEL_LABELS`] distinct models the rest count as `other`),
+//! ones some worker advertised (any other name a client sends, whatever the
+//! outcome, even during shutdown, is counted as `unknown`, and past [`MAX_MODEL_LABELS`] distinct models the rest count as `other`),
 //! outcomes and reasons are fixed words.
 
 use std::collections::HashSet;
@@ -87,7 +87,7 @@ struct StateLabels {
 
 /// `GET /metrics`: Prometheus text format.
 pub(super) async fn scrape(State(app): State<Arc<AppState>>) -> Response {
-    let Some(snapshot) = app.hub.snapshot().await else {
+    let Some(snapshot) = app.hub.counts().await else {
         return ApiError::shutting_down().into_response(ApiFlavor::OpenAi);
     };
     let text = app.metrics.render(
@@ -127,6 +127,8 @@ pub(crate) struct Metrics {
     cancellations: Family<ReasonLabels, Counter>,
     streamed_bytes: Family<ModelLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    /// Connections cut by `--client-idle-timeout`.
+    pub(crate) idle_client_cuts: Counter,
     /// Model label values in use (workers may keep renaming their models).
     model_labels: Mutex<HashSet<String>>,
 }
@@ -227,8 +229,15 @@ impl Metrics {
             "Tokens the backends reported, by model and kind (prompt, completion)",
             tokens.clone(),
         );
+        let idle_client_cuts = Counter::default();
+        registry.register(
+            "modelrelay_idle_client_connections_cut",
+            "Client connections cut because the client took no bytes of its answer for --client-idle-timeout",
+            idle_client_cuts.clone(),
+        );
         Self {
             registry,
+            idle_client_cuts,
             requests,
             duration,
             first_chunk,
@@ -280,16 +289,20 @@ impl Metrics {
         })
     }
 
-    /// A request ended.
+    /// A request for `model` ended; `advertised` says whether some worker
+    /// advertised that exact name (else the client made it up, and it is
+    /// counted as `unknown`: clients never choose label values).
     pub(crate) fn ended(
         &self,
         route: &'static str,
         model: &str,
+        advertised: bool,
         outcome: &Outcome,
         took: Duration,
     ) {
         let label = outcome_label(outcome);
         let model = match outcome {
+            _ if !advertised => UNKNOWN_MODEL,
             Outcome::Failed {
                 failure: Failure::UnknownModel,
                 ..
@@ -439,14 +452,16 @@ mod tests {
         metrics.ended(
             route,
             "llama",
+            true,
             &completed(200, Some((7, 11))),
             Duration::from_millis(5),
         );
-        metrics.ended(route, "llama", &completed(503, None), Duration::ZERO);
-        metrics.ended(route, "llama", &Outcome::Cancelled, Duration::ZERO);
+        metrics.ended(route, "llama", true, &completed(503, None), Duration::ZERO);
+        metrics.ended(route, "llama", true, &Outcome::Cancelled, Duration::ZERO);
         metrics.ended(
             route,
             "made-up",
+            false,
             &Outcome::Failed {
                 failure: Failure::UnknownModel,
                 streamed: false,
@@ -476,10 +491,10 @@ mod tests {
         let route = "/v1/chat/completions";
         let ok = completed(200, None);
         for n in 0..MAX_MODEL_LABELS + 10 {
-            metrics.ended(route, &format!("model-{n}"), &ok, Duration::ZERO);
+            metrics.ended(route, &format!("model-{n}"), true, &ok, Duration::ZERO);
         }
         // Known ones keep their label after the cap is reached.
-        metrics.ended(route, "model-0", &ok, Duration::ZERO);
+        metrics.ended(route, "model-0", true, &ok, Duration::ZERO);
         let text = metrics.render("local", 0, 0, WorkerStates::default());
         let models = text
             .lines()
