@@ -294,3 +294,130 @@ async fn finish_hello(send: &mut quinn::SendStream, secret: &str) {
     assert_eq!(frame[0], 0, "a hello is shorter than 16 MiB");
     send.write_all(&frame[1..]).await.unwrap();
 }
+
+/// The first packet of a QUIC connection to `addr` (a client Initial), as bytes:
+/// what anyone can send from a forged source address.
+fn initial_packet(addr: std::net::SocketAddr, trust: &Trust) -> Vec<u8> {
+    let mut endpoint = quinn_proto::Endpoint::new(
+        std::sync::Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        true,
+        None,
+    );
+    let config = quic::client_config(trust).unwrap();
+    let now = std::time::Instant::now();
+    let (_, mut connection) = endpoint.connect(now, config, addr, "localhost").unwrap();
+    let mut packet = Vec::new();
+    let transmit = connection
+        .poll_transmit(now, 1, &mut packet)
+        .expect("an Initial");
+    packet.truncate(transmit.size);
+    packet
+}
+
+#[tokio::test]
+async fn connections_from_unproven_addresses_get_a_retry_and_hold_no_place() {
+    let relay = relay_with_quic(|_| {}).await;
+    let (addr, fingerprint) = relay.quic().unwrap();
+    let trust = Trust::Pinned(parse_fingerprint(fingerprint).unwrap());
+    // Twelve handshakes started and never finished, as from a spoofed source:
+    // more than the four places one address may hold before its hello.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for _ in 0..12 {
+        socket
+            .send_to(&initial_packet(addr, &trust), addr)
+            .await
+            .unwrap();
+        let mut answer = [0u8; 2048];
+        let (size, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut answer))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        // A long-header packet of type Retry (RFC 9000, 17.2.5), not the relay's handshake.
+        assert!(
+            size > 0 && answer[0] & 0xf0 == 0xf0,
+            "not a Retry: {:#x}",
+            answer[0]
+        );
+    }
+    // A worker from the same address, which follows the Retry, is let in at once.
+    let (mut reader, writer) = raw_quic(&relay, SECRET).await.expect("not refused");
+    drop(writer);
+    assert_ne!(closed_with(&mut reader).await, Some(1008));
+}
+
+#[tokio::test]
+async fn handshakes_that_never_finish_do_not_count_as_failures() {
+    let relay = relay_with_quic(|_| {}).await;
+    // Handshakes the peer gives up (a certificate it does not trust): more than
+    // the five failures that start a cooldown.
+    for _ in 0..6 {
+        let error = raw_quic_trusting(&relay, SECRET, &Trust::Pinned([7u8; 32]))
+            .await
+            .err()
+            .expect("the handshake fails");
+        assert!(error.to_string().contains("not the pinned"), "{error}");
+    }
+    // Only completed handshakes with a wrong secret count: four of them still leave room.
+    for _ in 0..4 {
+        let (mut reader, _writer) = raw_quic(&relay, "guess").await.unwrap();
+        assert_eq!(closed_with(&mut reader).await, Some(1008));
+    }
+    let (mut reader, writer) = raw_quic(&relay, SECRET).await.expect("not refused");
+    drop(writer);
+    assert_ne!(closed_with(&mut reader).await, Some(1008));
+}
+
+#[tokio::test]
+async fn a_wrong_secret_over_quic_is_refused_with_only_the_hello_read() {
+    let relay = relay_with_quic(|_| {}).await;
+    let (connection, mut send, _recv) = silent_quic(&relay).await.unwrap();
+    finish_hello(&mut send, "wrong").await;
+    // Right behind the hello, a frame announcing 1 GiB: never read, so never
+    // the reason the link ends.
+    send.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    send.write_all(&[0u8; 1024]).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), connection.closed())
+        .await
+        .expect("closed in time")
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code.into_inner(), 1008);
+            assert_eq!(&close.reason[..], b"missing or wrong worker secret");
+        }
+        other => panic!("closed otherwise: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_quic_register_over_the_before_register_limit_closes_the_link_saying_so() {
+    use modelrelay_core::wire::{Register, WireVersion, WorkerMessage};
+    use modelrelay_transports::{LinkWriter, Outgoing};
+
+    let relay = relay_with_quic(|_| {}).await;
+    let (mut reader, writer) = raw_quic(&relay, SECRET).await.unwrap();
+    let (queue, outgoing) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(LinkWriter::run(writer, outgoing, |_, _| None));
+    // More names than any register the relay accepts: past the v2 before-register limit.
+    let register = Register {
+        worker_name: "w".into(),
+        models: (0..300).map(|n| format!("{n:0>256}")).collect(),
+        max_concurrent: 1,
+        protocol_version: None,
+        current_load: None,
+    };
+    queue
+        .send(Outgoing::Message(WorkerMessage::Register(register)))
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), reader.next())
+        .await
+        .unwrap();
+    assert!(next.is_none());
+    let (code, reason) = LinkReader::close_frame(&reader).expect("a close");
+    assert_eq!(code, 1002);
+    let limit = FrameLimits::before_register_on(WireVersion::V2).max_frame_bytes;
+    assert!(
+        reason.contains("before register") && reason.contains(&limit.to_string()),
+        "{reason}"
+    );
+}

@@ -152,38 +152,69 @@ async fn a_v1_worker_answers_pings_and_gets_cancels_for_clients_that_leave() {
     assert_eq!(cancel["reason"], "client_disconnect");
 }
 
-#[tokio::test]
-async fn a_wrong_or_missing_secret_is_closed_with_policy_violation() {
-    let relay = relay(|_| {}).await;
-    let mut socket = raw_connect(&relay, "?provider=local", &[("x-worker-secret", "wrong")])
-        .await
-        .unwrap();
-    assert_eq!(next(&mut socket).await, Err(Some(1008)));
-    let mut socket = raw_connect(&relay, "", &[]).await.unwrap();
-    assert_eq!(next(&mut socket).await, Err(Some(1008)));
+/// A worker's upgrade request sent as plain HTTP, to see the relay's answer in full.
+async fn upgrade_request(
+    relay: &modelrelay_relay::RunningServer,
+    query: &str,
+    secret: Option<&str>,
+) -> Reply {
+    let mut headers = vec![
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    headers.extend(secret.map(|secret| ("x-worker-secret", secret)));
+    let url = format!("{}/v1/worker/connect{query}", relay.url());
+    let streaming = Http::new()
+        .send(http::Method::GET, &url, "", &headers)
+        .await;
+    let (status, headers) = (streaming.status, streaming.headers.clone());
+    Reply {
+        status,
+        headers,
+        body: streaming.rest().await,
+    }
+}
+
+/// The status a refused handshake got.
+fn refused_with(result: Result<Socket, HandshakeError>) -> StatusCode {
+    match result {
+        Err(HandshakeError::Refused { status, .. }) => status,
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
 }
 
 #[tokio::test]
-async fn an_unknown_provider_is_closed_with_policy_violation() {
+async fn a_wrong_or_missing_secret_is_refused_with_401_before_any_upgrade() {
     let relay = relay(|_| {}).await;
-    let mut socket = raw_connect(
-        &relay,
-        "?provider=elsewhere",
-        &[("x-worker-secret", SECRET)],
-    )
-    .await
-    .unwrap();
-    assert_eq!(next(&mut socket).await, Err(Some(1008)));
+    for secret in [Some("wrong"), None] {
+        let reply = upgrade_request(&relay, "?provider=local", secret).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert!(reply.headers.get("upgrade").is_none());
+        assert_eq!(reply.json()["error"]["code"], "invalid_worker_secret");
+    }
+    let refused = raw_connect(&relay, "", &[("x-worker-secret", "wrong")]).await;
+    assert_eq!(refused_with(refused), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_unknown_provider_is_refused_with_403_before_any_upgrade() {
+    let relay = relay(|_| {}).await;
+    let reply = upgrade_request(&relay, "?provider=elsewhere", Some(SECRET)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.json()["error"]["code"], "unknown_provider");
+    // With a wrong secret the provider is not even looked at.
+    let reply = upgrade_request(&relay, "?provider=elsewhere", Some("wrong")).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn repeated_failures_from_one_address_are_refused_for_a_cooldown() {
     let relay = relay(|_| {}).await;
     for _ in 0..5 {
-        let mut socket = raw_connect(&relay, "", &[("x-worker-secret", "guess")])
-            .await
-            .unwrap();
-        assert_eq!(next(&mut socket).await, Err(Some(1008)));
+        let refused = raw_connect(&relay, "", &[("x-worker-secret", "guess")]).await;
+        assert_eq!(refused_with(refused), StatusCode::UNAUTHORIZED);
     }
     // Now even the right secret waits out the cooldown.
     match raw_connect(&relay, "", &[("x-worker-secret", SECRET)]).await {
@@ -196,6 +227,9 @@ async fn repeated_failures_from_one_address_are_refused_for_a_cooldown() {
         }
         other => panic!("expected a 429, got {:?}", other.map(|_| ())),
     }
+    let reply = upgrade_request(&relay, "", Some(SECRET)).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.json()["error"]["code"], "auth_cooldown");
 }
 
 #[tokio::test]
@@ -220,4 +254,73 @@ async fn a_plain_http_request_to_the_worker_endpoint_is_told_to_upgrade() {
         .get(&format!("{}/v1/worker/connect", relay.url()))
         .await;
     assert_eq!(reply.status, StatusCode::UPGRADE_REQUIRED);
+}
+
+/// The close code and reason the relay ends a link with.
+async fn close_of(socket: &mut Socket) -> Option<(u16, String)> {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame in time");
+        match message {
+            Some(Ok(Message::Close(frame))) => {
+                return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// A v1 register padded with trailing white space (valid JSON) to exactly `size` bytes.
+fn register_of_size(size: usize) -> String {
+    let mut frame =
+        r#"{"type":"register","worker_name":"w","models":["m"],"max_concurrent":1}"#.to_owned();
+    assert!(frame.len() <= size);
+    frame.extend(std::iter::repeat_n(' ', size - frame.len()));
+    frame
+}
+
+#[tokio::test]
+async fn a_register_one_byte_over_the_before_register_limit_closes_the_link_saying_so() {
+    let relay = relay(|_| {}).await;
+    let limit = FrameLimits::before_register_on(modelrelay_core::wire::WireVersion::V1);
+    let mut socket = raw_connect(&relay, "", &[("x-worker-secret", SECRET)])
+        .await
+        .unwrap();
+    send(&mut socket, &register_of_size(limit.max_frame_bytes + 1)).await;
+    let (code, reason) = close_of(&mut socket).await.expect("a close frame");
+    assert_eq!(code, 1002);
+    assert!(
+        reason.contains("before register") && reason.contains(&limit.max_frame_bytes.to_string()),
+        "the close says which limit: {reason}"
+    );
+    // At the limit exactly, the register is accepted.
+    let mut socket = raw_connect(&relay, "", &[("x-worker-secret", SECRET)])
+        .await
+        .unwrap();
+    send(&mut socket, &register_of_size(limit.max_frame_bytes)).await;
+    assert_eq!(next(&mut socket).await.unwrap()["type"], "register_ack");
+}
+
+#[tokio::test]
+async fn once_registered_a_worker_sends_frames_larger_than_the_before_register_limit() {
+    let relay = relay(|_| {}).await;
+    let mut socket = raw_connect(&relay, "", &[("x-worker-secret", SECRET)])
+        .await
+        .unwrap();
+    send(&mut socket, &register_of_size(100)).await;
+    assert_eq!(next(&mut socket).await.unwrap()["type"], "register_ack");
+    let http = Http::new();
+    let url = format!("{}/v1/chat/completions", relay.url());
+    let client = tokio::spawn(async move { http.post(&url, r#"{"model":"m"}"#).await });
+    let request = next(&mut socket).await.unwrap();
+    assert_eq!(request["type"], "request");
+    let body = "x".repeat(FrameLimits::before_register().max_frame_bytes * 2);
+    let complete = json!({"type": "response_complete", "request_id": request["request_id"],
+                          "status_code": 200, "body": body});
+    send(&mut socket, &complete.to_string()).await;
+    let reply = client.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len(), body.len());
 }

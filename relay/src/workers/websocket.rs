@@ -7,11 +7,12 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessage};
 use modelrelay_core::{DEFAULT_PROVIDER, WorkerId};
-use modelrelay_transports::ws::{split, upgrade};
+use modelrelay_transports::ReadLimit;
+use modelrelay_transports::ws::{split_limited, upgrade};
 use serde::Deserialize;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::app::{AppState, PeerAddr};
 use crate::auth::client_address;
@@ -19,8 +20,8 @@ use crate::codes;
 use crate::error::{ApiError, ApiFlavor, ClientError};
 use crate::hub::Transport;
 
-use super::admission::{Candidate, admit};
-use super::link::{LinkInfo, refuse, run_link};
+use super::admission::{Candidate, Refusal, admit};
+use super::link::{LinkInfo, run_link};
 
 /// The query of a worker's connect request.
 #[derive(Debug, Default, Deserialize)]
@@ -30,7 +31,9 @@ pub(super) struct ConnectQuery {
     worker_secret: Option<String>,
 }
 
-/// `GET /v1/worker/connect`: checks the worker, then upgrades to a WebSocket link.
+/// `GET /v1/worker/connect`: checks the worker from its request alone, then
+/// upgrades to a WebSocket link; a worker that is refused gets an HTTP error
+/// and no WebSocket, so nothing it would send is read.
 pub(super) async fn connect(
     State(app): State<Arc<AppState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
@@ -60,14 +63,7 @@ pub(super) async fn connect(
         secret: secret.as_deref(),
         provider: query.provider.as_deref().unwrap_or(DEFAULT_PROVIDER),
     };
-    let admission = admit(&app, &candidate, now).map_err(|retry_after| {
-        warn!(%peer, "refusing a worker connection: too many failed attempts from this address");
-        ApiError::auth_cooldown(
-            "Too many failed worker authentications from this address; try again later.",
-            retry_after,
-        )
-        .for_api(ApiFlavor::OpenAi)
-    })?;
+    admit(&app, &candidate, now).map_err(refusal_answer)?;
     let wire = if upgrade.offers_v2() && app.config.enable_v2 {
         WireVersion::V2
     } else {
@@ -85,19 +81,42 @@ pub(super) async fn connect(
                 return;
             }
         };
-        let (reader, writer) = split::<_, WorkerMessage, ServerMessage>(socket, wire, limits);
-        if let Some(reason) = admission.refusal {
-            refuse(writer, &reason).await;
-            return;
-        }
+        // Until its register is accepted a worker may send only a register: its
+        // frames are held to the largest register the relay accepts.
+        let reads = ReadLimit::until_raised(FrameLimits::before_register_on(wire), limits);
+        let (reader, writer) =
+            split_limited::<_, WorkerMessage, ServerMessage>(socket, wire, limits, reads.clone());
         let link = LinkInfo {
             worker,
             wire,
-            auth: admission.auth,
             peer,
             transport: Transport::WebSocket,
+            reads,
         };
         run_link(reader, writer, link, hub).await;
     });
     Ok(upgrade.response(wire).map(|()| Body::empty()))
+}
+
+/// The HTTP answer to a refused worker: 429 with `Retry-After` while its
+/// address cools down, 401 for a missing or wrong secret, 403 for a provider
+/// this relay does not serve.
+fn refusal_answer(refusal: Refusal) -> ClientError {
+    let error = match refusal {
+        Refusal::Cooldown(retry_after) => ApiError::auth_cooldown(
+            "Too many failed worker authentications from this address; try again later.",
+            retry_after,
+        ),
+        Refusal::Unauthorized => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            codes::INVALID_WORKER_SECRET,
+            "Missing or wrong worker secret (x-worker-secret).",
+        ),
+        Refusal::UnknownProvider(_) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            codes::UNKNOWN_PROVIDER,
+            "This relay serves no such provider (check the worker's --provider).",
+        ),
+    };
+    error.for_api(ApiFlavor::OpenAi)
 }

@@ -7,7 +7,7 @@ pub mod client;
 mod link;
 pub mod upgrade;
 
-pub use link::{WsReader, WsWriter, split};
+pub use link::{WsReader, WsWriter, split, split_limited};
 pub use modelrelay_core::wire::V2_WEBSOCKET_SUBPROTOCOL;
 pub use tokio_tungstenite::WebSocketStream;
 pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
