@@ -66,7 +66,9 @@ pub(super) fn admit(
         return Err(Refusal::Cooldown(retry_after));
     }
     match candidate.secret {
-        Some(secret) if app.config.worker_secret.matches(secret) => {}
+        Some(secret) if app.config.worker_secret.matches(secret) => {
+            app.limiter.success(candidate.address);
+        }
         presented => {
             app.limiter.failure(candidate.address, now);
             let why = if presented.is_some() { "a wrong" } else { "no" };
