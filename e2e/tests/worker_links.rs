@@ -115,10 +115,14 @@ async fn an_existing_v1_worker_registers_and_serves_a_request_with_raw_json_fram
 
 #[tokio::test]
 async fn a_v1_worker_answers_pings_and_gets_cancels_for_clients_that_leave() {
-    let relay = relay(|c| c.relay.heartbeat_interval = Duration::from_millis(200)).await;
+    let relay = relay(|c| {
+        c.relay.heartbeat_interval = Duration::from_millis(200);
+        c.allow_secret_in_query = true;
+    })
+    .await;
     let mut socket = raw_connect(&relay, "?provider=local&worker_secret=test-secret", &[])
         .await
-        .expect("the old query-parameter secret is still accepted");
+        .expect("the old query-parameter secret is accepted with --allow-secret-in-query");
     send(
         &mut socket,
         r#"{"type":"register","worker_name":"w","models":["m"],"max_concurrent":1}"#,
@@ -323,4 +327,49 @@ async fn once_registered_a_worker_sends_frames_larger_than_the_before_register_l
     let reply = client.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body.len(), body.len());
+}
+
+#[tokio::test]
+async fn a_secret_in_the_query_is_refused_unless_allowed_and_the_refusal_names_the_flag() {
+    let relay = relay(|_| {}).await;
+    // More refusals than the failure limit: the query secret is not compared, so not counted.
+    for _ in 0..6 {
+        let reply =
+            upgrade_request(&relay, "?provider=local&worker_secret=test-secret", None).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains("--allow-secret-in-query"), "{message}");
+    }
+    let mut socket = raw_connect(&relay, "", &[("x-worker-secret", SECRET)])
+        .await
+        .expect("the header secret still gets in");
+    send(
+        &mut socket,
+        r#"{"type":"register","worker_name":"w","models":["m"],"max_concurrent":1}"#,
+    )
+    .await;
+    assert_eq!(next(&mut socket).await.unwrap()["type"], "register_ack");
+}
+
+#[tokio::test]
+async fn during_a_rotation_workers_with_either_secret_get_in() {
+    let relay = relay(|c| {
+        c.worker_secret = modelrelay_relay::WorkerSecrets::new([SECRET, "next-secret"]);
+    })
+    .await;
+    for secret in [SECRET, "next-secret"] {
+        raw_connect(&relay, "", &[("x-worker-secret", secret)])
+            .await
+            .unwrap_or_else(|e| panic!("{secret} refused: {e}"));
+    }
+    let refused = raw_connect(
+        &relay,
+        "",
+        &[("x-worker-secret", "next-secret,test-secret")],
+    )
+    .await;
+    assert_eq!(refused_with(refused), StatusCode::UNAUTHORIZED);
 }

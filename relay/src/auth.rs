@@ -35,6 +35,32 @@ impl std::fmt::Debug for WorkerSecret {
     }
 }
 
+/// The worker secrets the relay accepts: one, or more while a rotation is under
+/// way. Each is kept only as a digest.
+#[derive(Clone, Debug)]
+pub struct WorkerSecrets(Vec<WorkerSecret>);
+
+impl WorkerSecrets {
+    /// Accepts any of `secrets`.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        Self(secrets.into_iter().map(WorkerSecret::new).collect())
+    }
+
+    /// Whether `presented` is one of the secrets. Every secret is compared, each
+    /// in constant time, so the time taken says neither which one matched nor
+    /// where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented = digest(&SHA256, presented.as_bytes());
+        let matched = self
+            .0
+            .iter()
+            .fold(subtle::Choice::from(0), |matched, secret| {
+                matched | secret.0.as_slice().ct_eq(presented.as_ref())
+            });
+        bool::from(matched)
+    }
+}
+
 /// The admin token for `/admin/*`, `/dashboard` and `/setup`, kept only as a digest.
 #[derive(Clone)]
 pub struct AdminToken(WorkerSecret);
@@ -310,6 +336,19 @@ mod tests {
         assert!(!secret.matches("s3cret "));
         assert!(!secret.matches(""));
         assert!(!format!("{secret:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn during_a_rotation_each_of_several_secrets_is_accepted_and_nothing_else() {
+        let secrets = WorkerSecrets::new(["old-secret", "new-secret"]);
+        assert!(secrets.matches("old-secret"));
+        assert!(secrets.matches("new-secret"));
+        assert!(!secrets.matches("old-secretnew-secret"));
+        assert!(!secrets.matches("old-secret,new-secret"));
+        assert!(!secrets.matches(""));
+        assert!(!WorkerSecrets::new([]).matches(""));
+        let printed = format!("{secrets:?}");
+        assert!(!printed.contains("old-secret") && !printed.contains("new-secret"));
     }
 
     #[test]

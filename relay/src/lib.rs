@@ -27,7 +27,7 @@ mod operator;
 mod workers;
 
 pub use app::{RunningServer, ServerConfig, serve};
-pub use auth::AdminToken;
+pub use auth::{AdminToken, WorkerSecrets};
 pub use clients::REQUEST_ID_HEADER;
 pub use operator::CSRF_HEADER;
 pub use workers::quic;

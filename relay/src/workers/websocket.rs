@@ -27,7 +27,7 @@ use super::link::{LinkInfo, run_link};
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ConnectQuery {
     provider: Option<String>,
-    /// The old way to pass the secret, still accepted.
+    /// The old way to pass the secret, accepted only with `--allow-secret-in-query`.
     worker_secret: Option<String>,
 }
 
@@ -50,12 +50,18 @@ pub(super) async fn connect(
     })?;
     let now = tokio::time::Instant::now().into_std();
     let address = client_address(peer.ip(), request.headers(), app.config.trust_forwarded_for);
-    let secret = request
+    let header = request
         .headers()
         .get("x-worker-secret")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(query.worker_secret);
+        .map(str::to_owned);
+    let secret = match (header, query.worker_secret) {
+        (Some(header), _) => Some(header),
+        (None, Some(query)) if app.config.allow_secret_in_query => Some(query),
+        // Not compared, so not a guess: refused without counting, saying what to do.
+        (None, Some(_)) => return Err(query_secret_refused()),
+        (None, None) => None,
+    };
     let candidate = Candidate {
         transport: Transport::WebSocket,
         peer,
@@ -96,6 +102,17 @@ pub(super) async fn connect(
         run_link(reader, writer, link, hub).await;
     });
     Ok(upgrade.response(wire).map(|()| Body::empty()))
+}
+
+/// The 401 for a secret passed in the query string while that is not allowed.
+fn query_secret_refused() -> ClientError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        codes::INVALID_WORKER_SECRET,
+        "The worker secret in the query string (?worker_secret=) is refused: send it in the \
+         x-worker-secret header, or start the relay with --allow-secret-in-query.",
+    )
+    .for_api(ApiFlavor::OpenAi)
 }
 
 /// The HTTP answer to a refused worker: 429 with `Retry-After` while its
