@@ -320,7 +320,8 @@ async fn once_registered_a_worker_sends_frames_larger_than_the_before_register_l
     let client = tokio::spawn(async move { http.post(&url, r#"{"model":"m"}"#).await });
     let request = next(&mut socket).await.unwrap();
     assert_eq!(request["type"], "request");
-    let body = "x".repeat(FrameLimits::before_register().max_frame_bytes * 2);
+    // Over the byte budget before register too (twice the limit and a little).
+    let body = "x".repeat(FrameLimits::before_register().max_frame_bytes * 4);
     let complete = json!({"type": "response_complete", "request_id": request["request_id"],
                           "status_code": 200, "body": body});
     send(&mut socket, &complete.to_string()).await;
@@ -372,4 +373,49 @@ async fn during_a_rotation_workers_with_either_secret_get_in() {
     )
     .await;
     assert_eq!(refused_with(refused), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_frame_far_over_the_limit_before_register_ends_the_link_before_it_is_all_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let relay = relay(|_| {}).await;
+    let mut tcp = TcpStream::connect(relay.addr()).await.unwrap();
+    let request = format!(
+        "GET /v1/worker/connect HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-worker-secret: {SECRET}\r\n\r\n",
+        relay.addr()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // One text frame announcing 16 MiB (within the configured limit), masked
+    // with a zero key as a client's must be; then only its first MiB.
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend((16u64 << 20).to_be_bytes());
+    frame.extend([0u8; 4]);
+    tcp.write_all(&frame).await.unwrap();
+    let _ = tcp.write_all(&vec![b' '; 1 << 20]).await;
+    // The relay does not wait for the other 15 MiB: it closes with 1002, saying why.
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut close = [0u8; 2];
+        tcp.read_exact(&mut close).await.unwrap();
+        let mut rest = vec![0u8; usize::from(close[1] & 0x7f)];
+        tcp.read_exact(&mut rest).await.unwrap();
+        (close[0], rest)
+    })
+    .await
+    .expect("closed before the frame was all sent");
+    assert_eq!(close.0, 0x88, "a close frame");
+    assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 1002);
+    let reason = String::from_utf8_lossy(&close.1[2..]);
+    assert!(reason.contains("before register"), "{reason}");
 }

@@ -80,16 +80,18 @@ pub(super) async fn connect(
     let hub = app.hub.clone();
     let limits = app.config.frame_limits;
     tokio::spawn(async move {
-        let socket = match upgrade::accept(on_upgrade, limits).await {
+        // Until its register is accepted a worker may send only a register: its
+        // frames are held to the largest register the relay accepts, and what is
+        // read at all to a little more than that.
+        let reads = ReadLimit::until_raised(FrameLimits::before_register_on(wire), limits);
+        let upgraded = upgrade::accept_before_register(on_upgrade, limits, reads.clone()).await;
+        let socket = match upgraded {
             Ok(socket) => socket,
             Err(error) => {
                 debug!(%peer, %error, "worker upgrade failed");
                 return;
             }
         };
-        // Until its register is accepted a worker may send only a register: its
-        // frames are held to the largest register the relay accepts.
-        let reads = ReadLimit::until_raised(FrameLimits::before_register_on(wire), limits);
         let (reader, writer) =
             split_limited::<_, WorkerMessage, ServerMessage>(socket, wire, limits, reads.clone());
         let link = LinkInfo {

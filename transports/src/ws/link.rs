@@ -91,6 +91,9 @@ where
                 None => break,
                 Some(Err(error)) => {
                     self.closed = true;
+                    if let Some(exceeded) = super::budget::budget_exceeded(&error) {
+                        return Some(Err(LinkError::Protocol(exceeded.to_string())));
+                    }
                     return Some(Err(error.into()));
                 }
                 Some(Ok(message)) => message,

@@ -3,10 +3,12 @@
 //! v1 travels as JSON text messages, v2 as binary messages; a worker asks for
 //! v2 with the WebSocket subprotocol [`V2_WEBSOCKET_SUBPROTOCOL`].
 
+mod budget;
 pub mod client;
 mod link;
 pub mod upgrade;
 
+pub use budget::{BudgetExceeded, PreRegisterBudget};
 pub use link::{WsReader, WsWriter, split, split_limited};
 pub use modelrelay_core::wire::V2_WEBSOCKET_SUBPROTOCOL;
 pub use tokio_tungstenite::WebSocketStream;
