@@ -410,21 +410,7 @@ impl<D: Dialer> Driver<D> {
                 refused,
             } => {
                 if current == Some(generation) {
-                    let asked = matches!(self.link, LinkState::Up { closing: true, .. });
-                    if asked {
-                        debug!(%cause, "link to the relay closed");
-                    } else if refused {
-                        error!(%cause, "{REFUSED}");
-                    } else {
-                        warn!(%cause, "link to the relay closed");
-                    }
-                    self.link = LinkState::None;
-                    let input = if refused && !asked {
-                        SessionInput::LinkRefused { retry_after: None }
-                    } else {
-                        SessionInput::LinkDown
-                    };
-                    session.handle(now(), input);
+                    self.link_closed(&cause, refused, session);
                 }
             }
             Event::Backend(input) => {
@@ -438,6 +424,24 @@ impl<D: Dialer> Driver<D> {
             Event::Models(Ok(models)) => session.handle(now(), SessionInput::ModelsChanged(models)),
             Event::Models(Err(error)) => warn!(%error, "cannot re-read the backend's models"),
         }
+    }
+
+    /// The current link closed: logged by why, and the session told (a close with
+    /// 1008 the worker did not ask for is the relay refusing it).
+    fn link_closed(&mut self, cause: &str, refused: bool, session: &mut WorkerSession) {
+        let asked = matches!(self.link, LinkState::Up { closing: true, .. });
+        let input = if asked {
+            debug!(%cause, "link to the relay closed");
+            SessionInput::LinkDown
+        } else if refused {
+            error!(%cause, "{REFUSED}");
+            SessionInput::LinkRefused { retry_after: None }
+        } else {
+            warn!(%cause, "link to the relay closed");
+            SessionInput::LinkDown
+        };
+        self.link = LinkState::None;
+        session.handle(now(), input);
     }
 
     fn refresh_models(&mut self) {
