@@ -78,7 +78,7 @@ pub(super) fn admit(
     }
     let provider = candidate.provider;
     if provider != app.config.provider.as_str() {
-        warn!(%peer, provider = %provider.escape_debug(), "{who} asked for an unknown provider");
+        warn!(%peer, %provider, "{who} asked for an unknown provider");
         return Err(Refusal::UnknownProvider(provider.to_owned()));
     }
     Ok(())
