@@ -80,6 +80,17 @@ impl Backoff {
         base + Duration::from_nanos(self.rng.up_to(half_nanos))
     }
 
+    /// The delay before the next attempt when the server said when to come back
+    /// (`Retry-After`): that long, plus a jitter of up to a tenth of it (at most
+    /// a second), so workers behind one address do not return at one instant.
+    /// It counts one more failure, so later delays go on doubling from where they were.
+    pub fn after_retry_after(&mut self, retry_after: Duration) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let spread = (retry_after / 10).min(Duration::from_secs(1));
+        let spread_nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+        retry_after + Duration::from_nanos(self.rng.up_to(spread_nanos))
+    }
+
     /// Starts over from `initial` (after a successful registration).
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -104,6 +115,24 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() < Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_retry_after_is_followed_even_when_the_backoff_has_grown_past_it() {
+        let mut backoff = Backoff::new(BackoffConfig::default(), 3);
+        for _ in 0..8 {
+            backoff.next_delay();
+        }
+        let retry_after = Duration::from_secs(20);
+        let delay = backoff.after_retry_after(retry_after);
+        assert!(
+            delay >= retry_after && delay <= retry_after + Duration::from_secs(1),
+            "{delay:?}"
+        );
+        // A short one is not stretched to the backoff either, and the backoff goes on from where it was.
+        let short = backoff.after_retry_after(Duration::from_secs(2));
+        assert!(short >= Duration::from_secs(2) && short <= Duration::from_millis(2200));
+        assert!(backoff.next_delay() >= Duration::from_secs(30));
     }
 
     #[test]

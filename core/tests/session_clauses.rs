@@ -304,6 +304,34 @@ fn a_registration_resets_the_backoff() {
 }
 
 #[test]
+fn a_refusal_with_retry_after_waits_that_long_however_far_the_backoff_has_grown() {
+    let mut h = Harness::new(1);
+    h.outputs();
+    // Seven failed dials: the backoff is at its 30 s cap.
+    for _ in 0..7 {
+        let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
+        h.advance(delay);
+    }
+    let retry_after = 12 * SECOND;
+    let delay = reconnect_delay(&h.handle(SessionInput::LinkRefused {
+        retry_after: Some(retry_after),
+    }))
+    .unwrap();
+    assert!(
+        delay >= retry_after && delay <= retry_after + SECOND,
+        "{delay:?}"
+    );
+    assert!(h.advance(retry_after - Duration::from_millis(1)).is_empty());
+    assert_eq!(
+        h.advance(delay - retry_after + Duration::from_millis(1)),
+        [SessionOutput::Connect]
+    );
+    // Refused again without a Retry-After (a wrong secret): the normal backoff goes on.
+    let next = reconnect_delay(&h.handle(SessionInput::LinkRefused { retry_after: None })).unwrap();
+    assert!(next >= 30 * SECOND, "{next:?}");
+}
+
+#[test]
 fn no_ack_in_time_drops_the_link() {
     let mut h = Harness::new(1);
     h.outputs();

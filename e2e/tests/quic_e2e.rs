@@ -294,3 +294,225 @@ async fn finish_hello(send: &mut quinn::SendStream, secret: &str) {
     assert_eq!(frame[0], 0, "a hello is shorter than 16 MiB");
     send.write_all(&frame[1..]).await.unwrap();
 }
+
+/// A client's QUIC state for one connection to `addr`, driven by hand (no socket).
+fn client_connection(
+    addr: std::net::SocketAddr,
+    trust: &Trust,
+) -> (quinn_proto::Endpoint, quinn_proto::Connection) {
+    let mut endpoint = quinn_proto::Endpoint::new(
+        std::sync::Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        true,
+        None,
+    );
+    let config = quic::client_config(trust).unwrap();
+    let now = std::time::Instant::now();
+    let (_, connection) = endpoint.connect(now, config, addr, "localhost").unwrap();
+    (endpoint, connection)
+}
+
+/// The first packet of a QUIC connection to `addr` (a client Initial), as bytes:
+/// what anyone can send from a forged source address.
+fn initial_packet(addr: std::net::SocketAddr, trust: &Trust) -> Vec<u8> {
+    let (_endpoint, mut connection) = client_connection(addr, trust);
+    let mut packet = Vec::new();
+    let transmit = connection
+        .poll_transmit(std::time::Instant::now(), 1, &mut packet)
+        .expect("an Initial");
+    packet.truncate(transmit.size);
+    packet
+}
+
+#[tokio::test]
+async fn connections_from_unproven_addresses_get_a_retry_and_hold_no_place() {
+    let relay = relay_with_quic(|_| {}).await;
+    let (addr, fingerprint) = relay.quic().unwrap();
+    let trust = Trust::Pinned(parse_fingerprint(fingerprint).unwrap());
+    // Twelve handshakes started and never finished, as from a spoofed source:
+    // more than the four places one address may hold before its hello.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for _ in 0..12 {
+        socket
+            .send_to(&initial_packet(addr, &trust), addr)
+            .await
+            .unwrap();
+        let mut answer = [0u8; 2048];
+        let (size, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut answer))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        // A long-header packet of type Retry (RFC 9000, 17.2.5), not the relay's handshake.
+        assert!(
+            size > 0 && answer[0] & 0xf0 == 0xf0,
+            "not a Retry: {:#x}",
+            answer[0]
+        );
+    }
+    // A worker from the same address, which follows the Retry, is let in at once.
+    let (mut reader, writer) = raw_quic(&relay, SECRET).await.expect("not refused");
+    drop(writer);
+    assert_ne!(closed_with(&mut reader).await, Some(1008));
+}
+
+/// A QUIC client that starts a handshake from its own socket, follows the
+/// relay's Retry (proving its address), lets the relay send its half of the
+/// handshake, and then never answers: a handshake that never finishes.
+struct AbandonedHandshake {
+    socket: tokio::net::UdpSocket,
+    endpoint: quinn_proto::Endpoint,
+    connection: quinn_proto::Connection,
+    relay: std::net::SocketAddr,
+}
+
+impl AbandonedHandshake {
+    async fn start(relay: std::net::SocketAddr, trust: &Trust) -> Self {
+        let (endpoint, connection) = client_connection(relay, trust);
+        let mut this = Self {
+            socket: tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            endpoint,
+            connection,
+            relay,
+        };
+        // Answer until the relay has begun its half of the handshake (a packet
+        // that is not a Retry), then fall silent.
+        loop {
+            this.send_what_is_due().await;
+            let first_byte = this.receive().await;
+            if first_byte & 0xf0 != 0xf0 {
+                return this;
+            }
+        }
+    }
+
+    async fn send_what_is_due(&mut self) {
+        let mut packet = Vec::new();
+        while let Some(transmit) =
+            self.connection
+                .poll_transmit(std::time::Instant::now(), 1, &mut packet)
+        {
+            self.socket
+                .send_to(&packet[..transmit.size], self.relay)
+                .await
+                .unwrap();
+            packet.clear();
+        }
+    }
+
+    /// Feeds the next datagram from the relay to the connection; its first byte.
+    async fn receive(&mut self) -> u8 {
+        let mut datagram = [0u8; 2048];
+        let (size, from) = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.socket.recv_from(&mut datagram),
+        )
+        .await
+        .expect("a packet from the relay in time")
+        .unwrap();
+        let data = bytes::BytesMut::from(&datagram[..size]);
+        let mut response = Vec::new();
+        let now = std::time::Instant::now();
+        if let Some(quinn_proto::DatagramEvent::ConnectionEvent(_, event)) =
+            self.endpoint
+                .handle(now, from, None, None, data, &mut response)
+        {
+            self.connection.handle_event(event);
+        }
+        datagram[0]
+    }
+
+    /// Reads what the relay sends, answering nothing, until it gives the connection up.
+    async fn until_the_relay_gives_up(mut self) {
+        loop {
+            self.receive().await;
+            while let Some(event) = self.connection.poll() {
+                if matches!(event, quinn_proto::Event::ConnectionLost { .. }) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn handshakes_that_never_finish_do_not_count_as_failures() {
+    let relay = relay_with_quic(|_| {}).await;
+    let (addr, fingerprint) = relay.quic().unwrap();
+    let trust = Trust::Pinned(parse_fingerprint(fingerprint).unwrap());
+    // Four handshakes (as many as may wait at once) started from this address
+    // and never finished: the relay gives each up after its 10 s.
+    let mut abandoned = Vec::new();
+    for _ in 0..4 {
+        abandoned.push(AbandonedHandshake::start(addr, &trust).await);
+    }
+    for handshake in abandoned {
+        handshake.until_the_relay_gives_up().await;
+    }
+    // Handshakes the worker itself aborts (a certificate it does not trust) do not count either.
+    let error = raw_quic_trusting(&relay, SECRET, &Trust::Pinned([7u8; 32]))
+        .await
+        .err()
+        .expect("the handshake fails");
+    assert!(error.to_string().contains("not the pinned"), "{error}");
+    // One completed handshake with a wrong secret is one failure: five in all
+    // would have started a cooldown, but only this one counts.
+    let (mut reader, _writer) = raw_quic(&relay, "guess").await.unwrap();
+    assert_eq!(closed_with(&mut reader).await, Some(1008));
+    let (mut reader, writer) = raw_quic(&relay, SECRET).await.expect("not refused");
+    drop(writer);
+    assert_ne!(closed_with(&mut reader).await, Some(1008));
+}
+
+#[tokio::test]
+async fn a_wrong_secret_over_quic_is_refused_with_only_the_hello_read() {
+    let relay = relay_with_quic(|_| {}).await;
+    let (connection, mut send, _recv) = silent_quic(&relay).await.unwrap();
+    finish_hello(&mut send, "wrong").await;
+    // Right behind the hello, a frame announcing 1 GiB: never read, so never
+    // the reason the link ends.
+    send.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    send.write_all(&[0u8; 1024]).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), connection.closed())
+        .await
+        .expect("closed in time")
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code.into_inner(), 1008);
+            assert_eq!(&close.reason[..], b"missing or wrong worker secret");
+        }
+        other => panic!("closed otherwise: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_quic_register_over_the_before_register_limit_closes_the_link_saying_so() {
+    use modelrelay_core::wire::{Register, WireVersion, WorkerMessage};
+    use modelrelay_transports::{LinkWriter, Outgoing};
+
+    let relay = relay_with_quic(|_| {}).await;
+    let (mut reader, writer) = raw_quic(&relay, SECRET).await.unwrap();
+    let (queue, outgoing) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(LinkWriter::run(writer, outgoing, |_, _| None));
+    // More names than any register the relay accepts: past the v2 before-register limit.
+    let register = Register {
+        worker_name: "w".into(),
+        models: (0..300).map(|n| format!("{n:0>256}")).collect(),
+        max_concurrent: 1,
+        protocol_version: None,
+        current_load: None,
+    };
+    queue
+        .send(Outgoing::Message(WorkerMessage::Register(register)))
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), reader.next())
+        .await
+        .unwrap();
+    assert!(next.is_none());
+    let (code, reason) = LinkReader::close_frame(&reader).expect("a close");
+    assert_eq!(code, 1002);
+    let limit = FrameLimits::before_register_on(WireVersion::V2).max_frame_bytes;
+    assert!(
+        reason.contains("before register") && reason.contains(&limit.to_string()),
+        "{reason}"
+    );
+}

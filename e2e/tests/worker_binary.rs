@@ -172,3 +172,20 @@ async fn a_worker_pinning_another_certificate_says_what_to_do() {
     let http: Http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     assert_eq!(workers_connected(&http, &relay).await, 0);
 }
+
+#[tokio::test]
+async fn a_worker_with_a_wrong_secret_is_told_to_check_it_at_the_upgrade() {
+    let relay = modelrelay_testkit::relay(|config| {
+        config.worker_secret = modelrelay_relay::WorkerSecrets::new(["another-secret"]);
+    })
+    .await;
+    let (_backend, backend_url) = simulated_backend().await;
+    let any = ["AB"; 32].join(":");
+    let (_worker, log) = start_worker(&relay.url(), &backend_url, &any);
+    eventually("the worker says the relay refused it", async || {
+        let log = log.lock().unwrap();
+        log.contains("the relay refused this worker: check --worker-secret")
+            && log.contains("HTTP 401")
+    })
+    .await;
+}

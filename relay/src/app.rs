@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::auth::{AdminToken, AuthLimiter, AuthLimits, WorkerSecret};
+use crate::auth::{AdminToken, AuthLimiter, AuthLimits, WorkerSecrets};
 use crate::clients::BodyBudget;
 use crate::connections::ConnectionLimits;
 use crate::http::HttpLimits;
@@ -29,8 +29,11 @@ use crate::{clients, operator, workers};
 /// Everything the server needs to know.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The secret workers must present.
-    pub worker_secret: WorkerSecret,
+    /// The secrets workers may present (more than one during a rotation).
+    pub worker_secret: WorkerSecrets,
+    /// Whether a worker may pass its secret as `?worker_secret=` (old workers;
+    /// query strings end up in proxy logs).
+    pub allow_secret_in_query: bool,
     /// The one provider (worker pool) this server serves.
     pub provider: ProviderId,
     /// Queue bound, timeouts, heartbeats and the other relay settings.
@@ -75,7 +78,8 @@ impl ServerConfig {
     /// The defaults of the `modelrelay-server` command, with this worker secret.
     pub fn new(worker_secret: &str) -> Self {
         Self {
-            worker_secret: WorkerSecret::new(worker_secret),
+            worker_secret: WorkerSecrets::new([worker_secret]),
+            allow_secret_in_query: false,
             provider: ProviderId::new(DEFAULT_PROVIDER),
             relay: RelayConfig::default(),
             max_body_bytes: 32 * 1024 * 1024,

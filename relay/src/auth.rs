@@ -1,6 +1,6 @@
 //! Authentication shared by every audience: constant-time secret checks, bearer tokens, and a per-address cooldown after failures.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -35,6 +35,32 @@ impl std::fmt::Debug for WorkerSecret {
     }
 }
 
+/// The worker secrets the relay accepts: one, or more while a rotation is under
+/// way. Each is kept only as a digest.
+#[derive(Clone, Debug)]
+pub struct WorkerSecrets(Vec<WorkerSecret>);
+
+impl WorkerSecrets {
+    /// Accepts any of `secrets`.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        Self(secrets.into_iter().map(WorkerSecret::new).collect())
+    }
+
+    /// Whether `presented` is one of the secrets. Every secret is compared, each
+    /// in constant time, so the time taken says neither which one matched nor
+    /// where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented = digest(&SHA256, presented.as_bytes());
+        let matched = self
+            .0
+            .iter()
+            .fold(subtle::Choice::from(0), |matched, secret| {
+                matched | secret.0.as_slice().ct_eq(presented.as_ref())
+            });
+        bool::from(matched)
+    }
+}
+
 /// The admin token for `/admin/*`, `/dashboard` and `/setup`, kept only as a digest.
 #[derive(Clone)]
 pub struct AdminToken(WorkerSecret);
@@ -66,6 +92,10 @@ pub struct AuthLimits {
     pub window: Duration,
     /// How long an address is refused once over the limit.
     pub cooldown: Duration,
+    /// Failures allowed within `window` from all addresses together: past it,
+    /// every address that has not logged in before is refused until the window
+    /// ends (a backstop against guessing from very many addresses).
+    pub max_failures_in_all: u32,
 }
 
 impl Default for AuthLimits {
@@ -74,6 +104,7 @@ impl Default for AuthLimits {
             max_failures: 5,
             window: Duration::from_secs(60),
             cooldown: Duration::from_secs(60),
+            max_failures_in_all: 1_000,
         }
     }
 }
@@ -83,10 +114,12 @@ struct Record {
     failures: u32,
     window_start: Instant,
     blocked_until: Option<Instant>,
+    /// When the record was made: its place in [`Table::order`].
+    created: Instant,
 }
 
 /// Counts failed authentications per address (per /64 network for IPv6,
-/// where one host commonly holds a whole /64).
+/// where one host commonly holds a whole /64), and in all.
 #[derive(Debug, Default)]
 pub struct AuthLimiter {
     limits: AuthLimits,
@@ -96,14 +129,26 @@ pub struct AuthLimiter {
 #[derive(Debug, Default)]
 struct Table {
     records: HashMap<IpAddr, Record>,
+    /// Records in the order they were made, for evicting the oldest (entries
+    /// whose record is gone or was made anew are skipped, and dropped at sweeps).
+    order: VecDeque<(IpAddr, Instant)>,
     last_sweep: Option<Instant>,
+    /// Failures from all addresses in the current window.
+    all: u32,
+    /// When that window started.
+    all_since: Option<Instant>,
+    /// Addresses that logged in successfully, exempt from the backstop.
+    proven: HashSet<IpAddr>,
 }
 
 /// Addresses tracked before stale ones are swept (at most once a second).
 const SWEEP_AT: usize = 4096;
-/// Most addresses tracked at all: past it, new ones go uncounted rather than
-/// let the table (and the time spent under its lock) grow without bound.
+/// Most addresses tracked at all: past it, the oldest record is evicted, so
+/// the table (and the time spent under its lock) stays bounded and no new
+/// address goes uncounted.
 const MAX_TRACKED: usize = 65_536;
+/// Most addresses remembered as having logged in (then the set starts over).
+const MAX_PROVEN: usize = 4096;
 
 /// The address failures are counted against: IPv4 as is (also when mapped
 /// into IPv6), IPv6 by its /64 network.
@@ -129,40 +174,54 @@ impl AuthLimiter {
         }
     }
 
-    /// `Err(retry_after)` while `ip` is shut out.
+    /// `Err(retry_after)` while `ip` is shut out: its own cooldown, or the
+    /// backstop while failures from all addresses are over their limit.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let ip = counted_as(ip);
         let table = self.table.lock().expect("limiter lock");
-        match table
-            .records
-            .get(&counted_as(ip))
-            .and_then(|r| r.blocked_until)
+        if let Some(until) = table.records.get(&ip).and_then(|r| r.blocked_until)
+            && until > now
         {
-            Some(until) if until > now => Err(until - now),
-            _ => Ok(()),
+            return Err(until - now);
         }
+        if table.all >= self.limits.max_failures_in_all
+            && !table.proven.contains(&ip)
+            && let Some(since) = table.all_since
+        {
+            let ends = since.checked_add(self.limits.window).unwrap_or(now);
+            if ends > now {
+                return Err(ends - now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a successful login from `ip`: it stays exempt from the backstop.
+    pub fn success(&self, ip: IpAddr) {
+        let mut table = self.table.lock().expect("limiter lock");
+        if table.proven.len() >= MAX_PROVEN {
+            table.proven.clear();
+        }
+        table.proven.insert(counted_as(ip));
     }
 
     /// Records a failed attempt from `ip`.
     pub fn failure(&self, ip: IpAddr, now: Instant) {
         let ip = counted_as(ip);
         let mut table = self.table.lock().expect("limiter lock");
-        let swept_lately = table
-            .last_sweep
-            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1));
-        if table.records.len() >= SWEEP_AT && !swept_lately {
-            let stale = self.limits.window + self.limits.cooldown;
-            table
-                .records
-                .retain(|_, r| now.saturating_duration_since(r.window_start) < stale);
-            table.last_sweep = Some(now);
-        }
-        if table.records.len() >= MAX_TRACKED && !table.records.contains_key(&ip) {
-            return;
+        self.count_in_all(&mut table, now);
+        self.sweep(&mut table, now);
+        if !table.records.contains_key(&ip) {
+            while table.records.len() >= MAX_TRACKED {
+                evict_oldest(&mut table);
+            }
+            table.order.push_back((ip, now));
         }
         let record = table.records.entry(ip).or_insert(Record {
             failures: 0,
             window_start: now,
             blocked_until: None,
+            created: now,
         });
         if now.saturating_duration_since(record.window_start) >= self.limits.window {
             record.failures = 0;
@@ -174,6 +233,49 @@ impl AuthLimiter {
             record.failures = 0;
             record.window_start = now;
         }
+    }
+
+    /// Counts one failure in the window of all addresses.
+    fn count_in_all(&self, table: &mut Table, now: Instant) {
+        let fresh = table
+            .all_since
+            .is_none_or(|since| now.saturating_duration_since(since) >= self.limits.window);
+        if fresh {
+            table.all = 0;
+            table.all_since = Some(now);
+        }
+        table.all = table.all.saturating_add(1);
+    }
+
+    /// Drops stale records once the table is large (at most once a second).
+    fn sweep(&self, table: &mut Table, now: Instant) {
+        let swept_lately = table
+            .last_sweep
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1));
+        if table.records.len() < SWEEP_AT || swept_lately {
+            return;
+        }
+        let stale = self.limits.window + self.limits.cooldown;
+        table
+            .records
+            .retain(|_, r| now.saturating_duration_since(r.window_start) < stale);
+        let Table { records, order, .. } = table;
+        order.retain(|(ip, created)| records.get(ip).is_some_and(|r| r.created == *created));
+        table.last_sweep = Some(now);
+    }
+}
+
+/// Removes the oldest record still in the table.
+fn evict_oldest(table: &mut Table) {
+    while let Some((ip, created)) = table.order.pop_front() {
+        if table.records.get(&ip).is_some_and(|r| r.created == created) {
+            table.records.remove(&ip);
+            return;
+        }
+    }
+    // The order lost track (it cannot, but the table must stay bounded): drop any one.
+    if let Some(ip) = table.records.keys().next().copied() {
+        table.records.remove(&ip);
     }
 }
 
@@ -237,11 +339,25 @@ mod tests {
     }
 
     #[test]
+    fn during_a_rotation_each_of_several_secrets_is_accepted_and_nothing_else() {
+        let secrets = WorkerSecrets::new(["old-secret", "new-secret"]);
+        assert!(secrets.matches("old-secret"));
+        assert!(secrets.matches("new-secret"));
+        assert!(!secrets.matches("old-secretnew-secret"));
+        assert!(!secrets.matches("old-secret,new-secret"));
+        assert!(!secrets.matches(""));
+        assert!(!WorkerSecrets::new([]).matches(""));
+        let printed = format!("{secrets:?}");
+        assert!(!printed.contains("old-secret") && !printed.contains("new-secret"));
+    }
+
+    #[test]
     fn an_address_is_shut_out_after_repeated_failures_for_the_cooldown() {
         let limiter = AuthLimiter::new(AuthLimits {
             max_failures: 3,
             window: Duration::from_secs(60),
             cooldown: Duration::from_secs(30),
+            ..AuthLimits::default()
         });
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
@@ -288,6 +404,7 @@ mod tests {
             max_failures: 2,
             window: Duration::from_secs(60),
             cooldown: Duration::from_secs(30),
+            ..AuthLimits::default()
         });
         let t0 = Instant::now();
         limiter.failure("2001:db8:1:2::1".parse().unwrap(), t0);
@@ -322,11 +439,62 @@ mod tests {
     }
 
     #[test]
+    fn past_its_cap_the_table_evicts_the_oldest_and_still_counts_new_addresses() {
+        let limiter = AuthLimiter::new(AuthLimits {
+            max_failures_in_all: u32::MAX,
+            ..AuthLimits::default()
+        });
+        let t0 = Instant::now();
+        let first = IpAddr::from(0u32.to_be_bytes());
+        for _ in 0..4 {
+            limiter.failure(first, t0);
+        }
+        for n in 1..(MAX_TRACKED as u32 + 10) {
+            limiter.failure(IpAddr::from(n.to_be_bytes()), t0);
+        }
+        let table = limiter.table.lock().unwrap();
+        assert_eq!(table.records.len(), MAX_TRACKED);
+        assert!(!table.records.contains_key(&first), "the oldest went first");
+        assert!(table.order.len() <= 2 * MAX_TRACKED);
+        drop(table);
+        // A newcomer to the full table is counted, not waved through.
+        let guesser: IpAddr = "198.51.100.77".parse().unwrap();
+        for _ in 0..5 {
+            limiter.failure(guesser, t0);
+        }
+        assert!(limiter.check(guesser, t0).is_err());
+    }
+
+    #[test]
+    fn past_the_failures_allowed_in_all_only_addresses_that_logged_in_before_get_in() {
+        let limiter = AuthLimiter::new(AuthLimits {
+            max_failures_in_all: 10,
+            ..AuthLimits::default()
+        });
+        let t0 = Instant::now();
+        let worker: IpAddr = "192.0.2.10".parse().unwrap();
+        limiter.success(worker);
+        for n in 0..10u32 {
+            limiter.failure(IpAddr::from((0x0a00_0000 + n).to_be_bytes()), t0);
+        }
+        let stranger: IpAddr = "203.0.113.1".parse().unwrap();
+        let later = t0 + Duration::from_secs(20);
+        assert_eq!(limiter.check(stranger, later), Err(Duration::from_secs(40)));
+        assert_eq!(limiter.check(worker, later), Ok(()));
+        // The next window starts afresh.
+        assert_eq!(
+            limiter.check(stranger, t0 + Duration::from_secs(60)),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn failures_outside_the_window_do_not_add_up() {
         let limiter = AuthLimiter::new(AuthLimits {
             max_failures: 2,
             window: Duration::from_secs(10),
             cooldown: Duration::from_secs(30),
+            ..AuthLimits::default()
         });
         let ip: IpAddr = "::1".parse().unwrap();
         let t0 = Instant::now();

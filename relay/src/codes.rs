@@ -32,6 +32,10 @@ pub(crate) const MISSING_API_KEY: &str = "missing_api_key";
 pub(crate) const INVALID_API_KEY: &str = "invalid_api_key";
 /// Too many failed authentications from one address.
 pub(crate) const AUTH_COOLDOWN: &str = "auth_cooldown";
+/// A worker connect request without the worker secret, or with a wrong one.
+pub(crate) const INVALID_WORKER_SECRET: &str = "invalid_worker_secret";
+/// A worker connect request for a provider this relay does not serve.
+pub(crate) const UNKNOWN_PROVIDER: &str = "unknown_provider";
 /// A worker connect request that is not a WebSocket upgrade.
 pub(crate) const WEBSOCKET_REQUIRED: &str = "websocket_required";
 /// The admin API is off (no admin token configured).

@@ -30,7 +30,7 @@ mod workers;
 mod write_progress;
 
 pub use app::{RunningServer, ServerConfig, serve};
-pub use auth::AdminToken;
+pub use auth::{AdminToken, WorkerSecrets};
 pub use clients::REQUEST_ID_HEADER;
 pub use operator::CSRF_HEADER;
 pub use workers::quic;

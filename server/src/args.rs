@@ -16,9 +16,13 @@ pub(crate) struct Args {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub(crate) listen: String,
 
-    /// Shared secret workers must present (required unless --demo).
-    #[arg(long, env = "WORKER_SECRET", hide_env_values = true, required_unless_present_any = ["demo", "completions"])]
-    pub(crate) worker_secret: Option<String>,
+    /// Shared secret workers must present (required unless --demo); during a rotation, several: repeat the flag or separate them with commas.
+    #[arg(long, env = "WORKER_SECRET", hide_env_values = true, value_delimiter = ',', required_unless_present_any = ["demo", "completions"])]
+    pub(crate) worker_secret: Vec<String>,
+
+    /// Accept the worker secret in the connect URL's query (?worker_secret=), as some old workers send it; off, since query strings end up in proxy logs.
+    #[arg(long, env = "ALLOW_SECRET_IN_QUERY")]
+    pub(crate) allow_secret_in_query: bool,
 
     /// Provider (worker pool) name workers join.
     #[arg(long, env = "PROVIDER_NAME", default_value = DEFAULT_PROVIDER)]
@@ -64,7 +68,7 @@ pub(crate) struct Args {
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub(crate) drain_timeout: u64,
 
-    /// Behind a TLS proxy: count worker logins against the address it puts in X-Forwarded-For.
+    /// Behind a TLS proxy: count failed worker and admin logins against the address it puts in X-Forwarded-For.
     #[arg(long, env = "TRUST_FORWARDED_FOR")]
     pub(crate) trust_forwarded_for: bool,
 
@@ -130,5 +134,19 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn several_worker_secrets_are_read_from_repeated_flags_and_comma_lists() {
+        let args = Args::try_parse_from([
+            "modelrelay-server",
+            "--worker-secret",
+            "old,new",
+            "--worker-secret",
+            "third",
+        ])
+        .unwrap();
+        assert_eq!(args.worker_secret, ["old", "new", "third"]);
+        assert!(!args.allow_secret_in_query);
     }
 }

@@ -14,7 +14,7 @@ use modelrelay_core::relay::RelayConfig;
 use modelrelay_process as process;
 use modelrelay_relay::keys::{KeyStore, KeyStoreLocation};
 use modelrelay_relay::quic::QuicSettings;
-use modelrelay_relay::{AdminToken, ServerConfig, serve};
+use modelrelay_relay::{AdminToken, ServerConfig, WorkerSecrets, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -36,8 +36,8 @@ async fn main() -> anyhow::Result<()> {
     }
     process::init(&args.log_level, args.log_format);
     check_open_file_limit(args.max_connections);
-    let secret = worker_secret(&args)?;
-    let mut config = server_config(&args, &secret)?;
+    let secrets = worker_secrets(&args)?;
+    let mut config = server_config(&args, &secrets)?;
     if config.admin_token.is_some() || config.require_api_keys || args.database_url.is_some() {
         config.keys = Some(open_key_store(&args).await?);
     }
@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let demo = if args.demo {
-        Some(start_demo(addr, &secret, stop.clone()).await?)
+        Some(start_demo(addr, &secrets[0], stop.clone()).await?)
     } else {
         None
     };
@@ -72,18 +72,28 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The secret workers must present: the flag's, or a fresh one for the demo.
-fn worker_secret(args: &Args) -> anyhow::Result<String> {
-    match &args.worker_secret {
-        Some(secret) if !secret.is_empty() => Ok(secret.clone()),
-        Some(_) => anyhow::bail!("--worker-secret must not be empty"),
-        None => Ok(format!("demo-{:016x}", process::process_seed())),
+/// The secrets workers may present: the flag's (several during a rotation), or
+/// a fresh one for the demo. The first is the one the demo worker uses.
+fn worker_secrets(args: &Args) -> anyhow::Result<Vec<String>> {
+    if args.worker_secret.is_empty() {
+        return Ok(vec![format!("demo-{:016x}", process::process_seed())]);
     }
+    let secrets: Vec<String> = args
+        .worker_secret
+        .iter()
+        .map(|secret| secret.trim().to_owned())
+        .collect();
+    if secrets.iter().any(String::is_empty) {
+        anyhow::bail!("--worker-secret must not be empty (nor hold an empty item in a comma list)");
+    }
+    Ok(secrets)
 }
 
 /// The relay's settings from the flags (all but the key store and QUIC).
-fn server_config(args: &Args, secret: &str) -> anyhow::Result<ServerConfig> {
-    let mut config = ServerConfig::new(secret);
+fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig> {
+    let mut config = ServerConfig::new(&secrets[0]);
+    config.worker_secret = WorkerSecrets::new(secrets.iter().map(String::as_str));
+    config.allow_secret_in_query = args.allow_secret_in_query;
     config.provider = ProviderId::new(&args.provider);
     config.relay = RelayConfig {
         max_queue_len: args.max_queue_len,

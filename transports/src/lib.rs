@@ -8,9 +8,11 @@
 //! the UDP socket through quinn's endpoint.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use modelrelay_core::wire::{DecodeError, EncodeError, WireVersion};
+use modelrelay_core::wire::{DecodeError, EncodeError, FrameLimits, WireVersion};
 use tokio::sync::mpsc;
 
 #[cfg(feature = "quic")]
@@ -34,6 +36,50 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// The peer is not allowed (wrong secret, unknown provider).
     pub const POLICY_VIOLATION: u16 = 1008;
+}
+
+/// The frame limit a link's reader enforces, shared with whoever may raise it.
+///
+/// The relay reads a worker's frames at the before-register limit until the
+/// worker's `register` is accepted, then raises the limit to the configured
+/// one; a clone held elsewhere raises the reader's limit at once. The limit
+/// only ever grows.
+#[derive(Clone, Debug)]
+pub struct ReadLimit {
+    current: Arc<AtomicUsize>,
+    raised: usize,
+}
+
+impl ReadLimit {
+    /// A limit that stays `limits`.
+    pub fn fixed(limits: FrameLimits) -> Self {
+        Self::until_raised(limits, limits)
+    }
+
+    /// A limit that is `before` until [`ReadLimit::raise`], then `after` (if larger).
+    pub fn until_raised(before: FrameLimits, after: FrameLimits) -> Self {
+        Self {
+            current: Arc::new(AtomicUsize::new(before.max_frame_bytes)),
+            raised: after.max_frame_bytes.max(before.max_frame_bytes),
+        }
+    }
+
+    /// The limit now.
+    pub fn get(&self) -> FrameLimits {
+        FrameLimits {
+            max_frame_bytes: self.current.load(Ordering::Acquire),
+        }
+    }
+
+    /// Raises the limit to its `after` value, for this handle and every clone.
+    pub fn raise(&self) {
+        self.current.fetch_max(self.raised, Ordering::AcqRel);
+    }
+
+    /// Whether the limit has reached its `after` value.
+    pub fn is_raised(&self) -> bool {
+        self.current.load(Ordering::Acquire) >= self.raised
+    }
 }
 
 /// Why a link failed, or why one message could not travel on it.
@@ -83,6 +129,14 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// Whether a frame was over the link's limit.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            Self::FrameTooLarge { .. } | Self::Decode(DecodeError::FrameTooLarge { .. })
+        )
+    }
+
     /// Whether the peer sent something malformed (rather than the link breaking).
     pub fn is_protocol_violation(&self) -> bool {
         matches!(

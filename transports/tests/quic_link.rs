@@ -13,7 +13,7 @@ use modelrelay_core::wire::{
 use modelrelay_core::{ModelName, WireRequestId};
 use modelrelay_transports::quic::{self, Hello, QuicReader};
 use modelrelay_transports::tls::{RelayIdentity, Trust, parse_fingerprint};
-use modelrelay_transports::{LinkError, Outgoing};
+use modelrelay_transports::{LinkError, Outgoing, ReadLimit};
 use tokio::sync::mpsc;
 
 type Queue<M> = mpsc::UnboundedSender<Outgoing<M>>;
@@ -50,7 +50,8 @@ async fn link() -> Link {
         let server = server.clone();
         tokio::spawn(async move {
             let incoming = server.accept().await.unwrap();
-            quic::accept(incoming, limits).await.unwrap()
+            let arrival = quic::accept(incoming).await.unwrap();
+            arrival.into_link(limits, ReadLimit::fixed(limits))
         })
     };
     let (worker, worker_writer) = quic::connect(
@@ -63,13 +64,13 @@ async fn link() -> Link {
     )
     .await
     .unwrap();
-    let accepted = accepting.await.unwrap();
+    let (relay, relay_writer) = accepting.await.unwrap();
     let (to_worker, relay_queue) = mpsc::unbounded_channel();
     let (to_relay, worker_queue) = mpsc::unbounded_channel();
-    tokio::spawn(accepted.writer.run(relay_queue, |_, _| None));
+    tokio::spawn(relay_writer.run(relay_queue, |_, _| None));
     tokio::spawn(worker_writer.run(worker_queue, |_, _| None));
     Link {
-        relay: accepted.reader,
+        relay,
         to_worker,
         worker,
         to_relay,

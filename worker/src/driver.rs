@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, BackendError, BackendRequest, collect_body, list_models};
 use crate::endpoint;
-use crate::link::{ConnectError, Dialer, Link, ProtocolChoice, RelayEndpoint, connect};
+use crate::link::{ConnectError, Dialer, Link, ProtocolChoice, Refused, RelayEndpoint, connect};
 
 /// Where the worker's model list comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +79,23 @@ impl WorkerOptions {
             quic: None,
         }
     }
+}
+
+/// What the worker logs when the relay will not let it in.
+const REFUSED: &str = "the relay refused this worker: check --worker-secret and --provider";
+
+/// A dial that failed, as the session hears of it (logged on the way): the
+/// relay's refusal (see [`ConnectError::refused`]; a 429's `Retry-After` is
+/// followed by the next attempt) as a refusal, like a close with 1008;
+/// anything else as a link down.
+fn link_failed(error: &ConnectError) -> SessionInput {
+    if let Some(Refused { retry_after }) = error.refused() {
+        let retry_after_secs = retry_after.map(|after| after.as_secs());
+        error!(%error, ?retry_after_secs, "{REFUSED}");
+        return SessionInput::LinkRefused { retry_after };
+    }
+    warn!(%error, "cannot connect to the relay");
+    SessionInput::LinkDown
 }
 
 /// Something a helper task reports to the driver.
@@ -375,9 +392,8 @@ impl<D: Dialer> Driver<D> {
             }
             Event::LinkFailed { generation, error } => {
                 if current == Some(generation) {
-                    warn!(%error, "cannot connect to the relay");
                     self.link = LinkState::None;
-                    session.handle(now(), SessionInput::LinkDown);
+                    session.handle(now(), link_failed(&error));
                 }
             }
             Event::Frame {
@@ -394,16 +410,7 @@ impl<D: Dialer> Driver<D> {
                 refused,
             } => {
                 if current == Some(generation) {
-                    let asked = matches!(self.link, LinkState::Up { closing: true, .. });
-                    if asked {
-                        debug!(%cause, "link to the relay closed");
-                    } else if refused {
-                        error!(%cause, "the relay refused this worker: check --worker-secret and --provider");
-                    } else {
-                        warn!(%cause, "link to the relay closed");
-                    }
-                    self.link = LinkState::None;
-                    session.handle(now(), SessionInput::LinkDown);
+                    self.link_closed(&cause, refused, session);
                 }
             }
             Event::Backend(input) => {
@@ -417,6 +424,24 @@ impl<D: Dialer> Driver<D> {
             Event::Models(Ok(models)) => session.handle(now(), SessionInput::ModelsChanged(models)),
             Event::Models(Err(error)) => warn!(%error, "cannot re-read the backend's models"),
         }
+    }
+
+    /// The current link closed: logged by why, and the session told (a close with
+    /// 1008 the worker did not ask for is the relay refusing it).
+    fn link_closed(&mut self, cause: &str, refused: bool, session: &mut WorkerSession) {
+        let asked = matches!(self.link, LinkState::Up { closing: true, .. });
+        let input = if asked {
+            debug!(%cause, "link to the relay closed");
+            SessionInput::LinkDown
+        } else if refused {
+            error!(%cause, "{REFUSED}");
+            SessionInput::LinkRefused { retry_after: None }
+        } else {
+            warn!(%cause, "link to the relay closed");
+            SessionInput::LinkDown
+        };
+        self.link = LinkState::None;
+        session.handle(now(), input);
     }
 
     fn refresh_models(&mut self) {

@@ -12,6 +12,7 @@ use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessa
 use modelrelay_transports::quic::{self, Hello, QuicReader, WorkerWriter};
 use modelrelay_transports::ws::client::{HandshakeError, handshake};
 use modelrelay_transports::ws::{WsReader, WsWriter, split};
+use modelrelay_transports::{LinkError, close_code};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -294,6 +295,50 @@ pub enum ConnectError {
     Handshake(#[from] HandshakeError),
 }
 
+/// How the relay refused the worker: `Retry-After`, if it said when to come back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// How long the relay asked the worker to wait.
+    pub retry_after: Option<Duration>,
+}
+
+impl ConnectError {
+    /// Whether the relay refused this worker rather than failing to answer: HTTP
+    /// 401 (wrong secret), 403 (unknown provider) or 429 (its address cools down)
+    /// at the upgrade; over QUIC, a refused connection or a close with 1008 before
+    /// the link was up.
+    pub fn refused(&self) -> Option<Refused> {
+        match self {
+            Self::Handshake(HandshakeError::Refused {
+                status,
+                retry_after_secs,
+            }) if matches!(status.as_u16(), 401 | 403 | 429) => Some(Refused {
+                retry_after: retry_after_secs.map(Duration::from_secs),
+            }),
+            Self::Quic(quic::ConnectError::Handshake(error)) if quic_refusal(error) => {
+                Some(Refused { retry_after: None })
+            }
+            Self::Quic(quic::ConnectError::Link(LinkError::QuicWrite(
+                quinn::WriteError::ConnectionLost(error),
+            ))) if quic_refusal(error) => Some(Refused { retry_after: None }),
+            _ => None,
+        }
+    }
+}
+
+/// A QUIC connection the relay refused (its address cools down) or closed with 1008.
+fn quic_refusal(error: &quinn::ConnectionError) -> bool {
+    match error {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+        }
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            close.error_code.into_inner() == u64::from(close_code::POLICY_VIOLATION)
+        }
+        _ => false,
+    }
+}
+
 /// An open link to the relay, of either kind.
 pub enum Link<S> {
     /// A WebSocket on byte stream `S`, speaking the negotiated encoding.
@@ -426,6 +471,29 @@ mod tests {
             (e.host.as_str(), e.connect_url.as_str()),
             ("::1", "quic://[::1]:8443")
         );
+    }
+
+    #[test]
+    fn a_401_403_or_429_at_the_upgrade_is_a_refusal_and_a_429_says_when_to_return() {
+        let refused = |status: u16, retry_after_secs| {
+            ConnectError::Handshake(HandshakeError::Refused {
+                status: http::StatusCode::from_u16(status).unwrap(),
+                retry_after_secs,
+            })
+            .refused()
+        };
+        assert_eq!(
+            refused(429, Some(7)),
+            Some(Refused {
+                retry_after: Some(Duration::from_secs(7))
+            })
+        );
+        assert_eq!(refused(401, None), Some(Refused { retry_after: None }));
+        assert_eq!(refused(403, None), Some(Refused { retry_after: None }));
+        // Anything else is the relay failing, not refusing: the normal backoff.
+        assert_eq!(refused(502, Some(3)), None);
+        assert_eq!(refused(404, None), None);
+        assert_eq!(ConnectError::Timeout("x".into()).refused(), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Handlers of the worker's own events: its link going up or down, its models changing, shutdown.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{LinkState, SessionOutput, WorkerSession};
 use crate::wire::{
@@ -37,8 +37,9 @@ impl WorkerSession {
         }));
     }
 
-    /// The link closed: abort what runs, then exit if stopping or reconnect after a backoff.
-    pub(super) fn on_link_down(&mut self, now: Instant) {
+    /// The link closed: abort what runs, then exit if stopping or reconnect after
+    /// a backoff (or after `retry_after`, when the server said how long to wait).
+    pub(super) fn on_link_down(&mut self, now: Instant, retry_after: Option<Duration>) {
         if matches!(self.link, LinkState::Down { .. }) {
             return;
         }
@@ -53,7 +54,10 @@ impl WorkerSession {
             self.exit();
             return;
         }
-        let after = self.backoff.next_delay();
+        let after = match retry_after {
+            Some(retry_after) => self.backoff.after_retry_after(retry_after),
+            None => self.backoff.next_delay(),
+        };
         self.link = LinkState::Down {
             reconnect_at: now.checked_add(after),
         };

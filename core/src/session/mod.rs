@@ -102,7 +102,8 @@ impl WorkerSession {
         }
         match input {
             SessionInput::LinkUp { wire } => self.on_link_up(now, wire),
-            SessionInput::LinkDown => self.on_link_down(now),
+            SessionInput::LinkDown => self.on_link_down(now, None),
+            SessionInput::LinkRefused { retry_after } => self.on_link_down(now, retry_after),
             SessionInput::Frame(message) => self.on_frame(now, message),
             SessionInput::BackendChunk { request, chunk } => self.on_backend_chunk(request, chunk),
             SessionInput::BackendComplete {

@@ -22,6 +22,14 @@ pub enum SessionInput {
     },
     /// The link closed, or could not be opened.
     LinkDown,
+    /// The server refused the worker (a wrong secret or an unknown provider:
+    /// HTTP 401, 403 or 429 at the upgrade, or a close with 1008); with
+    /// `retry_after` (its `Retry-After`) the next attempt waits that long
+    /// instead of the backoff's delay.
+    LinkRefused {
+        /// How long the server asked the worker to wait, if it said.
+        retry_after: Option<Duration>,
+    },
     /// A frame from the server.
     Frame(ServerMessage),
     /// Response bytes from the backend for a request.

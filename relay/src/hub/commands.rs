@@ -5,7 +5,7 @@ use std::time::Duration;
 use modelrelay_core::relay::{AuthOutcome, NewRequest};
 use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
 use modelrelay_core::{ModelName, RequestId, WireRequestId, WorkerId};
-use modelrelay_transports::Outgoing;
+use modelrelay_transports::{Outgoing, ReadLimit};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +48,8 @@ pub(crate) enum Command {
         outbound: mpsc::UnboundedSender<LinkCommand>,
         /// Cancelled when the hub closes the link; the link task then ends within a bound.
         closing: CancellationToken,
+        /// The link reader's frame limit, raised once the worker's `register` is accepted.
+        reads: ReadLimit,
     },
     /// A frame from a worker.
     WorkerFrame {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use modelrelay_core::WorkerId;
 use modelrelay_core::relay::{AuthOutcome, CloseReason, Input};
 use modelrelay_core::wire::{RegisterAck, ServerMessage, WireVersion};
-use modelrelay_transports::{Outgoing, close_code};
+use modelrelay_transports::{Outgoing, ReadLimit, close_code};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -19,6 +19,8 @@ pub(super) struct LinkHandle {
     outbound: mpsc::UnboundedSender<LinkCommand>,
     closing: CancellationToken,
     transport: Transport,
+    /// The reader's frame limit: the before-register one until the `register_ack` goes out.
+    reads: ReadLimit,
 }
 
 impl LinkHandle {
@@ -27,11 +29,13 @@ impl LinkHandle {
         outbound: mpsc::UnboundedSender<LinkCommand>,
         closing: CancellationToken,
         transport: Transport,
+        reads: ReadLimit,
     ) -> Self {
         Self {
             outbound,
             closing,
             transport,
+            reads,
         }
     }
 }
@@ -91,7 +95,8 @@ impl HubTask {
         known
     }
 
-    /// Writes a frame to `worker`'s link, noting a request's dispatch or a registration first.
+    /// Writes a frame to `worker`'s link, noting a request's dispatch or a registration first;
+    /// a registration also raises the link's frame limit to the configured one.
     pub(super) fn send_to_worker(&mut self, worker: WorkerId, message: ServerMessage) {
         match &message {
             ServerMessage::Request(frame) => {
@@ -99,7 +104,12 @@ impl HubTask {
                     self.request_sent(request, worker);
                 }
             }
-            ServerMessage::RegisterAck(ack) => self.log_registration(worker, ack),
+            ServerMessage::RegisterAck(ack) => {
+                if let Some(link) = self.links.get(&worker) {
+                    link.reads.raise();
+                }
+                self.log_registration(worker, ack);
+            }
             _ => {}
         }
         if let Some(link) = self.links.get(&worker) {

@@ -115,8 +115,9 @@ impl HubTask {
                 transport,
                 outbound,
                 closing,
+                reads,
             } => {
-                let link = LinkHandle::new(outbound, closing, transport);
+                let link = LinkHandle::new(outbound, closing, transport, reads);
                 self.link_opened(worker, wire, auth, &name_hint, link);
             }
             Command::WorkerFrame { worker, message } => {

@@ -1,9 +1,12 @@
 //! Letting a worker in, the same way for both transports: the cooldown, the secret, the provider.
+//!
+//! Everything here is decided from what the worker presents before its link
+//! exists (the upgrade request's headers, or the QUIC hello): a worker that is
+//! refused never gets a link, so nothing it sends after that is read.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use modelrelay_core::relay::AuthOutcome;
 use tracing::warn;
 
 use crate::app::AppState;
@@ -23,41 +26,62 @@ pub(super) struct Candidate<'a> {
     pub(super) provider: &'a str,
 }
 
-/// The verdict on a worker that may be heard.
-pub(super) struct Admission {
-    /// Whether its secret was right (the core closes a rejected link).
-    pub(super) auth: AuthOutcome,
-    /// Why its link must be closed at once (an unknown provider), if it must.
-    pub(super) refusal: Option<String>,
+/// Why a worker is not let in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Its address cools down after failed attempts, for this much longer.
+    Cooldown(Duration),
+    /// It presented no secret, or a wrong one (counted as a failure).
+    Unauthorized,
+    /// It asked for a provider this relay does not serve (its secret was right).
+    UnknownProvider(String),
 }
 
-/// Checks a worker: `Err(retry_after)` while its address cools down, else
-/// the verdict on its secret (a wrong one counts as a failure) and provider.
+impl Refusal {
+    /// The refusal in words, for a close reason or an error body.
+    pub(super) fn reason(&self) -> String {
+        match self {
+            Self::Cooldown(_) => {
+                "too many failed worker authentications from this address; try again later".into()
+            }
+            Self::Unauthorized => "missing or wrong worker secret".into(),
+            Self::UnknownProvider(provider) => format!("unknown provider {provider:?}"),
+        }
+    }
+}
+
+/// Checks a worker, in this order: its address's cooldown, its secret (a
+/// missing or wrong one counts as a failure), then its provider.
 pub(super) fn admit(
     app: &AppState,
     candidate: &Candidate<'_>,
     now: Instant,
-) -> Result<Admission, Duration> {
-    app.limiter.check(candidate.address, now)?;
+) -> Result<(), Refusal> {
     let Candidate {
         transport, peer, ..
     } = candidate;
     let who = worker_noun(*transport);
-    let auth = match candidate.secret {
-        Some(secret) if app.config.worker_secret.matches(secret) => AuthOutcome::Accepted,
+    if let Err(retry_after) = app.limiter.check(candidate.address, now) {
+        warn!(%peer, "refusing a {who} connection: too many failed attempts from this address");
+        return Err(Refusal::Cooldown(retry_after));
+    }
+    match candidate.secret {
+        Some(secret) if app.config.worker_secret.matches(secret) => {
+            app.limiter.success(candidate.address);
+        }
         presented => {
             app.limiter.failure(candidate.address, now);
             let why = if presented.is_some() { "a wrong" } else { "no" };
             warn!(%peer, "{who} presented {why} secret");
-            AuthOutcome::Rejected
+            return Err(Refusal::Unauthorized);
         }
-    };
+    }
     let provider = candidate.provider;
-    let refusal = (provider != app.config.provider.as_str()).then(|| {
+    if provider != app.config.provider.as_str() {
         warn!(%peer, %provider, "{who} asked for an unknown provider");
-        format!("unknown provider {provider:?}")
-    });
-    Ok(Admission { auth, refusal })
+        return Err(Refusal::UnknownProvider(provider.to_owned()));
+    }
+    Ok(())
 }
 
 /// How log lines name a worker on `transport`.

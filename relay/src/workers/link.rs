@@ -6,24 +6,12 @@ use modelrelay_core::WorkerId;
 use modelrelay_core::relay::AuthOutcome;
 use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
 use modelrelay_transports::LINK_CLOSE_WAIT;
-use modelrelay_transports::close_code;
-use modelrelay_transports::{LinkError, LinkReader, LinkWriter, Outgoing};
+use modelrelay_transports::{LinkError, LinkReader, LinkWriter, ReadLimit};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::hub::{Command, Hub, Transport};
-
-/// Closes a link at once with a policy violation (unknown provider, refused hello).
-pub(super) async fn refuse<W: LinkWriter<ServerMessage>>(writer: W, reason: &str) {
-    let (tx, queue) = mpsc::unbounded_channel();
-    let _ = tx.send(Outgoing::Close {
-        code: close_code::POLICY_VIOLATION,
-        reason: reason.to_owned(),
-    });
-    drop(tx);
-    let _ = tokio::time::timeout(LINK_CLOSE_WAIT, writer.run(queue, |_, _| None)).await;
-}
 
 /// What the hub is told of a new link.
 pub(super) struct LinkInfo {
@@ -31,12 +19,12 @@ pub(super) struct LinkInfo {
     pub(super) worker: WorkerId,
     /// The protocol version of the link.
     pub(super) wire: WireVersion,
-    /// Whether its secret was right.
-    pub(super) auth: AuthOutcome,
     /// Its address, as a name until it registers.
     pub(super) peer: SocketAddr,
     /// How it connected.
     pub(super) transport: Transport,
+    /// The reader's frame limit, for the hub to raise once the worker registers.
+    pub(super) reads: ReadLimit,
 }
 
 /// Feeds a link's frames to the hub and writes what the hub sends, until either side ends it.
@@ -51,16 +39,18 @@ where
     let connected = hub.send(Command::WorkerConnected {
         worker,
         wire: link.wire,
-        auth: link.auth,
+        // Admission let in only workers whose secret was right.
+        auth: AuthOutcome::Accepted,
         name_hint: link.peer.to_string(),
         transport: link.transport,
         outbound,
         closing: closing.clone(),
+        reads: link.reads.clone(),
     });
     if !connected {
         return;
     }
-    let reading = read_frames(reader, &hub, worker);
+    let reading = read_frames(reader, &hub, worker, &link.reads);
     let writing = writer.run(queue, |message, error| {
         undeliverable(&hub, worker, message, error)
     });
@@ -97,8 +87,15 @@ where
     hub.send(Command::WorkerGone { worker });
 }
 
-/// Passes the worker's frames to the hub until the link ends or fails.
-async fn read_frames<R: LinkReader<WorkerMessage>>(mut reader: R, hub: &Hub, worker: WorkerId) {
+/// Passes the worker's frames to the hub until the link ends or fails; a frame
+/// that breaks the protocol ends the link, and its close says why (a frame too
+/// large for the limit before register says so).
+async fn read_frames<R: LinkReader<WorkerMessage>>(
+    mut reader: R,
+    hub: &Hub,
+    worker: WorkerId,
+    reads: &ReadLimit,
+) {
     loop {
         match reader.next().await {
             Some(Ok(message)) => {
@@ -107,10 +104,12 @@ async fn read_frames<R: LinkReader<WorkerMessage>>(mut reader: R, hub: &Hub, wor
                 }
             }
             Some(Err(error)) if error.is_protocol_violation() => {
-                hub.send(Command::WorkerInvalid {
-                    worker,
-                    detail: error.to_string(),
-                });
+                let detail = if error.is_too_large() && !reads.is_raised() {
+                    format!("before register: {error}")
+                } else {
+                    error.to_string()
+                };
+                hub.send(Command::WorkerInvalid { worker, detail });
                 return;
             }
             Some(Err(error)) => {

@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use modelrelay_core::WorkerId;
-use modelrelay_core::wire::WireVersion;
-use modelrelay_transports::quic::{self, AcceptError, AcceptedLink};
+use modelrelay_core::wire::{FrameLimits, WireVersion};
+use modelrelay_transports::quic;
 use modelrelay_transports::tls::{RelayIdentity, TlsError};
+use modelrelay_transports::{ReadLimit, close_code};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -18,7 +19,7 @@ use crate::app::AppState;
 use crate::hub::Transport;
 
 use super::admission::{Candidate, admit};
-use super::link::{LinkInfo, refuse, run_link};
+use super::link::{LinkInfo, run_link};
 
 /// Where and with which certificate the relay takes QUIC worker links.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +137,12 @@ impl Drop for PendingPlace<'_> {
 }
 
 /// Accepts worker connections until `stop` is cancelled.
+///
+/// A connection whose source address is not proven yet is answered with a
+/// QUIC Retry, which costs the relay one packet and no state: only a peer that
+/// receives packets at its address comes back, so spoofed sources can neither
+/// hold a place in the pool of connections before their hello nor be counted
+/// against an address.
 pub(crate) async fn accept_workers(
     endpoint: quinn::Endpoint,
     app: Arc<AppState>,
@@ -149,6 +156,12 @@ pub(crate) async fn accept_workers(
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { break };
+        if !incoming.remote_address_validated() {
+            // quinn guarantees that an unvalidated connection may be retried; if
+            // not, dropping the error refuses it.
+            let _ = incoming.retry();
+            continue;
+        }
         tokio::spawn(serve_connection(
             incoming,
             Arc::clone(&app),
@@ -161,7 +174,9 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Takes one QUIC connection through its hello and admission, then runs its link.
+/// Takes one QUIC connection (its address proven) through its hello and
+/// admission, then runs its link. Only the hello is read before the secret is
+/// checked; a refused worker's connection is closed with 1008 and the reason.
 async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending: Arc<Pending>) {
     let peer = incoming.remote_address();
     if app.limiter.check(peer.ip(), now()).is_err() {
@@ -174,22 +189,19 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
         incoming.refuse();
         return;
     };
-    let accepted = quic::accept(incoming, app.config.frame_limits).await;
+    let arrival = quic::accept(incoming).await;
     drop(place);
-    let AcceptedLink {
-        hello,
-        reader,
-        writer,
-        ..
-    } = match accepted {
-        Ok(accepted) => accepted,
-        Err(AcceptError::Hello(why)) => {
-            // As a wrong secret: a peer that says nothing useful uses up its attempts.
+    let arrival = match arrival {
+        Ok(arrival) => arrival,
+        Err(error) if error.after_handshake() => {
+            // The handshake proved the address; saying nothing useful after it
+            // is as good as presenting no secret.
             app.limiter.failure(peer.ip(), now());
-            warn!(%peer, %why, "QUIC worker connection without a valid hello");
+            warn!(%peer, %error, "QUIC worker connection without a valid hello");
             return;
         }
         Err(error) => {
+            // A handshake that never completes proves nothing and counts for nothing.
             debug!(%peer, %error, "QUIC worker connection failed before its hello");
             return;
         }
@@ -200,29 +212,23 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
         transport: Transport::Quic,
         peer,
         address: peer.ip(),
-        secret: Some(&hello.secret),
-        provider: &hello.provider,
+        secret: Some(&arrival.hello.secret),
+        provider: &arrival.hello.provider,
     };
-    let Ok(admission) = admit(&app, &candidate, now()) else {
-        warn!(%peer, "closing a QUIC worker connection: too many failed attempts from this address");
-        refuse(
-            writer,
-            "too many failed attempts from this address; try again later",
-        )
-        .await;
-        return;
-    };
-    if let Some(reason) = admission.refusal {
-        refuse(writer, &reason).await;
+    if let Err(refusal) = admit(&app, &candidate, now()) {
+        arrival.refuse(close_code::POLICY_VIOLATION, &refusal.reason());
         return;
     }
+    let limits = app.config.frame_limits;
+    let reads = ReadLimit::until_raised(FrameLimits::before_register_on(WireVersion::V2), limits);
+    let (reader, writer) = arrival.into_link(limits, reads.clone());
     let worker = WorkerId::new(app.next_worker.fetch_add(1, Ordering::Relaxed));
     let link = LinkInfo {
         worker,
         wire: WireVersion::V2,
-        auth: admission.auth,
         peer,
         transport: Transport::Quic,
+        reads,
     };
     run_link(reader, writer, link, app.hub.clone()).await;
 }

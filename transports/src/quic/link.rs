@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::{read_frame, write_frame};
-use crate::{LinkError, LinkReader, LinkWriter, Outgoing, close_code};
+use crate::{LinkError, LinkReader, LinkWriter, Outgoing, ReadLimit, close_code};
 
 /// How long a closing QUIC writer waits for the peer to acknowledge what it sent
 /// (quinn drops unsent data when a connection closes).
@@ -177,13 +177,13 @@ fn decode<M: WireMessage>(frame: &Bytes, limits: FrameLimits) -> Result<M, LinkE
 /// Malformed frames are passed on as errors.
 async fn forward<M: WireMessage>(
     recv: &mut RecvStream,
-    limits: FrameLimits,
+    reads: &ReadLimit,
     inbound: &Inbound<M>,
 ) -> Result<(), Option<VarInt>> {
     loop {
-        match read_frame(recv, limits).await {
+        match read_frame(recv, reads).await {
             Ok(Some(frame)) => {
-                let message = decode(&frame, limits);
+                let message = decode(&frame, reads.get());
                 let malformed = message.is_err();
                 if inbound.send(message).is_err() || malformed {
                     return Err(None);
@@ -323,6 +323,7 @@ pub(super) fn server_side(
     control_send: SendStream,
     mut control_recv: RecvStream,
     limits: FrameLimits,
+    control: ReadLimit,
 ) -> (QuicReader<WorkerMessage>, RelayWriter) {
     let (inbound_tx, inbound) = mpsc::unbounded_channel();
     let (ended_tx, ended) = mpsc::unbounded_channel();
@@ -330,7 +331,7 @@ pub(super) fn server_side(
     // close, the reader has seen everything.
     let weak_inbound = inbound_tx.downgrade();
     tokio::spawn(async move {
-        let _ = forward(&mut control_recv, limits, &inbound_tx).await;
+        let _ = forward(&mut control_recv, &control, &inbound_tx).await;
     });
     let open = Arc::new(CloseOnDrop(connection.clone()));
     (
@@ -450,7 +451,8 @@ async fn relay_stream(
         return;
     }
     let cancelled = {
-        let reading = forward(&mut recv, limits, &inbound);
+        let reads = ReadLimit::fixed(limits);
+        let reading = forward(&mut recv, &reads, &inbound);
         tokio::pin!(reading);
         let mut commands_open = true;
         loop {
@@ -489,7 +491,7 @@ pub(super) fn worker_side(
     let (events_tx, events) = mpsc::unbounded_channel();
     let control_tx = inbound_tx.clone();
     tokio::spawn(async move {
-        let _ = forward(&mut control_recv, limits, &control_tx).await;
+        let _ = forward(&mut control_recv, &ReadLimit::fixed(limits), &control_tx).await;
     });
     let tracker = TaskTracker::new();
     let accepting = connection.clone();
@@ -625,7 +627,7 @@ async fn after_request(
     limits: FrameLimits,
     request_id: &WireRequestId,
 ) -> AfterRequest {
-    match read_frame(recv, limits).await {
+    match read_frame(recv, &limits).await {
         Ok(None) => AfterRequest::Finished,
         Ok(Some(frame)) => match decode::<ServerMessage>(&frame, limits) {
             Ok(ServerMessage::Cancel(cancel)) if cancel.request_id == *request_id => {
@@ -658,7 +660,7 @@ async fn worker_stream(
     inbound: Inbound<ServerMessage>,
     events: mpsc::UnboundedSender<StreamEvent>,
 ) {
-    let request = match read_frame(&mut recv, limits).await {
+    let request = match read_frame(&mut recv, &limits).await {
         Ok(Some(frame)) => decode::<ServerMessage>(&frame, limits),
         // Reset before the request arrived: it was cancelled; nothing to run.
         Ok(None) | Err(_) => return,

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use link::{QuicReader, RelayWriter, WorkerWriter, reset_code, reset_reason};
 
-use crate::LinkError;
 use crate::tls::{RelayIdentity, TlsError, Trust, client_tls};
+use crate::{LinkError, ReadLimit};
 
 /// How long a worker may take, from its first packet, to finish the handshake,
 /// open its control stream and say hello.
@@ -65,10 +65,30 @@ pub(crate) async fn write_frame(send: &mut SendStream, frame: Bytes) -> Result<(
     Ok(())
 }
 
-/// Reads one length-prefixed frame; `None` at a clean end of the stream.
+/// A frame limit as a stream reader sees it: fixed, or a [`ReadLimit`] that may grow.
+pub(crate) trait CurrentLimit {
+    /// The limit for the frame whose length was just read.
+    fn current(&self) -> FrameLimits;
+}
+
+impl CurrentLimit for FrameLimits {
+    fn current(&self) -> FrameLimits {
+        *self
+    }
+}
+
+impl CurrentLimit for ReadLimit {
+    fn current(&self) -> FrameLimits {
+        self.get()
+    }
+}
+
+/// Reads one length-prefixed frame; `None` at a clean end of the stream. The
+/// limit is read once the length has arrived, so a limit raised while the
+/// reader waited already applies.
 pub(crate) async fn read_frame(
     recv: &mut RecvStream,
-    limits: FrameLimits,
+    limits: &impl CurrentLimit,
 ) -> Result<Option<Bytes>, LinkError> {
     let mut length = [0u8; 4];
     match recv.read_exact(&mut length).await {
@@ -77,10 +97,11 @@ pub(crate) async fn read_frame(
         Err(error) => return Err(error.into()),
     }
     let length = u32::from_be_bytes(length) as usize;
-    if length > limits.max_frame_bytes {
+    let limit = limits.current().max_frame_bytes;
+    if length > limit {
         return Err(LinkError::FrameTooLarge {
             size: length,
-            limit: limits.max_frame_bytes,
+            limit,
         });
     }
     let mut frame = vec![0u8; length];
@@ -88,16 +109,38 @@ pub(crate) async fn read_frame(
     Ok(Some(Bytes::from(frame)))
 }
 
-/// A worker's link as the relay accepted it: its hello, and the two halves.
-pub struct AcceptedLink {
+/// A worker's connection that has said hello, before the relay decided whether
+/// to let it in: nothing after the hello has been read from it.
+pub struct Arrival {
     /// What the worker said first.
     pub hello: Hello,
-    /// Where it connects from.
-    pub remote: SocketAddr,
-    /// The worker's messages.
-    pub reader: QuicReader<WorkerMessage>,
-    /// The relay's messages to it.
-    pub writer: RelayWriter,
+    connection: quinn::Connection,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+impl Arrival {
+    /// Where the worker connects from.
+    pub fn remote(&self) -> SocketAddr {
+        self.connection.remote_address()
+    }
+
+    /// Lets the worker in: its frames are read from now on, the control stream's
+    /// at `control` (which may be raised later), its request streams' at `limits`,
+    /// and the relay's frames to it are held to `limits`.
+    pub fn into_link(
+        self,
+        limits: FrameLimits,
+        control: ReadLimit,
+    ) -> (QuicReader<WorkerMessage>, RelayWriter) {
+        link::server_side(self.connection, self.send, self.recv, limits, control)
+    }
+
+    /// Refuses the worker: closes the connection with `code` and `reason`, reading nothing more.
+    pub fn refuse(self, code: u16, reason: &str) {
+        self.connection
+            .close(VarInt::from_u32(u32::from(code)), reason.as_bytes());
+    }
 }
 
 /// Why an incoming worker connection did not become a link.
@@ -106,43 +149,51 @@ pub enum AcceptError {
     /// The QUIC handshake failed (or the connection broke before the hello).
     #[error("QUIC handshake: {0}")]
     Handshake(#[from] quinn::ConnectionError),
-    /// No usable hello in time: none, too large, or malformed.
+    /// The QUIC handshake did not complete within [`HELLO_TIMEOUT`].
+    #[error("QUIC handshake: not completed in time")]
+    HandshakeTimeout,
+    /// The handshake completed, but no usable hello came in time: none, too large, or malformed.
     #[error("no valid hello: {0}")]
     Hello(String),
 }
 
+impl AcceptError {
+    /// Whether the peer completed the handshake (so its address is proven) and then
+    /// failed to say a valid hello: as good as presenting no secret.
+    pub fn after_handshake(&self) -> bool {
+        matches!(self, Self::Hello(_))
+    }
+}
+
 /// Completes an incoming connection within [`HELLO_TIMEOUT`]: TLS, the control
-/// stream, the hello (at most [`HELLO_MAX_BYTES`]).
-pub async fn accept(
-    incoming: quinn::Incoming,
-    limits: FrameLimits,
-) -> Result<AcceptedLink, AcceptError> {
-    let handshake = async {
-        let connection = incoming.await?;
+/// stream, the hello (at most [`HELLO_MAX_BYTES`]). Nothing past the hello is read.
+pub async fn accept(incoming: quinn::Incoming) -> Result<Arrival, AcceptError> {
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let connection = tokio::time::timeout_at(deadline, incoming)
+        .await
+        .map_err(|_| AcceptError::HandshakeTimeout)??;
+    let hello = async {
         let (send, mut recv) = connection.accept_bi().await?;
         let hello_limits = FrameLimits {
             max_frame_bytes: HELLO_MAX_BYTES,
         };
-        let hello = match read_frame(&mut recv, hello_limits).await {
+        let hello = match read_frame(&mut recv, &hello_limits).await {
             Ok(Some(hello)) => hello,
             Ok(None) => return Err(AcceptError::Hello("the control stream ended first".into())),
             Err(error) => return Err(AcceptError::Hello(error.to_string())),
         };
         let hello: Hello = postcard::from_bytes(&hello)
             .map_err(|e| AcceptError::Hello(format!("malformed: {e}")))?;
-        Ok((connection, send, recv, hello))
+        Ok((send, recv, hello))
     };
-    let (connection, send, recv, hello) =
-        tokio::time::timeout(HELLO_TIMEOUT, handshake)
-            .await
-            .map_err(|_| AcceptError::Hello("none in time".into()))??;
-    let remote = connection.remote_address();
-    let (reader, writer) = link::server_side(connection, send, recv, limits);
-    Ok(AcceptedLink {
+    let (send, recv, hello) = tokio::time::timeout_at(deadline, hello)
+        .await
+        .map_err(|_| AcceptError::Hello("none in time".into()))??;
+    Ok(Arrival {
         hello,
-        remote,
-        reader,
-        writer,
+        connection,
+        send,
+        recv,
     })
 }
 

@@ -13,13 +13,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-use crate::{LinkError, LinkReader, LinkWriter, Outgoing};
+use crate::{LinkError, LinkReader, LinkWriter, Outgoing, ReadLimit};
 
 /// The receiving half: decodes each message as it arrives.
 pub struct WsReader<S, M> {
     stream: SplitStream<WebSocketStream<S>>,
     wire: WireVersion,
-    limits: FrameLimits,
+    reads: ReadLimit,
     closed: bool,
     close_frame: Option<(u16, String)>,
     _message: PhantomData<fn() -> M>,
@@ -42,12 +42,30 @@ pub fn split<S, In, Out>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    split_limited(socket, wire, limits, ReadLimit::fixed(limits))
+}
+
+/// [`split`], with the reader enforcing `reads` (which may be raised later).
+///
+/// The WebSocket itself must be configured for the largest limit `reads`
+/// may reach: tungstenite's own limit is fixed when the socket is made, so a
+/// message up to that size is received whole and then refused by the reader
+/// before it is decoded.
+pub fn split_limited<S, In, Out>(
+    socket: WebSocketStream<S>,
+    wire: WireVersion,
+    limits: FrameLimits,
+    reads: ReadLimit,
+) -> (WsReader<S, In>, WsWriter<S, Out>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (sink, stream) = socket.split();
     (
         WsReader {
             stream,
             wire,
-            limits,
+            reads,
             closed: false,
             close_frame: None,
             _message: PhantomData,
@@ -73,6 +91,9 @@ where
                 None => break,
                 Some(Err(error)) => {
                     self.closed = true;
+                    if let Some(exceeded) = super::budget::budget_exceeded(&error) {
+                        return Some(Err(LinkError::Protocol(exceeded.to_string())));
+                    }
                     return Some(Err(error.into()));
                 }
                 Some(Ok(message)) => message,
@@ -101,7 +122,7 @@ where
             };
             return Some(
                 self.wire
-                    .decode(&frame, self.limits)
+                    .decode(&frame, self.reads.get())
                     .map_err(LinkError::from),
             );
         }

@@ -3,11 +3,13 @@
 //! v1 travels as JSON text messages, v2 as binary messages; a worker asks for
 //! v2 with the WebSocket subprotocol [`V2_WEBSOCKET_SUBPROTOCOL`].
 
+mod budget;
 pub mod client;
 mod link;
 pub mod upgrade;
 
-pub use link::{WsReader, WsWriter, split};
+pub use budget::{BudgetExceeded, PreRegisterBudget};
+pub use link::{WsReader, WsWriter, split, split_limited};
 pub use modelrelay_core::wire::V2_WEBSOCKET_SUBPROTOCOL;
 pub use tokio_tungstenite::WebSocketStream;
 pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;

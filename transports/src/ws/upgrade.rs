@@ -12,6 +12,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use super::PreRegisterBudget;
+use crate::ReadLimit;
+
 /// Why a request is not a WebSocket upgrade we can accept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UpgradeError {
@@ -101,6 +104,22 @@ pub async fn accept(
     let upgraded = on_upgrade.await?;
     Ok(WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
+        Role::Server,
+        Some(super::config(limits)),
+    )
+    .await)
+}
+
+/// [`accept`], reading at most a [`PreRegisterBudget`] of bytes until `reads` is
+/// raised (the worker registered); `limits` is the limit after that.
+pub async fn accept_before_register(
+    on_upgrade: OnUpgrade,
+    limits: FrameLimits,
+    reads: ReadLimit,
+) -> Result<WebSocketStream<PreRegisterBudget<TokioIo<Upgraded>>>, hyper::Error> {
+    let upgraded = on_upgrade.await?;
+    Ok(WebSocketStream::from_raw_socket(
+        PreRegisterBudget::new(TokioIo::new(upgraded), reads),
         Role::Server,
         Some(super::config(limits)),
     )
