@@ -262,3 +262,75 @@ async fn large_valid_bodies_cost_at_most_three_times_their_size() {
         "peak grew by {growth} bytes for {in_flight} bytes in flight"
     );
 }
+
+/// Bytes of the oversized frames in the worker-link attacks.
+const HUGE_FRAME_BYTES: usize = 60 * 1024 * 1024;
+/// The most the server may grow while it refuses one [`HUGE_FRAME_BYTES`] frame.
+const HUGE_FRAME_GROWTH_BOUND: u64 = 64 * 1024 * 1024;
+
+/// A v1 `register` of `HUGE_FRAME_BYTES` whose model list is empty names.
+fn huge_register() -> String {
+    let names = "\"\",".repeat(HUGE_FRAME_BYTES / 3);
+    format!(r#"{{"type":"register","worker_name":"w","max_concurrent":1,"models":[{names}""]}}"#)
+}
+
+/// Issue 12, "no secret needed, 1.4 GB per frame": a worker connect with a
+/// wrong secret is answered 401 in the JSON error shape before any upgrade,
+/// so the 60 MB `register` it goes on to send is never read as a frame; the
+/// server grows by less than 64 MB and serves ordinary clients throughout.
+#[tokio::test]
+async fn a_worker_connect_with_a_wrong_secret_is_refused_before_any_frame_is_read() {
+    let (server, addr) = server("json", &[]).await;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let upgrade = format!(
+        "GET /v1/worker/connect HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-worker-secret: wrong\r\n\r\n"
+    );
+    stream.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(SOUND_WITHIN, stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.contains("\"error\""),
+        "the JSON error shape: {answer}"
+    );
+    let before = server.peak_memory_bytes().unwrap();
+    // The frame a stranger would send next: the relay is not listening for it.
+    let _ = stream.write_all(huge_register().as_bytes()).await;
+    drop(stream);
+    let http = Http::new();
+    assert!(healthy(&http, &addr).await);
+    let growth = server.peak_memory_bytes().unwrap().saturating_sub(before);
+    assert!(growth < HUGE_FRAME_GROWTH_BOUND, "grew by {growth} bytes");
+}
+
+/// Issue 12, item 2: until its `register` is accepted, a link's frame limit is
+/// just large enough for the largest acceptable register, so even a holder of
+/// the secret cannot make the relay read a 60 MB first frame: the link is
+/// closed, the server grows by less than 64 MB, and a proper worker still
+/// registers afterwards.
+#[tokio::test]
+async fn a_huge_first_frame_from_a_holder_of_the_secret_is_refused_at_the_before_register_limit() {
+    let (server, addr) = server("json", &[]).await;
+    let before = server.peak_memory_bytes().unwrap();
+    let mut socket = raw_connect(&addr, "", &[("x-worker-secret", SECRET)])
+        .await
+        .unwrap();
+    let sent = futures_util::SinkExt::send(
+        &mut socket,
+        tokio_tungstenite::tungstenite::Message::Text(huge_register().into()),
+    )
+    .await;
+    if sent.is_ok() {
+        assert!(next(&mut socket).await.is_err(), "the link is closed");
+    }
+    let growth = server.peak_memory_bytes().unwrap().saturating_sub(before);
+    assert!(growth < HUGE_FRAME_GROWTH_BOUND, "grew by {growth} bytes");
+    let _worker = registered(&addr, SECRET, &["m"]).await;
+    assert!(healthy(&Http::new(), &addr).await);
+}
