@@ -158,6 +158,46 @@ async fn admin_routes_need_the_right_token_and_wrong_ones_are_cooled_down_apart_
     wait_for_workers(&http, &relay, 1).await;
 }
 
+/// The limiter's backstop (too many failures from all addresses together)
+/// refuses addresses that never logged in, not the operator's.
+#[tokio::test]
+async fn a_flood_of_wrong_admin_tokens_from_elsewhere_does_not_shut_the_operator_out() {
+    let relay = admin_relay(|config| {
+        config.trust_forwarded_for = true;
+        config.auth_limits.max_failures = 100;
+        config.auth_limits.max_failures_in_all = 4;
+    })
+    .await;
+    let http = Http::new();
+    let url = format!("{}/admin/workers", relay.url());
+    let from = |ip: &'static str, token: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            get_with(
+                &http,
+                &url,
+                &[("authorization", token), ("x-forwarded-for", ip)],
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(from("10.0.0.1", BEARER).await, StatusCode::OK);
+    for ip in ["10.0.1.1", "10.0.1.2", "10.0.1.3", "10.0.1.4"] {
+        assert_eq!(from(ip, "Bearer wrong").await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        from("10.0.2.1", BEARER).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a new address waits out the backstop"
+    );
+    assert_eq!(
+        from("10.0.0.1", BEARER).await,
+        StatusCode::OK,
+        "the operator's address is not shut out"
+    );
+}
+
 #[tokio::test]
 async fn workers_are_listed_with_their_models_load_transport_and_protocol() {
     let backend = backend(&["m", "n"]).await;

@@ -63,6 +63,7 @@ pub(crate) async fn login(
         warn!(peer = %peer.0, "refused a dashboard login: wrong token");
         return redirect("/dashboard/login?error=1");
     }
+    app.admin_limiter.success(address);
     let expires = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -116,6 +116,9 @@ pub(super) fn authorize(
         .map_err(Refusal::CoolingDown)?;
     if let Some(presented) = bearer(headers) {
         if token.matches(presented) {
+            // The operator's address stays exempt from the limiter's backstop,
+            // so a flood of wrong tokens from elsewhere cannot shut it out.
+            app.admin_limiter.success(address);
             return Ok(AdminProof::Bearer);
         }
         app.admin_limiter.failure(address, now);
@@ -129,6 +132,7 @@ pub(super) fn authorize(
         if writes && !headers.contains_key(CSRF_HEADER) {
             return Err(Refusal::MissingCsrf);
         }
+        app.admin_limiter.success(address);
         return Ok(AdminProof::Session);
     }
     Err(Refusal::Unauthorized)
