@@ -4,17 +4,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw_worker::{self, Socket, next, send};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http::StatusCode;
 use modelrelay_core::wire::FrameLimits;
-use modelrelay_transports::ws::client::{HandshakeError, handshake};
-use serde_json::{Value, json};
+use modelrelay_transports::ws::client::HandshakeError;
+use serde_json::json;
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-
-type Socket = WebSocketStream<TcpStream>;
 
 /// Opens a raw WebSocket to the relay's worker endpoint, as any worker would.
 async fn raw_connect(
@@ -22,30 +20,7 @@ async fn raw_connect(
     query: &str,
     headers: &[(&str, &str)],
 ) -> Result<Socket, HandshakeError> {
-    let stream = TcpStream::connect(relay.addr()).await.unwrap();
-    let url = format!("ws://{}/v1/worker/connect{query}", relay.addr());
-    handshake(stream, &url, headers, false, FrameLimits::default())
-        .await
-        .map(|(socket, _)| socket)
-}
-
-/// The next text frame as JSON, or the close frame's code.
-async fn next(socket: &mut Socket) -> Result<Value, Option<u16>> {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame in time");
-        match message {
-            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
-            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return Err(None),
-        }
-    }
-}
-
-async fn send(socket: &mut Socket, frame: &str) {
-    socket.send(Message::Text(frame.into())).await.unwrap();
+    raw_worker::raw_connect(&relay.addr().to_string(), query, headers).await
 }
 
 #[tokio::test]
