@@ -334,3 +334,66 @@ async fn a_huge_first_frame_from_a_holder_of_the_secret_is_refused_at_the_before
     let _worker = registered(&addr, SECRET, &["m"]).await;
     assert!(healthy(&Http::new(), &addr).await);
 }
+
+/// Issue 12, "script on the relay's origin": a worker answers a request posted
+/// as `text/plain` (as a cross-site form would) with HTML, a cookie and a
+/// redirect. The client gets inert plain text marked `nosniff` and `sandbox`,
+/// and none of the authority-bearing headers.
+#[tokio::test]
+async fn a_worker_answering_html_with_a_cookie_reaches_the_client_as_inert_plain_text() {
+    let (_server, addr) = server("json", &[]).await;
+    let mut worker = registered(&addr, SECRET, &["m"]).await;
+    let client = tokio::spawn({
+        let (http, url) = (Http::new(), format!("http://{addr}/v1/chat/completions"));
+        async move {
+            http.post_with(&url, r#"{"model":"m"}"#, &[("content-type", "text/plain")])
+                .await
+        }
+    });
+    let request = next(&mut worker).await.unwrap();
+    let complete = json!({
+        "type": "response_complete", "request_id": request["request_id"], "status_code": 200,
+        "headers": {"content-type": "text/html", "set-cookie": "modelrelay_session=x",
+                    "location": "https://evil.example/", "access-control-allow-origin": "*"},
+        "body": "<script>alert(document.cookie)</script>",
+    });
+    send(&mut worker, &complete.to_string()).await;
+    let reply = tokio::time::timeout(SOUND_WITHIN, client)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let headers = &reply.headers;
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["content-security-policy"], "sandbox");
+    for dropped in ["set-cookie", "location", "access-control-allow-origin"] {
+        assert!(!headers.contains_key(dropped), "{dropped} passed");
+    }
+}
+
+/// Issue 12, "slow connections hold resources forever": a client that sends
+/// half a body and stops gets 408 in the API's error shape once the body read
+/// timeout passes, and its connection is closed; a client that connects and
+/// sends nothing is closed once the head timeout passes. Ordinary clients are
+/// served meanwhile.
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408_and_its_connection_back() {
+    let (_server, addr) = server("json", &["--body-read-timeout", "1"]).await;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"model\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let http = Http::new();
+    assert!(healthy(&http, &addr).await, "others are served meanwhile");
+    let mut answer = Vec::new();
+    tokio::time::timeout(SOUND_WITHIN, stream.read_to_end(&mut answer))
+        .await
+        .expect("the relay closes the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_read_timeout"), "{answer}");
+}
