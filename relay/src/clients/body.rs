@@ -28,7 +28,7 @@ const UNIT: usize = 1024;
 pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(5);
 
 /// The bytes all request bodies held in memory may take together.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct BodyBudget {
     /// `None`: no budget.
     units: Option<Arc<Semaphore>>,
@@ -56,6 +56,11 @@ impl BodyBudget {
             units: (bytes != 0).then(|| Arc::new(Semaphore::new(total_units))),
             total_units,
         }
+    }
+
+    /// Whether a body of `bytes` fits the whole budget at all.
+    fn could_ever_hold(&self, bytes: usize) -> bool {
+        self.units.is_none() || bytes.div_ceil(UNIT) <= self.total_units
     }
 
     /// Adds room for `bytes` more to `held`, waiting up to [`BUDGET_WAIT`] for it.
@@ -86,6 +91,9 @@ impl BodyBudget {
     }
 }
 
+/// The room in the budget a body takes with its first bytes; it doubles from there.
+const FIRST_BUDGET_STEP: usize = 64 * 1024;
+
 /// What bounds the reading of one body.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct BodyLimits<'a> {
@@ -111,8 +119,13 @@ async fn collect(mut body: Body, limits: BodyLimits<'_>) -> Result<(Bytes, HeldB
         Some(_) => return Err(too_large(max)),
         None => 0,
     };
+    if !limits.budget.could_ever_hold(declared) {
+        return Err(busy());
+    }
     let mut held = HeldBytes::default();
-    limits.budget.take(declared, &mut held).await?;
+    // Address space for the declared length, but no room in the budget yet:
+    // room is taken as bytes arrive, so a client that declares 32 MiB and
+    // sends nothing holds nothing others could have used.
     let mut buffer = BytesMut::with_capacity(declared);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
@@ -132,13 +145,19 @@ async fn collect(mut body: Body, limits: BodyLimits<'_>) -> Result<(Bytes, HeldB
         if needed > max {
             return Err(too_large(max));
         }
+        if needed > held.bytes() {
+            // Room grows by doubling from a first step, never past the declared
+            // length (or the limit, for a body without one).
+            let ceiling = if declared > 0 { declared } else { max };
+            let target = (held.bytes() * 2)
+                .max(FIRST_BUDGET_STEP)
+                .min(ceiling)
+                .max(needed);
+            limits.budget.take(target - held.bytes(), &mut held).await?;
+        }
         if needed > buffer.capacity() {
-            // Grown by doubling (a body without a length), within the limit.
+            // A body without a length (or longer than it said): grown by doubling, within the limit.
             let target = needed.max(buffer.capacity() * 2).min(max);
-            limits
-                .budget
-                .take(target.saturating_sub(held.bytes()), &mut held)
-                .await?;
             buffer.reserve(target - buffer.len());
         }
         buffer.extend_from_slice(&data);
@@ -235,5 +254,59 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(error.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// A body that says it is `declared` bytes long, sends `sent` of them, then stalls.
+    struct Stalled {
+        declared: u64,
+        sent: Option<Bytes>,
+    }
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            match self.sent.take() {
+                Some(data) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                None => std::task::Poll::Pending,
+            }
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.declared)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_declares_much_and_sends_little_holds_only_what_it_sent() {
+        let budget = BodyBudget::new(256 * 1024);
+        let mut stalled = Vec::new();
+        for _ in 0..3 {
+            let body = Body::new(Stalled {
+                declared: 200 * 1024,
+                sent: Some(Bytes::from_static(b"{\"model\":")),
+            });
+            let reading = tokio::spawn({
+                let budget = budget.clone();
+                async move { read_body(body, limits(&budget)).await.map(|_| ()) }
+            });
+            stalled.push(reading);
+        }
+        tokio::task::yield_now().await;
+        // Three stalled bodies declaring 600 KiB in all hold one first step
+        // each, so an ordinary body still finds room at once.
+        let (body, held) = read_body(Body::from(vec![b'x'; 40 * 1024]), limits(&budget))
+            .await
+            .unwrap();
+        assert_eq!(body.len(), 40 * 1024);
+        assert_eq!(held.bytes(), 40 * 1024);
+        for reading in stalled {
+            assert!(!reading.is_finished());
+            reading.abort();
+        }
     }
 }
