@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+/// The longest `Retry-After` a worker waits for before trying again.
+pub const MAX_HONOURED_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// A small deterministic random number generator (SplitMix64), seeded by the caller.
 #[derive(Clone, Debug)]
 pub struct SeededRng(u64);
@@ -84,7 +86,11 @@ impl Backoff {
     /// (`Retry-After`): that long, plus a jitter of up to a tenth of it (at most
     /// a second), so workers behind one address do not return at one instant.
     /// It counts one more failure, so later delays go on doubling from where they were.
+    ///
+    /// A `Retry-After` over [`MAX_HONOURED_RETRY_AFTER`] (a relay, or anyone on a
+    /// plain `ws://` link, could say a year) is waited only that long.
     pub fn after_retry_after(&mut self, retry_after: Duration) -> Duration {
+        let retry_after = retry_after.min(MAX_HONOURED_RETRY_AFTER);
         self.failures = self.failures.saturating_add(1);
         let spread = (retry_after / 10).min(Duration::from_secs(1));
         let spread_nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
@@ -115,6 +121,19 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() < Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_retry_after_of_years_is_waited_at_most_five_minutes() {
+        let mut backoff = Backoff::new(BackoffConfig::default(), 3);
+        for retry_after in [Duration::from_secs(99_999_999), Duration::MAX] {
+            let delay = backoff.after_retry_after(retry_after);
+            assert!(
+                delay >= MAX_HONOURED_RETRY_AFTER
+                    && delay <= MAX_HONOURED_RETRY_AFTER + Duration::from_secs(1),
+                "{delay:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use modelrelay_core::relay::{MAX_MODEL_NAME_BYTES, MAX_MODELS_PER_WORKER};
 use modelrelay_core::session::*;
 use modelrelay_core::wire::{
-    Cancel, CancelReason, GracefulShutdown, Headers, MAX_LISTED_MODELS, ModelsRefresh,
-    ModelsUpdate, Ping, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck,
-    RequestFrame, ResponseChunk, ServerMessage, WireVersion, WorkerError, WorkerMessage,
+    Cancel, CancelReason, FrameLimits, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate,
+    Ping, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, RequestFrame,
+    ResponseChunk, ServerMessage, WireVersion, WorkerError, WorkerMessage,
 };
 use modelrelay_core::{ModelName, RequestId, WireRequestId};
 
@@ -648,10 +649,13 @@ fn any_drain_timeout_from_the_relay_is_taken_without_overflow() {
 }
 
 #[test]
-fn a_worker_advertises_no_more_models_than_a_relay_decodes() {
-    let many: Vec<String> = (0..MAX_LISTED_MODELS + 10)
-        .map(|n| format!("m{n}"))
+fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_before_register() {
+    // Long names (a relay drops them) are left out before counting.
+    let too_long = "x".repeat(MAX_MODEL_NAME_BYTES + 1);
+    let many: Vec<String> = std::iter::once(too_long)
+        .chain((0..MAX_MODELS_PER_WORKER + 10).map(|n| format!("{n:0>250}")))
         .collect();
+    let kept = &many[1..=MAX_MODELS_PER_WORKER];
     let mut h = Harness::new(1);
     h.session = WorkerSession::new(SessionConfig {
         worker_name: "gpu-1".into(),
@@ -664,10 +668,18 @@ fn a_worker_advertises_no_more_models_than_a_relay_decodes() {
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
     });
-    let [SessionOutput::Send(WorkerMessage::Register(register))] = &outputs[..] else {
+    let [SessionOutput::Send(message @ WorkerMessage::Register(register))] = &outputs[..] else {
         panic!("a register: {outputs:?}");
     };
-    assert_eq!(register.models, many[..MAX_LISTED_MODELS]);
+    assert_eq!(register.models, kept);
+    for wire in [WireVersion::V1, WireVersion::V2] {
+        let frame = wire.encode(message).unwrap();
+        assert!(
+            frame.len() <= FrameLimits::before_register_on(wire).max_frame_bytes,
+            "{wire:?}: {} bytes",
+            frame.len()
+        );
+    }
 
     h.ack();
     let mut more = many.clone();
@@ -677,11 +689,11 @@ fn a_worker_advertises_no_more_models_than_a_relay_decodes() {
         outputs.is_empty(),
         "a change past the ceiling changes nothing advertised: {outputs:?}"
     );
-    let mut fewer = many[1..].to_vec();
+    let mut fewer = many[2..].to_vec();
     fewer.push("new".into());
     let outputs = h.handle(SessionInput::ModelsChanged(fewer.clone()));
     let [SessionOutput::Send(WorkerMessage::ModelsUpdate(update))] = &outputs[..] else {
         panic!("a models_update: {outputs:?}");
     };
-    assert_eq!(update.models, fewer[..MAX_LISTED_MODELS]);
+    assert_eq!(update.models, fewer[..MAX_MODELS_PER_WORKER]);
 }

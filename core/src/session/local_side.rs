@@ -3,9 +3,8 @@
 use std::time::{Duration, Instant};
 
 use super::{LinkState, SessionOutput, WorkerSession};
-use crate::wire::{
-    CancelReason, MAX_LISTED_MODELS, ModelsUpdate, Register, WireVersion, WorkerMessage,
-};
+use crate::relay::{MAX_MODEL_NAME_BYTES, MAX_MODELS_PER_WORKER};
+use crate::wire::{CancelReason, ModelsUpdate, Register, WireVersion, WorkerMessage};
 
 impl WorkerSession {
     /// The link asked for is open: register on it.
@@ -111,9 +110,14 @@ impl WorkerSession {
     }
 }
 
-/// The models a worker advertises: at most [`MAX_LISTED_MODELS`] (a relay refuses a
-/// longer list as undecodable, and keeps only the first 256 of a shorter one anyway).
-pub(super) fn advertisable(mut models: Vec<String>) -> Vec<String> {
-    models.truncate(MAX_LISTED_MODELS);
+/// The models a worker advertises: the first [`MAX_MODELS_PER_WORKER`] names of
+/// at most [`MAX_MODEL_NAME_BYTES`], exactly what a relay keeps. So its
+/// `register` always fits the frame limit a relay holds a link to before
+/// `register` (sized for 256 names of 256 bytes), whatever the backend lists.
+pub(super) fn advertisable(models: Vec<String>) -> Vec<String> {
     models
+        .into_iter()
+        .filter(|model| model.len() <= MAX_MODEL_NAME_BYTES)
+        .take(MAX_MODELS_PER_WORKER)
+        .collect()
 }
