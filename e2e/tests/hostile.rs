@@ -397,3 +397,19 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_its_connection_back()
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_read_timeout"), "{answer}");
 }
+
+/// A request head may not fill a connection's buffer past 64 KiB (hyper's
+/// default, about 400 KiB, on each of 16,384 connections would be 6.4 GiB).
+#[tokio::test]
+async fn a_request_head_larger_than_64_kib_is_refused_with_431() {
+    let (_server, addr) = server("json", &[]).await;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let padding = "a".repeat(100 * 1024);
+    let head = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nx-padding: {padding}\r\n\r\n");
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(SOUND_WITHIN, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(healthy(&Http::new(), &addr).await);
+}

@@ -33,6 +33,10 @@ use crate::connections::{ConnectionLimits, log_refusal};
 use crate::write_progress::WriteProgress;
 
 /// How long a client may take to send a request's head.
+/// Largest request head, and most bytes one connection's read buffer may hold
+/// (hyper's default is about 400 KiB, which 16,384 connections would turn into
+/// 6.4 GiB); real heads, cookies and API keys included, fit in a few KiB.
+const MAX_HEAD_BUFFER_BYTES: usize = 64 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What bounds the connections: how many, and how long a client may stall.
@@ -61,7 +65,9 @@ pub(crate) async fn serve<L>(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEAD_BUFFER_BYTES)
+        .max_buf_size(MAX_HEAD_BUFFER_BYTES);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);

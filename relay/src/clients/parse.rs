@@ -49,8 +49,10 @@ enum ModelField {
     /// No `model` key.
     #[default]
     Absent,
-    /// A string.
+    /// A string of at most [`MAX_MODEL_NAME_BYTES`].
     Name(String),
+    /// A longer string: refused without being copied.
+    TooLong,
     /// `null`, a number or a boolean.
     NotAString,
 }
@@ -77,7 +79,13 @@ impl<'de> Deserialize<'de> for ModelField {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(ScalarVisitor {
             tree: MODEL_IS_A_TREE,
-            string: |text| ModelField::Name(text.to_owned()),
+            string: |text| {
+                if text.len() > MAX_MODEL_NAME_BYTES {
+                    ModelField::TooLong
+                } else {
+                    ModelField::Name(text.to_owned())
+                }
+            },
             boolean: |_| ModelField::NotAString,
             number: ModelField::NotAString,
             null: ModelField::NotAString,
@@ -215,7 +223,9 @@ fn model(field: ModelField) -> Result<String, ApiError> {
         {
             Ok(model)
         }
-        ModelField::Name(_) | ModelField::NotAString => Err(not_a_model_name()),
+        ModelField::Name(_) | ModelField::TooLong | ModelField::NotAString => {
+            Err(not_a_model_name())
+        }
         ModelField::Absent => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             codes::MISSING_MODEL,
