@@ -27,7 +27,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, BackendError, BackendRequest, collect_body, list_models};
 use crate::endpoint;
-use crate::link::{ConnectError, Dialer, Link, ProtocolChoice, Refused, RelayEndpoint, connect};
+use crate::link::{
+    ConnectError, Dialer, Link, ProtocolChoice, RefusalReason, Refused, RelayEndpoint, connect,
+};
 
 /// Where the worker's model list comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,17 +83,14 @@ impl WorkerOptions {
     }
 }
 
-/// What the worker logs when the relay will not let it in.
-const REFUSED: &str = "the relay refused this worker: check --worker-secret and --provider";
-
 /// A dial that failed, as the session hears of it (logged on the way): the
 /// relay's refusal (see [`ConnectError::refused`]; a 429's `Retry-After` is
 /// followed by the next attempt) as a refusal, like a close with 1008;
 /// anything else as a link down.
 fn link_failed(error: &ConnectError) -> SessionInput {
-    if let Some(Refused { retry_after }) = error.refused() {
+    if let Some(Refused { why, retry_after }) = error.refused() {
         let retry_after_secs = retry_after.map(|after| after.as_secs());
-        error!(%error, ?retry_after_secs, "{REFUSED}");
+        error!(%error, ?retry_after_secs, "{}", why.advice());
         return SessionInput::LinkRefused { retry_after };
     }
     warn!(%error, "cannot connect to the relay");
@@ -434,7 +433,7 @@ impl<D: Dialer> Driver<D> {
             debug!(%cause, "link to the relay closed");
             SessionInput::LinkDown
         } else if refused {
-            error!(%cause, "{REFUSED}");
+            error!(%cause, "{}", RefusalReason::Credentials.advice());
             SessionInput::LinkRefused { retry_after: None }
         } else {
             warn!(%cause, "link to the relay closed");

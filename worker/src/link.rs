@@ -295,11 +295,44 @@ pub enum ConnectError {
     Handshake(#[from] HandshakeError),
 }
 
-/// How the relay refused the worker: `Retry-After`, if it said when to come back.
+/// How the relay refused the worker: why, and `Retry-After`, if it said when to come back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused {
+    /// Why, as far as the worker can tell.
+    pub why: RefusalReason,
     /// How long the relay asked the worker to wait.
     pub retry_after: Option<Duration>,
+}
+
+/// Why a relay refused a worker, as far as the worker can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// A wrong or missing secret, or an unknown provider (401, 403, a close with 1008).
+    Credentials,
+    /// This address cools down after failed logins (429).
+    CoolingDown,
+    /// A QUIC connection turned away before its handshake: the relay has too
+    /// many connections waiting for their hello, or this address cools down.
+    TurnedAway,
+}
+
+impl RefusalReason {
+    /// What the worker logs about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Self::Credentials => {
+                "the relay refused this worker: check --worker-secret and --provider"
+            }
+            Self::CoolingDown => {
+                "the relay refused this worker: this address cools down after failed logins \
+                 (check --worker-secret here and on workers that share this address)"
+            }
+            Self::TurnedAway => {
+                "the relay turned the QUIC connection away: it is busy with connections \
+                 waiting for their hello, or this address cools down after failed logins"
+            }
+        }
+    }
 }
 
 impl ConnectError {
@@ -312,31 +345,46 @@ impl ConnectError {
             Self::Handshake(HandshakeError::Refused {
                 status,
                 retry_after_secs,
-            }) if matches!(status.as_u16(), 401 | 403 | 429) => Some(Refused {
-                retry_after: retry_after_secs.map(Duration::from_secs),
-            }),
-            Self::Quic(quic::ConnectError::Handshake(error)) if quic_refusal(error) => {
-                Some(Refused { retry_after: None })
+            }) => {
+                let why = match status.as_u16() {
+                    401 | 403 => RefusalReason::Credentials,
+                    429 => RefusalReason::CoolingDown,
+                    _ => return None,
+                };
+                Some(Refused {
+                    why,
+                    retry_after: retry_after_secs.map(Duration::from_secs),
+                })
             }
+            Self::Quic(quic::ConnectError::Handshake(error)) => quic_refusal(error),
             Self::Quic(quic::ConnectError::Link(LinkError::QuicWrite(
                 quinn::WriteError::ConnectionLost(error),
-            ))) if quic_refusal(error) => Some(Refused { retry_after: None }),
+            ))) => quic_refusal(error),
             _ => None,
         }
     }
 }
 
-/// A QUIC connection the relay refused (its address cools down) or closed with 1008.
-fn quic_refusal(error: &quinn::ConnectionError) -> bool {
-    match error {
-        quinn::ConnectionError::ConnectionClosed(close) => {
-            close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+/// A QUIC connection the relay turned away (busy, or its address cools down)
+/// or closed with 1008 (a wrong secret or provider).
+fn quic_refusal(error: &quinn::ConnectionError) -> Option<Refused> {
+    let why = match error {
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            RefusalReason::TurnedAway
         }
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            close.error_code.into_inner() == u64::from(close_code::POLICY_VIOLATION)
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code.into_inner() == u64::from(close_code::POLICY_VIOLATION) =>
+        {
+            RefusalReason::Credentials
         }
-        _ => false,
-    }
+        _ => return None,
+    };
+    Some(Refused {
+        why,
+        retry_after: None,
+    })
 }
 
 /// An open link to the relay, of either kind.
@@ -485,15 +533,48 @@ mod tests {
         assert_eq!(
             refused(429, Some(7)),
             Some(Refused {
+                why: RefusalReason::CoolingDown,
                 retry_after: Some(Duration::from_secs(7))
             })
         );
-        assert_eq!(refused(401, None), Some(Refused { retry_after: None }));
-        assert_eq!(refused(403, None), Some(Refused { retry_after: None }));
+        for status in [401, 403] {
+            assert_eq!(
+                refused(status, None),
+                Some(Refused {
+                    why: RefusalReason::Credentials,
+                    retry_after: None
+                })
+            );
+        }
         // Anything else is the relay failing, not refusing: the normal backoff.
         assert_eq!(refused(502, Some(3)), None);
         assert_eq!(refused(404, None), None);
         assert_eq!(ConnectError::Timeout("x".into()).refused(), None);
+    }
+
+    #[test]
+    fn a_quic_connection_turned_away_is_not_blamed_on_the_secret() {
+        let turned_away = quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::CONNECTION_REFUSED,
+            frame_type: None,
+            reason: Default::default(),
+        });
+        let refused = quic_refusal(&turned_away).unwrap();
+        assert_eq!(refused.why, RefusalReason::TurnedAway);
+        assert!(!refused.why.advice().contains("--worker-secret"));
+        let policy = quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: quinn::VarInt::from_u32(u32::from(close_code::POLICY_VIOLATION)),
+            reason: Default::default(),
+        });
+        assert_eq!(
+            quic_refusal(&policy).unwrap().why,
+            RefusalReason::Credentials
+        );
+        assert!(
+            RefusalReason::Credentials
+                .advice()
+                .contains("check --worker-secret")
+        );
     }
 
     #[test]
