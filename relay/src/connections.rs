@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
 use crate::codes;
+use crate::log_budget::LogBudget;
 
 /// How long a refused connection may take to receive its answer.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -174,10 +175,16 @@ fn refusal_answer(refusal: Refusal) -> String {
 
 /// Logs a refusal (at most the count of refusals is interesting; addresses may be many).
 pub(crate) fn log_refusal(refusal: Refusal, address: IpAddr) {
+    static LINES: LogBudget = LogBudget::new();
+    let Some(left_out) = LINES.allow(std::time::Instant::now()) else {
+        return;
+    };
     match refusal {
-        Refusal::Full => warn!(%address, "refusing a connection: --max-connections reached"),
+        Refusal::Full => {
+            warn!(%address, left_out, "refusing a connection: --max-connections reached")
+        }
         Refusal::AddressFull => {
-            warn!(%address, "refusing a connection: --max-connections-per-address reached")
+            warn!(%address, left_out, "refusing a connection: --max-connections-per-address reached")
         }
     }
 }

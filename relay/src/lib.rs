@@ -25,6 +25,7 @@ pub mod error;
 mod http;
 mod hub;
 pub mod keys;
+mod log_budget;
 mod operator;
 mod workers;
 mod write_progress;

@@ -11,6 +11,7 @@ use tracing::warn;
 use crate::app::{AppState, PeerAddr};
 use crate::auth::client_address;
 use crate::codes;
+use crate::log_budget::LogBudget;
 
 use super::MAX_ADMIN_BODY;
 use super::admin_api::admin_error;
@@ -60,7 +61,10 @@ pub(crate) async fn login(
         .unwrap_or_default();
     if !admin.matches(token.trim()) {
         app.admin_limiter.failure(address, now);
-        warn!(peer = %peer.0, "refused a dashboard login: wrong token");
+        static LINES: LogBudget = LogBudget::new();
+        if let Some(left_out) = LINES.allow(now) {
+            warn!(peer = %peer.0, left_out, "refused a dashboard login: wrong token");
+        }
         return redirect("/dashboard/login?error=1");
     }
     app.admin_limiter.success(address);

@@ -22,6 +22,7 @@ use crate::app::{AppState, PeerAddr};
 use crate::auth::{bearer, client_address};
 use crate::codes;
 use crate::error::{ApiError, ApiFlavor, ClientError};
+use crate::log_budget::LogBudget;
 
 /// The dashboard's session cookie.
 pub(super) const SESSION_COOKIE: &str = "modelrelay_session";
@@ -122,7 +123,10 @@ pub(super) fn authorize(
             return Ok(AdminProof::Bearer);
         }
         app.admin_limiter.failure(address, now);
-        warn!(peer = %peer.0, "refused an admin request: wrong token");
+        static LINES: LogBudget = LogBudget::new();
+        if let Some(left_out) = LINES.allow(now) {
+            warn!(peer = %peer.0, left_out, "refused an admin request: wrong token");
+        }
         return Err(Refusal::Unauthorized);
     }
     if let Some(session) = cookie(headers, SESSION_COOKIE)

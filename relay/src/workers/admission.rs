@@ -11,6 +11,7 @@ use tracing::warn;
 
 use crate::app::AppState;
 use crate::hub::Transport;
+use crate::log_budget::LogBudget;
 
 /// What a worker presented to be let in.
 pub(super) struct Candidate<'a> {
@@ -52,6 +53,13 @@ impl Refusal {
 
 /// Checks a worker, in this order: its address's cooldown, its secret (a
 /// missing or wrong one counts as a failure), then its provider.
+/// Log lines about workers refused during a cool-down (strangers cause them at will).
+static COOLING_DOWN_LINES: LogBudget = LogBudget::new();
+/// Log lines about wrong or missing worker secrets.
+static WRONG_SECRET_LINES: LogBudget = LogBudget::new();
+/// Log lines about unknown providers.
+static UNKNOWN_PROVIDER_LINES: LogBudget = LogBudget::new();
+
 pub(super) fn admit(
     app: &AppState,
     candidate: &Candidate<'_>,
@@ -62,7 +70,9 @@ pub(super) fn admit(
     } = candidate;
     let who = worker_noun(*transport);
     if let Err(retry_after) = app.limiter.check(candidate.address, now) {
-        warn!(%peer, "refusing a {who} connection: too many failed attempts from this address");
+        if let Some(left_out) = COOLING_DOWN_LINES.allow(now) {
+            warn!(%peer, left_out, "refusing a {who} connection: too many failed attempts from this address");
+        }
         return Err(Refusal::Cooldown(retry_after));
     }
     match candidate.secret {
@@ -72,13 +82,17 @@ pub(super) fn admit(
         presented => {
             app.limiter.failure(candidate.address, now);
             let why = if presented.is_some() { "a wrong" } else { "no" };
-            warn!(%peer, "{who} presented {why} secret");
+            if let Some(left_out) = WRONG_SECRET_LINES.allow(now) {
+                warn!(%peer, left_out, "{who} presented {why} secret");
+            }
             return Err(Refusal::Unauthorized);
         }
     }
     let provider = candidate.provider;
     if provider != app.config.provider.as_str() {
-        warn!(%peer, %provider, "{who} asked for an unknown provider");
+        if let Some(left_out) = UNKNOWN_PROVIDER_LINES.allow(now) {
+            warn!(%peer, %provider, left_out, "{who} asked for an unknown provider");
+        }
         return Err(Refusal::UnknownProvider(provider.to_owned()));
     }
     Ok(())

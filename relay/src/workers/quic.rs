@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::app::AppState;
 use crate::hub::Transport;
+use crate::log_budget::LogBudget;
 
 use super::admission::{Candidate, admit};
 use super::link::{LinkInfo, run_link};
@@ -174,18 +175,25 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// Log lines about refused QUIC connections: strangers can cause them at will.
+static REFUSAL_LINES: LogBudget = LogBudget::new();
+
 /// Takes one QUIC connection (its address proven) through its hello and
 /// admission, then runs its link. Only the hello is read before the secret is
 /// checked; a refused worker's connection is closed with 1008 and the reason.
 async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending: Arc<Pending>) {
     let peer = incoming.remote_address();
     if app.limiter.check(peer.ip(), now()).is_err() {
-        warn!(%peer, "refusing a QUIC worker connection: too many failed attempts from this address");
+        if let Some(left_out) = REFUSAL_LINES.allow(now()) {
+            warn!(%peer, left_out, "refusing a QUIC worker connection: too many failed attempts from this address");
+        }
         incoming.refuse();
         return;
     }
     let Some(place) = pending.enter(peer.ip()) else {
-        warn!(%peer, "refusing a QUIC worker connection: too many connections still before their hello");
+        if let Some(left_out) = REFUSAL_LINES.allow(now()) {
+            warn!(%peer, left_out, "refusing a QUIC worker connection: too many connections still before their hello");
+        }
         incoming.refuse();
         return;
     };
@@ -197,7 +205,9 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
             // The handshake proved the address; saying nothing useful after it
             // is as good as presenting no secret.
             app.limiter.failure(peer.ip(), now());
-            warn!(%peer, %error, "QUIC worker connection without a valid hello");
+            if let Some(left_out) = REFUSAL_LINES.allow(now()) {
+                warn!(%peer, %error, left_out, "QUIC worker connection without a valid hello");
+            }
             return;
         }
         Err(error) => {
