@@ -114,7 +114,7 @@ pub(crate) struct AppState {
     /// The handle to the hub task.
     pub(crate) hub: Hub,
     /// Failed worker logins, per address.
-    pub(crate) limiter: AuthLimiter,
+    pub(crate) limiter: Arc<AuthLimiter>,
     /// Failed admin logins, counted apart so they cannot lock workers out.
     pub(crate) admin_limiter: AuthLimiter,
     /// The next request id.
@@ -156,7 +156,9 @@ pub async fn serve<L>(
 {
     let drain = config.drain_timeout;
     let metrics = Arc::new(Metrics::new());
+    let worker_logins = Arc::new(AuthLimiter::new(config.auth_limits));
     let http_limits = HttpLimits {
+        worker_logins: Arc::clone(&worker_logins),
         connections: ConnectionLimits::new(
             config.max_connections,
             config.max_connections_per_address,
@@ -197,7 +199,7 @@ pub async fn serve<L>(
         );
     }
     let state = Arc::new(AppState {
-        limiter: AuthLimiter::new(config.auth_limits),
+        limiter: worker_logins,
         admin_limiter: AuthLimiter::new(config.auth_limits),
         config,
         hub: hub.clone(),

@@ -205,6 +205,12 @@ impl AuthLimiter {
         table.proven.insert(counted_as(ip));
     }
 
+    /// Whether `ip` has logged in successfully (and is still remembered).
+    pub fn has_logged_in(&self, ip: IpAddr) -> bool {
+        let table = self.table.lock().expect("limiter lock");
+        table.proven.contains(&counted_as(ip))
+    }
+
     /// Records a failed attempt from `ip`.
     pub fn failure(&self, ip: IpAddr, now: Instant) {
         let ip = counted_as(ip);

@@ -23,6 +23,10 @@ use crate::log_budget::LogBudget;
 /// How long a refused connection may take to receive its answer.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Connections past `--max-connections` kept for addresses that have logged in
+/// as workers, so a flood of idle clients cannot keep reconnecting workers out.
+pub(crate) const WORKER_RESERVE: usize = 256;
+
 /// Refusals being written at once; past it, a connection is closed without an answer.
 const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 
@@ -66,10 +70,21 @@ impl ConnectionLimits {
         })
     }
 
-    /// A slot for a new connection from `address`, or why there is none.
-    pub(crate) fn admit(self: &Arc<Self>, address: IpAddr) -> Result<ConnectionSlot, Refusal> {
+    /// A slot for a new connection from `address`, or why there is none. An
+    /// address that has logged in as a worker may also use the
+    /// [`WORKER_RESERVE`] slots past the cap.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        address: IpAddr,
+        known_worker: bool,
+    ) -> Result<ConnectionSlot, Refusal> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
-        if self.max != 0 && open >= self.max {
+        let cap = if known_worker {
+            self.max.saturating_add(WORKER_RESERVE)
+        } else {
+            self.max
+        };
+        if self.max != 0 && open >= cap {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Full);
         }
@@ -198,18 +213,36 @@ mod tests {
         let limits = ConnectionLimits::new(3, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = limits.admit(a).unwrap();
-        let _second = limits.admit(a).unwrap();
-        assert_eq!(limits.admit(a).unwrap_err(), Refusal::AddressFull);
-        let _third = limits.admit(b).unwrap();
-        assert_eq!(limits.admit(b).unwrap_err(), Refusal::Full);
+        let first = limits.admit(a, false).unwrap();
+        let _second = limits.admit(a, false).unwrap();
+        assert_eq!(limits.admit(a, false).unwrap_err(), Refusal::AddressFull);
+        let _third = limits.admit(b, false).unwrap();
+        assert_eq!(limits.admit(b, false).unwrap_err(), Refusal::Full);
         assert_eq!(limits.open(), 3);
         drop(first);
         assert_eq!(limits.open(), 2);
-        let _again = limits.admit(a).unwrap();
+        let _again = limits.admit(a, false).unwrap();
         // 0 means no cap.
         let unlimited = ConnectionLimits::new(0, 0);
-        let held: Vec<_> = (0..100).map(|_| unlimited.admit(a).unwrap()).collect();
+        let held: Vec<_> = (0..100)
+            .map(|_| unlimited.admit(a, false).unwrap())
+            .collect();
         assert_eq!(unlimited.open(), held.len());
+    }
+
+    #[test]
+    fn addresses_that_logged_in_as_workers_may_use_the_reserve_past_the_cap() {
+        let limits = ConnectionLimits::new(2, 0);
+        let stranger: IpAddr = "10.0.0.1".parse().unwrap();
+        let worker: IpAddr = "10.0.0.9".parse().unwrap();
+        let _held: Vec<_> = (0..2)
+            .map(|_| limits.admit(stranger, false).unwrap())
+            .collect();
+        assert_eq!(limits.admit(stranger, false).unwrap_err(), Refusal::Full);
+        let reserve: Vec<_> = (0..WORKER_RESERVE)
+            .map(|_| limits.admit(worker, true).unwrap())
+            .collect();
+        assert_eq!(limits.admit(worker, true).unwrap_err(), Refusal::Full);
+        assert_eq!(limits.open(), 2 + reserve.len());
     }
 }

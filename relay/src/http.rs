@@ -28,6 +28,7 @@ use tower_service::Service;
 use tracing::debug;
 
 use crate::app::PeerAddr;
+use crate::auth::AuthLimiter;
 use crate::body_deadline::DeadlineBody;
 use crate::connections::{ConnectionLimits, log_refusal};
 use crate::write_progress::WriteProgress;
@@ -44,6 +45,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct HttpLimits {
     /// The caps on open connections.
     pub(crate) connections: Arc<ConnectionLimits>,
+    /// Worker logins: addresses that logged in may use the slots kept for workers.
+    pub(crate) worker_logins: Arc<AuthLimiter>,
     /// How long a client may take no bytes while the relay has some for it (`None`: no limit).
     pub(crate) client_idle_timeout: Option<Duration>,
     /// Counts the connections that timeout cut.
@@ -77,7 +80,8 @@ pub(crate) async fn serve<L>(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let slot = match limits.connections.admit(peer.ip()) {
+        let known_worker = limits.worker_logins.has_logged_in(peer.ip());
+        let slot = match limits.connections.admit(peer.ip(), known_worker) {
             Ok(slot) => slot,
             Err(refusal) => {
                 log_refusal(refusal, peer.ip());
