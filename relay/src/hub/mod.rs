@@ -5,6 +5,7 @@
 //! worker links, chunks and ends to waiting responses (through each one's
 //! [`response_queue`]), closes to links. Deadlines come from `Relay::poll_timeout`.
 
+mod coalesce;
 mod commands;
 mod links;
 mod request;
@@ -15,6 +16,7 @@ mod views;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use modelrelay_core::relay::{Relay, RelayConfig};
 use modelrelay_core::{ModelName, ProviderId, WorkerId};
 use tokio::sync::{mpsc, oneshot};
@@ -24,12 +26,17 @@ use crate::operator::Metrics;
 pub(crate) use commands::{Command, LinkCommand, Transport};
 pub(crate) use views::{Counts, Snapshot, WorkerView};
 
+use coalesce::Coalesced;
 use task::HubTask;
 
 /// A handle to send commands to the hub.
 #[derive(Clone)]
 pub(crate) struct Hub {
     commands: mpsc::UnboundedSender<Command>,
+    /// `/health` and `/metrics` callers share the counts query in flight.
+    counts: Arc<Coalesced<Counts>>,
+    /// `/v1/models` callers share the models query in flight.
+    models: Arc<Coalesced<Arc<Vec<ModelName>>>>,
 }
 
 impl Hub {
@@ -42,7 +49,12 @@ impl Hub {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, inbox) = mpsc::unbounded_channel();
         let task = HubTask::new(Relay::new(config), provider, max_client_buffer, metrics);
-        (Self { commands }, tokio::spawn(task.run(inbox)))
+        let hub = Self {
+            commands,
+            counts: Arc::new(Coalesced::new()),
+            models: Arc::new(Coalesced::new()),
+        };
+        (hub, tokio::spawn(task.run(inbox)))
     }
 
     /// Sends a command; `false` if the hub has stopped.
@@ -57,18 +69,28 @@ impl Hub {
         answer.await.ok()
     }
 
-    /// The relay's numbers without lists, if the hub still runs.
+    /// The relay's numbers without lists, if the hub still runs (shared with
+    /// the callers of a query already in flight).
     pub(crate) async fn counts(&self) -> Option<Counts> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Counts(reply));
-        answer.await.ok()
+        self.counts
+            .get(|| {
+                let (reply, answer) = oneshot::channel();
+                self.send(Command::Counts(reply));
+                async move { answer.await.ok() }.boxed()
+            })
+            .await
     }
 
-    /// The models served now, if the hub still runs.
-    pub(crate) async fn models(&self) -> Option<Vec<ModelName>> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Models(reply));
-        answer.await.ok()
+    /// The models served now, if the hub still runs (shared with the callers
+    /// of a query already in flight).
+    pub(crate) async fn models(&self) -> Option<Arc<Vec<ModelName>>> {
+        self.models
+            .get(|| {
+                let (reply, answer) = oneshot::channel();
+                self.send(Command::Models(reply));
+                async move { answer.await.ok().map(Arc::new) }.boxed()
+            })
+            .await
     }
 
     /// The connected workers, if the hub still runs.
