@@ -152,7 +152,7 @@ const MAX_PROVEN: usize = 4096;
 
 /// The address failures are counted against: IPv4 as is (also when mapped
 /// into IPv6), IPv6 by its /64 network.
-fn counted_as(ip: IpAddr) -> IpAddr {
+pub(crate) fn counted_as(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

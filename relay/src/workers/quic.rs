@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::app::AppState;
+use crate::auth::counted_as;
 use crate::hub::Transport;
 use crate::log_budget::LogBudget;
 
@@ -93,10 +94,14 @@ pub fn endpoint(settings: &QuicSettings) -> Result<(quinn::Endpoint, String), Qu
     Ok((endpoint, fingerprint))
 }
 
-/// Connections that have not said who they are yet, at most this many from one address.
+/// Connections that have not said who they are yet, at most this many from one
+/// address (an IPv6 address counts by its /64, as failed logins do).
 const PENDING_PER_ADDRESS: usize = 4;
 /// And at most this many in all.
 const PENDING_IN_ALL: usize = 64;
+/// Places past [`PENDING_IN_ALL`] kept for addresses that have logged in
+/// before, so stalled handshakes from strangers cannot keep known workers out.
+const PENDING_RESERVE: usize = 16;
 
 /// Connections still before their hello, counted per address: until it says
 /// who it is, a peer may hold only a little of the relay.
@@ -110,11 +115,19 @@ struct PendingPlace<'a> {
 }
 
 impl Pending {
-    fn enter(&self, ip: IpAddr) -> Option<PendingPlace<'_>> {
+    /// A place for a connection from `ip`, if one is free; `known_worker`: the
+    /// address has logged in before and may use the reserve.
+    fn enter(&self, ip: IpAddr, known_worker: bool) -> Option<PendingPlace<'_>> {
+        let ip = counted_as(ip);
         let mut counts = self.0.lock().expect("pending lock");
         let all: usize = counts.values().sum();
+        let in_all = if known_worker {
+            PENDING_IN_ALL + PENDING_RESERVE
+        } else {
+            PENDING_IN_ALL
+        };
         let here = counts.entry(ip).or_insert(0);
-        if *here >= PENDING_PER_ADDRESS || all >= PENDING_IN_ALL {
+        if *here >= PENDING_PER_ADDRESS || all >= in_all {
             if *here == 0 {
                 counts.remove(&ip);
             }
@@ -190,7 +203,8 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
         incoming.refuse();
         return;
     }
-    let Some(place) = pending.enter(peer.ip()) else {
+    let known_worker = app.limiter.has_logged_in(peer.ip());
+    let Some(place) = pending.enter(peer.ip(), known_worker) else {
         if let Some(left_out) = REFUSAL_LINES.allow(now()) {
             warn!(%peer, left_out, "refusing a QUIC worker connection: too many connections still before their hello");
         }
@@ -241,4 +255,27 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
         reads,
     };
     run_link(reader, writer, link, app.hub.clone()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strangers_fill_the_pending_pool_by_their_slash_64_and_known_workers_keep_a_reserve() {
+        let pending = Pending::default();
+        // One /64 holds at most its share, however many addresses it uses.
+        let one_network: Vec<_> = (1..=8u16)
+            .filter_map(|host| pending.enter(format!("2001:db8::{host:x}").parse().unwrap(), false))
+            .collect();
+        assert_eq!(one_network.len(), PENDING_PER_ADDRESS);
+        // Strangers fill the rest of the pool...
+        let strangers: Vec<_> = (0..PENDING_IN_ALL as u32)
+            .filter_map(|n| pending.enter(IpAddr::from((0x0a00_0000_u32 + n).to_be_bytes()), false))
+            .collect();
+        assert_eq!(strangers.len() + one_network.len(), PENDING_IN_ALL);
+        assert!(pending.enter("192.0.2.1".parse().unwrap(), false).is_none());
+        // ...and a worker that logged in before still gets a place.
+        assert!(pending.enter("192.0.2.9".parse().unwrap(), true).is_some());
+    }
 }
