@@ -52,7 +52,7 @@ pub(crate) struct Args {
     #[arg(long, env = "MAX_BUFFERED_REQUEST_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub(crate) max_buffered_request_bytes: usize,
 
-    /// Seconds a client may take none of its answer's bytes before its connection is cut (a stream is cancelled at its worker). 0 means never.
+    /// Seconds a client (or a worker link) may take none of the relay's bytes before its connection is cut (a stream is cancelled at its worker). 0 means never, for worker links too.
     #[arg(long, env = "CLIENT_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub(crate) client_idle_timeout: u64,
 
