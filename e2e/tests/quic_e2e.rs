@@ -491,6 +491,7 @@ async fn a_quic_register_over_the_before_register_limit_closes_the_link_saying_s
 
     let relay = relay_with_quic(|_| {}).await;
     let (mut reader, writer) = raw_quic(&relay, SECRET).await.unwrap();
+    // One message goes through it: the writer's queue needs no bound here.
     let (queue, outgoing) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(LinkWriter::run(writer, outgoing, |_, _| None));
     // More names than any register the relay accepts: past the v2 before-register limit.

@@ -129,8 +129,9 @@ pub struct AuthLimiter {
 #[derive(Debug, Default)]
 struct Table {
     records: HashMap<IpAddr, Record>,
-    /// Records in the order they were made, for evicting the oldest (entries
-    /// whose record is gone or was made anew are skipped, and dropped at sweeps).
+    /// Records in the order they were made, for evicting the oldest: one entry
+    /// per record (eviction pops it, a sweep prunes it with its record), so at
+    /// most [`MAX_TRACKED`] entries.
     order: VecDeque<(IpAddr, Instant)>,
     last_sweep: Option<Instant>,
     /// Failures from all addresses in the current window.

@@ -42,9 +42,12 @@ pub(crate) enum Command {
         auth: AuthOutcome,
         name_hint: String,
         transport: Transport,
-        /// The link's outbound queue: unbounded for now, as it was before the
-        /// split (docs/architecture.md lists it); per-request windows across
-        /// the link (the flow-control issue) are what will bound it.
+        /// The link's outbound queue. Not bounded by its channel: the hub puts in
+        /// it request frames (their bodies held in `--max-buffered-request-bytes`
+        /// until their requests end), one cancel per request and heartbeats, and a
+        /// worker that stops taking them is cut by `--client-idle-timeout` (the
+        /// write-progress watch) or its heartbeats, which drops the queue. A
+        /// bounded channel comes with per-request windows (issue 13).
         outbound: mpsc::UnboundedSender<LinkCommand>,
         /// Cancelled when the hub closes the link; the link task then ends within a bound.
         closing: CancellationToken,

@@ -15,7 +15,8 @@ use super::{LinkCommand, Transport};
 
 /// What the hub holds of a worker link.
 pub(super) struct LinkHandle {
-    /// Unbounded for now (see `Command::WorkerConnected`'s `outbound`).
+    /// Bounded by what the hub puts in it, not by the channel (see
+    /// `Command::WorkerConnected`'s `outbound`).
     outbound: mpsc::UnboundedSender<LinkCommand>,
     closing: CancellationToken,
     transport: Transport,

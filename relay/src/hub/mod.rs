@@ -47,6 +47,8 @@ impl Hub {
         max_client_buffer: usize,
         metrics: Arc<Metrics>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        // Not bounded yet: link readers push worker frames as fast as workers
+        // send them; bounding it with per-request windows is issue 13.
         let (commands, inbox) = mpsc::unbounded_channel();
         let task = HubTask::new(Relay::new(config), provider, max_client_buffer, metrics);
         let hub = Self {

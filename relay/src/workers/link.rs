@@ -34,6 +34,7 @@ where
     W: LinkWriter<ServerMessage>,
 {
     let worker = link.worker;
+    // What bounds this queue: see `Command::WorkerConnected`'s `outbound`.
     let (outbound, queue) = mpsc::unbounded_channel();
     let closing = CancellationToken::new();
     let connected = hub.send(Command::WorkerConnected {
