@@ -22,6 +22,16 @@ async fn read_until_closed(client: &mut TcpStream) -> String {
 }
 
 /// The JSON body of a raw HTTP answer.
+/// What the relay answers `GET /health` on a new connection, read until it closes.
+async fn health_on_a_new_connection(relay: &modelrelay_relay::RunningServer) -> String {
+    let mut client = TcpStream::connect(relay.addr()).await.unwrap();
+    client
+        .write_all(b"GET /health HTTP/1.1\r\nhost: relay\r\n\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut client).await
+}
+
 fn json_body(answer: &str) -> serde_json::Value {
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
@@ -147,12 +157,7 @@ async fn past_max_connections_a_new_connection_gets_503_and_is_closed() {
         TcpStream::connect(relay.addr()).await.unwrap(),
         TcpStream::connect(relay.addr()).await.unwrap(),
     ];
-    let mut third = TcpStream::connect(relay.addr()).await.unwrap();
-    third
-        .write_all(b"GET /health HTTP/1.1\r\nhost: relay\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_until_closed(&mut third).await;
+    let answer = health_on_a_new_connection(&relay).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert_eq!(json_body(&answer)["error"]["code"], "too_many_connections");
     drop(held);
@@ -186,12 +191,7 @@ async fn the_per_address_cap_refuses_with_429_and_never_counts_worker_links() {
     // The client's pooled connection and this one hold the address's two
     // places; the worker's link from the same address is not counted.
     let _second = TcpStream::connect(relay.addr()).await.unwrap();
-    let mut third = TcpStream::connect(relay.addr()).await.unwrap();
-    third
-        .write_all(b"GET /health HTTP/1.1\r\nhost: relay\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_until_closed(&mut third).await;
+    let answer = health_on_a_new_connection(&relay).await;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert_eq!(
         json_body(&answer)["error"]["code"],
