@@ -343,7 +343,7 @@ impl<D: Dialer> Driver<D> {
             )
             .await;
             match result {
-                Ok(Link::WebSocket(reader, writer, wire)) => {
+                Ok(Link::WebSocket(reader, writer, wire, _flow)) => {
                     run_link(reader, writer, wire, generation, events).await
                 }
                 Ok(Link::Quic(reader, writer)) => {

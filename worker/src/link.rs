@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_core::wire::{FrameLimits, LinkFlow, ServerMessage, WireVersion, WorkerMessage};
 use modelrelay_transports::quic::{self, Hello, QuicReader, WorkerWriter};
-use modelrelay_transports::ws::client::{HandshakeError, handshake};
+use modelrelay_transports::ws::client::{HandshakeError, Offer, handshake};
 use modelrelay_transports::ws::{WsReader, WsWriter, split};
 use modelrelay_transports::{LinkError, close_code};
 use rustls::pki_types::ServerName;
@@ -265,8 +265,12 @@ pub enum ProtocolChoice {
     Auto,
     /// Only v1 (JSON), as existing workers speak.
     V1,
-    /// Only v2.
+    /// Only v2 (with the v2.1 revision's windows if the relay knows them).
     V2,
+    /// Only plain v2, as workers before the v2.1 revision spoke it: for tests of
+    /// mixed versions.
+    #[value(name = "v2-without-windows", hide = true)]
+    V2WithoutWindows,
 }
 
 /// Why the worker could not open a link.
@@ -389,11 +393,12 @@ fn quic_refusal(error: &quinn::ConnectionError) -> Option<Refused> {
 
 /// An open link to the relay, of either kind.
 pub enum Link<S> {
-    /// A WebSocket on byte stream `S`, speaking the negotiated encoding.
+    /// A WebSocket on byte stream `S`, speaking the negotiated encoding and flow.
     WebSocket(
         WsReader<S, ServerMessage>,
         WsWriter<S, WorkerMessage>,
         WireVersion,
+        LinkFlow,
     ),
     /// A QUIC connection (always v2).
     Quic(QuicReader<ServerMessage>, WorkerWriter),
@@ -411,9 +416,9 @@ pub async fn connect<D: Dialer>(
 ) -> Result<Link<D::Stream>, ConnectError> {
     match endpoint.transport {
         RelayTransport::WebSocket => {
-            let (reader, writer, wire) =
+            let (reader, writer, wire, flow) =
                 connect_websocket(dialer, endpoint, secret, protocol, limits, timeout).await?;
-            Ok(Link::WebSocket(reader, writer, wire))
+            Ok(Link::WebSocket(reader, writer, wire, flow))
         }
         RelayTransport::Quic => {
             let config = quic_config.ok_or(ConnectError::NoQuicSettings)?.clone();
@@ -452,10 +457,11 @@ async fn connect_websocket<D: Dialer>(
         WsReader<D::Stream, ServerMessage>,
         WsWriter<D::Stream, WorkerMessage>,
         WireVersion,
+        LinkFlow,
     ),
     ConnectError,
 > {
-    let attempt = |offer_v2: bool| async move {
+    let attempt = |offer: Offer| async move {
         let stream = tokio::time::timeout(timeout, dialer.dial(endpoint))
             .await
             .map_err(|_| ConnectError::Timeout(endpoint.connect_url.clone()))?
@@ -466,22 +472,25 @@ async fn connect_websocket<D: Dialer>(
         let headers = [("x-worker-secret", secret)];
         let result = tokio::time::timeout(
             timeout,
-            handshake(stream, &endpoint.connect_url, &headers, offer_v2, limits),
+            handshake(stream, &endpoint.connect_url, &headers, offer, limits),
         )
         .await
         .map_err(|_| ConnectError::Timeout(endpoint.connect_url.clone()))?;
         Ok::<_, ConnectError>(result?)
     };
-    let (socket, wire) = match protocol {
-        ProtocolChoice::V1 => attempt(false).await?,
-        ProtocolChoice::V2 => attempt(true).await?,
-        ProtocolChoice::Auto => match attempt(true).await {
-            Err(ConnectError::Handshake(HandshakeError::V2NotSupported)) => attempt(false).await?,
+    let (socket, wire, flow) = match protocol {
+        ProtocolChoice::V1 => attempt(Offer::V1).await?,
+        ProtocolChoice::V2 => attempt(Offer::V2Windowed).await?,
+        ProtocolChoice::V2WithoutWindows => attempt(Offer::V2).await?,
+        ProtocolChoice::Auto => match attempt(Offer::V2Windowed).await {
+            Err(ConnectError::Handshake(HandshakeError::V2NotSupported)) => {
+                attempt(Offer::V1).await?
+            }
             other => other?,
         },
     };
     let (reader, writer) = split(socket, wire, limits);
-    Ok((reader, writer, wire))
+    Ok((reader, writer, wire, flow))
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ impl WorkerSession {
             ServerMessage::Ping(ping) => self.on_ping(ping),
             ServerMessage::GracefulShutdown(drain) => self.on_server_drain(now, drain),
             ServerMessage::ModelsRefresh(_) => self.outputs.push_back(SessionOutput::RefreshModels),
+            // No relay grants windows to this worker yet: it never offers v2.1.
+            ServerMessage::WindowUpdate(_) => {}
         }
     }
 

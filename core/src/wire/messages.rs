@@ -51,6 +51,8 @@ pub enum ServerMessage {
     GracefulShutdown(GracefulShutdown),
     /// Re-read the backend's models and send a `models_update`.
     ModelsRefresh(ModelsRefresh),
+    /// More room for one request's streamed answer (v2.1 links only).
+    WindowUpdate(WindowUpdate),
 }
 
 tagged_by_type!(WorkerMessage, WorkerMessageType, "a worker message: a JSON object tagged by `type`" {
@@ -69,6 +71,7 @@ tagged_by_type!(ServerMessage, ServerMessageType, "a server message: a JSON obje
     Ping(Ping),
     GracefulShutdown(GracefulShutdown),
     ModelsRefresh(ModelsRefresh),
+    WindowUpdate(WindowUpdate),
 });
 
 /// `register`: sent once, as the first frame.
@@ -273,6 +276,24 @@ pub struct ModelsRefresh {
     /// Why a refresh is asked for.
     #[serde(default, skip_serializing_if = "skip_none")]
     pub reason: Option<String>,
+}
+
+/// `window_update`: how many `response_chunk` payload bytes the worker may have
+/// sent for a request in all, since it was dispatched.
+///
+/// Sent only on a link that negotiated the v2.1 revision ([`LinkFlow::Windowed`]);
+/// until the first one, a request's window is [`INITIAL_WINDOW`]. The value
+/// only ever grows: a smaller one, a repeat, or one for a request the worker
+/// does not run is ignored. `response_complete` bodies and `error`s do not count.
+///
+/// [`LinkFlow::Windowed`]: super::LinkFlow::Windowed
+/// [`INITIAL_WINDOW`]: super::INITIAL_WINDOW
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowUpdate {
+    /// The request the window is for.
+    pub request_id: WireRequestId,
+    /// Cumulative payload bytes the worker may have sent for it.
+    pub max_bytes: u64,
 }
 
 /// Why a request was cancelled.

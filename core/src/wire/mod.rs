@@ -20,7 +20,7 @@ pub use bounded::{MAX_ACK_WARNINGS, MAX_HEADER_PAIRS, MAX_LISTED_MODELS};
 pub use messages::{
     BackendUsage, Cancel, CancelReason, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate,
     Ping, Pong, Register, RegisterAck, RequestFrame, ResponseChunk, ResponseComplete,
-    ServerMessage, TokenCounts, WorkerError, WorkerMessage,
+    ServerMessage, TokenCounts, WindowUpdate, WorkerError, WorkerMessage,
 };
 pub use register_limit::MAX_PROTOCOL_VERSION_BYTES;
 
@@ -30,6 +30,15 @@ pub const V1_PROTOCOL_VERSION: &str = "2026-04-bridge-v1";
 pub const V2_PROTOCOL_VERSION: &str = "modelrelay-v2";
 /// WebSocket subprotocol a worker offers to ask for v2 framing.
 pub const V2_WEBSOCKET_SUBPROTOCOL: &str = "modelrelay.v2";
+/// WebSocket subprotocol of the v2.1 revision: v2 framing plus `window_update`.
+///
+/// A worker offers it before [`V2_WEBSOCKET_SUBPROTOCOL`]; a relay that does
+/// not know it picks plain v2, and then no `window_update` is ever sent.
+pub const V2_1_WEBSOCKET_SUBPROTOCOL: &str = "modelrelay.v2.1";
+/// Payload bytes of a request's streamed answer a worker may send before any
+/// `window_update`, on a link with [`LinkFlow::Windowed`]. Part of the
+/// protocol: both sides assume it, so the first chunk never waits for a grant.
+pub const INITIAL_WINDOW: u64 = 64 * 1024;
 /// QUIC ALPN identifier of v2.
 pub const V2_ALPN: &[u8] = b"modelrelay/2";
 /// The version byte that starts every v2 frame.
@@ -69,6 +78,19 @@ pub enum WireVersion {
     V1,
     /// postcard binary frames with raw payloads.
     V2,
+}
+
+/// Whether the relay paces each request's streamed answer with `window_update`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinkFlow {
+    /// The relay grants each request a byte window and tops it up as its client
+    /// reads: a WebSocket link that negotiated v2.1, or a QUIC link (where the
+    /// relay applies the window to its read of the request's stream instead of
+    /// sending it).
+    Windowed,
+    /// No `window_update` travels: v1 links, and v2 links with a peer that
+    /// did not offer or pick v2.1.
+    Unwindowed,
 }
 
 /// Limits a decoder enforces on frames from a peer.
@@ -290,6 +312,7 @@ v2_tags!(ServerMessage {
     4 => Ping,
     5 => GracefulShutdown,
     6 => ModelsRefresh,
+    7 => WindowUpdate,
 });
 
 impl WorkerMessage {

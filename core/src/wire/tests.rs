@@ -210,6 +210,13 @@ fn golden_server_frames() -> Vec<(ServerMessage, &'static str)> {
             ServerMessage::ModelsRefresh(ModelsRefresh { reason: None }),
             r#"{"type":"models_refresh"}"#,
         ),
+        (
+            ServerMessage::WindowUpdate(WindowUpdate {
+                request_id: RequestId::new(300).into(),
+                max_bytes: 262_144,
+            }),
+            r#"{"type":"window_update","request_id":"300","max_bytes":262144}"#,
+        ),
     ]
 }
 
@@ -267,7 +274,8 @@ fn v1_every_message_type_has_a_golden_frame() {
             "cancel",
             "ping",
             "graceful_shutdown",
-            "models_refresh"
+            "models_refresh",
+            "window_update"
         ])
     );
 }
@@ -374,6 +382,17 @@ fn v2_golden_chunk_frame_layout() {
     let mut expected = vec![2, 3, 0, 0xac, 0x02, 9];
     expected.extend_from_slice(b"data: x\n\n");
     assert_eq!(&frame[..], &expected[..]);
+}
+
+#[test]
+fn v2_golden_window_update_frame_layout() {
+    let message = ServerMessage::WindowUpdate(WindowUpdate {
+        request_id: RequestId::new(300).into(),
+        max_bytes: 262_144,
+    });
+    let frame = WireVersion::V2.encode(&message).unwrap();
+    // version 2, tag 7 (window_update), id variant 0 (number) and varint 300, varint 2^18.
+    assert_eq!(&frame[..], &[2, 7, 0, 0xac, 0x02, 0x80, 0x80, 0x10]);
 }
 
 #[test]
@@ -579,7 +598,7 @@ fn arb_server_message() -> impl Strategy<Value = ServerMessage> {
                     }))
                 }
             ),
-        (request_id, arb_cancel_reason())
+        (request_id.clone(), arb_cancel_reason())
             .prop_map(|(request_id, reason)| ServerMessage::Cancel(Cancel { request_id, reason })),
         opt_u64().prop_map(|timestamp_unix_ms| ServerMessage::Ping(Ping { timestamp_unix_ms })),
         (proptest::option::of(text()), opt_u64()).prop_map(|(reason, drain_timeout_secs)| {
@@ -590,6 +609,12 @@ fn arb_server_message() -> impl Strategy<Value = ServerMessage> {
         }),
         proptest::option::of(text())
             .prop_map(|reason| ServerMessage::ModelsRefresh(ModelsRefresh { reason })),
+        (request_id, any::<u64>()).prop_map(|(request_id, max_bytes)| {
+            ServerMessage::WindowUpdate(WindowUpdate {
+                request_id,
+                max_bytes,
+            })
+        }),
     ]
 }
 
@@ -693,6 +718,7 @@ enum DerivedServerMessage {
     Ping(Ping),
     GracefulShutdown(GracefulShutdown),
     ModelsRefresh(ModelsRefresh),
+    WindowUpdate(WindowUpdate),
 }
 
 impl From<DerivedWorkerMessage> for WorkerMessage {
@@ -717,6 +743,7 @@ impl From<DerivedServerMessage> for ServerMessage {
             DerivedServerMessage::Ping(m) => Self::Ping(m),
             DerivedServerMessage::GracefulShutdown(m) => Self::GracefulShutdown(m),
             DerivedServerMessage::ModelsRefresh(m) => Self::ModelsRefresh(m),
+            DerivedServerMessage::WindowUpdate(m) => Self::WindowUpdate(m),
         }
     }
 }

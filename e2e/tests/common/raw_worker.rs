@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use modelrelay_core::wire::FrameLimits;
-use modelrelay_transports::ws::client::{HandshakeError, handshake};
+use modelrelay_transports::ws::client::{HandshakeError, Offer, handshake};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -22,9 +22,9 @@ pub async fn raw_connect(
 ) -> Result<Socket, HandshakeError> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let url = format!("ws://{addr}/v1/worker/connect{query}");
-    handshake(stream, &url, headers, false, FrameLimits::default())
+    handshake(stream, &url, headers, Offer::V1, FrameLimits::default())
         .await
-        .map(|(socket, _)| socket)
+        .map(|(socket, _, _)| socket)
 }
 
 /// The next text frame as JSON, or the close frame's code.

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use modelrelay_core::wire::{FrameLimits, ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_core::wire::{FrameLimits, LinkFlow, ServerMessage, WireVersion, WorkerMessage};
 use modelrelay_core::{DEFAULT_PROVIDER, WorkerId};
 use modelrelay_transports::ReadLimit;
 use modelrelay_transports::ws::{split_limited, upgrade};
@@ -103,7 +103,9 @@ pub(super) async fn connect(
         };
         run_link(reader, writer, link, hub).await;
     });
-    Ok(upgrade.response(wire).map(|()| Body::empty()))
+    Ok(upgrade
+        .response(wire, LinkFlow::Unwindowed)
+        .map(|()| Body::empty()))
 }
 
 /// The 401 for a secret passed in the query string while that is not allowed.

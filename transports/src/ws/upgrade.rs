@@ -7,7 +7,9 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use modelrelay_core::wire::{FrameLimits, V2_WEBSOCKET_SUBPROTOCOL, WireVersion};
+use modelrelay_core::wire::{
+    FrameLimits, LinkFlow, V2_1_WEBSOCKET_SUBPROTOCOL, V2_WEBSOCKET_SUBPROTOCOL, WireVersion,
+};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -34,6 +36,7 @@ pub enum UpgradeError {
 pub struct UpgradeRequest {
     accept: String,
     offers_v2: bool,
+    offers_v2_1: bool,
 }
 
 fn header_has_token(headers: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
@@ -66,6 +69,7 @@ pub fn inspect(method: &Method, headers: &HeaderMap) -> Result<UpgradeRequest, U
     Ok(UpgradeRequest {
         accept: derive_accept_key(key.as_bytes()),
         offers_v2: header_has_token(headers, SEC_WEBSOCKET_PROTOCOL, V2_WEBSOCKET_SUBPROTOCOL),
+        offers_v2_1: header_has_token(headers, SEC_WEBSOCKET_PROTOCOL, V2_1_WEBSOCKET_SUBPROTOCOL),
     })
 }
 
@@ -75,8 +79,14 @@ impl UpgradeRequest {
         self.offers_v2
     }
 
-    /// The `101 Switching Protocols` answer, naming the v2 subprotocol if `wire` is v2.
-    pub fn response(&self, wire: WireVersion) -> Response<()> {
+    /// Whether the client offered the v2.1 revision (v2 with `window_update`).
+    pub fn offers_v2_1(&self) -> bool {
+        self.offers_v2_1
+    }
+
+    /// The `101 Switching Protocols` answer, naming the subprotocol picked: v2.1
+    /// for a v2 link with `flow` windowed, v2 for a plain v2 link, none for v1.
+    pub fn response(&self, wire: WireVersion, flow: LinkFlow) -> Response<()> {
         let mut response = Response::new(());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -86,11 +96,13 @@ impl UpgradeRequest {
             SEC_WEBSOCKET_ACCEPT,
             HeaderValue::from_str(&self.accept).expect("base64 is a valid header value"),
         );
-        if wire == WireVersion::V2 {
-            headers.insert(
-                SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(V2_WEBSOCKET_SUBPROTOCOL),
-            );
+        let picked = match (wire, flow) {
+            (WireVersion::V1, _) => None,
+            (WireVersion::V2, LinkFlow::Windowed) => Some(V2_1_WEBSOCKET_SUBPROTOCOL),
+            (WireVersion::V2, LinkFlow::Unwindowed) => Some(V2_WEBSOCKET_SUBPROTOCOL),
+        };
+        if let Some(picked) = picked {
+            headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(picked));
         }
         response
     }
@@ -152,7 +164,7 @@ mod tests {
     fn a_valid_upgrade_is_answered_with_the_rfc_accept_key() {
         let request = inspect(&Method::GET, &upgrade_headers(None)).unwrap();
         assert!(!request.offers_v2());
-        let response = request.response(WireVersion::V1);
+        let response = request.response(WireVersion::V1, LinkFlow::Unwindowed);
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         // The example from RFC 6455, section 1.3.
         assert_eq!(
@@ -167,16 +179,47 @@ mod tests {
         let request = inspect(&Method::GET, &upgrade_headers(Some("chat, modelrelay.v2"))).unwrap();
         assert!(request.offers_v2());
         assert_eq!(
-            request.response(WireVersion::V2).headers()[SEC_WEBSOCKET_PROTOCOL],
+            request
+                .response(WireVersion::V2, LinkFlow::Unwindowed)
+                .headers()[SEC_WEBSOCKET_PROTOCOL],
             V2_WEBSOCKET_SUBPROTOCOL
         );
         assert!(
             request
-                .response(WireVersion::V1)
+                .response(WireVersion::V1, LinkFlow::Unwindowed)
                 .headers()
                 .get(SEC_WEBSOCKET_PROTOCOL)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_v2_1_offer_is_noticed_and_answered_with_v2_1_only_when_windows_are_picked() {
+        let request = inspect(
+            &Method::GET,
+            &upgrade_headers(Some("modelrelay.v2.1, modelrelay.v2")),
+        )
+        .unwrap();
+        assert!(request.offers_v2() && request.offers_v2_1());
+        let picked = |wire, flow| {
+            request
+                .response(wire, flow)
+                .headers()
+                .get(SEC_WEBSOCKET_PROTOCOL)
+                .map(|p| p.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            picked(WireVersion::V2, LinkFlow::Windowed).as_deref(),
+            Some(V2_1_WEBSOCKET_SUBPROTOCOL)
+        );
+        assert_eq!(
+            picked(WireVersion::V2, LinkFlow::Unwindowed).as_deref(),
+            Some(V2_WEBSOCKET_SUBPROTOCOL)
+        );
+        assert_eq!(picked(WireVersion::V1, LinkFlow::Windowed), None);
+        // A plain v2 offer is not a v2.1 offer.
+        let v2 = inspect(&Method::GET, &upgrade_headers(Some("modelrelay.v2"))).unwrap();
+        assert!(v2.offers_v2() && !v2.offers_v2_1());
     }
 
     #[test]
