@@ -19,15 +19,36 @@ use super::{LoadConfig, LoadReport, Outcome, Percentiles, Stop};
 /// The worker secret of the compared relays.
 const SECRET: &str = "compare-secret";
 
-/// What to compare, and with which programs.
+/// The programs a comparison starts, and where the relays keep their files.
 #[derive(Clone, Debug)]
-pub struct CompareConfig {
+pub struct Programs {
     /// The `modelrelay-server` program.
     pub server_bin: PathBuf,
     /// The `modelrelay-worker` program.
     pub worker_bin: PathBuf,
     /// This program (it runs the fake backend as `modelrelay-load backend`).
     pub load_bin: PathBuf,
+    /// Where the relays keep their certificate.
+    pub data_dir: PathBuf,
+}
+
+impl Programs {
+    /// Checks that every program exists and makes the data directory.
+    pub(crate) fn check(&self) -> Result<(), CompareError> {
+        for program in [&self.server_bin, &self.worker_bin, &self.load_bin] {
+            if !program.is_file() {
+                return Err(CompareError::Missing(program.clone()));
+            }
+        }
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| process_error("data dir", e))
+    }
+}
+
+/// What to compare, and with which programs.
+#[derive(Clone, Debug)]
+pub struct CompareConfig {
+    /// The programs.
+    pub programs: Programs,
     /// Streams in flight at once in the streaming loads.
     pub concurrency: usize,
     /// Streaming requests per path, at full speed (throughput).
@@ -44,8 +65,6 @@ pub struct CompareConfig {
     pub cancel_concurrency: usize,
     /// Streams held open at once over WebSocket (0 skips that load).
     pub open_streams: usize,
-    /// Where the relays keep their certificate.
-    pub data_dir: PathBuf,
 }
 
 /// Which way requests reach the backend.
@@ -146,7 +165,7 @@ pub enum CompareError {
     Tls(#[from] modelrelay_transports::tls::TlsError),
 }
 
-fn process_error(what: &'static str, detail: impl fmt::Display) -> CompareError {
+pub(crate) fn process_error(what: &'static str, detail: impl fmt::Display) -> CompareError {
     CompareError::Process {
         what,
         detail: detail.to_string(),
@@ -154,7 +173,7 @@ fn process_error(what: &'static str, detail: impl fmt::Display) -> CompareError 
 }
 
 /// A child process, killed when dropped.
-struct Running {
+pub(crate) struct Running {
     child: Child,
 }
 
@@ -172,12 +191,12 @@ impl Running {
         Ok(Self { child })
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
     /// Peak resident memory so far, in MB (Linux `VmHWM`).
-    fn peak_rss_mb(&self) -> Option<f64> {
+    pub(crate) fn peak_rss_mb(&self) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -197,7 +216,7 @@ impl Running {
         ))
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.pid() {
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -231,7 +250,7 @@ fn free_ports() -> std::io::Result<(u16, u16)> {
 }
 
 /// The fake backend, as a process of its own.
-async fn start_backend(load_bin: &Path) -> Result<(Running, String), CompareError> {
+pub(crate) async fn start_backend(load_bin: &Path) -> Result<(Running, String), CompareError> {
     let mut backend = Running::start(
         "fake backend",
         load_bin,
@@ -255,25 +274,33 @@ async fn start_backend(load_bin: &Path) -> Result<(Running, String), CompareErro
 }
 
 /// A relay (server and one worker) in front of `backend_url`.
-struct Relay {
-    server: Running,
-    worker: Running,
-    url: String,
+pub(crate) struct Relay {
+    pub(crate) server: Running,
+    pub(crate) worker: Running,
+    pub(crate) url: String,
 }
 
-async fn start_relay(
-    config: &CompareConfig,
+/// Extra arguments for the relay's two programs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ExtraArgs {
+    pub(crate) server: Vec<String>,
+    pub(crate) worker: Vec<String>,
+}
+
+pub(crate) async fn start_relay(
+    programs: &Programs,
     path: Via,
     backend_url: &str,
     slots: usize,
+    extra: &ExtraArgs,
 ) -> Result<Relay, CompareError> {
     let (http_port, quic_port) = free_ports().map_err(|e| process_error("ports", e))?;
     let listen = format!("127.0.0.1:{http_port}");
     let quic_listen = format!("127.0.0.1:{quic_port}");
-    let data_dir = config.data_dir.to_string_lossy().into_owned();
+    let data_dir = programs.data_dir.to_string_lossy().into_owned();
     // Made here (and kept in the data dir, where the server finds it) to know its fingerprint.
     let identity = modelrelay_transports::tls::RelayIdentity::self_signed_in(
-        &config.data_dir,
+        &programs.data_dir,
         &["localhost".to_owned(), "127.0.0.1".to_owned()],
     )?;
     let mut server_args = vec![
@@ -291,7 +318,8 @@ async fn start_relay(
     if path == Via::Quic {
         server_args.extend(["--quic-listen".into(), quic_listen.clone()]);
     }
-    let server = Running::start("modelrelay-server", &config.server_bin, &server_args)?;
+    server_args.extend(extra.server.iter().cloned());
+    let server = Running::start("modelrelay-server", &programs.server_bin, &server_args)?;
     let url = format!("http://{listen}");
     let mut worker_args = vec![
         "--backend-url".into(),
@@ -314,8 +342,9 @@ async fn start_relay(
         ]),
         _ => worker_args.extend(["--proxy-url".into(), url.clone()]),
     }
+    worker_args.extend(extra.worker.iter().cloned());
     wait_for(&url, 0).await?;
-    let worker = Running::start("modelrelay-worker", &config.worker_bin, &worker_args)?;
+    let worker = Running::start("modelrelay-worker", &programs.worker_bin, &worker_args)?;
     wait_for(&url, 1).await?;
     Ok(Relay {
         server,
@@ -343,7 +372,12 @@ async fn wait_for(url: &str, workers: u64) -> Result<(), CompareError> {
     }
 }
 
-async fn get_json(url: &str) -> Option<Value> {
+pub(crate) async fn get_json(url: &str) -> Option<Value> {
+    serde_json::from_str(&get_text(url).await?).ok()
+}
+
+/// The body of a `GET`, as text.
+pub(crate) async fn get_text(url: &str) -> Option<String> {
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -351,7 +385,7 @@ async fn get_json(url: &str) -> Option<Value> {
     let uri: http::Uri = url.parse().ok()?;
     let response = client.get(uri).await.ok()?;
     let body = response.into_body().collect().await.ok()?.to_bytes();
-    serde_json::from_slice(&body).ok()
+    String::from_utf8(body.to_vec()).ok()
 }
 
 /// Tokens every this many milliseconds in the paced load (50 tokens/s, a typical model).
@@ -463,7 +497,16 @@ async fn measure_path(
     };
     let relay = match path {
         Via::Direct => None,
-        _ => Some(start_relay(config, path, backend_url, config.concurrency * 4).await?),
+        _ => Some(
+            start_relay(
+                &config.programs,
+                path,
+                backend_url,
+                config.concurrency * 4,
+                &ExtraArgs::default(),
+            )
+            .await?,
+        ),
     };
     let url = relay
         .as_ref()
@@ -513,7 +556,14 @@ async fn open_streams(
     config: &CompareConfig,
     backend_url: &str,
 ) -> Result<OpenStreamsReport, CompareError> {
-    let relay = start_relay(config, Via::WebSocket, backend_url, config.open_streams).await?;
+    let relay = start_relay(
+        &config.programs,
+        Via::WebSocket,
+        backend_url,
+        config.open_streams,
+        &ExtraArgs::default(),
+    )
+    .await?;
     let mut load = LoadConfig::new(&relay.url);
     load.concurrency = config.open_streams;
     load.stop = Stop::Requests(config.open_streams as u64);
@@ -535,7 +585,7 @@ async fn open_streams(
     })
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -562,19 +612,14 @@ fn machine() -> String {
 
 /// Says on standard error what the comparison is doing (it takes a while).
 #[allow(clippy::print_stderr)] // a command-line tool's progress
-fn announce(step: &str) {
+pub(crate) fn announce(step: &str) {
     eprintln!("{step}");
 }
 
 /// Runs the whole comparison.
 pub async fn compare(config: &CompareConfig) -> Result<CompareReport, CompareError> {
-    for program in [&config.server_bin, &config.worker_bin, &config.load_bin] {
-        if !program.is_file() {
-            return Err(CompareError::Missing(program.clone()));
-        }
-    }
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| process_error("data dir", e))?;
-    let (backend, backend_url) = start_backend(&config.load_bin).await?;
+    config.programs.check()?;
+    let (backend, backend_url) = start_backend(&config.programs.load_bin).await?;
     let mut paths = Vec::new();
     for path in [Via::Direct, Via::WebSocket, Via::Quic] {
         announce(&format!("measuring {path} ..."));

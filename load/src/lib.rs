@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod compare;
+pub mod flow;
 pub mod report;
 
 use std::collections::BTreeMap;

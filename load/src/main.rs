@@ -9,7 +9,8 @@ use axum::routing::get;
 use clap::{Parser, Subcommand};
 use http::{HeaderName, HeaderValue};
 use modelrelay_load::check::ApiShape;
-use modelrelay_load::compare::{CompareConfig, compare, unix_us};
+use modelrelay_load::compare::{CompareConfig, Programs, compare, unix_us};
+use modelrelay_load::flow::{FlowConfig, flow};
 use modelrelay_load::{LoadConfig, Stop, bearer, run};
 use modelrelay_testkit::simulated_backend::{
     BackendEvent, SimulatedBackend, SimulatedBackendConfig,
@@ -32,6 +33,9 @@ enum Command {
     /// Starts a fake backend and the relay (WebSocket and QUIC), runs the same load
     /// straight and through each, and prints one table.
     Compare(CompareArgs),
+    /// Starts a fake backend and the relay, then measures what the relay holds when
+    /// it is paused during full-speed streams and when clients never read.
+    Flow(FlowArgs),
     /// Serves the fast fake backend (used by `compare`).
     #[command(hide = true)]
     Backend {
@@ -141,6 +145,46 @@ struct CompareArgs {
     json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct FlowArgs {
+    /// Full-speed streams in flight while the relay is paused.
+    #[arg(long, default_value_t = 32)]
+    streams: usize,
+    /// Tokens per long answer (about 150 bytes each).
+    #[arg(long, default_value_t = 200_000)]
+    tokens: usize,
+    /// Seconds the relay stays stopped.
+    #[arg(long, default_value_t = 8.0)]
+    pause: f64,
+    /// Never-reading client counts to try (comma-separated; empty skips it).
+    #[arg(long, value_delimiter = ',', default_value = "64,1000")]
+    idle_clients: Vec<usize>,
+    /// An extra argument for the server, repeatable (e.g. --server-arg=--max-buffered-bytes=32MiB).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// The modelrelay-server program (default: beside this one).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The modelrelay-worker program (default: beside this one).
+    #[arg(long)]
+    worker_bin: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The programs to start: the ones given, else those beside this one.
+fn programs(server_bin: Option<PathBuf>, worker_bin: Option<PathBuf>) -> anyhow::Result<Programs> {
+    let load_bin = std::env::current_exe().context("where is this program?")?;
+    let beside = |name: &str| load_bin.with_file_name(name);
+    Ok(Programs {
+        server_bin: server_bin.unwrap_or_else(|| beside("modelrelay-server")),
+        worker_bin: worker_bin.unwrap_or_else(|| beside("modelrelay-worker")),
+        load_bin: load_bin.clone(),
+        data_dir: std::env::temp_dir().join(format!("modelrelay-compare-{}", std::process::id())),
+    })
+}
+
 fn header(text: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
     let (name, value) = text
         .split_once(':')
@@ -195,16 +239,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
 
 #[allow(clippy::print_stdout)] // the report is the program's output
 async fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
-    let load_bin = std::env::current_exe().context("where is this program?")?;
-    let beside = |name: &str| load_bin.with_file_name(name);
     let config = CompareConfig {
-        server_bin: args
-            .server_bin
-            .unwrap_or_else(|| beside("modelrelay-server")),
-        worker_bin: args
-            .worker_bin
-            .unwrap_or_else(|| beside("modelrelay-worker")),
-        load_bin: load_bin.clone(),
+        programs: programs(args.server_bin, args.worker_bin)?,
         concurrency: args.concurrency,
         requests: args.requests,
         tokens: args.tokens,
@@ -213,10 +249,33 @@ async fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
         cancels: args.cancels,
         cancel_concurrency: args.cancel_concurrency,
         open_streams: args.open_streams,
-        data_dir: std::env::temp_dir().join(format!("modelrelay-compare-{}", std::process::id())),
     };
     let report = compare(&config).await;
-    let _ = std::fs::remove_dir_all(&config.data_dir);
+    let _ = std::fs::remove_dir_all(&config.programs.data_dir);
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)] // the report is the program's output
+async fn flow_command(args: FlowArgs) -> anyhow::Result<()> {
+    if !(args.pause > 0.0 && args.pause.is_finite()) {
+        anyhow::bail!("--pause must be a positive number of seconds");
+    }
+    let config = FlowConfig {
+        programs: programs(args.server_bin, args.worker_bin)?,
+        streams: args.streams,
+        tokens: args.tokens,
+        pause: Duration::from_secs_f64(args.pause),
+        idle_clients: args.idle_clients,
+        server_args: args.server_args,
+    };
+    let report = flow(&config).await;
+    let _ = std::fs::remove_dir_all(&config.programs.data_dir);
     let report = report?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -289,6 +348,7 @@ fn main() -> anyhow::Result<()> {
         match args.command {
             Command::Run(run) => run_command(run).await,
             Command::Compare(compare) => compare_command(compare).await,
+            Command::Flow(flow) => flow_command(flow).await,
             Command::Backend { listen } => backend_command(listen).await,
             Command::Forward { listen, to } => forward_command(listen, to).await,
         }
