@@ -134,15 +134,8 @@ struct CompareArgs {
     /// Streams held open at once over WebSocket (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     open_streams: usize,
-    /// The modelrelay-server program (default: beside this one).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// The modelrelay-worker program (default: beside this one).
-    #[arg(long)]
-    worker_bin: Option<PathBuf>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    programs: ProgramArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,6 +155,13 @@ struct FlowArgs {
     /// An extra argument for the server, repeatable (e.g. --server-arg=--max-buffered-bytes=32MiB).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    #[command(flatten)]
+    programs: ProgramArgs,
+}
+
+/// Which relay programs `compare` and `flow` start, and how they report.
+#[derive(Debug, clap::Args)]
+struct ProgramArgs {
     /// The modelrelay-server program (default: beside this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -174,12 +174,18 @@ struct FlowArgs {
 }
 
 /// The programs to start: the ones given, else those beside this one.
-fn programs(server_bin: Option<PathBuf>, worker_bin: Option<PathBuf>) -> anyhow::Result<Programs> {
+fn programs(args: &ProgramArgs) -> anyhow::Result<Programs> {
     let load_bin = std::env::current_exe().context("where is this program?")?;
     let beside = |name: &str| load_bin.with_file_name(name);
     Ok(Programs {
-        server_bin: server_bin.unwrap_or_else(|| beside("modelrelay-server")),
-        worker_bin: worker_bin.unwrap_or_else(|| beside("modelrelay-worker")),
+        server_bin: args
+            .server_bin
+            .clone()
+            .unwrap_or_else(|| beside("modelrelay-server")),
+        worker_bin: args
+            .worker_bin
+            .clone()
+            .unwrap_or_else(|| beside("modelrelay-worker")),
         load_bin: load_bin.clone(),
         data_dir: std::env::temp_dir().join(format!("modelrelay-compare-{}", std::process::id())),
     })
@@ -240,7 +246,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
 #[allow(clippy::print_stdout)] // the report is the program's output
 async fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
     let config = CompareConfig {
-        programs: programs(args.server_bin, args.worker_bin)?,
+        programs: programs(&args.programs)?,
         concurrency: args.concurrency,
         requests: args.requests,
         tokens: args.tokens,
@@ -253,7 +259,7 @@ async fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
     let report = compare(&config).await;
     let _ = std::fs::remove_dir_all(&config.programs.data_dir);
     let report = report?;
-    if args.json {
+    if args.programs.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
@@ -267,7 +273,7 @@ async fn flow_command(args: FlowArgs) -> anyhow::Result<()> {
         anyhow::bail!("--pause must be a positive number of seconds");
     }
     let config = FlowConfig {
-        programs: programs(args.server_bin, args.worker_bin)?,
+        programs: programs(&args.programs)?,
         streams: args.streams,
         tokens: args.tokens,
         pause: Duration::from_secs_f64(args.pause),
@@ -277,7 +283,7 @@ async fn flow_command(args: FlowArgs) -> anyhow::Result<()> {
     let report = flow(&config).await;
     let _ = std::fs::remove_dir_all(&config.programs.data_dir);
     let report = report?;
-    if args.json {
+    if args.programs.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
