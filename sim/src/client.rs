@@ -22,6 +22,8 @@ pub struct Ask {
     pub delay_ms: u64,
     /// Leave after this many chunks.
     pub abandon_after: Option<usize>,
+    /// Stop reading after this many chunks, for this long (a slow phone, a stalled tab).
+    pub pause_after: Option<(usize, Duration)>,
 }
 
 impl Ask {
@@ -33,6 +35,15 @@ impl Ask {
             tokens,
             delay_ms,
             abandon_after: None,
+            pause_after: None,
+        }
+    }
+
+    /// The same ask from a client that reads `chunks` chunks, then nothing for `pause`.
+    pub fn pausing(self, chunks: usize, pause: Duration) -> Self {
+        Self {
+            pause_after: Some((chunks, pause)),
+            ..self
         }
     }
 
@@ -140,6 +151,11 @@ async fn exchange(ask: &Ask, arrivals: &mut Vec<Duration>) -> Outcome {
         }
         if ask.abandon_after.is_some_and(|n| chunks >= n) {
             return Outcome::Left { chunks };
+        }
+        if let Some((after, pause)) = ask.pause_after
+            && after == chunks
+        {
+            tokio::time::sleep(pause).await;
         }
     }
     judge(ask, response.status, &body)

@@ -89,6 +89,8 @@ struct Log {
     events: Mutex<Vec<BackendEvent>>,
     /// When each event happened (wall clock, to compare with other processes' clocks).
     times: Mutex<Vec<SystemTime>>,
+    /// Body bytes each tagged stream has handed to the HTTP server so far.
+    streamed: Mutex<std::collections::HashMap<String, usize>>,
     changed: Notify,
 }
 
@@ -227,6 +229,18 @@ impl SimulatedBackend {
         self.log.events.lock().expect("log lock").clone()
     }
 
+    /// Body bytes the stream tagged `tag` has handed to the HTTP server so far
+    /// (what its client, or the server's buffers, took: a stalled reader stops it).
+    pub fn streamed_bytes(&self, tag: &str) -> usize {
+        self.log
+            .streamed
+            .lock()
+            .expect("log lock")
+            .get(tag)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Everything seen so far, in order, each with when it happened.
     pub fn timed_events(&self) -> Vec<(SystemTime, BackendEvent)> {
         let events = self.log.events.lock().expect("log lock");
@@ -357,6 +371,19 @@ struct Progress {
 }
 
 impl Progress {
+    /// Counts `bytes` more of the body as taken by the HTTP server.
+    fn streamed(&self, bytes: usize) {
+        if let Some(tag) = &self.tag {
+            *self
+                .log
+                .streamed
+                .lock()
+                .expect("log lock")
+                .entry(tag.clone())
+                .or_default() += bytes;
+        }
+    }
+
     fn finish(&mut self) {
         self.finished = true;
         self.log.push(BackendEvent::Finished {
@@ -461,6 +488,7 @@ async fn generate(
                 tokio::time::sleep(delay).await;
             }
             progress.chunks_sent += 1;
+            progress.streamed(event.text.len());
             if events.len() == 0 && linger.is_none() {
                 progress.finish();
             }
