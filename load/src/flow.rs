@@ -89,11 +89,11 @@ pub struct FlowReport {
 /// How long after the streams start the relay is paused: long enough for every
 /// stream to be flowing at full speed.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
-/// How long the server's memory must stay flat before never-reading clients count
-/// as settled.
+/// How long the server's memory must stay flat, once every never-reading client's
+/// answer has begun, before the scenario counts as settled.
 const SETTLED_FOR: Duration = Duration::from_secs(3);
 /// The longest the never-reading scenario waits for the server to settle.
-const SETTLE_AT_MOST: Duration = Duration::from_secs(30);
+const SETTLE_AT_MOST: Duration = Duration::from_secs(60);
 
 /// Runs both scenarios.
 pub async fn flow(config: &FlowConfig) -> Result<FlowReport, CompareError> {
@@ -201,7 +201,7 @@ async fn pause_relay(
 async fn never_read(
     addr: std::net::SocketAddr,
     tokens: usize,
-    n: usize,
+    tag: &str,
 ) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     // A small window: the relay's writes stop reaching this client almost at once.
@@ -210,7 +210,7 @@ async fn never_read(
     let body = serde_json::json!({
         "model": "m", "stream": true, "max_tokens": tokens,
         "messages": [{"role": "user", "content": "Tell me a story."}],
-        "mock": {"tokens": tokens, "delay_ms": 0, "tag": format!("flow-idle-{n}")},
+        "mock": {"tokens": tokens, "delay_ms": 0, "tag": tag},
     })
     .to_string();
     let head = format!(
@@ -220,6 +220,24 @@ async fn never_read(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     Ok(stream)
+}
+
+/// How many never-reading clients' answers the backend has begun to send.
+async fn begun(backend_url: &str, prefix: &str) -> usize {
+    super::compare::get_json(&format!("{backend_url}/_load/streamed"))
+        .await
+        .and_then(|streamed| {
+            let streamed = streamed.as_object()?;
+            Some(
+                streamed
+                    .iter()
+                    .filter(|(tag, bytes)| {
+                        tag.starts_with(prefix) && bytes.as_u64().unwrap_or(0) > 0
+                    })
+                    .count(),
+            )
+        })
+        .unwrap_or(0)
 }
 
 /// The server's `modelrelay_buffered_answer_bytes`, in MB, if it reports it.
@@ -250,18 +268,26 @@ async fn never_reading(
         .trim_start_matches("http://")
         .parse()
         .map_err(|e| process_error("relay address", e))?;
+    // Tags of this run alone: the backend serves every run.
+    let prefix = format!("flow-idle-{clients}-");
     let mut connections = Vec::with_capacity(clients);
     for n in 0..clients {
         connections.push(
-            never_read(addr, config.tokens, n)
+            never_read(addr, config.tokens, &format!("{prefix}{n}"))
                 .await
                 .map_err(|e| process_error("never-reading client", e))?,
         );
     }
     let started = Instant::now();
     let (mut peak, mut flat_since, mut held_max) = (0.0_f64, Instant::now(), None::<f64>);
-    while started.elapsed() < SETTLE_AT_MOST && flat_since.elapsed() < SETTLED_FOR {
+    let mut all_begun = false;
+    while started.elapsed() < SETTLE_AT_MOST && !(all_begun && flat_since.elapsed() >= SETTLED_FOR)
+    {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if !all_begun {
+            all_begun = begun(backend_url, &prefix).await >= clients;
+            flat_since = Instant::now();
+        }
         let now = relay.server.peak_rss_mb().unwrap_or_default();
         if now > peak + 0.5 {
             (peak, flat_since) = (now, Instant::now());

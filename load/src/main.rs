@@ -291,7 +291,8 @@ async fn flow_command(args: FlowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fake backend, plus `/_load/cancellations`: when each tagged stream's client left.
+/// The fake backend, plus `/_load/cancellations` (when each tagged stream's client
+/// left) and `/_load/streamed` (body bytes each tagged stream has handed on).
 async fn backend_command(listen: String) -> anyhow::Result<()> {
     let backend = SimulatedBackend::new(SimulatedBackendConfig {
         models: vec!["m".into()],
@@ -299,7 +300,15 @@ async fn backend_command(listen: String) -> anyhow::Result<()> {
         token_delay: Duration::ZERO,
     });
     let log = backend.clone();
+    let streamed = backend.clone();
     let app = backend.router().route(
+        "/_load/streamed",
+        get(move || {
+            let streamed = streamed.clone();
+            async move { axum::Json(streamed.streamed()) }
+        }),
+    );
+    let app = app.route(
         "/_load/cancellations",
         get(move || {
             let log = log.clone();

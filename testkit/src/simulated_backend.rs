@@ -241,6 +241,15 @@ impl SimulatedBackend {
             .unwrap_or_default()
     }
 
+    /// [`SimulatedBackend::streamed_bytes`] of every tagged stream so far.
+    pub fn streamed(&self) -> std::collections::BTreeMap<String, usize> {
+        let streamed = self.log.streamed.lock().expect("log lock");
+        streamed
+            .iter()
+            .map(|(tag, &bytes)| (tag.clone(), bytes))
+            .collect()
+    }
+
     /// Everything seen so far, in order, each with when it happened.
     pub fn timed_events(&self) -> Vec<(SystemTime, BackendEvent)> {
         let events = self.log.events.lock().expect("log lock");
@@ -464,7 +473,7 @@ async fn generate(
     let fail_after = ask.directives.fail_after;
     let linger = ask.directives.linger_ms.map(Duration::from_millis);
     let chunks = stream::unfold(
-        (events.into_iter(), progress, 0usize),
+        (events.peekable(), progress, 0usize),
         move |(mut events, mut progress, n)| async move {
             if fail_after.is_some_and(|limit| n >= limit) {
                 progress.finished = true; // a deliberate break, not a cancellation
@@ -489,7 +498,7 @@ async fn generate(
             }
             progress.chunks_sent += 1;
             progress.streamed(event.text.len());
-            if events.len() == 0 && linger.is_none() {
+            if events.peek().is_none() && linger.is_none() {
                 progress.finish();
             }
             Some((
@@ -566,93 +575,155 @@ fn paced(mut event: SseEvent) -> SseEvent {
     event
 }
 
-fn stream_events(api: Api, ask: &Ask, tokens: usize) -> Vec<SseEvent> {
-    let model = ask.model.as_str();
-    let mut events = Vec::with_capacity(tokens + 6);
+/// The events of a streamed answer, made as they are sent: a long answer costs
+/// the backend no memory up front.
+type Events = Box<dyn Iterator<Item = SseEvent> + Send>;
+
+/// An answer's events: `head`, one paced event per token made by `token_event`,
+/// then `tail` (made once the tokens are out).
+fn events_around(
+    head: Vec<SseEvent>,
+    tokens: usize,
+    token_event: impl Fn(usize) -> SseEvent + Send + 'static,
+    tail: impl FnOnce() -> Vec<SseEvent> + Send + 'static,
+) -> Events {
+    let body = (0..tokens).map(move |n| paced(token_event(n)));
+    let tail = std::iter::once(tail).flat_map(|tail| tail());
+    Box::new(head.into_iter().chain(body).chain(tail))
+}
+
+fn stream_events(api: Api, ask: &Ask, tokens: usize) -> Events {
+    let model = ask.model.clone();
+    let include_usage = ask.include_usage;
     match api {
         Api::Chat => {
-            let chunk = |delta: Value, finish: Value| {
+            let chunk = move |delta: Value, finish: Value| {
                 json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": model,
                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
             };
-            events.push(data(&chunk(
+            let head = vec![data(&chunk(
                 json!({"role": "assistant", "content": ""}),
                 Value::Null,
-            )));
-            for n in 0..tokens {
-                events.push(paced(data(&chunk(
-                    json!({"content": token(n)}),
-                    Value::Null,
-                ))));
-            }
-            events.push(data(&chunk(json!({}), json!("stop"))));
-            if ask.include_usage {
-                events.push(data(&json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0,
-                    "model": model, "choices": [],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens}})));
-            }
-            events.push(SseEvent {
-                text: "data: [DONE]\n\n".into(),
-                paced: false,
-            });
+            ))];
+            let tail_chunk = chunk.clone();
+            events_around(
+                head,
+                tokens,
+                move |n| data(&chunk(json!({"content": token(n)}), Value::Null)),
+                move || {
+                    let mut tail = vec![data(&tail_chunk(json!({}), json!("stop")))];
+                    if include_usage {
+                        let mut usage = tail_chunk(json!({}), Value::Null);
+                        usage["choices"] = json!([]);
+                        usage["usage"] = json!({"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens});
+                        tail.push(data(&usage));
+                    }
+                    tail.push(SseEvent {
+                        text: "data: [DONE]\n\n".into(),
+                        paced: false,
+                    });
+                    tail
+                },
+            )
         }
         Api::Completions => {
-            for n in 0..tokens {
-                events.push(paced(data(&json!({"id": "cmpl-sim", "object": "text_completion", "created": 0,
-                    "model": model, "choices": [{"index": 0, "text": token(n), "finish_reason": null}]}))));
-            }
-            events.push(data(
-                &json!({"id": "cmpl-sim", "object": "text_completion", "created": 0,
-                "model": model, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}),
-            ));
-            events.push(SseEvent {
-                text: "data: [DONE]\n\n".into(),
-                paced: false,
-            });
+            let tail_model = model.clone();
+            events_around(
+                Vec::new(),
+                tokens,
+                move |n| {
+                    data(
+                        &json!({"id": "cmpl-sim", "object": "text_completion", "created": 0,
+                    "model": model, "choices": [{"index": 0, "text": token(n), "finish_reason": null}]}),
+                    )
+                },
+                move || {
+                    vec![
+                        data(
+                            &json!({"id": "cmpl-sim", "object": "text_completion", "created": 0,
+                            "model": tail_model, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}),
+                        ),
+                        SseEvent {
+                            text: "data: [DONE]\n\n".into(),
+                            paced: false,
+                        },
+                    ]
+                },
+            )
         }
         Api::Responses => {
-            events.push(named("response.created", &json!({"type": "response.created",
-                "response": {"id": "resp-sim", "object": "response", "model": model, "status": "in_progress"}})));
-            let mut text = String::new();
-            for n in 0..tokens {
-                let delta = token(n);
-                text.push_str(delta);
-                events.push(paced(named("response.output_text.delta", &json!({
-                    "type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": delta}))));
-            }
-            events.push(named("response.output_text.done", &json!({
-                "type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": text})));
-            events.push(named("response.completed", &json!({"type": "response.completed",
-                "response": {"id": "resp-sim", "object": "response", "model": model, "status": "completed",
-                             "usage": {"input_tokens": 5, "output_tokens": tokens, "total_tokens": 5 + tokens}}})));
+            let head = vec![named(
+                "response.created",
+                &json!({"type": "response.created",
+                "response": {"id": "resp-sim", "object": "response", "model": model, "status": "in_progress"}}),
+            )];
+            events_around(
+                head,
+                tokens,
+                |n| {
+                    named(
+                        "response.output_text.delta",
+                        &json!({
+                    "type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": token(n)}),
+                    )
+                },
+                move || {
+                    vec![
+                        named(
+                            "response.output_text.done",
+                            &json!({
+                            "type": "response.output_text.done", "output_index": 0, "content_index": 0,
+                            "text": expected_text(tokens)}),
+                        ),
+                        named(
+                            "response.completed",
+                            &json!({"type": "response.completed",
+                            "response": {"id": "resp-sim", "object": "response", "model": model, "status": "completed",
+                                         "usage": {"input_tokens": 5, "output_tokens": tokens, "total_tokens": 5 + tokens}}}),
+                        ),
+                    ]
+                },
+            )
         }
         Api::Messages => {
-            events.push(named("message_start", &json!({"type": "message_start", "message": {
-                "id": "msg-sim", "type": "message", "role": "assistant", "model": model, "content": [],
-                "stop_reason": null, "usage": {"input_tokens": 5, "output_tokens": 0}}})));
-            events.push(named(
-                "content_block_start",
-                &json!({"type": "content_block_start", "index": 0,
-                "content_block": {"type": "text", "text": ""}}),
-            ));
-            for n in 0..tokens {
-                events.push(paced(named(
-                    "content_block_delta",
-                    &json!({"type": "content_block_delta",
+            let head = vec![
+                named(
+                    "message_start",
+                    &json!({"type": "message_start", "message": {
+                    "id": "msg-sim", "type": "message", "role": "assistant", "model": model, "content": [],
+                    "stop_reason": null, "usage": {"input_tokens": 5, "output_tokens": 0}}}),
+                ),
+                named(
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}}),
+                ),
+            ];
+            events_around(
+                head,
+                tokens,
+                |n| {
+                    named(
+                        "content_block_delta",
+                        &json!({"type": "content_block_delta",
                     "index": 0, "delta": {"type": "text_delta", "text": token(n)}}),
-                )));
-            }
-            events.push(named(
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": 0}),
-            ));
-            events.push(named(
-                "message_delta",
-                &json!({"type": "message_delta",
-                "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": tokens}}),
-            ));
-            events.push(named("message_stop", &json!({"type": "message_stop"})));
+                    )
+                },
+                move || {
+                    vec![
+                        named(
+                            "content_block_stop",
+                            &json!({"type": "content_block_stop", "index": 0}),
+                        ),
+                        named(
+                            "message_delta",
+                            &json!({"type": "message_delta",
+                            "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": tokens}}),
+                        ),
+                        named("message_stop", &json!({"type": "message_stop"})),
+                    ]
+                },
+            )
         }
     }
-    events
 }
