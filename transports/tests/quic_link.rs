@@ -16,7 +16,10 @@ use modelrelay_transports::tls::{RelayIdentity, Trust, parse_fingerprint};
 use modelrelay_transports::{LinkError, Outgoing, ReadLimit};
 use tokio::sync::mpsc;
 
-type Queue<M> = mpsc::UnboundedSender<Outgoing<M>>;
+type Queue<M> = mpsc::Sender<Outgoing<M>>;
+
+/// Room in each writer's queue: more than any test here puts in it at once.
+const QUEUE: usize = 64;
 
 /// Both ends of one link: the relay's reader and queue, the worker's reader and queue.
 struct Link {
@@ -24,6 +27,8 @@ struct Link {
     to_worker: Queue<ServerMessage>,
     worker: QuicReader<ServerMessage>,
     to_relay: Queue<WorkerMessage>,
+    /// What the worker's writer reported written, in order.
+    worker_wrote: mpsc::UnboundedReceiver<WorkerMessage>,
     _endpoints: (quinn::Endpoint, quinn::Endpoint),
 }
 
@@ -65,15 +70,23 @@ async fn link() -> Link {
     .await
     .unwrap();
     let (relay, relay_writer) = accepting.await.unwrap();
-    let (to_worker, relay_queue) = mpsc::unbounded_channel();
-    let (to_relay, worker_queue) = mpsc::unbounded_channel();
-    tokio::spawn(relay_writer.run(relay_queue, |_, _| None));
-    tokio::spawn(worker_writer.run(worker_queue, |_, _| None));
+    let (to_worker, relay_queue) = mpsc::channel(QUEUE);
+    let (to_relay, worker_queue) = mpsc::channel(QUEUE);
+    let (wrote, worker_wrote) = mpsc::unbounded_channel();
+    tokio::spawn(relay_writer.run(relay_queue, |_, _| None, |_: &ServerMessage| {}));
+    tokio::spawn(worker_writer.run(
+        worker_queue,
+        |_, _| None,
+        move |message: &WorkerMessage| {
+            let _ = wrote.send(message.clone());
+        },
+    ));
     Link {
         relay,
         to_worker,
         worker,
         to_relay,
+        worker_wrote,
         _endpoints: (server, client),
     }
 }
@@ -108,7 +121,9 @@ async fn next<M>(reader: &mut QuicReader<M>) -> Option<Result<M, LinkError>> {
 #[tokio::test]
 async fn a_cancel_reaches_the_worker_with_its_reason() {
     let mut link = link().await;
-    link.to_worker.send(Outgoing::Message(request(1))).unwrap();
+    link.to_worker
+        .try_send(Outgoing::Message(request(1)))
+        .unwrap();
     assert!(matches!(
         next(&mut link.worker).await,
         Some(Ok(ServerMessage::Request(_)))
@@ -118,7 +133,7 @@ async fn a_cancel_reaches_the_worker_with_its_reason() {
         reason: CancelReason::Timeout,
     };
     link.to_worker
-        .send(Outgoing::Message(ServerMessage::Cancel(cancel)))
+        .try_send(Outgoing::Message(ServerMessage::Cancel(cancel)))
         .unwrap();
     // On the control stream and as the stream's reset: either way, the same reason.
     for _ in 0..2 {
@@ -134,7 +149,9 @@ async fn a_cancel_reaches_the_worker_with_its_reason() {
 /// Sends request `id`, has the worker refuse it, and sends it again (a new stream).
 async fn refused_then_sent_again(link: &mut Link, id: u64) {
     for attempt in 0..2 {
-        link.to_worker.send(Outgoing::Message(request(id))).unwrap();
+        link.to_worker
+            .try_send(Outgoing::Message(request(id)))
+            .unwrap();
         assert!(matches!(
             next(&mut link.worker).await,
             Some(Ok(ServerMessage::Request(_)))
@@ -147,7 +164,7 @@ async fn refused_then_sent_again(link: &mut Link, id: u64) {
             code: "worker_at_capacity".into(),
             message: "busy".into(),
         });
-        link.to_relay.send(Outgoing::Message(refusal)).unwrap();
+        link.to_relay.try_send(Outgoing::Message(refusal)).unwrap();
         assert!(matches!(
             next(&mut link.relay).await,
             Some(Ok(WorkerMessage::Error(_)))
@@ -167,9 +184,9 @@ async fn a_request_refused_and_sent_again_on_a_new_stream_is_answered_there() {
         request_id: WireRequestId::Number(7),
         chunk: Bytes::from_static(b"data: hi\n\n"),
     });
-    link.to_relay.send(Outgoing::Message(chunk)).unwrap();
+    link.to_relay.try_send(Outgoing::Message(chunk)).unwrap();
     link.to_relay
-        .send(Outgoing::Message(complete(7, Bytes::new())))
+        .try_send(Outgoing::Message(complete(7, Bytes::new())))
         .unwrap();
     assert!(matches!(
         next(&mut link.relay).await,
@@ -186,7 +203,7 @@ async fn a_request_refused_and_sent_again_on_a_new_stream_is_answered_there() {
         reason: CancelReason::ServerShutdown,
     };
     link.to_worker
-        .send(Outgoing::Message(ServerMessage::Cancel(cancel)))
+        .try_send(Outgoing::Message(ServerMessage::Cancel(cancel)))
         .unwrap();
     for _ in 0..2 {
         assert!(matches!(
@@ -215,17 +232,19 @@ async fn the_last_answer_before_a_close_is_never_lost() {
     };
     for round in 0..40 {
         let mut link = link().await;
-        link.to_worker.send(Outgoing::Message(request(1))).unwrap();
+        link.to_worker
+            .try_send(Outgoing::Message(request(1)))
+            .unwrap();
         assert!(matches!(
             next(&mut link.worker).await,
             Some(Ok(ServerMessage::Request(_)))
         ));
         let body = Bytes::from(vec![b'x'; 256 * 1024]);
         link.to_relay
-            .send(Outgoing::Message(complete(1, body)))
+            .try_send(Outgoing::Message(complete(1, body)))
             .unwrap();
         link.to_relay
-            .send(Outgoing::Close {
+            .try_send(Outgoing::Close {
                 code: 1000,
                 reason: String::new(),
             })
@@ -240,4 +259,43 @@ async fn the_last_answer_before_a_close_is_never_lost() {
     }
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
     hog.join().unwrap();
+}
+
+#[tokio::test]
+async fn the_worker_writer_reports_each_message_once_written_or_dropped() {
+    let mut link = link().await;
+    link.to_worker
+        .try_send(Outgoing::Message(request(1)))
+        .unwrap();
+    assert!(matches!(
+        next(&mut link.worker).await,
+        Some(Ok(ServerMessage::Request(_)))
+    ));
+    let chunk = |id: u64| {
+        WorkerMessage::ResponseChunk(ResponseChunk {
+            request_id: WireRequestId::Number(id),
+            chunk: Bytes::from_static(b"data: hi\n\n"),
+        })
+    };
+    // Request 1's chunk is written on its stream; request 2 has none: dropped.
+    for message in [chunk(1), chunk(2), complete(1, Bytes::new())] {
+        link.to_relay.try_send(Outgoing::Message(message)).unwrap();
+    }
+    for _ in 0..2 {
+        assert!(matches!(next(&mut link.relay).await, Some(Ok(_))));
+    }
+    let mut reported = Vec::new();
+    while reported.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(5), link.worker_wrote.recv())
+            .await
+            .expect("reported in time")
+            .unwrap();
+        reported.push(message);
+    }
+    reported.sort_by_key(|message| format!("{message:?}"));
+    let mut expected = vec![chunk(1), chunk(2), complete(1, Bytes::new())];
+    expected.sort_by_key(|message| format!("{message:?}"));
+    assert_eq!(reported, expected);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(link.worker_wrote.try_recv().is_err(), "each message once");
 }
