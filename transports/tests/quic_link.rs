@@ -41,6 +41,13 @@ fn identity() -> RelayIdentity {
 }
 
 async fn link() -> Link {
+    link_with(|_, _| None).await
+}
+
+/// A link whose worker writer hands what it cannot send to `unsendable`.
+async fn link_with(
+    unsendable: impl FnMut(WorkerMessage, &LinkError) -> Option<WorkerMessage> + Send + 'static,
+) -> Link {
     let identity = identity();
     let server_config = quic::server_config(&identity, quic::relay_transport()).unwrap();
     let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -74,13 +81,11 @@ async fn link() -> Link {
     let (to_relay, worker_queue) = mpsc::channel(QUEUE);
     let (wrote, worker_wrote) = mpsc::unbounded_channel();
     tokio::spawn(relay_writer.run(relay_queue, |_, _| None, |_: &ServerMessage| {}));
-    tokio::spawn(worker_writer.run(
-        worker_queue,
-        |_, _| None,
-        move |message: &WorkerMessage| {
+    tokio::spawn(
+        worker_writer.run(worker_queue, unsendable, move |message: &WorkerMessage| {
             let _ = wrote.send(message.clone());
-        },
-    ));
+        }),
+    );
     Link {
         relay,
         to_worker,
@@ -298,4 +303,68 @@ async fn the_worker_writer_reports_each_message_once_written_or_dropped() {
     assert_eq!(reported, expected);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(link.worker_wrote.try_recv().is_err(), "each message once");
+}
+
+#[tokio::test]
+async fn a_request_stream_whose_queue_overflows_is_reset_and_its_request_alone_fails() {
+    let (refused_tx, mut refused) = mpsc::unbounded_channel();
+    let mut link = link_with(move |message, error| {
+        let _ = refused_tx.send((message, error.to_string()));
+        None
+    })
+    .await;
+    for id in [1, 2] {
+        link.to_worker
+            .try_send(Outgoing::Message(request(id)))
+            .unwrap();
+        assert!(matches!(
+            next(&mut link.worker).await,
+            Some(Ok(ServerMessage::Request(_)))
+        ));
+    }
+    let chunk = |id: u64| {
+        WorkerMessage::ResponseChunk(ResponseChunk {
+            request_id: WireRequestId::Number(id),
+            chunk: Bytes::from(vec![b'x'; 1024]),
+        })
+    };
+    // The relay reads nothing meanwhile: its stream's task stops reading, quinn's
+    // stream window fills, then request 1's queue (as pacing would never let it).
+    let flood = async {
+        for _ in 0..12_000 {
+            link.to_relay
+                .send(Outgoing::Message(chunk(1)))
+                .await
+                .unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), flood)
+        .await
+        .expect("the worker's writer never waits on one stream");
+    let (message, error) = tokio::time::timeout(Duration::from_secs(5), refused.recv())
+        .await
+        .expect("the overflow is reported")
+        .unwrap();
+    assert_eq!(message, chunk(1));
+    assert!(error.contains("full"), "{error}");
+    assert!(refused.try_recv().is_err(), "once, for that request alone");
+    // Request 2 goes on, on its own stream.
+    link.to_relay
+        .send(Outgoing::Message(chunk(2)))
+        .await
+        .unwrap();
+    link.to_relay
+        .send(Outgoing::Message(complete(2, Bytes::new())))
+        .await
+        .unwrap();
+    let mut request_2 = Vec::new();
+    while request_2.len() < 2 {
+        match next(&mut link.relay).await {
+            Some(Ok(WorkerMessage::ResponseChunk(chunk)))
+                if chunk.request_id == WireRequestId::Number(1) => {}
+            Some(Ok(message)) => request_2.push(message),
+            other => panic!("the link failed: {other:?}"),
+        }
+    }
+    assert_eq!(request_2, [chunk(2), complete(2, Bytes::new())]);
 }
