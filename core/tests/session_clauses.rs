@@ -527,9 +527,11 @@ fn ids_from_another_relay_are_echoed_as_given() {
         body: Bytes::from_static(b"{}"),
         headers: Headers::new(),
     })));
-    assert!(
-        matches!(&outputs[..], [SessionOutput::StartRequest(frame)] if frame.request_id == foreign)
-    );
+    assert!(matches!(
+        &outputs[..],
+        [SessionOutput::StartRequest(frame), SessionOutput::AllowBackendRead { request, .. }]
+            if frame.request_id == foreign && *request == foreign
+    ));
     let outputs = h.handle(SessionInput::BackendChunk {
         request: foreign.clone(),
         chunk: Bytes::from_static(b"data: a\n\n"),
@@ -696,4 +698,128 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
         panic!("a models_update: {outputs:?}");
     };
     assert_eq!(update.models, fewer[..MAX_MODELS_PER_WORKER]);
+}
+
+// Flow control
+
+/// The cost a request's backend call may read ahead of its link writer in these tests.
+const WINDOW: u64 = 4096;
+
+fn paced(max_concurrent: u32) -> Harness {
+    let mut h = Harness {
+        session: WorkerSession::new(SessionConfig {
+            worker_name: "gpu-1".into(),
+            models: vec!["m".into()],
+            max_concurrent,
+            link_write_window: WINDOW,
+            ..SessionConfig::default()
+        }),
+        now: Instant::now(),
+    };
+    h.outputs();
+    h.handle(SessionInput::LinkUp {
+        wire: WireVersion::V2,
+    });
+    h.ack();
+    h
+}
+
+fn allowances(outputs: &[SessionOutput]) -> Vec<(WireRequestId, u64)> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            SessionOutput::AllowBackendRead { request, up_to } => Some((request.clone(), *up_to)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn chunk(h: &mut Harness, id: u64, bytes: usize) -> Vec<SessionOutput> {
+    h.handle(SessionInput::BackendChunk {
+        request: r(id),
+        chunk: Bytes::from(vec![b'x'; bytes]),
+    })
+}
+
+fn wrote(h: &mut Harness, id: u64, total: u64) -> Vec<SessionOutput> {
+    h.handle(SessionInput::LinkWrote {
+        request: r(id),
+        total,
+    })
+}
+
+#[test]
+fn the_backend_is_read_only_while_the_link_writer_keeps_up() {
+    let mut h = paced(2);
+    // Started with a whole window to read.
+    let outputs = h.request(1);
+    assert!(matches!(outputs[0], SessionOutput::StartRequest(_)));
+    assert_eq!(allowances(&outputs), [(r(1), WINDOW)]);
+    // Reading alone never raises the allowance: only the link writer's progress does.
+    let mut read = 0;
+    while read < WINDOW {
+        let outputs = chunk(&mut h, 1, 1000);
+        assert_eq!(allowances(&outputs), []);
+        read += chunk_cost(1000);
+    }
+    // Writes under a quarter of the window while the backend may still read: no new allowance...
+    let mut h = paced(1);
+    h.request(1);
+    chunk(&mut h, 1, 1000);
+    assert_eq!(allowances(&wrote(&mut h, 1, WINDOW / 4 - 1)), []);
+    // ...a quarter of it moves the allowance to what was written plus the window.
+    assert_eq!(
+        allowances(&wrote(&mut h, 1, WINDOW / 4)),
+        [(r(1), WINDOW / 4 + WINDOW)]
+    );
+    // Another request's writes are its own; an ended request hears nothing more.
+    h.complete(1);
+    assert_eq!(allowances(&wrote(&mut h, 1, 10 * WINDOW)), []);
+    assert_eq!(h.session.current_load(), 0);
+}
+
+#[test]
+fn a_blocked_backend_read_resumes_as_soon_as_the_link_writes() {
+    let mut h = paced(2);
+    h.request(1);
+    h.request(2);
+    // Request 1 reads its whole window: it waits for the link.
+    let per_chunk = chunk_cost(960);
+    let mut read = 0;
+    while read < WINDOW {
+        chunk(&mut h, 1, 960);
+        read += per_chunk;
+    }
+    // The first chunk written (less than a quarter of the window) lets it go at once.
+    assert_eq!(
+        allowances(&wrote(&mut h, 1, per_chunk)),
+        [(r(1), per_chunk + WINDOW)]
+    );
+    // Request 2, not blocked, waits for a quarter's worth.
+    chunk(&mut h, 2, 500);
+    assert_eq!(allowances(&wrote(&mut h, 2, chunk_cost(500))), []);
+    // A cancel drops request 1's window with it.
+    h.frame(ServerMessage::Cancel(Cancel {
+        request_id: r(1),
+        reason: CancelReason::ClientDisconnect,
+    }));
+    assert_eq!(allowances(&wrote(&mut h, 1, 2 * WINDOW)), []);
+}
+
+#[test]
+fn tiny_chunks_cost_their_overhead() {
+    let mut h = paced(1);
+    h.request(1);
+    // One-byte chunks: a window holds WINDOW / (1 + overhead) of them, not WINDOW.
+    let per_chunk = 1 + CHUNK_COST_OVERHEAD;
+    assert_eq!(chunk_cost(1), per_chunk);
+    let fits = WINDOW.div_ceil(per_chunk);
+    for _ in 0..fits {
+        assert_eq!(allowances(&chunk(&mut h, 1, 1)), []);
+    }
+    // The backend now waits; writing one tiny chunk frees exactly its cost.
+    assert_eq!(
+        allowances(&wrote(&mut h, 1, per_chunk)),
+        [(r(1), per_chunk + WINDOW)]
+    );
 }

@@ -491,9 +491,14 @@ async fn a_quic_register_over_the_before_register_limit_closes_the_link_saying_s
 
     let relay = relay_with_quic(|_| {}).await;
     let (mut reader, writer) = raw_quic(&relay, SECRET).await.unwrap();
-    // One message goes through it: the writer's queue needs no bound here.
-    let (queue, outgoing) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(LinkWriter::run(writer, outgoing, |_, _| None));
+    // One message goes through it.
+    let (queue, outgoing) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(LinkWriter::run(
+        writer,
+        outgoing,
+        |_, _| None,
+        |_: &WorkerMessage| {},
+    ));
     // More names than any register the relay accepts: past the v2 before-register limit.
     let register = Register {
         worker_name: "w".into(),
@@ -503,7 +508,7 @@ async fn a_quic_register_over_the_before_register_limit_closes_the_link_saying_s
         current_load: None,
     };
     queue
-        .send(Outgoing::Message(WorkerMessage::Register(register)))
+        .try_send(Outgoing::Message(WorkerMessage::Register(register)))
         .unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), reader.next())
         .await

@@ -123,6 +123,13 @@ pub enum LinkError {
         /// The link's encoding.
         wire: WireVersion,
     },
+    /// A request stream's queue was full: its request read past its window (a bug
+    /// in the pacing); that request fails alone.
+    #[error("a request stream's queue of {capacity} frames is full")]
+    StreamQueueFull {
+        /// How many frames the queue holds.
+        capacity: usize,
+    },
     /// The peer broke the link's own rules (no hello, a stream it should not open).
     #[error("link protocol: {0}")]
     Protocol(String),
@@ -179,9 +186,17 @@ pub trait LinkWriter<M>: Send + 'static {
     /// A message that cannot be sent on this link (it does not encode, or its
     /// frame is over the limit) does not end the link: `unsendable` hears of it
     /// and may give a message to send in its place (an error about that one request).
+    ///
+    /// `written` hears of each message taken from `queue` once, after the writer
+    /// is done with it: its frame handed to the link (fed into the WebSocket
+    /// sink, or written to its QUIC stream, which may be in a task of that
+    /// stream's own, hence `Clone`), refused as unsendable, or dropped because
+    /// its request's stream is gone. It must not block. A message still queued
+    /// when the link ends is never reported.
     fn run(
         self,
-        queue: mpsc::UnboundedReceiver<Outgoing<M>>,
+        queue: mpsc::Receiver<Outgoing<M>>,
         unsendable: impl FnMut(M, &LinkError) -> Option<M> + Send,
+        written: impl Fn(&M) + Clone + Send + 'static,
     ) -> impl Future<Output = Result<(), LinkError>> + Send;
 }

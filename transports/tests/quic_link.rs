@@ -16,7 +16,10 @@ use modelrelay_transports::tls::{RelayIdentity, Trust, parse_fingerprint};
 use modelrelay_transports::{LinkError, Outgoing, ReadLimit};
 use tokio::sync::mpsc;
 
-type Queue<M> = mpsc::UnboundedSender<Outgoing<M>>;
+type Queue<M> = mpsc::Sender<Outgoing<M>>;
+
+/// Room in each writer's queue: more than any test here puts in it at once.
+const QUEUE: usize = 64;
 
 /// Both ends of one link: the relay's reader and queue, the worker's reader and queue.
 struct Link {
@@ -24,6 +27,8 @@ struct Link {
     to_worker: Queue<ServerMessage>,
     worker: QuicReader<ServerMessage>,
     to_relay: Queue<WorkerMessage>,
+    /// What the worker's writer reported written, in order.
+    worker_wrote: mpsc::UnboundedReceiver<WorkerMessage>,
     _endpoints: (quinn::Endpoint, quinn::Endpoint),
 }
 
@@ -36,6 +41,13 @@ fn identity() -> RelayIdentity {
 }
 
 async fn link() -> Link {
+    link_with(|_, _| None).await
+}
+
+/// A link whose worker writer hands what it cannot send to `unsendable`.
+async fn link_with(
+    unsendable: impl FnMut(WorkerMessage, &LinkError) -> Option<WorkerMessage> + Send + 'static,
+) -> Link {
     let identity = identity();
     let server_config = quic::server_config(&identity, quic::relay_transport()).unwrap();
     let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -65,15 +77,21 @@ async fn link() -> Link {
     .await
     .unwrap();
     let (relay, relay_writer) = accepting.await.unwrap();
-    let (to_worker, relay_queue) = mpsc::unbounded_channel();
-    let (to_relay, worker_queue) = mpsc::unbounded_channel();
-    tokio::spawn(relay_writer.run(relay_queue, |_, _| None));
-    tokio::spawn(worker_writer.run(worker_queue, |_, _| None));
+    let (to_worker, relay_queue) = mpsc::channel(QUEUE);
+    let (to_relay, worker_queue) = mpsc::channel(QUEUE);
+    let (wrote, worker_wrote) = mpsc::unbounded_channel();
+    tokio::spawn(relay_writer.run(relay_queue, |_, _| None, |_: &ServerMessage| {}));
+    tokio::spawn(
+        worker_writer.run(worker_queue, unsendable, move |message: &WorkerMessage| {
+            let _ = wrote.send(message.clone());
+        }),
+    );
     Link {
         relay,
         to_worker,
         worker,
         to_relay,
+        worker_wrote,
         _endpoints: (server, client),
     }
 }
@@ -108,7 +126,9 @@ async fn next<M>(reader: &mut QuicReader<M>) -> Option<Result<M, LinkError>> {
 #[tokio::test]
 async fn a_cancel_reaches_the_worker_with_its_reason() {
     let mut link = link().await;
-    link.to_worker.send(Outgoing::Message(request(1))).unwrap();
+    link.to_worker
+        .try_send(Outgoing::Message(request(1)))
+        .unwrap();
     assert!(matches!(
         next(&mut link.worker).await,
         Some(Ok(ServerMessage::Request(_)))
@@ -118,7 +138,7 @@ async fn a_cancel_reaches_the_worker_with_its_reason() {
         reason: CancelReason::Timeout,
     };
     link.to_worker
-        .send(Outgoing::Message(ServerMessage::Cancel(cancel)))
+        .try_send(Outgoing::Message(ServerMessage::Cancel(cancel)))
         .unwrap();
     // On the control stream and as the stream's reset: either way, the same reason.
     for _ in 0..2 {
@@ -134,7 +154,9 @@ async fn a_cancel_reaches_the_worker_with_its_reason() {
 /// Sends request `id`, has the worker refuse it, and sends it again (a new stream).
 async fn refused_then_sent_again(link: &mut Link, id: u64) {
     for attempt in 0..2 {
-        link.to_worker.send(Outgoing::Message(request(id))).unwrap();
+        link.to_worker
+            .try_send(Outgoing::Message(request(id)))
+            .unwrap();
         assert!(matches!(
             next(&mut link.worker).await,
             Some(Ok(ServerMessage::Request(_)))
@@ -147,7 +169,7 @@ async fn refused_then_sent_again(link: &mut Link, id: u64) {
             code: "worker_at_capacity".into(),
             message: "busy".into(),
         });
-        link.to_relay.send(Outgoing::Message(refusal)).unwrap();
+        link.to_relay.try_send(Outgoing::Message(refusal)).unwrap();
         assert!(matches!(
             next(&mut link.relay).await,
             Some(Ok(WorkerMessage::Error(_)))
@@ -167,9 +189,9 @@ async fn a_request_refused_and_sent_again_on_a_new_stream_is_answered_there() {
         request_id: WireRequestId::Number(7),
         chunk: Bytes::from_static(b"data: hi\n\n"),
     });
-    link.to_relay.send(Outgoing::Message(chunk)).unwrap();
+    link.to_relay.try_send(Outgoing::Message(chunk)).unwrap();
     link.to_relay
-        .send(Outgoing::Message(complete(7, Bytes::new())))
+        .try_send(Outgoing::Message(complete(7, Bytes::new())))
         .unwrap();
     assert!(matches!(
         next(&mut link.relay).await,
@@ -186,7 +208,7 @@ async fn a_request_refused_and_sent_again_on_a_new_stream_is_answered_there() {
         reason: CancelReason::ServerShutdown,
     };
     link.to_worker
-        .send(Outgoing::Message(ServerMessage::Cancel(cancel)))
+        .try_send(Outgoing::Message(ServerMessage::Cancel(cancel)))
         .unwrap();
     for _ in 0..2 {
         assert!(matches!(
@@ -215,17 +237,19 @@ async fn the_last_answer_before_a_close_is_never_lost() {
     };
     for round in 0..40 {
         let mut link = link().await;
-        link.to_worker.send(Outgoing::Message(request(1))).unwrap();
+        link.to_worker
+            .try_send(Outgoing::Message(request(1)))
+            .unwrap();
         assert!(matches!(
             next(&mut link.worker).await,
             Some(Ok(ServerMessage::Request(_)))
         ));
         let body = Bytes::from(vec![b'x'; 256 * 1024]);
         link.to_relay
-            .send(Outgoing::Message(complete(1, body)))
+            .try_send(Outgoing::Message(complete(1, body)))
             .unwrap();
         link.to_relay
-            .send(Outgoing::Close {
+            .try_send(Outgoing::Close {
                 code: 1000,
                 reason: String::new(),
             })
@@ -240,4 +264,107 @@ async fn the_last_answer_before_a_close_is_never_lost() {
     }
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
     hog.join().unwrap();
+}
+
+#[tokio::test]
+async fn the_worker_writer_reports_each_message_once_written_or_dropped() {
+    let mut link = link().await;
+    link.to_worker
+        .try_send(Outgoing::Message(request(1)))
+        .unwrap();
+    assert!(matches!(
+        next(&mut link.worker).await,
+        Some(Ok(ServerMessage::Request(_)))
+    ));
+    let chunk = |id: u64| {
+        WorkerMessage::ResponseChunk(ResponseChunk {
+            request_id: WireRequestId::Number(id),
+            chunk: Bytes::from_static(b"data: hi\n\n"),
+        })
+    };
+    // Request 1's chunk is written on its stream; request 2 has none: dropped.
+    for message in [chunk(1), chunk(2), complete(1, Bytes::new())] {
+        link.to_relay.try_send(Outgoing::Message(message)).unwrap();
+    }
+    for _ in 0..2 {
+        assert!(matches!(next(&mut link.relay).await, Some(Ok(_))));
+    }
+    let mut reported = Vec::new();
+    while reported.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(5), link.worker_wrote.recv())
+            .await
+            .expect("reported in time")
+            .unwrap();
+        reported.push(message);
+    }
+    reported.sort_by_key(|message| format!("{message:?}"));
+    let mut expected = vec![chunk(1), chunk(2), complete(1, Bytes::new())];
+    expected.sort_by_key(|message| format!("{message:?}"));
+    assert_eq!(reported, expected);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(link.worker_wrote.try_recv().is_err(), "each message once");
+}
+
+#[tokio::test]
+async fn a_request_stream_whose_queue_overflows_is_reset_and_its_request_alone_fails() {
+    let (refused_tx, mut refused) = mpsc::unbounded_channel();
+    let mut link = link_with(move |message, error| {
+        let _ = refused_tx.send((message, error.to_string()));
+        None
+    })
+    .await;
+    for id in [1, 2] {
+        link.to_worker
+            .try_send(Outgoing::Message(request(id)))
+            .unwrap();
+        assert!(matches!(
+            next(&mut link.worker).await,
+            Some(Ok(ServerMessage::Request(_)))
+        ));
+    }
+    let chunk = |id: u64| {
+        WorkerMessage::ResponseChunk(ResponseChunk {
+            request_id: WireRequestId::Number(id),
+            chunk: Bytes::from(vec![b'x'; 1024]),
+        })
+    };
+    // The relay reads nothing meanwhile: its stream's task stops reading, quinn's
+    // stream window fills, then request 1's queue (as pacing would never let it).
+    let flood = async {
+        for _ in 0..12_000 {
+            link.to_relay
+                .send(Outgoing::Message(chunk(1)))
+                .await
+                .unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), flood)
+        .await
+        .expect("the worker's writer never waits on one stream");
+    let (message, error) = tokio::time::timeout(Duration::from_secs(5), refused.recv())
+        .await
+        .expect("the overflow is reported")
+        .unwrap();
+    assert_eq!(message, chunk(1));
+    assert!(error.contains("full"), "{error}");
+    assert!(refused.try_recv().is_err(), "once, for that request alone");
+    // Request 2 goes on, on its own stream.
+    link.to_relay
+        .send(Outgoing::Message(chunk(2)))
+        .await
+        .unwrap();
+    link.to_relay
+        .send(Outgoing::Message(complete(2, Bytes::new())))
+        .await
+        .unwrap();
+    let mut request_2 = Vec::new();
+    while request_2.len() < 2 {
+        match next(&mut link.relay).await {
+            Some(Ok(WorkerMessage::ResponseChunk(chunk)))
+                if chunk.request_id == WireRequestId::Number(1) => {}
+            Some(Ok(message)) => request_2.push(message),
+            other => panic!("the link failed: {other:?}"),
+        }
+    }
+    assert_eq!(request_2, [chunk(2), complete(2, Bytes::new())]);
 }

@@ -1,8 +1,12 @@
 //! The worker's driver: runs the [`WorkerSession`] against a real link and backend.
 //!
 //! One task owns the session. Link reader/writer tasks and one task per backend
-//! call report back over a channel; the session's outputs are carried out
-//! right after each event.
+//! call report back over a bounded channel (they wait for room; the driver
+//! itself never does); the session's outputs are carried out right after each
+//! event. A backend call reads its backend only as far as the session allows
+//! (`SessionOutput::AllowBackendRead`), which follows what the link's writer has
+//! handed on: a link that stops taking frames stops the backend reads, and TCP
+//! holds the model server back.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,7 +17,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::Method;
 use modelrelay_core::WireRequestId;
-use modelrelay_core::session::{SessionConfig, SessionInput, SessionOutput, WorkerSession};
+use modelrelay_core::session::{
+    CHUNK_COST_OVERHEAD, SessionConfig, SessionInput, SessionOutput, WorkerSession, chunk_cost,
+};
 use modelrelay_core::wire::{
     BackendUsage, FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, RequestFrame, ServerMessage,
     TokenCounts, WireVersion, WorkerMessage,
@@ -21,7 +27,8 @@ use modelrelay_core::wire::{
 use modelrelay_transports::LINK_CLOSE_WAIT;
 use modelrelay_transports::close_code;
 use modelrelay_transports::{LinkReader, LinkWriter, Outgoing};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
@@ -30,6 +37,28 @@ use crate::endpoint;
 use crate::link::{
     ConnectError, Dialer, Link, ProtocolChoice, RefusalReason, Refused, RelayEndpoint, connect,
 };
+use crate::progress::WriteProgress;
+
+/// Events waiting for the driver; whoever reports one waits for room.
+const INBOX: usize = 256;
+
+/// Frames the link's outbound queue has room for besides the running requests'
+/// answers: `register`, pongs, model updates, refusals of requests past the slots.
+const CONTROL_ALLOWANCE: usize = 1024;
+
+/// Room in the link's outbound queue. A request reads its backend no further
+/// than its window past what the writer has handed on, and every chunk costs at
+/// least [`CHUNK_COST_OVERHEAD`]: its unwritten chunks number at most
+/// `window / overhead + 1`, plus its completion. So the driver never waits for
+/// room, and a full queue means the pacing failed.
+fn outbound_capacity(config: &SessionConfig) -> usize {
+    let per_request = config.link_write_window / CHUNK_COST_OVERHEAD + 2;
+    let answers = u64::from(config.max_concurrent).saturating_mul(per_request);
+    usize::try_from(answers)
+        .unwrap_or(usize::MAX)
+        .saturating_add(CONTROL_ALLOWANCE)
+        .min(Semaphore::MAX_PERMITS)
+}
 
 /// Where the worker's model list comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,7 +131,8 @@ enum Event {
     LinkUp {
         generation: u64,
         wire: WireVersion,
-        outbound: mpsc::UnboundedSender<Outgoing<WorkerMessage>>,
+        outbound: mpsc::Sender<Outgoing<WorkerMessage>>,
+        progress: Arc<WriteProgress>,
     },
     LinkFailed {
         generation: u64,
@@ -130,7 +160,9 @@ enum LinkState {
     },
     Up {
         generation: u64,
-        outbound: mpsc::UnboundedSender<Outgoing<WorkerMessage>>,
+        outbound: mpsc::Sender<Outgoing<WorkerMessage>>,
+        /// What its writer has handed on.
+        progress: Arc<WriteProgress>,
         /// The worker asked for the close itself.
         closing: bool,
         /// The link's task, to end it if a close never completes.
@@ -150,7 +182,7 @@ pub async fn run<D: Dialer>(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let dialer = Arc::new(dialer);
-    let (events, mut inbox) = mpsc::unbounded_channel::<Event>();
+    let (events, mut inbox) = mpsc::channel::<Event>(INBOX);
     let mut session_config = options.session.clone();
     session_config.models = match &options.models {
         ModelSource::List(models) => models.clone(),
@@ -181,8 +213,13 @@ pub async fn run<D: Dialer>(
             }
         }
         let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let progress = match &driver.link {
+            LinkState::Up { progress, .. } => Some(Arc::clone(progress)),
+            _ => None,
+        };
         tokio::select! {
             Some(event) = inbox.recv() => driver.on_event(event, &mut session),
+            () = link_wrote(progress.as_deref()) => driver.link_wrote(&mut session),
             () = sleep_until(deadline) => session.handle_timeout(now()),
             () = &mut shutdown, if !stopping => {
                 stopping = true;
@@ -192,6 +229,14 @@ pub async fn run<D: Dialer>(
             _ = tick(&mut poll) => driver.refresh_models(),
             Some(_) = driver.tasks.join_next(), if !driver.tasks.is_empty() => {}
         }
+    }
+}
+
+/// Resolves once the link's writer has handed something on.
+async fn link_wrote(progress: Option<&WriteProgress>) {
+    match progress {
+        Some(progress) => progress.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -235,14 +280,24 @@ async fn discover_at_start(backend: &dyn Backend) -> Vec<String> {
     }
 }
 
+/// A backend call in progress, from the driver's side.
+struct Running {
+    /// Its task.
+    task: AbortHandle,
+    /// The cost it may read up to (the session's latest `AllowBackendRead`).
+    allowance: watch::Sender<u64>,
+    /// Cost of its chunks the link's writer has handed on, in all.
+    written: u64,
+}
+
 struct Driver<D: Dialer> {
     options: WorkerOptions,
     dialer: Arc<D>,
     backend: Arc<dyn Backend>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     link: LinkState,
     generation: u64,
-    running: HashMap<WireRequestId, AbortHandle>,
+    running: HashMap<WireRequestId, Running>,
     /// Everything this driver started; dropped with it.
     tasks: JoinSet<()>,
 }
@@ -253,8 +308,18 @@ impl<D: Dialer> Driver<D> {
         match output {
             SessionOutput::Connect => self.dial(),
             SessionOutput::Send(message) => {
-                if let LinkState::Up { outbound, .. } = &self.link {
-                    let _ = outbound.send(Outgoing::Message(message));
+                if let LinkState::Up { outbound, task, .. } = &self.link {
+                    match outbound.try_send(Outgoing::Message(message)) {
+                        // Closed: the link's task ended; its reader reports the close.
+                        Ok(()) | Err(TrySendError::Closed(_)) => {}
+                        Err(TrySendError::Full(_)) => {
+                            error!(
+                                "the link's outbound queue is full: backend reads outran the link's writer; dropping the link"
+                            );
+                            task.abort();
+                            self.link_closed("the outbound queue was full", false, session);
+                        }
+                    }
                 }
             }
             SessionOutput::CloseLink => match &mut self.link {
@@ -264,9 +329,11 @@ impl<D: Dialer> Driver<D> {
                     outbound,
                     closing,
                     task,
+                    ..
                 } => {
                     *closing = true;
-                    let _ = outbound.send(Outgoing::Close {
+                    // A full queue cannot take the close: the watch below ends the link.
+                    let _ = outbound.try_send(Outgoing::Close {
                         code: close_code::NORMAL,
                         reason: "worker closing".into(),
                     });
@@ -278,11 +345,13 @@ impl<D: Dialer> Driver<D> {
                         tokio::time::sleep(LINK_CLOSE_WAIT * 2).await;
                         if !task.is_finished() {
                             task.abort();
-                            let _ = events.send(Event::LinkClosed {
-                                generation,
-                                cause: "the close did not complete: link dead".into(),
-                                refused: false,
-                            });
+                            let _ = events
+                                .send(Event::LinkClosed {
+                                    generation,
+                                    cause: "the close did not complete: link dead".into(),
+                                    refused: false,
+                                })
+                                .await;
                         }
                     });
                 }
@@ -295,9 +364,14 @@ impl<D: Dialer> Driver<D> {
             },
             SessionOutput::StartRequest(frame) => self.start_request(frame),
             SessionOutput::AbortRequest { request, reason } => {
-                if let Some(task) = self.running.remove(&request) {
+                if let Some(running) = self.running.remove(&request) {
                     debug!(%request, %reason, "aborting the backend call");
-                    task.abort();
+                    running.task.abort();
+                }
+            }
+            SessionOutput::AllowBackendRead { request, up_to } => {
+                if let Some(running) = self.running.get(&request) {
+                    running.allowance.send_replace(up_to);
                 }
             }
             SessionOutput::RefreshModels => self.refresh_models(),
@@ -331,6 +405,7 @@ impl<D: Dialer> Driver<D> {
         let dialer = Arc::clone(&self.dialer);
         let events = self.events.clone();
         let options = self.options.clone();
+        let capacity = outbound_capacity(&options.session);
         let task = self.tasks.spawn(async move {
             let result = connect(
                 &*dialer,
@@ -344,13 +419,14 @@ impl<D: Dialer> Driver<D> {
             .await;
             match result {
                 Ok(Link::WebSocket(reader, writer, wire, _flow)) => {
-                    run_link(reader, writer, wire, generation, events).await
+                    run_link(reader, writer, wire, generation, capacity, events).await
                 }
                 Ok(Link::Quic(reader, writer)) => {
-                    run_link(reader, writer, WireVersion::V2, generation, events).await
+                    let wire = WireVersion::V2;
+                    run_link(reader, writer, wire, generation, capacity, events).await
                 }
                 Err(error) => {
-                    let _ = events.send(Event::LinkFailed { generation, error });
+                    let _ = events.send(Event::LinkFailed { generation, error }).await;
                 }
             }
         });
@@ -369,9 +445,10 @@ impl<D: Dialer> Driver<D> {
                 generation,
                 wire,
                 outbound,
+                progress,
             } => {
                 if current != Some(generation) {
-                    let _ = outbound.send(Outgoing::Close {
+                    let _ = outbound.try_send(Outgoing::Close {
                         code: close_code::NORMAL,
                         reason: "stale link".into(),
                     });
@@ -384,6 +461,7 @@ impl<D: Dialer> Driver<D> {
                 self.link = LinkState::Up {
                     generation,
                     outbound,
+                    progress,
                     closing: false,
                     task: task.clone(),
                 };
@@ -443,6 +521,21 @@ impl<D: Dialer> Driver<D> {
         session.handle(now(), input);
     }
 
+    /// The link's writer handed chunks on: the session hears each request's new total.
+    fn link_wrote(&mut self, session: &mut WorkerSession) {
+        let LinkState::Up { progress, .. } = &self.link else {
+            return;
+        };
+        for (request, cost) in progress.take() {
+            // A request no longer running has no window left to move.
+            if let Some(running) = self.running.get_mut(&request) {
+                running.written = running.written.saturating_add(cost);
+                let total = running.written;
+                session.handle(now(), SessionInput::LinkWrote { request, total });
+            }
+        }
+    }
+
     fn refresh_models(&mut self) {
         match &self.options.models {
             ModelSource::List(_) => {}
@@ -450,7 +543,9 @@ impl<D: Dialer> Driver<D> {
                 let backend = Arc::clone(&self.backend);
                 let events = self.events.clone();
                 self.tasks.spawn(async move {
-                    let _ = events.send(Event::Models(list_models(&*backend).await));
+                    let _ = events
+                        .send(Event::Models(list_models(&*backend).await))
+                        .await;
                 });
             }
         }
@@ -461,8 +556,10 @@ impl<D: Dialer> Driver<D> {
         let backend = Arc::clone(&self.backend);
         let events = self.events.clone();
         let limit = self.options.max_response_bytes;
+        // Nothing is read until the session's first allowance, which follows at once.
+        let (allowance, allowed) = watch::channel(0);
         let task = self.tasks.spawn(async move {
-            let result = call_backend(&*backend, &frame, limit, &events).await;
+            let result = call_backend(&*backend, &frame, limit, &events, allowed).await;
             let input = match result {
                 Ok(done) => done,
                 Err(error) => {
@@ -479,9 +576,14 @@ impl<D: Dialer> Driver<D> {
                     }
                 }
             };
-            let _ = events.send(Event::Backend(input));
+            let _ = events.send(Event::Backend(input)).await;
         });
-        self.running.insert(request_id, task);
+        let running = Running {
+            task,
+            allowance,
+            written: 0,
+        };
+        self.running.insert(request_id, running);
     }
 }
 
@@ -509,6 +611,9 @@ fn undeliverable(
 
 /// Calls the backend for one request; streams SSE bodies chunk by chunk, collects others.
 ///
+/// A streamed body is read only while the cost read so far is below `allowance`:
+/// meanwhile nothing reads the backend's socket, and TCP holds the model server back.
+///
 /// A path that is not an inference endpoint fails this request alone, before
 /// the backend is called: the relay gets an `error` frame for it (code
 /// [`endpoint::REFUSED_CODE`]), like every other failed backend call.
@@ -516,7 +621,8 @@ async fn call_backend(
     backend: &dyn Backend,
     frame: &RequestFrame,
     limit: usize,
-    events: &mpsc::UnboundedSender<Event>,
+    events: &mpsc::Sender<Event>,
+    mut allowance: watch::Receiver<u64>,
 ) -> Result<SessionInput, BackendError> {
     if let Err(refused) = endpoint::check_inference_path(&frame.endpoint_path) {
         // The message escapes the path: no raw control characters reach the log.
@@ -547,12 +653,24 @@ async fn call_backend(
     let request = frame.request_id.clone();
     if frame.is_streaming && (200..300).contains(&response.status) && is_event_stream {
         let mut body = response.body;
-        while let Some(chunk) = body.next().await {
+        let mut read = 0u64;
+        loop {
+            if allowance.wait_for(|up_to| read < *up_to).await.is_err() {
+                return Err(BackendError::Body(
+                    "the worker stopped following this request".into(),
+                ));
+            }
+            let Some(chunk) = body.next().await else {
+                break;
+            };
             let chunk = chunk?;
-            let _ = events.send(Event::Backend(SessionInput::BackendChunk {
-                request: request.clone(),
-                chunk,
-            }));
+            read = read.saturating_add(chunk_cost(chunk.len()));
+            let _ = events
+                .send(Event::Backend(SessionInput::BackendChunk {
+                    request: request.clone(),
+                    chunk,
+                }))
+                .await;
         }
         return Ok(SessionInput::BackendComplete {
             request,
@@ -602,23 +720,32 @@ async fn run_link<R, W>(
     writer: W,
     wire: WireVersion,
     generation: u64,
-    events: mpsc::UnboundedSender<Event>,
+    capacity: usize,
+    events: mpsc::Sender<Event>,
 ) where
     R: LinkReader<ServerMessage>,
     W: LinkWriter<WorkerMessage>,
 {
-    let (outbound, queue) = mpsc::unbounded_channel();
-    let _ = events.send(Event::LinkUp {
-        generation,
-        wire,
-        outbound,
-    });
+    let (outbound, queue) = mpsc::channel(capacity);
+    let progress = WriteProgress::new();
+    let written = {
+        let progress = Arc::clone(&progress);
+        move |message: &WorkerMessage| progress.wrote(message)
+    };
+    let _ = events
+        .send(Event::LinkUp {
+            generation,
+            wire,
+            outbound,
+            progress,
+        })
+        .await;
     let reading = read_link(reader, generation, events.clone());
     tokio::pin!(reading);
     let (cause, refused) = tokio::select! {
         biased;
         ended = &mut reading => ended,
-        result = writer.run(queue, undeliverable) => {
+        result = writer.run(queue, undeliverable, written) => {
             if let Err(error) = result {
                 debug!(%error, "writing to the relay failed");
             }
@@ -628,18 +755,20 @@ async fn run_link<R, W>(
             }
         }
     };
-    let _ = events.send(Event::LinkClosed {
-        generation,
-        cause,
-        refused,
-    });
+    let _ = events
+        .send(Event::LinkClosed {
+            generation,
+            cause,
+            refused,
+        })
+        .await;
 }
 
 /// Forwards a link's frames until it ends; says why it ended and whether the relay refused us.
 async fn read_link<R: LinkReader<ServerMessage>>(
     mut reader: R,
     generation: u64,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 ) -> (String, bool) {
     loop {
         match reader.next().await {
@@ -649,6 +778,7 @@ async fn read_link<R: LinkReader<ServerMessage>>(
                         generation,
                         message,
                     })
+                    .await
                     .is_err()
                 {
                     return ("worker stopped".to_owned(), false);
@@ -702,13 +832,15 @@ mod tests {
     async fn a_request_for_a_path_that_is_not_an_inference_endpoint_fails_without_calling_the_backend()
      {
         let backend = CountingBackend::default();
-        let (events, _inbox) = mpsc::unbounded_channel();
+        let (events, _inbox) = mpsc::channel(1);
+        let (_allowance, allowed) = watch::channel(u64::MAX);
         for path in [
             "/api/delete",
             "@evil.example/v1/chat/completions",
             "/v1/models",
         ] {
-            let result = call_backend(&backend, &request_for(path), 1024, &events).await;
+            let result =
+                call_backend(&backend, &request_for(path), 1024, &events, allowed.clone()).await;
             assert!(
                 matches!(&result, Err(BackendError::Refused(_))),
                 "{path}: {:?}",
@@ -716,6 +848,62 @@ mod tests {
             );
         }
         assert_eq!(backend.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// A backend that streams 100-byte SSE chunks without end, counting those pulled.
+    struct EndlessStream(Arc<std::sync::atomic::AtomicU64>);
+
+    impl Backend for EndlessStream {
+        fn send(&self, _: BackendRequest) -> crate::backend::BackendFuture {
+            let pulled = Arc::clone(&self.0);
+            let body = futures_util::stream::repeat_with(move || {
+                pulled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(Bytes::from(vec![b'x'; 100]))
+            });
+            Box::pin(async move {
+                Ok(crate::backend::BackendResponse {
+                    status: 200,
+                    headers: [("content-type", "text/event-stream")]
+                        .into_iter()
+                        .collect(),
+                    body: Box::pin(body),
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_read_only_up_to_the_allowance() {
+        let pulled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let backend = EndlessStream(Arc::clone(&pulled));
+        let mut frame = request_for("/v1/chat/completions");
+        frame.is_streaming = true;
+        let (events, mut inbox) = mpsc::channel(INBOX);
+        let per_chunk = chunk_cost(100);
+        let (allowance, allowed) = watch::channel(10 * per_chunk);
+        let call =
+            tokio::spawn(
+                async move { call_backend(&backend, &frame, 1024, &events, allowed).await },
+            );
+        let mut chunks = 0;
+        let mut take = async |until: u64| {
+            while chunks < until {
+                match inbox.recv().await {
+                    Some(Event::Backend(SessionInput::BackendChunk { .. })) => chunks += 1,
+                    _ => panic!("only chunks are reported"),
+                }
+            }
+            // Nothing further comes while the allowance stands.
+            let more = tokio::time::timeout(Duration::from_millis(100), inbox.recv()).await;
+            assert!(more.is_err(), "read past the allowance");
+        };
+        take(10).await;
+        assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 10);
+        // Any growth lets it read on; a cost part-way into a chunk allows that chunk.
+        allowance.send_replace(15 * per_chunk + 1);
+        take(16).await;
+        assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 16);
+        call.abort();
     }
 
     #[test]

@@ -10,5 +10,6 @@ pub mod backend;
 pub mod driver;
 pub mod endpoint;
 pub mod link;
+mod progress;
 
 pub use driver::{ModelSource, WorkerOptions, run};

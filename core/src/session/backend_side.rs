@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::read_window::chunk_cost;
 use super::text_carry::NotUtf8;
 use super::{SessionOutput, WorkerSession};
 use crate::ids::WireRequestId;
@@ -15,23 +16,56 @@ pub const BACKEND_OUTPUT_NOT_UTF8: &str = "backend_output_not_utf8";
 impl WorkerSession {
     /// Response bytes from the backend: passed on while the request runs and the link is up.
     pub(super) fn on_backend_chunk(&mut self, request: WireRequestId, chunk: Bytes) {
-        if !self.running.contains(&request) || !self.linked() {
+        if !self.running.contains_key(&request) {
             return;
         }
-        match self.sendable_chunk(&request, chunk) {
-            Ok(Some(chunk)) => self.send(WorkerMessage::ResponseChunk(ResponseChunk {
-                request_id: request,
+        let read = chunk_cost(chunk.len());
+        let queued = if !self.linked() {
+            None
+        } else {
+            match self.sendable_chunk(&request, chunk) {
+                Ok(sendable) => sendable,
+                Err(NotUtf8) => {
+                    self.fail_not_utf8(request);
+                    return;
+                }
+            }
+        };
+        let queued_cost = queued.as_ref().map_or(0, |chunk| chunk_cost(chunk.len()));
+        if let Some(chunk) = queued {
+            self.send(WorkerMessage::ResponseChunk(ResponseChunk {
+                request_id: request.clone(),
                 chunk,
-            })),
-            Ok(None) => {}
-            Err(NotUtf8) => self.fail_not_utf8(request),
+            }));
+        }
+        let allowance = self
+            .running
+            .get_mut(&request)
+            .and_then(|window| window.on_read(read, queued_cost));
+        self.allow_read(request, allowance);
+    }
+
+    /// The link writer handed on more of a request's chunks: its backend call may read further.
+    pub(super) fn on_link_wrote(&mut self, request: WireRequestId, total: u64) {
+        let allowance = self
+            .running
+            .get_mut(&request)
+            .and_then(|window| window.on_written(total));
+        self.allow_read(request, allowance);
+    }
+
+    /// Tells the driver a request's new allowance, if there is one.
+    fn allow_read(&mut self, request: WireRequestId, allowance: Option<u64>) {
+        if let Some(up_to) = allowance {
+            self.outputs
+                .push_back(SessionOutput::AllowBackendRead { request, up_to });
         }
     }
 
     /// The backend finished a request: passed on, unless a v1 link cannot carry its output.
     pub(super) fn on_backend_complete(&mut self, complete: ResponseComplete) {
         let request = &complete.request_id;
-        if !self.running.contains(request) {
+        if !self.running.contains_key(request) {
             return;
         }
         let leftover = self.text_carry.forget(request);
@@ -52,7 +86,7 @@ impl WorkerSession {
         code: String,
         message: String,
     ) {
-        if !self.running.remove(&request) {
+        if self.running.remove(&request).is_none() {
             return;
         }
         self.text_carry.forget(&request);

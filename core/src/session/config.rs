@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::read_window::DEFAULT_LINK_WRITE_WINDOW;
 use crate::backoff::BackoffConfig;
 
 /// Who the worker is and how it behaves.
@@ -25,6 +26,11 @@ pub struct SessionConfig {
     pub drain_grace: Duration,
     /// How long the link may stay silent (the relay pings every 15 s) before it counts as dead.
     pub link_silence_timeout: Duration,
+    /// Cost (see [`chunk_cost`](super::chunk_cost)) a request's backend call may
+    /// read ahead of what the link writer has handed on. The QUIC link sizes each
+    /// request stream's queue for [`DEFAULT_LINK_WRITE_WINDOW`]: a larger window
+    /// there may overflow it, which fails the request.
+    pub link_write_window: u64,
 }
 
 impl Default for SessionConfig {
@@ -39,6 +45,7 @@ impl Default for SessionConfig {
             shutdown_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(5),
             link_silence_timeout: Duration::from_secs(45),
+            link_write_window: DEFAULT_LINK_WRITE_WINDOW,
         }
     }
 }

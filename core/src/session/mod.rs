@@ -7,6 +7,7 @@
 mod backend_side;
 mod config;
 mod local_side;
+mod read_window;
 mod server_side;
 mod text_carry;
 mod types;
@@ -14,12 +15,14 @@ mod types;
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
 
 pub use backend_side::BACKEND_OUTPUT_NOT_UTF8;
 pub use config::SessionConfig;
+pub use read_window::{CHUNK_COST_OVERHEAD, DEFAULT_LINK_WRITE_WINDOW, chunk_cost};
 pub use types::{SessionInput, SessionOutput};
 
+use read_window::ReadWindow;
 use text_carry::TextCarry;
 
 use crate::backoff::Backoff;
@@ -50,7 +53,8 @@ pub struct WorkerSession {
     models: Vec<String>,
     /// The server has the current `models` (else a `models_update` is owed once registered).
     models_sent: bool,
-    running: FxHashSet<WireRequestId>,
+    /// The requests running on the backend, each with its read window.
+    running: FxHashMap<WireRequestId, ReadWindow>,
     /// The encoding of the current link, once it is up.
     wire: Option<WireVersion>,
     /// On a v1 link, the start of a UTF-8 character a backend chunk split, per request.
@@ -82,7 +86,7 @@ impl WorkerSession {
             config,
             link: LinkState::Connecting,
             models_sent: false,
-            running: FxHashSet::default(),
+            running: FxHashMap::default(),
             wire: None,
             text_carry: TextCarry::default(),
             server_drain_deadline: None,
@@ -124,6 +128,7 @@ impl WorkerSession {
                 code,
                 message,
             } => self.on_backend_failed(request, code, message),
+            SessionInput::LinkWrote { request, total } => self.on_link_wrote(request, total),
             SessionInput::ModelsChanged(models) => self.on_models_changed(models),
             SessionInput::Shutdown => self.on_shutdown(now),
         }
@@ -235,7 +240,7 @@ impl WorkerSession {
     /// Stops every backend call, in request id order.
     fn abort_all(&mut self, reason: CancelReason) {
         self.text_carry.clear();
-        let mut running: Vec<WireRequestId> = self.running.drain().collect();
+        let mut running: Vec<WireRequestId> = self.running.drain().map(|(id, _)| id).collect();
         running.sort();
         for request in running {
             self.outputs.push_back(SessionOutput::AbortRequest {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::read_window::ReadWindow;
 use super::{LinkState, SessionOutput, WorkerSession};
 use crate::wire::{
     Cancel, GracefulShutdown, Ping, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, RegisterAck,
@@ -48,7 +49,7 @@ impl WorkerSession {
     /// A request to run: started, or refused when draining or at capacity.
     fn on_request(&mut self, frame: Arc<RequestFrame>) {
         let request_id = frame.request_id.clone();
-        if self.running.contains(&request_id) {
+        if self.running.contains_key(&request_id) {
             return; // a repeat; the first copy is already running
         }
         let refusal = if self.stopping || self.server_draining {
@@ -69,13 +70,18 @@ impl WorkerSession {
             }));
             return;
         }
-        self.running.insert(request_id);
+        let (window, up_to) = ReadWindow::new(self.config.link_write_window);
+        self.running.insert(request_id.clone(), window);
         self.outputs.push_back(SessionOutput::StartRequest(frame));
+        self.outputs.push_back(SessionOutput::AllowBackendRead {
+            request: request_id,
+            up_to,
+        });
     }
 
     /// The server no longer wants a request: its backend call is stopped.
     fn on_cancel(&mut self, cancel: Cancel) {
-        if !self.running.remove(&cancel.request_id) {
+        if self.running.remove(&cancel.request_id).is_none() {
             return;
         }
         self.text_carry.forget(&cancel.request_id);

@@ -61,6 +61,14 @@ pub enum SessionInput {
         /// Explanation.
         message: String,
     },
+    /// The link writer has handed on `total` cost (see [`chunk_cost`](super::chunk_cost)),
+    /// in all, of a request's `response_chunk`s.
+    LinkWrote {
+        /// The request.
+        request: WireRequestId,
+        /// Cumulative cost written since the request started.
+        total: u64,
+    },
     /// The backend's model list changed (discovery or a refresh).
     ModelsChanged(Vec<String>),
     /// Local shutdown (SIGTERM): finish running requests, then exit.
@@ -84,6 +92,14 @@ pub enum SessionOutput {
         request: WireRequestId,
         /// Why.
         reason: CancelReason,
+    },
+    /// The backend call of a request may keep reading while the cost it has read
+    /// (see [`chunk_cost`](super::chunk_cost)) is below `up_to`.
+    AllowBackendRead {
+        /// The request.
+        request: WireRequestId,
+        /// Cumulative cost the call may read up to (never lower than an earlier one).
+        up_to: u64,
     },
     /// Re-read the backend's models and report them with [`SessionInput::ModelsChanged`].
     RefreshModels,

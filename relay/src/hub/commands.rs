@@ -42,13 +42,10 @@ pub(crate) enum Command {
         auth: AuthOutcome,
         name_hint: String,
         transport: Transport,
-        /// The link's outbound queue. Not bounded by its channel: the hub puts in
-        /// it request frames (their bodies held in `--max-buffered-request-bytes`
-        /// until their requests end), one cancel per request and heartbeats, and a
-        /// worker that stops taking them is cut by `--client-idle-timeout` (the
-        /// write-progress watch) or its heartbeats, which drops the queue. A
-        /// bounded channel comes with per-request windows (issue 13).
-        outbound: mpsc::UnboundedSender<LinkCommand>,
+        /// The link's outbound queue, of `workers::link::LINK_QUEUE` items, which
+        /// a healthy link never fills (see there). The hub never waits for room: a
+        /// full queue closes the link (`HubTask::link_queue_full`).
+        outbound: mpsc::Sender<LinkCommand>,
         /// Cancelled when the hub closes the link; the link task then ends within a bound.
         closing: CancellationToken,
         /// The link reader's frame limit, raised once the worker's `register` is accepted.

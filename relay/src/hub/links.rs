@@ -7,6 +7,7 @@ use modelrelay_core::relay::{AuthOutcome, CloseReason, Input};
 use modelrelay_core::wire::{RegisterAck, ServerMessage, WireVersion};
 use modelrelay_transports::{Outgoing, ReadLimit, close_code};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -15,9 +16,8 @@ use super::{LinkCommand, Transport};
 
 /// What the hub holds of a worker link.
 pub(super) struct LinkHandle {
-    /// Bounded by what the hub puts in it, not by the channel (see
-    /// `Command::WorkerConnected`'s `outbound`).
-    outbound: mpsc::UnboundedSender<LinkCommand>,
+    /// Bounded (see `Command::WorkerConnected`'s `outbound`); the hub never waits for room.
+    outbound: mpsc::Sender<LinkCommand>,
     closing: CancellationToken,
     transport: Transport,
     /// The reader's frame limit: the before-register one until the `register_ack` goes out.
@@ -27,7 +27,7 @@ pub(super) struct LinkHandle {
 impl LinkHandle {
     /// The handle of a link written through `outbound`, ended by cancelling `closing`.
     pub(super) fn new(
-        outbound: mpsc::UnboundedSender<LinkCommand>,
+        outbound: mpsc::Sender<LinkCommand>,
         closing: CancellationToken,
         transport: Transport,
         reads: ReadLimit,
@@ -114,7 +114,24 @@ impl HubTask {
             _ => {}
         }
         if let Some(link) = self.links.get(&worker) {
-            let _ = link.outbound.send(Outgoing::Message(message));
+            match link.outbound.try_send(Outgoing::Message(message)) {
+                // Closed: the link's writer is gone, and the link with it.
+                Ok(()) | Err(TrySendError::Closed(_)) => {}
+                Err(TrySendError::Full(_)) => self.link_queue_full(worker),
+            }
+        }
+    }
+
+    /// `worker`'s outbound queue is full: its link stopped taking frames. The
+    /// frame that did not fit is dropped, as if the link's writer were gone,
+    /// and the link is closed (the core hears of it as the link goes).
+    /// (`closing` ends the link's task within a bound; one warning per link.)
+    fn link_queue_full(&mut self, worker: WorkerId) {
+        if let Some(link) = self.links.get(&worker)
+            && !link.closing.is_cancelled()
+        {
+            warn!(%worker, "the worker link's outbound queue is full; closing the link");
+            link.closing.cancel();
         }
     }
 
@@ -122,7 +139,8 @@ impl HubTask {
     pub(super) fn close_worker(&mut self, worker: WorkerId, reason: &CloseReason) {
         log_close(worker, reason);
         if let Some(link) = self.links.remove(&worker) {
-            let _ = link.outbound.send(Outgoing::Close {
+            // A full queue has a close of its own coming: `closing` ends the link.
+            let _ = link.outbound.try_send(Outgoing::Close {
                 code: close_code_for(reason),
                 reason: reason.to_string(),
             });

@@ -13,6 +13,14 @@ use tracing::{debug, warn};
 
 use crate::hub::{Command, Hub, Transport};
 
+/// Items a worker link's outbound queue holds (the hub's frames waiting for the
+/// link's writer). Never reached by a healthy link: the hub puts in it a
+/// request frame per request dispatched to the worker (at most its slots at a
+/// time, their bodies held within `--max-buffered-request-bytes`), at most one
+/// cancel per request, a ping every 15 s and one `register_ack`. A link that
+/// leaves 4,096 of those unwritten has stopped taking frames, and is closed.
+pub(crate) const LINK_QUEUE: usize = 4096;
+
 /// What the hub is told of a new link.
 pub(super) struct LinkInfo {
     /// The id the worker gets.
@@ -34,8 +42,7 @@ where
     W: LinkWriter<ServerMessage>,
 {
     let worker = link.worker;
-    // What bounds this queue: see `Command::WorkerConnected`'s `outbound`.
-    let (outbound, queue) = mpsc::unbounded_channel();
+    let (outbound, queue) = mpsc::channel(LINK_QUEUE);
     let closing = CancellationToken::new();
     let connected = hub.send(Command::WorkerConnected {
         worker,
@@ -52,9 +59,12 @@ where
         return;
     }
     let reading = read_frames(reader, &hub, worker, &link.reads);
-    let writing = writer.run(queue, |message, error| {
-        undeliverable(&hub, worker, message, error)
-    });
+    // The relay's reads need no pacing: nothing waits for its writer's progress.
+    let writing = writer.run(
+        queue,
+        |message, error| undeliverable(&hub, worker, message, error),
+        |_: &ServerMessage| {},
+    );
     tokio::pin!(reading, writing);
     // One task per link. When the worker's side ends, the hub hears of it and the
     // writer gets a moment to send what the hub still has to say (a close); when the

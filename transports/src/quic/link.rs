@@ -13,12 +13,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use modelrelay_core::WireRequestId;
+use modelrelay_core::session::{CHUNK_COST_OVERHEAD, DEFAULT_LINK_WRITE_WINDOW};
 use modelrelay_core::wire::{
     Cancel, CancelReason, FrameLimits, ServerMessage, WireMessage, WireVersion, WorkerMessage,
 };
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
@@ -32,6 +35,25 @@ const UNACKED_SEND_WAIT: Duration = Duration::from_secs(3);
 /// After the connection closed, how long the reader waits for each message its
 /// streams still hand over (frames that arrived just before the close).
 const DRAIN_AFTER_CLOSE: Duration = Duration::from_millis(500);
+
+/// Decoded messages from every stream of a connection waiting for the reader.
+/// A stream's task waits for room, and stops reading its stream meanwhile, so
+/// quinn's stream window holds the peer back.
+const INBOUND_QUEUE: usize = 256;
+
+/// Control-stream frames waiting for its task; the writer waits for room.
+const CONTROL_QUEUE: usize = 256;
+
+/// Frames waiting for one of the worker's request streams. The worker reads a
+/// backend no further than its read window past what its writer has written
+/// (`modelrelay_core::session`), and each chunk costs at least
+/// [`CHUNK_COST_OVERHEAD`]: a stream never holds more than the default window's
+/// worth of chunks, plus its completion. Full means that pacing failed: the
+/// stream is reset and its request failed alone.
+const STREAM_QUEUE: usize = (DEFAULT_LINK_WRITE_WINDOW / CHUNK_COST_OVERHEAD) as usize + 2;
+
+/// The code a worker's request stream is reset with when its queue overflowed.
+const STREAM_OVERFLOW_RESET: u32 = 8;
 
 /// The error code of a request stream reset by a cancel, for each reason (the
 /// `cancel` message on the control stream says the same; this code says it on
@@ -75,12 +97,24 @@ impl Drop for CloseOnDrop {
     }
 }
 
-type Inbound<M> = mpsc::UnboundedSender<Result<M, LinkError>>;
+type Inbound<M> = mpsc::Sender<Result<M, LinkError>>;
+
+/// A message's report to its writer's `written` callback, made once its frame is written.
+type Report = Box<dyn FnOnce() + Send>;
+
+/// The report of `message`: `written` called with it.
+fn report_of<M: Send + 'static>(
+    written: &(impl Fn(&M) + Clone + Send + 'static),
+    message: M,
+) -> Report {
+    let written = written.clone();
+    Box::new(move || written(&message))
+}
 
 /// The receiving half: messages from every stream of the connection.
 pub struct QuicReader<M> {
     connection: Connection,
-    inbound: mpsc::UnboundedReceiver<Result<M, LinkError>>,
+    inbound: mpsc::Receiver<Result<M, LinkError>>,
     close_frame: Option<(u16, String)>,
     closing: bool,
     done: bool,
@@ -90,7 +124,7 @@ pub struct QuicReader<M> {
 impl<M> QuicReader<M> {
     fn new(
         connection: Connection,
-        inbound: mpsc::UnboundedReceiver<Result<M, LinkError>>,
+        inbound: mpsc::Receiver<Result<M, LinkError>>,
         open: Arc<CloseOnDrop>,
     ) -> Self {
         Self {
@@ -150,21 +184,42 @@ fn encode<M: WireMessage>(message: &M, limits: FrameLimits) -> Result<Bytes, Lin
     Ok(frame)
 }
 
-/// `message` encoded; or, when it cannot travel, what `unsendable` gives instead (if anything).
-fn encode_or_instead<M: WireMessage>(
+/// A message from a writer's queue, encoded, with the report to make once it is written.
+struct Encoded<M> {
+    message: M,
+    frame: Bytes,
+    report: Report,
+}
+
+/// `message` encoded; or, when it cannot travel, what `unsendable` gives instead
+/// (if anything: `message` is reported written, as refused, first).
+fn encode_or_instead<M: WireMessage + Clone + Send + 'static>(
     message: M,
     limits: FrameLimits,
     unsendable: &mut impl FnMut(M, &LinkError) -> Option<M>,
-) -> Result<Option<(M, Bytes)>, LinkError> {
+    written: &(impl Fn(&M) + Clone + Send + 'static),
+) -> Result<Option<Encoded<M>>, LinkError> {
     match encode(&message, limits) {
-        Ok(frame) => Ok(Some((message, frame))),
-        Err(error) => match unsendable(message, &error) {
-            Some(instead) => {
-                let frame = encode(&instead, limits)?;
-                Ok(Some((instead, frame)))
+        Ok(frame) => Ok(Some(Encoded {
+            report: report_of(written, message.clone()),
+            message,
+            frame,
+        })),
+        Err(error) => {
+            written(&message);
+            match unsendable(message, &error) {
+                Some(instead) => {
+                    let frame = encode(&instead, limits)?;
+                    Ok(Some(Encoded {
+                        message: instead,
+                        frame,
+                        // Not from the queue: nothing to report.
+                        report: Box::new(|| {}),
+                    }))
+                }
+                None => Ok(None),
             }
-            None => Ok(None),
-        },
+        }
     }
 }
 
@@ -185,13 +240,13 @@ async fn forward<M: WireMessage>(
             Ok(Some(frame)) => {
                 let message = decode(&frame, reads.get());
                 let malformed = message.is_err();
-                if inbound.send(message).is_err() || malformed {
+                if inbound.send(message).await.is_err() || malformed {
                     return Err(None);
                 }
             }
             Ok(None) => return Ok(()),
             Err(error) if error.is_protocol_violation() => {
-                let _ = inbound.send(Err(error));
+                let _ = inbound.send(Err(error)).await;
                 return Err(None);
             }
             Err(error) => {
@@ -211,14 +266,16 @@ fn reset_of(error: &LinkError) -> Option<VarInt> {
     }
 }
 
-/// The control stream's task: writes its frames in order; when its queue closes,
-/// finishes the stream and waits for the peer to acknowledge it.
+/// The control stream's task: writes its frames in order, reporting each once
+/// written; when its queue closes, finishes the stream and waits for the peer to
+/// acknowledge it.
 async fn write_control(
     mut send: SendStream,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    mut frames: mpsc::Receiver<(Bytes, Report)>,
 ) -> Result<(), LinkError> {
-    while let Some(frame) = frames.recv().await {
+    while let Some((frame, report)) = frames.recv().await {
         write_frame(&mut send, frame).await?;
+        report();
     }
     let _ = send.finish();
     let _ = send.stopped().await;
@@ -228,7 +285,7 @@ async fn write_control(
 /// What both sides' writers share: the connection, its control stream's task.
 struct Control {
     connection: Connection,
-    frames: Option<mpsc::UnboundedSender<Bytes>>,
+    frames: Option<mpsc::Sender<(Bytes, Report)>>,
     task: JoinHandle<Result<(), LinkError>>,
     limits: FrameLimits,
     _open: Arc<CloseOnDrop>,
@@ -241,7 +298,7 @@ impl Control {
         limits: FrameLimits,
         open: Arc<CloseOnDrop>,
     ) -> Self {
-        let (frames, queue) = mpsc::unbounded_channel();
+        let (frames, queue) = mpsc::channel(CONTROL_QUEUE);
         Self {
             connection,
             frames: Some(frames),
@@ -251,10 +308,11 @@ impl Control {
         }
     }
 
-    fn send(&self, frame: Bytes) {
+    /// Queues a frame for the control stream, waiting for room.
+    async fn send(&self, frame: Bytes, report: Report) {
         if let Some(frames) = &self.frames {
             // A closed queue means the task failed; `failed` reports it.
-            let _ = frames.send(frame);
+            let _ = frames.send((frame, report)).await;
         }
     }
 
@@ -285,21 +343,24 @@ impl Control {
     }
 }
 
-/// What a request stream's task hears from its side's writer.
-enum ToStream {
-    /// A frame to write; `last` finishes the stream after it.
-    Frame { frame: Bytes, last: bool },
-    /// Cancelled by the relay: reset the stream with this code.
-    Cancel(VarInt),
+/// What a worker's request stream's task hears from the worker's writer.
+struct ToStream {
+    /// The frame to write.
+    frame: Bytes,
+    /// Whether to finish the stream after it.
+    last: bool,
+    /// Made once the frame is written.
+    report: Report,
 }
 
 /// A side's request streams by request, each with the token of its task (the
-/// same request may come back on a new stream after a refusal).
-struct StreamTable {
-    by_request: HashMap<WireRequestId, (u64, mpsc::UnboundedSender<ToStream>)>,
+/// same request may come back on a new stream after a refusal) and what its
+/// writer holds of it (`S`).
+struct StreamTable<S> {
+    by_request: HashMap<WireRequestId, (u64, S)>,
 }
 
-impl StreamTable {
+impl<S> StreamTable<S> {
     fn new() -> Self {
         Self {
             by_request: HashMap::new(),
@@ -325,7 +386,8 @@ pub(super) fn server_side(
     limits: FrameLimits,
     control: ReadLimit,
 ) -> (QuicReader<WorkerMessage>, RelayWriter) {
-    let (inbound_tx, inbound) = mpsc::unbounded_channel();
+    let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    // Bounded by construction: one item per request stream's task, as it ends.
     let (ended_tx, ended) = mpsc::unbounded_channel();
     // Only the stream tasks keep the channel open: once they are gone after a
     // close, the reader has seen everything.
@@ -350,8 +412,9 @@ pub(super) fn server_side(
 /// The relay's sending half: a task per request stream, routes cancels to it.
 pub struct RelayWriter {
     control: Control,
-    inbound: mpsc::WeakUnboundedSender<Result<WorkerMessage, LinkError>>,
-    streams: StreamTable,
+    inbound: mpsc::WeakSender<Result<WorkerMessage, LinkError>>,
+    /// Each request stream's task, told the reset code of a cancel.
+    streams: StreamTable<mpsc::UnboundedSender<VarInt>>,
     next_token: u64,
     ended_tx: mpsc::UnboundedSender<(WireRequestId, u64)>,
     ended: mpsc::UnboundedReceiver<(WireRequestId, u64)>,
@@ -360,11 +423,13 @@ pub struct RelayWriter {
 impl RelayWriter {
     /// Writes the relay's messages: each request on a stream of its own, a cancel
     /// on the control stream and as a reset of its request's stream, everything
-    /// else on the control stream.
+    /// else on the control stream. `written` hears of each message as its stream's
+    /// task wrote it (see [`LinkWriter::run`]).
     pub async fn run(
         mut self,
-        mut queue: mpsc::UnboundedReceiver<Outgoing<ServerMessage>>,
+        mut queue: mpsc::Receiver<Outgoing<ServerMessage>>,
         mut unsendable: impl FnMut(ServerMessage, &LinkError) -> Option<ServerMessage> + Send,
+        written: impl Fn(&ServerMessage) + Clone + Send + 'static,
     ) -> Result<(), LinkError> {
         loop {
             let item = tokio::select! {
@@ -384,20 +449,25 @@ impl RelayWriter {
                 }
                 None => break,
             };
-            let Some((message, frame)) =
-                encode_or_instead(message, self.control.limits, &mut unsendable)?
+            let Some(Encoded {
+                message,
+                frame,
+                report,
+            }) = encode_or_instead(message, self.control.limits, &mut unsendable, &written)?
             else {
                 continue;
             };
             match message {
-                ServerMessage::Request(request) => self.open(request.request_id.clone(), frame),
+                ServerMessage::Request(request) => {
+                    self.open(request.request_id.clone(), frame, report)
+                }
                 ServerMessage::Cancel(cancel) => {
-                    self.control.send(frame);
+                    self.control.send(frame, report).await;
                     if let Some((_, stream)) = self.streams.by_request.remove(&cancel.request_id) {
-                        let _ = stream.send(ToStream::Cancel(reset_code(&cancel.reason)));
+                        let _ = stream.send(reset_code(&cancel.reason));
                     }
                 }
-                _ => self.control.send(frame),
+                _ => self.control.send(frame, report).await,
             }
         }
         self.control.close(close_code::NORMAL, "", None).await;
@@ -405,10 +475,11 @@ impl RelayWriter {
     }
 
     /// Starts the task of a new request stream, which writes `frame` first.
-    fn open(&mut self, request: WireRequestId, frame: Bytes) {
+    fn open(&mut self, request: WireRequestId, frame: Bytes, report: Report) {
         let Some(inbound) = self.inbound.upgrade() else {
             return; // the reader is gone: the link is closing
         };
+        // Bounded by construction: the writer sends it at most one cancel.
         let (to_stream, commands) = mpsc::unbounded_channel();
         let token = self.next_token;
         self.next_token += 1;
@@ -419,7 +490,7 @@ impl RelayWriter {
         let limits = self.control.limits;
         let ended = self.ended_tx.clone();
         tokio::spawn(async move {
-            relay_stream(connection, frame, commands, inbound, limits).await;
+            relay_stream(connection, frame, report, commands, inbound, limits).await;
             let _ = ended.send((request, token));
         });
     }
@@ -430,7 +501,8 @@ impl RelayWriter {
 async fn relay_stream(
     connection: Connection,
     request: Bytes,
-    mut commands: mpsc::UnboundedReceiver<ToStream>,
+    report: Report,
+    mut commands: mpsc::UnboundedReceiver<VarInt>,
     inbound: Inbound<WorkerMessage>,
     limits: FrameLimits,
 ) {
@@ -441,7 +513,9 @@ async fn relay_stream(
             return; // the connection is gone; the reader reports it
         }
     };
-    if let Err(error) = write_frame(&mut send, request).await {
+    let wrote = write_frame(&mut send, request).await;
+    report();
+    if let Err(error) = wrote {
         // The request would be lost without a word: end the link, its work is requeued.
         debug!(%error, "a request could not be written; closing the link");
         connection.close(
@@ -460,8 +534,7 @@ async fn relay_stream(
                 // The worker's half ended (finished, or reset): so has the request.
                 _ = &mut reading => break None,
                 command = commands.recv(), if commands_open => match command {
-                    Some(ToStream::Cancel(code)) => break Some(code),
-                    Some(ToStream::Frame { .. }) => {}
+                    Some(code) => break Some(code),
                     // The writer is closing: the connection ends this stream soon.
                     None => commands_open = false,
                 },
@@ -487,7 +560,8 @@ pub(super) fn worker_side(
     mut control_recv: RecvStream,
     limits: FrameLimits,
 ) -> (QuicReader<ServerMessage>, WorkerWriter) {
-    let (inbound_tx, inbound) = mpsc::unbounded_channel();
+    let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    // Bounded by construction: two items per request stream (opened, ended).
     let (events_tx, events) = mpsc::unbounded_channel();
     let control_tx = inbound_tx.clone();
     tokio::spawn(async move {
@@ -528,35 +602,51 @@ enum StreamEvent {
     Opened {
         request: WireRequestId,
         token: u64,
-        frames: mpsc::UnboundedSender<ToStream>,
+        stream: WorkerStream,
     },
     /// The stream is done (answered, cancelled or broken).
     Ended { request: WireRequestId, token: u64 },
+}
+
+/// What the worker's writer holds of one request stream.
+#[derive(Clone)]
+struct WorkerStream {
+    /// Its frames ([`STREAM_QUEUE`] at most).
+    frames: mpsc::Sender<ToStream>,
+    /// Cancelled to reset the stream at once (its queue overflowed).
+    reset: CancellationToken,
 }
 
 /// The worker's sending half: answers each request on the stream it came on.
 pub struct WorkerWriter {
     control: Control,
     events: mpsc::UnboundedReceiver<StreamEvent>,
-    streams: StreamTable,
+    streams: StreamTable<WorkerStream>,
     tracker: TaskTracker,
 }
 
 impl WorkerWriter {
     /// Writes the worker's messages: a request's chunks, completion or error on its
     /// stream (finished after the last), everything else on the control stream.
+    /// `written` hears of each message once its stream's task wrote it, or once it
+    /// was dropped because its stream is gone (see [`LinkWriter::run`]).
+    ///
+    /// A stream whose queue is full (its request read past its window: a bug) is
+    /// reset, and `unsendable` gives the error that goes, on the control stream,
+    /// in place of the message that did not fit.
     pub async fn run(
         mut self,
-        mut queue: mpsc::UnboundedReceiver<Outgoing<WorkerMessage>>,
+        mut queue: mpsc::Receiver<Outgoing<WorkerMessage>>,
         mut unsendable: impl FnMut(WorkerMessage, &LinkError) -> Option<WorkerMessage> + Send,
+        written: impl Fn(&WorkerMessage) + Clone + Send + 'static,
     ) -> Result<(), LinkError> {
         loop {
             let item = tokio::select! {
                 biased;
                 Some(event) = self.events.recv() => {
                     match event {
-                        StreamEvent::Opened { request, token, frames } => {
-                            self.streams.by_request.insert(request, (token, frames));
+                        StreamEvent::Opened { request, token, stream } => {
+                            self.streams.by_request.insert(request, (token, stream));
                         }
                         StreamEvent::Ended { request, token } => self.streams.ended(&request, token),
                     }
@@ -573,8 +663,11 @@ impl WorkerWriter {
                 }
                 None => break,
             };
-            let Some((message, frame)) =
-                encode_or_instead(message, self.control.limits, &mut unsendable)?
+            let Some(Encoded {
+                message,
+                frame,
+                report,
+            }) = encode_or_instead(message, self.control.limits, &mut unsendable, &written)?
             else {
                 continue;
             };
@@ -585,7 +678,7 @@ impl WorkerWriter {
                 _ => (None, false),
             };
             let Some(request) = request else {
-                self.control.send(frame);
+                self.control.send(frame, report).await;
                 continue;
             };
             let stream = if last {
@@ -593,13 +686,49 @@ impl WorkerWriter {
             } else {
                 self.streams.by_request.get(request).map(|(_, s)| s.clone())
             };
-            if let Some(stream) = stream {
-                let _ = stream.send(ToStream::Frame { frame, last });
+            let Some(stream) = stream else {
+                // No stream: the relay cancelled the request; nothing more to say about it.
+                report();
+                continue;
+            };
+            match stream.frames.try_send(ToStream {
+                frame,
+                last,
+                report,
+            }) {
+                Ok(()) => {}
+                // The stream's task ended (cancelled, or broken): the frame goes nowhere.
+                Err(TrySendError::Closed(dropped)) => (dropped.report)(),
+                Err(TrySendError::Full(dropped)) => {
+                    (dropped.report)();
+                    let request = request.clone();
+                    self.overflowed(&request, message, &mut unsendable).await;
+                }
             }
-            // No stream: the relay cancelled the request; nothing more to say about it.
         }
         self.close(close_code::NORMAL, "").await;
         Ok(())
+    }
+
+    /// A request stream's queue overflowed: the stream is reset, and the error
+    /// `unsendable` gives for `message` goes on the control stream.
+    async fn overflowed(
+        &mut self,
+        request: &WireRequestId,
+        message: WorkerMessage,
+        unsendable: &mut impl FnMut(WorkerMessage, &LinkError) -> Option<WorkerMessage>,
+    ) {
+        if let Some((_, stream)) = self.streams.by_request.remove(request) {
+            stream.reset.cancel();
+        }
+        let error = LinkError::StreamQueueFull {
+            capacity: STREAM_QUEUE,
+        };
+        if let Some(frame) = unsendable(message, &error)
+            .and_then(|instead| encode(&instead, self.control.limits).ok())
+        {
+            self.control.send(frame, Box::new(|| {})).await;
+        }
     }
 
     /// Lets every stream write what it has and be acknowledged, then closes.
@@ -668,24 +797,30 @@ async fn worker_stream(
     let request_id = match &request {
         Ok(ServerMessage::Request(frame)) => frame.request_id.clone(),
         Ok(_) => {
-            let _ = inbound.send(Err(LinkError::Protocol(
-                "a request stream must start with a request".into(),
-            )));
+            let _ = inbound
+                .send(Err(LinkError::Protocol(
+                    "a request stream must start with a request".into(),
+                )))
+                .await;
             return;
         }
         Err(_) => {
-            let _ = inbound.send(request);
+            let _ = inbound.send(request).await;
             return;
         }
     };
-    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    let (frames_tx, mut frames) = mpsc::channel(STREAM_QUEUE);
+    let reset = CancellationToken::new();
     // The writer hears of the stream before the session hears of the request.
     let opened = StreamEvent::Opened {
         request: request_id.clone(),
         token,
-        frames: frames_tx,
+        stream: WorkerStream {
+            frames: frames_tx,
+            reset: reset.clone(),
+        },
     };
-    if events.send(opened).is_err() || inbound.send(request).is_err() {
+    if events.send(opened).is_err() || inbound.send(request).await.is_err() {
         return;
     }
     let reading = after_request(&mut recv, limits, &request_id);
@@ -693,22 +828,29 @@ async fn worker_stream(
     let mut relay_done = false;
     loop {
         tokio::select! {
+            biased;
+            () = reset.cancelled() => {
+                let _ = send.reset(VarInt::from_u32(STREAM_OVERFLOW_RESET));
+                break;
+            }
             after = &mut reading, if !relay_done => match after {
                 AfterRequest::Finished => relay_done = true,
                 AfterRequest::Cancelled(cancel) => {
                     let _ = send.reset(reset_code(&cancel.reason));
-                    let _ = inbound.send(Ok(ServerMessage::Cancel(cancel)));
+                    let _ = inbound.send(Ok(ServerMessage::Cancel(cancel))).await;
                     break;
                 }
                 AfterRequest::Violation(error) => {
-                    let _ = inbound.send(Err(error));
+                    let _ = inbound.send(Err(error)).await;
                     break;
                 }
                 AfterRequest::Lost => break,
             },
             frame = frames.recv() => match frame {
-                Some(ToStream::Frame { frame, last }) => {
-                    if write_frame(&mut send, frame).await.is_err() {
+                Some(ToStream { frame, last, report }) => {
+                    let wrote = write_frame(&mut send, frame).await;
+                    report();
+                    if wrote.is_err() {
                         break; // the relay stopped the stream: it cancelled
                     }
                     if last {
@@ -719,7 +861,6 @@ async fn worker_stream(
                         return;
                     }
                 }
-                Some(ToStream::Cancel(_)) => {}
                 // The writer is closing.
                 None => {
                     let _ = send.finish();
@@ -747,19 +888,21 @@ impl<M: Send + 'static> LinkReader<M> for QuicReader<M> {
 impl LinkWriter<ServerMessage> for RelayWriter {
     fn run(
         self,
-        queue: mpsc::UnboundedReceiver<Outgoing<ServerMessage>>,
+        queue: mpsc::Receiver<Outgoing<ServerMessage>>,
         unsendable: impl FnMut(ServerMessage, &LinkError) -> Option<ServerMessage> + Send,
+        written: impl Fn(&ServerMessage) + Clone + Send + 'static,
     ) -> impl std::future::Future<Output = Result<(), LinkError>> + Send {
-        RelayWriter::run(self, queue, unsendable)
+        RelayWriter::run(self, queue, unsendable, written)
     }
 }
 
 impl LinkWriter<WorkerMessage> for WorkerWriter {
     fn run(
         self,
-        queue: mpsc::UnboundedReceiver<Outgoing<WorkerMessage>>,
+        queue: mpsc::Receiver<Outgoing<WorkerMessage>>,
         unsendable: impl FnMut(WorkerMessage, &LinkError) -> Option<WorkerMessage> + Send,
+        written: impl Fn(&WorkerMessage) + Clone + Send + 'static,
     ) -> impl std::future::Future<Output = Result<(), LinkError>> + Send {
-        WorkerWriter::run(self, queue, unsendable)
+        WorkerWriter::run(self, queue, unsendable, written)
     }
 }

@@ -197,21 +197,31 @@ where
     /// A message that cannot be sent on this link (it does not encode, or its frame
     /// is over the limit) does not end the link: `unsendable` hears of it and may
     /// give a message to send in its place (an error about that one request).
+    ///
+    /// `written` hears of each message from `queue` once its frame was fed into
+    /// the sink, or once it was refused as unsendable (before `unsendable` takes it).
     pub async fn run(
         mut self,
-        mut queue: mpsc::UnboundedReceiver<Outgoing<M>>,
+        mut queue: mpsc::Receiver<Outgoing<M>>,
         mut unsendable: impl FnMut(M, &LinkError) -> Option<M>,
+        written: impl Fn(&M),
     ) -> Result<(), LinkError> {
         while let Some(item) = queue.recv().await {
             match item {
                 Outgoing::Message(message) => {
-                    let frame = match self.encode(&message) {
-                        Ok(frame) => Some(frame),
-                        Err(error) => unsendable(message, &error)
-                            .and_then(|instead| self.encode(&instead).ok()),
-                    };
-                    if let Some(frame) = frame {
-                        self.sink.feed(frame).await?;
+                    match self.encode(&message) {
+                        Ok(frame) => {
+                            self.sink.feed(frame).await?;
+                            written(&message);
+                        }
+                        Err(error) => {
+                            written(&message);
+                            let instead = unsendable(message, &error)
+                                .and_then(|instead| self.encode(&instead).ok());
+                            if let Some(frame) = instead {
+                                self.sink.feed(frame).await?;
+                            }
+                        }
                     }
                     if queue.is_empty() {
                         self.flush().await?;
@@ -256,10 +266,11 @@ where
 {
     fn run(
         self,
-        queue: mpsc::UnboundedReceiver<Outgoing<M>>,
+        queue: mpsc::Receiver<Outgoing<M>>,
         unsendable: impl FnMut(M, &LinkError) -> Option<M> + Send,
+        written: impl Fn(&M) + Clone + Send + 'static,
     ) -> impl std::future::Future<Output = Result<(), LinkError>> + Send {
-        WsWriter::run(self, queue, unsendable)
+        WsWriter::run(self, queue, unsendable, written)
     }
 }
 
@@ -335,19 +346,83 @@ mod tests {
             WireVersion::V2,
             FrameLimits::default(),
         );
-        let (queue, outgoing) = mpsc::unbounded_channel();
+        let (queue, outgoing) = mpsc::channel(100);
         for n in 0..100 {
             let chunk = WorkerMessage::ResponseChunk(ResponseChunk {
                 request_id: WireRequestId::Number(n),
                 chunk: Bytes::from_static(b"data: {\"choices\":[]}\n\n"),
             });
-            queue.send(Outgoing::Message(chunk)).unwrap();
+            queue.try_send(Outgoing::Message(chunk)).unwrap();
         }
         drop(queue);
-        writer.run(outgoing, |_, _| None).await.unwrap();
+        let reported = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&reported);
+        writer
+            .run(
+                outgoing,
+                |_, _| None,
+                move |_: &WorkerMessage| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                },
+            )
+            .await
+            .unwrap();
         // 100 frames queued at once: they share writes (one per flush, plus the close).
         let writes = writes.load(Ordering::Relaxed);
         assert!(writes <= 5, "{writes} writes for one burst of 100 frames");
+        assert_eq!(reported.load(Ordering::Relaxed), 100);
         drop(far);
+    }
+
+    #[tokio::test]
+    async fn each_message_is_reported_written_once_sent_or_refused() {
+        let (near, _far) = tokio::io::duplex(1 << 20);
+        let socket = WebSocketStream::from_raw_socket(
+            near,
+            Role::Client,
+            Some(super::super::config(FrameLimits::default())),
+        )
+        .await;
+        let limits = FrameLimits {
+            max_frame_bytes: 256,
+        };
+        let (_reader, writer) =
+            split::<_, WorkerMessage, WorkerMessage>(socket, WireVersion::V2, limits);
+        let chunk = |n: u64, bytes: usize| {
+            Outgoing::Message(WorkerMessage::ResponseChunk(ResponseChunk {
+                request_id: WireRequestId::Number(n),
+                chunk: Bytes::from(vec![b'x'; bytes]),
+            }))
+        };
+        let (queue, outgoing) = mpsc::channel(4);
+        queue.try_send(chunk(1, 10)).unwrap();
+        queue.try_send(chunk(2, 1000)).unwrap();
+        queue.try_send(chunk(3, 20)).unwrap();
+        drop(queue);
+        let reported = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&reported);
+        let mut refused = Vec::new();
+        writer
+            .run(
+                outgoing,
+                |message, _| {
+                    refused.push(message);
+                    None
+                },
+                move |message: &WorkerMessage| {
+                    if let WorkerMessage::ResponseChunk(chunk) = message {
+                        seen.lock().unwrap().push(chunk.request_id.clone());
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused.len(), 1, "the 1000-byte chunk is over the limit");
+        let reported = reported.lock().unwrap().clone();
+        assert_eq!(
+            reported,
+            [1, 2, 3].map(WireRequestId::Number).to_vec(),
+            "each message once, in order, the refused one too"
+        );
     }
 }
