@@ -12,6 +12,7 @@ use modelrelay_core::wire::{
     Ping, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, RequestFrame,
     ResponseChunk, ServerMessage, WireVersion, WorkerError, WorkerMessage,
 };
+use modelrelay_core::wire::{INITIAL_WINDOW, LinkFlow, WindowUpdate};
 use modelrelay_core::{ModelName, RequestId, WireRequestId};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -71,6 +72,7 @@ impl Harness {
         assert_eq!(h.outputs(), [SessionOutput::Connect]);
         h.handle(SessionInput::LinkUp {
             wire: WireVersion::V2,
+            flow: LinkFlow::Unwindowed,
         });
         h.ack();
         h
@@ -158,6 +160,7 @@ fn the_session_dials_at_once_and_registers_when_the_link_is_up() {
     assert_eq!(h.outputs(), [SessionOutput::Connect]);
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V1,
+        flow: LinkFlow::Unwindowed,
     });
     assert_eq!(
         outputs,
@@ -298,6 +301,7 @@ fn a_registration_resets_the_backoff() {
     }
     h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
+        flow: LinkFlow::Unwindowed,
     });
     h.ack();
     let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
@@ -338,6 +342,7 @@ fn no_ack_in_time_drops_the_link() {
     h.outputs();
     h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
+        flow: LinkFlow::Unwindowed,
     });
     let outputs = h.advance(SessionConfig::default().register_timeout);
     assert_eq!(outputs, [SessionOutput::CloseLink]);
@@ -457,6 +462,7 @@ fn model_changes_are_sent_when_registered_and_owed_until_then() {
     h.advance(delay);
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
+        flow: LinkFlow::Unwindowed,
     });
     assert!(matches!(
         &outputs[..],
@@ -558,7 +564,10 @@ fn ids_from_another_relay_are_echoed_as_given() {
 fn registered_on(wire: WireVersion) -> Harness {
     let mut h = Harness::new(2);
     h.outputs();
-    h.handle(SessionInput::LinkUp { wire });
+    h.handle(SessionInput::LinkUp {
+        wire,
+        flow: LinkFlow::Unwindowed,
+    });
     h.ack();
     h
 }
@@ -669,6 +678,7 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
     h.outputs();
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
+        flow: LinkFlow::Unwindowed,
     });
     let [SessionOutput::Send(message @ WorkerMessage::Register(register))] = &outputs[..] else {
         panic!("a register: {outputs:?}");
@@ -706,12 +716,22 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
 const WINDOW: u64 = 4096;
 
 fn paced(max_concurrent: u32) -> Harness {
+    paced_on(max_concurrent, LinkFlow::Unwindowed)
+}
+
+/// A registered session whose writer window is [`WINDOW`], on a link with `flow`.
+fn paced_on(max_concurrent: u32, flow: LinkFlow) -> Harness {
+    paced_with(max_concurrent, flow, WINDOW)
+}
+
+/// A registered session whose writer window is `link_write_window`, on a link with `flow`.
+fn paced_with(max_concurrent: u32, flow: LinkFlow, link_write_window: u64) -> Harness {
     let mut h = Harness {
         session: WorkerSession::new(SessionConfig {
             worker_name: "gpu-1".into(),
             models: vec!["m".into()],
             max_concurrent,
-            link_write_window: WINDOW,
+            link_write_window,
             ..SessionConfig::default()
         }),
         now: Instant::now(),
@@ -719,6 +739,7 @@ fn paced(max_concurrent: u32) -> Harness {
     h.outputs();
     h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
+        flow,
     });
     h.ack();
     h
@@ -821,5 +842,89 @@ fn tiny_chunks_cost_their_overhead() {
     assert_eq!(
         allowances(&wrote(&mut h, 1, per_chunk)),
         [(r(1), per_chunk + WINDOW)]
+    );
+}
+
+fn window(h: &mut Harness, id: u64, max_bytes: u64) -> Vec<SessionOutput> {
+    h.frame(ServerMessage::WindowUpdate(WindowUpdate {
+        request_id: r(id),
+        max_bytes,
+    }))
+}
+
+#[test]
+fn on_a_v2_1_link_the_backend_is_read_only_within_the_relays_window() {
+    // A writer window far larger than the relay's: the relay's is the limit.
+    let mut h = paced_with(1, LinkFlow::Windowed, 16 * INITIAL_WINDOW);
+    // The first allowance is the protocol's first window, in payload bytes.
+    assert_eq!(allowances(&h.request(1)), [(r(1), INITIAL_WINDOW)]);
+    // Chunks of 1000 bytes: the backend reads while its cost is under the allowance,
+    // which stops it once it has read INITIAL_WINDOW payload bytes (plus the last
+    // chunk, which a read cannot cut short), whatever the per-chunk overhead.
+    let (mut cost, mut payload, mut allowed) = (0, 0, INITIAL_WINDOW);
+    while cost < allowed {
+        for (_, up_to) in allowances(&chunk(&mut h, 1, 1000)) {
+            allowed = up_to;
+        }
+        cost += chunk_cost(1000);
+        payload += 1000;
+    }
+    assert!(
+        (INITIAL_WINDOW..INITIAL_WINDOW + 1000).contains(&payload),
+        "{payload} payload bytes read under a first window of {INITIAL_WINDOW}"
+    );
+    // Writing it all does not let the backend read on: the relay has not granted more.
+    assert_eq!(allowances(&wrote(&mut h, 1, cost)), []);
+    // A window_update does, by exactly what it grants.
+    let grant = 3 * INITIAL_WINDOW;
+    assert_eq!(
+        allowances(&window(&mut h, 1, grant)),
+        [(r(1), grant + (payload / 1000) * CHUNK_COST_OVERHEAD)]
+    );
+}
+
+#[test]
+fn window_updates_never_shrink_and_those_for_other_requests_or_links_are_ignored() {
+    let mut h = paced_on(2, LinkFlow::Windowed);
+    h.request(1);
+    let mut read = 0;
+    while read < WINDOW {
+        chunk(&mut h, 1, 1000);
+        read += 1000;
+    }
+    // A smaller value, a repeat, and a request that is not running change nothing.
+    assert_eq!(allowances(&window(&mut h, 1, 10)), []);
+    assert_eq!(allowances(&window(&mut h, 1, INITIAL_WINDOW)), []);
+    assert_eq!(allowances(&window(&mut h, 9, 10 * INITIAL_WINDOW)), []);
+    // On a link without windows the relay cannot hold the worker back: updates are ignored.
+    let mut plain = paced_on(1, LinkFlow::Unwindowed);
+    assert_eq!(allowances(&plain.request(1)), [(r(1), WINDOW)]);
+    assert_eq!(allowances(&window(&mut plain, 1, 1)), []);
+    assert_eq!(allowances(&window(&mut plain, 1, 100 * WINDOW)), []);
+}
+
+#[test]
+fn without_relay_windows_the_worker_never_waits_for_credit() {
+    // A v2 relay from before the revision (or a v1 one) never sends a window_update:
+    // the writer alone paces the backend, however far past INITIAL_WINDOW it reads.
+    let mut h = paced_on(1, LinkFlow::Unwindowed);
+    h.request(1);
+    let mut written = 0;
+    for _ in 0..(4 * INITIAL_WINDOW / 1000) {
+        chunk(&mut h, 1, 1000);
+        written += chunk_cost(1000);
+        wrote(&mut h, 1, written);
+    }
+    let outputs = chunk(&mut h, 1, 1000);
+    assert!(
+        outputs
+            .iter()
+            .all(|o| !matches!(o, SessionOutput::CloseLink))
+    );
+    // Everything read was written: the allowance is the writer's, a window ahead.
+    let last = allowances(&wrote(&mut h, 1, written + chunk_cost(1000)));
+    assert!(
+        last.iter().all(|(_, up_to)| *up_to > 4 * INITIAL_WINDOW),
+        "{last:?}"
     );
 }

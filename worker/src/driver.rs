@@ -21,8 +21,8 @@ use modelrelay_core::session::{
     CHUNK_COST_OVERHEAD, SessionConfig, SessionInput, SessionOutput, WorkerSession, chunk_cost,
 };
 use modelrelay_core::wire::{
-    BackendUsage, FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, RequestFrame, ServerMessage,
-    TokenCounts, WireVersion, WorkerMessage,
+    BackendUsage, FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, LinkFlow, RequestFrame,
+    ServerMessage, TokenCounts, WireVersion, WorkerMessage,
 };
 use modelrelay_transports::LINK_CLOSE_WAIT;
 use modelrelay_transports::close_code;
@@ -131,6 +131,7 @@ enum Event {
     LinkUp {
         generation: u64,
         wire: WireVersion,
+        flow: LinkFlow,
         outbound: mpsc::Sender<Outgoing<WorkerMessage>>,
         progress: Arc<WriteProgress>,
     },
@@ -418,11 +419,13 @@ impl<D: Dialer> Driver<D> {
             )
             .await;
             match result {
-                Ok(Link::WebSocket(reader, writer, wire, _flow)) => {
-                    run_link(reader, writer, wire, generation, capacity, events).await
+                Ok(Link::WebSocket(reader, writer, wire, flow)) => {
+                    run_link(reader, writer, (wire, flow), generation, capacity, events).await
                 }
                 Ok(Link::Quic(reader, writer)) => {
-                    let wire = WireVersion::V2;
+                    // No window_update crosses QUIC: the relay paces each request's
+                    // stream by reading it, and QUIC's stream windows push back here.
+                    let wire = (WireVersion::V2, LinkFlow::Unwindowed);
                     run_link(reader, writer, wire, generation, capacity, events).await
                 }
                 Err(error) => {
@@ -444,6 +447,7 @@ impl<D: Dialer> Driver<D> {
             Event::LinkUp {
                 generation,
                 wire,
+                flow,
                 outbound,
                 progress,
             } => {
@@ -454,7 +458,7 @@ impl<D: Dialer> Driver<D> {
                     });
                     return;
                 }
-                debug!(url = %self.options.endpoint.connect_url, ?wire, "link open, registering");
+                debug!(url = %self.options.endpoint.connect_url, ?wire, ?flow, "link open, registering");
                 let LinkState::Connecting { task, .. } = &self.link else {
                     return; // a link of this generation is already up
                 };
@@ -465,7 +469,7 @@ impl<D: Dialer> Driver<D> {
                     closing: false,
                     task: task.clone(),
                 };
-                session.handle(now(), SessionInput::LinkUp { wire });
+                session.handle(now(), SessionInput::LinkUp { wire, flow });
             }
             Event::LinkFailed { generation, error } => {
                 if current == Some(generation) {
@@ -718,7 +722,7 @@ fn token_counts(headers: &Headers, body: &[u8]) -> Option<TokenCounts> {
 async fn run_link<R, W>(
     reader: R,
     writer: W,
-    wire: WireVersion,
+    (wire, flow): (WireVersion, LinkFlow),
     generation: u64,
     capacity: usize,
     events: mpsc::Sender<Event>,
@@ -736,6 +740,7 @@ async fn run_link<R, W>(
         .send(Event::LinkUp {
             generation,
             wire,
+            flow,
             outbound,
             progress,
         })

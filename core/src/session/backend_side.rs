@@ -55,7 +55,7 @@ impl WorkerSession {
     }
 
     /// Tells the driver a request's new allowance, if there is one.
-    fn allow_read(&mut self, request: WireRequestId, allowance: Option<u64>) {
+    pub(super) fn allow_read(&mut self, request: WireRequestId, allowance: Option<u64>) {
         if let Some(up_to) = allowance {
             self.outputs
                 .push_back(SessionOutput::AllowBackendRead { request, up_to });

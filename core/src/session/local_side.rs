@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use super::{LinkState, SessionOutput, WorkerSession};
 use crate::relay::{MAX_MODEL_NAME_BYTES, MAX_MODELS_PER_WORKER};
-use crate::wire::{CancelReason, ModelsUpdate, Register, WireVersion, WorkerMessage};
+use crate::wire::{CancelReason, LinkFlow, ModelsUpdate, Register, WireVersion, WorkerMessage};
 
 impl WorkerSession {
     /// The link asked for is open: register on it.
-    pub(super) fn on_link_up(&mut self, now: Instant, wire: WireVersion) {
+    pub(super) fn on_link_up(&mut self, now: Instant, wire: WireVersion, flow: LinkFlow) {
         if self.link != LinkState::Connecting {
             return;
         }
@@ -17,6 +17,7 @@ impl WorkerSession {
             return;
         }
         self.wire = Some(wire);
+        self.flow = flow;
         self.link = LinkState::Registering {
             deadline: now.checked_add(self.config.register_timeout),
         };
@@ -45,6 +46,7 @@ impl WorkerSession {
         // Results can no longer be delivered; the relay requeues or fails these.
         self.abort_all(CancelReason::WorkerDisconnect);
         self.wire = None;
+        self.flow = LinkFlow::Unwindowed;
         self.server_drain_deadline = None;
         self.server_draining = false;
         self.silence_deadline = None;

@@ -27,7 +27,7 @@ use text_carry::TextCarry;
 
 use crate::backoff::Backoff;
 use crate::ids::WireRequestId;
-use crate::wire::{CancelReason, ResponseComplete, WireVersion, WorkerMessage};
+use crate::wire::{CancelReason, LinkFlow, ResponseComplete, WireVersion, WorkerMessage};
 
 /// Where the session's link to the server is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +57,8 @@ pub struct WorkerSession {
     running: FxHashMap<WireRequestId, ReadWindow>,
     /// The encoding of the current link, once it is up.
     wire: Option<WireVersion>,
+    /// Whether the current link's relay grants answer windows.
+    flow: LinkFlow,
     /// On a v1 link, the start of a UTF-8 character a backend chunk split, per request.
     text_carry: TextCarry,
     /// The server asked this worker to drain; drop the link ourselves at this instant.
@@ -88,6 +90,7 @@ impl WorkerSession {
             models_sent: false,
             running: FxHashMap::default(),
             wire: None,
+            flow: LinkFlow::Unwindowed,
             text_carry: TextCarry::default(),
             server_drain_deadline: None,
             server_draining: false,
@@ -105,7 +108,7 @@ impl WorkerSession {
             return;
         }
         match input {
-            SessionInput::LinkUp { wire } => self.on_link_up(now, wire),
+            SessionInput::LinkUp { wire, flow } => self.on_link_up(now, wire, flow),
             SessionInput::LinkDown => self.on_link_down(now, None),
             SessionInput::LinkRefused { retry_after } => self.on_link_down(now, retry_after),
             SessionInput::Frame(message) => self.on_frame(now, message),

@@ -22,9 +22,9 @@ pub fn chunk_cost(payload_len: usize) -> u64 {
 
 /// One running request's read window. Every count is cumulative since the request started.
 ///
-/// The allowance is the least of its limits; today the only one is the link
-/// writer's (what it has handed on, plus the window). A further limit (the
-/// relay's per-request window) is one more field, taken into [`ReadWindow::limit`].
+/// The allowance is the least of two limits: the link writer's (what it has
+/// handed on, plus the window) and, on a v2.1 link, the relay's (the payload
+/// bytes its `window_update`s allow, `INITIAL_WINDOW` until the first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ReadWindow {
     /// How far reading may run ahead of the link writer.
@@ -38,24 +38,34 @@ pub(super) struct ReadWindow {
     written: u64,
     /// The allowance last sent.
     allowed: u64,
+    /// Chunks the backend call has read.
+    chunks: u64,
+    /// Payload bytes the relay allows in all (`u64::MAX` on a link without windows).
+    relay_max: u64,
 }
 
 impl ReadWindow {
-    /// A request that has read nothing, with its first allowance (the whole window).
-    pub(super) fn new(window: u64) -> (Self, u64) {
-        let state = Self {
+    /// A request that has read nothing, with its first allowance: the whole
+    /// window, or less if the relay's first window (`relay_max`) is smaller.
+    pub(super) fn new(window: u64, relay_max: u64) -> (Self, u64) {
+        let mut state = Self {
             window,
             read: 0,
             unqueued: 0,
             written: 0,
-            allowed: window,
+            allowed: 0,
+            chunks: 0,
+            relay_max,
         };
-        (state, window)
+        state.allowed = state.limit();
+        let first = state.allowed;
+        (state, first)
     }
 
     /// The backend call read a chunk costing `read`, of which `queued` went into the link's queue.
     pub(super) fn on_read(&mut self, read: u64, queued: u64) -> Option<u64> {
         self.read = self.read.saturating_add(read);
+        self.chunks = self.chunks.saturating_add(1);
         self.unqueued = self
             .unqueued
             .saturating_add(read.saturating_sub(queued))
@@ -69,11 +79,24 @@ impl ReadWindow {
         self.next_allowance()
     }
 
+    /// The relay allows `max_bytes` payload bytes in all (a `window_update`; never shrinks).
+    pub(super) fn on_relay_window(&mut self, max_bytes: u64) -> Option<u64> {
+        self.relay_max = self.relay_max.max(max_bytes);
+        self.next_allowance()
+    }
+
     /// How far reading may go now.
     fn limit(&self) -> u64 {
-        self.written
+        let writer = self
+            .written
             .saturating_add(self.unqueued)
-            .saturating_add(self.window)
+            .saturating_add(self.window);
+        // Cost is payload plus an overhead per chunk: reading below this cost is
+        // reading below `relay_max` payload bytes.
+        let relay = self
+            .relay_max
+            .saturating_add(self.chunks.saturating_mul(CHUNK_COST_OVERHEAD));
+        writer.min(relay)
     }
 
     /// A new allowance to send: once the limit has grown by a quarter of the
@@ -95,15 +118,40 @@ mod tests {
     use super::*;
 
     const WINDOW: u64 = 1024;
+    const NO_RELAY_LIMIT: u64 = u64::MAX;
+
+    impl ReadWindow {
+        fn unwindowed(window: u64) -> (Self, u64) {
+            Self::new(window, NO_RELAY_LIMIT)
+        }
+    }
 
     #[test]
     fn a_new_request_may_read_a_whole_window() {
-        assert_eq!(ReadWindow::new(WINDOW).1, WINDOW);
+        assert_eq!(ReadWindow::unwindowed(WINDOW).1, WINDOW);
+    }
+
+    #[test]
+    fn the_relays_window_caps_the_payload_read_whatever_the_chunk_count() {
+        let (mut window, first) = ReadWindow::new(WINDOW, 300);
+        assert_eq!(first, 300, "the relay's first window is the smaller limit");
+        // Two chunks of 100 bytes: cost 328, payload 200; 100 payload bytes to go.
+        assert_eq!(window.on_read(chunk_cost(100), chunk_cost(100)), None);
+        assert_eq!(window.on_read(chunk_cost(100), chunk_cost(100)), Some(428));
+        // A third of 100 reaches the relay's 300: the reader waits (cost 492 ≥ 492).
+        assert_eq!(window.on_read(chunk_cost(100), chunk_cost(100)), Some(492));
+        assert_eq!(
+            window.on_written(3 * chunk_cost(100)),
+            None,
+            "the writer is not the limit"
+        );
+        assert_eq!(window.on_relay_window(200), None, "a window never shrinks");
+        assert_eq!(window.on_relay_window(400), Some(592));
     }
 
     #[test]
     fn writes_raise_the_allowance_in_quarters_of_the_window() {
-        let (mut window, _) = ReadWindow::new(WINDOW);
+        let (mut window, _) = ReadWindow::unwindowed(WINDOW);
         assert_eq!(window.on_read(100, 100), None);
         assert_eq!(window.on_written(100), None, "less than a quarter");
         assert_eq!(window.on_written(255), None);
@@ -117,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_blocked_reader_is_let_go_by_any_write() {
-        let (mut window, _) = ReadWindow::new(WINDOW);
+        let (mut window, _) = ReadWindow::unwindowed(WINDOW);
         assert_eq!(window.on_read(WINDOW, WINDOW), None);
         assert_eq!(window.on_written(1), Some(WINDOW + 1));
         assert_eq!(window.on_written(1), None, "a total that did not grow");
@@ -126,7 +174,7 @@ mod tests {
 
     #[test]
     fn cost_that_never_reaches_the_queue_does_not_hold_the_reader_back() {
-        let (mut window, _) = ReadWindow::new(WINDOW);
+        let (mut window, _) = ReadWindow::unwindowed(WINDOW);
         // A chunk held back whole (a split character on a v1 link): no write will count it.
         assert_eq!(window.on_read(WINDOW, 0), Some(2 * WINDOW));
         // Sent with the next chunk, as one frame: two overheads became one.

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use super::read_window::ReadWindow;
 use super::{LinkState, SessionOutput, WorkerSession};
 use crate::wire::{
-    Cancel, GracefulShutdown, Ping, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, RegisterAck,
-    RequestFrame, ServerMessage, WorkerError, WorkerMessage,
+    Cancel, GracefulShutdown, INITIAL_WINDOW, LinkFlow, Ping, Pong, REFUSED_AT_CAPACITY,
+    REFUSED_DRAINING, RegisterAck, RequestFrame, ServerMessage, WindowUpdate, WorkerError,
+    WorkerMessage,
 };
 
 impl WorkerSession {
@@ -24,8 +25,7 @@ impl WorkerSession {
             ServerMessage::Ping(ping) => self.on_ping(ping),
             ServerMessage::GracefulShutdown(drain) => self.on_server_drain(now, drain),
             ServerMessage::ModelsRefresh(_) => self.outputs.push_back(SessionOutput::RefreshModels),
-            // No relay grants windows to this worker yet: it never offers v2.1.
-            ServerMessage::WindowUpdate(_) => {}
+            ServerMessage::WindowUpdate(update) => self.on_window_update(update),
         }
     }
 
@@ -70,13 +70,30 @@ impl WorkerSession {
             }));
             return;
         }
-        let (window, up_to) = ReadWindow::new(self.config.link_write_window);
+        let relay_max = match self.flow {
+            LinkFlow::Windowed => INITIAL_WINDOW,
+            LinkFlow::Unwindowed => u64::MAX,
+        };
+        let (window, up_to) = ReadWindow::new(self.config.link_write_window, relay_max);
         self.running.insert(request_id.clone(), window);
         self.outputs.push_back(SessionOutput::StartRequest(frame));
         self.outputs.push_back(SessionOutput::AllowBackendRead {
             request: request_id,
             up_to,
         });
+    }
+
+    /// More window for a request's answer: its backend call may read further.
+    /// Ignored on a link that did not negotiate windows and for requests not running.
+    fn on_window_update(&mut self, update: WindowUpdate) {
+        if self.flow != LinkFlow::Windowed {
+            return;
+        }
+        let allowance = self
+            .running
+            .get_mut(&update.request_id)
+            .and_then(|window| window.on_relay_window(update.max_bytes));
+        self.allow_read(update.request_id, allowance);
     }
 
     /// The server no longer wants a request: its backend call is stopped.

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use super::WorkerSession;
 use crate::ids::{ModelName, WireRequestId};
 use crate::wire::{
-    CancelReason, Headers, RequestFrame, ServerMessage, TokenCounts, WireVersion, WorkerMessage,
+    CancelReason, Headers, LinkFlow, RequestFrame, ServerMessage, TokenCounts, WireVersion,
+    WorkerMessage,
 };
 
 /// Something that happened, for [`WorkerSession::handle`].
@@ -19,6 +20,8 @@ pub enum SessionInput {
     LinkUp {
         /// The encoding it speaks.
         wire: WireVersion,
+        /// Whether the relay paces each answer with `window_update`s (a v2.1 link).
+        flow: LinkFlow,
     },
     /// The link closed, or could not be opened.
     LinkDown,
