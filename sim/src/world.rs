@@ -22,6 +22,7 @@ use modelrelay_worker::{ModelSource, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 use turmoil::Sim;
 
+use crate::client::{self, Ask, Outcome};
 use crate::net::{SimConnector, SimDialer, SimListener, listen};
 use crate::quic::PacketLoss;
 use crate::trace::Trace;
@@ -103,6 +104,20 @@ impl WorkerStop {
         let token = CancellationToken::new();
         *self.0.lock().expect("stop lock") = token.clone();
         token
+    }
+}
+
+/// How long a client started by [`World::ask`] waits for its answer.
+const CLIENT_GIVES_UP_AFTER: Duration = Duration::from_secs(240);
+
+/// Where a client's outcome lands, for the test to read.
+#[derive(Clone, Debug, Default)]
+pub struct Slot(Arc<Mutex<Option<Outcome>>>);
+
+impl Slot {
+    /// What the client got, once it is done.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.0.lock().expect("slot lock").clone()
     }
 }
 
@@ -283,6 +298,22 @@ impl World {
     /// Adds a client host running `client` to its end.
     pub fn client(&mut self, name: &str, client: impl Future<Output = turmoil::Result> + 'static) {
         self.sim.client(name, client);
+    }
+
+    /// A client host named `name` that sends `ask` after `after` (and gives up after
+    /// 240 s); its outcome lands in the returned slot, and in the trace.
+    pub fn ask(&mut self, name: &str, ask: Ask, after: Duration) -> Slot {
+        let slot = Slot::default();
+        let out = slot.clone();
+        let trace = self.trace.clone();
+        self.client(name, async move {
+            tokio::time::sleep(after).await;
+            let outcome = client::send(&ask, CLIENT_GIVES_UP_AFTER).await;
+            trace.record(format_args!("{} -> {outcome}", ask.tag));
+            *out.0.lock().expect("slot lock") = Some(outcome);
+            Ok(())
+        });
+        slot
     }
 
     /// Records a test action in the trace, at the simulation's time.

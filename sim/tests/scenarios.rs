@@ -20,28 +20,6 @@ fn backend_config() -> SimulatedBackendConfig {
     }
 }
 
-/// Where a client's outcome lands, for the test to read.
-type Slot = Arc<Mutex<Option<Outcome>>>;
-
-/// A client host that sends `ask` after `after` and records what it got.
-fn ask_in_background(world: &mut World, name: &str, ask: Ask, after: Duration) -> Slot {
-    let slot: Slot = Arc::default();
-    let out = slot.clone();
-    let trace = world.trace.clone();
-    world.client(name, async move {
-        tokio::time::sleep(after).await;
-        let outcome = client::send(&ask, Duration::from_secs(120)).await;
-        trace.record(format_args!("{} -> {outcome}", ask.tag));
-        *out.lock().unwrap() = Some(outcome);
-        Ok(())
-    });
-    slot
-}
-
-fn outcome(slot: &Slot) -> Option<Outcome> {
-    slot.lock().unwrap().clone()
-}
-
 fn events(world: &World, backend: &str) -> Vec<BackendEvent> {
     world.backend_handle(backend).events()
 }
@@ -100,21 +78,16 @@ fn world_with_workers(seed: u64, n: usize, slots: u32) -> World {
 #[test]
 fn worker_crash_before_the_first_byte_requeues_and_after_it_ends_with_one_error() {
     let mut world = world_with_workers(1, 2, 4);
-    let early = ask_in_background(
-        &mut world,
-        "client-early",
-        Ask::whole("early", 20, 100),
-        SECOND,
-    );
+    let early = world.ask("client-early", Ask::whole("early", 20, 100), SECOND);
     world.step_until("the early request reaches a backend", 5 * SECOND, |w| {
         w.backend_serving("early").is_some()
     });
     let first = world.backend_serving("early").unwrap();
     world.crash(&worker_of(&first));
     world.step_until("the early request is answered", 30 * SECOND, |_| {
-        outcome(&early).is_some()
+        early.outcome().is_some()
     });
-    assert_eq!(outcome(&early), Some(Outcome::Complete));
+    assert_eq!(early.outcome(), Some(Outcome::Complete));
     let other = if first == "backend-1" {
         "backend-2"
     } else {
@@ -130,12 +103,7 @@ fn worker_crash_before_the_first_byte_requeues_and_after_it_ends_with_one_error(
     );
     world.bounce(&worker_of(&first));
 
-    let late = ask_in_background(
-        &mut world,
-        "client-late",
-        Ask::stream("late", 50, 100),
-        Duration::ZERO,
-    );
+    let late = world.ask("client-late", Ask::stream("late", 50, 100), Duration::ZERO);
     world.step_until("the late stream starts", 10 * SECOND, |w| {
         w.backend_serving("late").is_some()
     });
@@ -143,9 +111,9 @@ fn worker_crash_before_the_first_byte_requeues_and_after_it_ends_with_one_error(
     let serving = world.backend_serving("late").unwrap();
     world.crash(&worker_of(&serving));
     world.step_until("the late stream ends", 30 * SECOND, |_| {
-        outcome(&late).is_some()
+        late.outcome().is_some()
     });
-    match outcome(&late).unwrap() {
+    match late.outcome().unwrap() {
         Outcome::BrokenOff { code, chunks } => {
             assert_eq!(code, "worker_lost");
             assert!(chunks >= 3, "{chunks} chunks before the error");
@@ -166,12 +134,7 @@ fn worker_crash_before_the_first_byte_requeues_and_after_it_ends_with_one_error(
 #[test]
 fn a_partition_drops_the_worker_requeues_its_work_and_after_healing_it_serves_again() {
     let mut world = world_with_workers(2, 2, 4);
-    let held = ask_in_background(
-        &mut world,
-        "client-held",
-        Ask::whole("held", 100, 100),
-        SECOND,
-    );
+    let held = world.ask("client-held", Ask::whole("held", 100, 100), SECOND);
     world.step_until("the request reaches a backend", 5 * SECOND, |w| {
         w.backend_serving("held").is_some()
     });
@@ -196,9 +159,9 @@ fn a_partition_drops_the_worker_requeues_its_work_and_after_healing_it_serves_ag
         |w| cancelled(w, &cut_backend, "held"),
     );
     world.step_until("the requeued request completes", 20 * SECOND, |_| {
-        outcome(&held).is_some()
+        held.outcome().is_some()
     });
-    assert_eq!(outcome(&held), Some(Outcome::Complete));
+    assert_eq!(held.outcome(), Some(Outcome::Complete));
 
     world.note("test heals the partition");
     world.sim.repair(cut.as_str(), RELAY);
@@ -208,16 +171,11 @@ fn a_partition_drops_the_worker_requeues_its_work_and_after_healing_it_serves_ag
     });
     world.step_for(SECOND);
     // Both idle: the worker that got work least recently (the reconnected one) is next.
-    let after = ask_in_background(
-        &mut world,
-        "client-after",
-        Ask::whole("after", 4, 10),
-        Duration::ZERO,
-    );
+    let after = world.ask("client-after", Ask::whole("after", 4, 10), Duration::ZERO);
     world.step_until("a request after healing completes", 10 * SECOND, |_| {
-        outcome(&after).is_some()
+        after.outcome().is_some()
     });
-    assert_eq!(outcome(&after), Some(Outcome::Complete));
+    assert_eq!(after.outcome(), Some(Outcome::Complete));
     assert!(
         finished(&world, &cut_backend, "after"),
         "the healed worker serves again"
@@ -272,16 +230,15 @@ fn a_relay_restart_brings_every_worker_back_without_a_thundering_herd() {
         "attempts bunched: {first_retries:?}"
     );
     // And the restarted relay serves.
-    let after = ask_in_background(
-        &mut world,
+    let after = world.ask(
         "client",
         Ask::stream("after-restart", 5, 10),
         Duration::ZERO,
     );
     world.step_until("a request after the restart completes", 10 * SECOND, |_| {
-        outcome(&after).is_some()
+        after.outcome().is_some()
     });
-    assert_eq!(outcome(&after), Some(Outcome::Complete));
+    assert_eq!(after.outcome(), Some(Outcome::Complete));
 }
 
 /// Scenario 4: a busy worker drains. Its running request finishes there; work that
@@ -295,33 +252,23 @@ fn draining_a_busy_worker_finishes_its_work_and_hands_new_work_to_a_replacement(
     let drained = world.worker("worker-1", "backend-1", 1, Duration::ZERO);
     // The replacement comes up only later.
     world.worker("worker-2", "backend-2", 1, 4 * SECOND);
-    let busy = ask_in_background(
-        &mut world,
-        "client-busy",
-        Ask::stream("busy", 30, 100),
-        SECOND,
-    );
+    let busy = world.ask("client-busy", Ask::stream("busy", 30, 100), SECOND);
     world.step_until("worker-1 is busy", 5 * SECOND, |w| {
         w.backend_serving("busy").is_some()
     });
-    let queued = ask_in_background(
-        &mut world,
-        "client-queued",
-        Ask::whole("queued", 4, 10),
-        Duration::ZERO,
-    );
+    let queued = world.ask("client-queued", Ask::whole("queued", 4, 10), Duration::ZERO);
     world.step_for(Duration::from_millis(500));
     world.note("test drains worker-1");
     drained.stop();
     world.step_until("both requests end", 20 * SECOND, |_| {
-        outcome(&busy).is_some() && outcome(&queued).is_some()
+        busy.outcome().is_some() && queued.outcome().is_some()
     });
     assert_eq!(
-        outcome(&busy),
+        busy.outcome(),
         Some(Outcome::Complete),
         "the running stream finished where it was"
     );
-    assert_eq!(outcome(&queued), Some(Outcome::Complete));
+    assert_eq!(queued.outcome(), Some(Outcome::Complete));
     assert!(finished(&world, "backend-1", "busy"));
     assert!(
         finished(&world, "backend-2", "queued"),
@@ -347,26 +294,21 @@ fn a_client_disconnecting_mid_stream_cancels_the_backend_call() {
     let mut world = world_with_workers(5, 1, 2);
     let mut leaving = Ask::stream("leaving", 200, 50);
     leaving.abandon_after = Some(5);
-    let left = ask_in_background(&mut world, "client-leaving", leaving, SECOND);
+    let left = world.ask("client-leaving", leaving, SECOND);
     world.step_until("the client leaves", 10 * SECOND, |_| {
-        outcome(&left).is_some()
+        left.outcome().is_some()
     });
-    assert_eq!(outcome(&left), Some(Outcome::Left { chunks: 5 }));
+    assert_eq!(left.outcome(), Some(Outcome::Left { chunks: 5 }));
     let left_at = world.sim.elapsed();
     world.step_until("the backend sees the cancellation", SECOND, |w| {
         cancelled(w, "backend-1", "leaving")
     });
     assert!(world.sim.elapsed() - left_at < Duration::from_millis(100));
-    let next = ask_in_background(
-        &mut world,
-        "client-next",
-        Ask::stream("next", 10, 10),
-        Duration::ZERO,
-    );
+    let next = world.ask("client-next", Ask::stream("next", 10, 10), Duration::ZERO);
     world.step_until("the next request completes", 5 * SECOND, |_| {
-        outcome(&next).is_some()
+        next.outcome().is_some()
     });
-    assert_eq!(outcome(&next), Some(Outcome::Complete));
+    assert_eq!(next.outcome(), Some(Outcome::Complete));
     assert_nothing_left_running(&world);
 }
 
@@ -380,12 +322,12 @@ fn a_slow_backend_hits_the_request_timeout_and_its_call_is_cancelled() {
     world.relay(config);
     world.backend("backend-1", backend_config());
     world.worker("worker-1", "backend-1", 1, Duration::ZERO);
-    let slow = ask_in_background(&mut world, "client", Ask::whole("slow", 100, 100), SECOND);
+    let slow = world.ask("client", Ask::whole("slow", 100, 100), SECOND);
     world.step_until("the client is answered", 10 * SECOND, |_| {
-        outcome(&slow).is_some()
+        slow.outcome().is_some()
     });
     assert_eq!(
-        outcome(&slow),
+        slow.outcome(),
         Some(Outcome::Refused {
             status: 504,
             code: "request_timeout".into()
@@ -539,12 +481,7 @@ fn a_flapping_link_during_steady_load_loses_and_duplicates_nothing() {
 #[test]
 fn a_request_whose_workers_keep_dying_fails_after_three_requeues() {
     let mut world = world_with_workers(9, 4, 1);
-    let doomed = ask_in_background(
-        &mut world,
-        "client",
-        Ask::whole("doomed", 1000, 100),
-        SECOND,
-    );
+    let doomed = world.ask("client", Ask::whole("doomed", 1000, 100), SECOND);
     let mut crashed = Vec::new();
     for attempt in 1..=4 {
         world.step_until(
@@ -560,10 +497,10 @@ fn a_request_whose_workers_keep_dying_fails_after_three_requeues() {
         crashed.push(backend);
     }
     world.step_until("the client is answered", 10 * SECOND, |_| {
-        outcome(&doomed).is_some()
+        doomed.outcome().is_some()
     });
     assert_eq!(
-        outcome(&doomed),
+        doomed.outcome(),
         Some(Outcome::Refused {
             status: 503,
             code: "requeue_exhausted".into()
