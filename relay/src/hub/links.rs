@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use modelrelay_core::WorkerId;
 use modelrelay_core::relay::{AuthOutcome, CloseReason, Input};
-use modelrelay_core::wire::{RegisterAck, ServerMessage, WireVersion};
+use modelrelay_core::wire::{LinkFlow, RegisterAck, ServerMessage, WireVersion};
 use modelrelay_transports::{Outgoing, ReadLimit, close_code};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ impl HubTask {
             worker,
             provider: self.provider.clone(),
             wire,
+            // No link carries windows yet: the server leaves flow control off.
+            flow: LinkFlow::Unwindowed,
             auth,
         });
     }
