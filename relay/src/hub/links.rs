@@ -46,19 +46,18 @@ impl HubTask {
     pub(super) fn link_opened(
         &mut self,
         worker: WorkerId,
-        wire: WireVersion,
+        (wire, flow): (WireVersion, LinkFlow),
         auth: AuthOutcome,
         name_hint: &str,
         link: LinkHandle,
     ) {
-        debug!(%worker, ?wire, peer = %name_hint, transport = link.transport.name(), "worker link open");
+        debug!(%worker, ?wire, ?flow, peer = %name_hint, transport = link.transport.name(), "worker link open");
         self.links.insert(worker, link);
         self.feed(Input::WorkerConnected {
             worker,
             provider: self.provider.clone(),
             wire,
-            // No link carries windows yet: the server leaves flow control off.
-            flow: LinkFlow::Unwindowed,
+            flow,
             auth,
         });
     }
