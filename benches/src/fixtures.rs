@@ -5,7 +5,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use modelrelay_core::relay::{AuthOutcome, Input, NewRequest, Output, Relay, RelayConfig};
 use modelrelay_core::wire::{
-    Headers, Register, ResponseChunk, ResponseComplete, ServerMessage, WireVersion, WorkerMessage,
+    Headers, LinkFlow, Register, ResponseChunk, ResponseComplete, ServerMessage, WireVersion,
+    WorkerMessage,
 };
 use modelrelay_core::{DEFAULT_PROVIDER, ModelName, ProviderId, RequestId, WorkerId};
 
@@ -43,6 +44,7 @@ impl LoadedRelay {
                 worker,
                 provider: loaded.provider.clone(),
                 wire: WireVersion::V2,
+                flow: LinkFlow::Unwindowed,
                 auth: AuthOutcome::Accepted,
             });
             let first = (id as usize) % MODELS.len();

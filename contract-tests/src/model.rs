@@ -14,7 +14,7 @@ use modelrelay_core::relay::{
     AuthOutcome, CloseReason, Completion, Failure, Input, NewRequest, Outcome, RelayConfig,
 };
 use modelrelay_core::wire::{
-    CancelReason, Headers, ModelsUpdate, Pong, REFUSED_DRAINING, Register, ResponseChunk,
+    CancelReason, Headers, LinkFlow, ModelsUpdate, Pong, REFUSED_DRAINING, Register, ResponseChunk,
     ResponseComplete, WireVersion, WorkerError, WorkerMessage,
 };
 use modelrelay_core::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
@@ -585,6 +585,7 @@ impl RelayModel {
             worker: worker_id(w),
             provider: provider(),
             wire: WireVersion::V1,
+            flow: LinkFlow::Unwindowed,
             auth: if auth_ok {
                 AuthOutcome::Accepted
             } else {

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use modelrelay_core::relay::*;
 use modelrelay_core::wire::{
-    CancelReason, Headers, ModelsUpdate, Pong, Register, ResponseChunk, ResponseComplete,
-    ServerMessage, WireVersion, WorkerError, WorkerMessage,
+    CancelReason, Headers, INITIAL_WINDOW, LinkFlow, ModelsUpdate, Pong, Register, ResponseChunk,
+    ResponseComplete, ServerMessage, WireVersion, WorkerError, WorkerMessage,
 };
 use modelrelay_core::{ModelName, ProviderId, RequestId, WorkerId};
 
@@ -54,6 +54,7 @@ impl Harness {
             worker: w(worker),
             provider: self.provider.clone(),
             wire: WireVersion::V1,
+            flow: LinkFlow::Unwindowed,
             auth: AuthOutcome::Accepted,
         });
     }
@@ -287,6 +288,7 @@ fn a_rejected_secret_closes_the_link_as_unauthorized() {
         worker: w(1),
         provider: h.provider.clone(),
         wire: WireVersion::V1,
+        flow: LinkFlow::Unwindowed,
         auth: AuthOutcome::Rejected,
     });
     assert_eq!(closes(&h.outputs()), [(1, CloseReason::Unauthorized)]);
@@ -370,6 +372,7 @@ fn duplicate_live_ids_are_driver_errors() {
             worker: w(1),
             provider: h.provider.clone(),
             wire: WireVersion::V1,
+            flow: LinkFlow::Unwindowed,
             auth: AuthOutcome::Accepted,
         },
     );
@@ -1311,4 +1314,316 @@ fn models_nobody_advertises_are_forgotten_once_too_many_are_known() {
         !h.relay.knows_model(&h.provider, "m1"),
         "an old name nobody serves is forgotten"
     );
+}
+
+// ---- flow control ----
+
+const KIB: u64 = 1024;
+
+/// Flow control on: a 256 KiB window, `budget`, and a 64 KiB cap for unwindowed streams.
+fn flow_harness(budget: u64) -> Harness {
+    Harness::with_config(RelayConfig {
+        flow: Some(FlowConfig {
+            window: 256 * KIB,
+            budget,
+            legacy_cap: 64 * KIB,
+        }),
+        ..RelayConfig::default()
+    })
+}
+
+impl Harness {
+    /// Connects and registers a v2 worker whose link has `flow`, discarding the ack.
+    fn worker_with(&mut self, worker: u64, flow: LinkFlow, max_concurrent: u32) {
+        self.handle(Input::WorkerConnected {
+            worker: w(worker),
+            provider: self.provider.clone(),
+            wire: WireVersion::V2,
+            flow,
+            auth: AuthOutcome::Accepted,
+        });
+        self.frame(
+            worker,
+            WorkerMessage::Register(Register {
+                worker_name: format!("worker-{worker}"),
+                models: vec!["m".into()],
+                max_concurrent,
+                protocol_version: None,
+                current_load: None,
+            }),
+        );
+        self.outputs();
+    }
+
+    /// A chunk of `len` bytes from `worker` for `request`.
+    fn chunk_of(&mut self, worker: u64, request: u64, len: u64) {
+        self.frame(
+            worker,
+            WorkerMessage::ResponseChunk(ResponseChunk {
+                request_id: r(request).into(),
+                chunk: Bytes::from(vec![b'x'; usize::try_from(len).unwrap()]),
+            }),
+        );
+    }
+
+    /// `request`'s client has taken `total` bytes in all.
+    fn took(&mut self, request: u64, total: u64) {
+        self.handle(Input::ClientTook {
+            request: r(request),
+            total,
+        });
+    }
+}
+
+/// The window updates among `outputs`: (worker, request, max_bytes).
+fn window_updates(outputs: &[Output]) -> Vec<(u64, u64, u64)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendToWorker {
+                worker,
+                message: ServerMessage::WindowUpdate(update),
+            } => Some((
+                worker.get(),
+                update.request_id.as_request_id().unwrap().get(),
+                update.max_bytes,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bytes of the chunks among `outputs`.
+fn chunk_bytes(outputs: &[Output]) -> u64 {
+    outputs
+        .iter()
+        .map(|o| match o {
+            Output::StreamChunk { chunk, .. } => chunk.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn a_windowed_worker_is_topped_up_as_its_client_takes_bytes() {
+    let mut h = flow_harness(64 * 1024 * KIB);
+    h.worker_with(1, LinkFlow::Windowed, 1);
+    h.request(1, "m");
+    h.chunk_of(1, 1, 64 * KIB);
+    assert_eq!(chunk_bytes(&h.outputs()), 64 * KIB);
+    // Taken + window, once that grows the window by a quarter of it or more.
+    h.took(1, 16 * KIB);
+    assert_eq!(window_updates(&h.outputs()), [(1, 1, 272 * KIB)]);
+    h.took(1, 48 * KIB);
+    assert!(
+        window_updates(&h.outputs()).is_empty(),
+        "16 KiB more: no frame"
+    );
+    h.chunk_of(1, 1, 64 * KIB);
+    h.took(1, 96 * KIB);
+    assert_eq!(window_updates(&h.outputs()), [(1, 1, 352 * KIB)]);
+    // Counts are cumulative: a stale or repeated one changes nothing.
+    h.took(1, 20 * KIB);
+    h.took(1, 96 * KIB);
+    assert!(window_updates(&h.outputs()).is_empty());
+    assert_eq!(h.relay.stats().window_updates, 2);
+}
+
+#[test]
+fn an_unwindowed_worker_never_gets_a_window_update() {
+    let mut h = flow_harness(64 * 1024 * KIB);
+    h.worker_with(1, LinkFlow::Unwindowed, 1);
+    h.request(1, "m");
+    let mut outputs = Vec::new();
+    for n in 1..=40 {
+        h.chunk_of(1, 1, 16 * KIB);
+        h.took(1, n * 16 * KIB);
+        outputs.extend(h.outputs());
+    }
+    assert_eq!(chunk_bytes(&outputs), 640 * KIB);
+    assert!(window_updates(&outputs).is_empty(), "{outputs:?}");
+    assert!(ended(&outputs).is_empty());
+}
+
+#[test]
+fn a_windowed_stream_whose_client_reads_slowly_is_never_cut_for_being_slow() {
+    // The cap is 64 KiB; the client lags by up to a whole window (256 KiB) for 10 MiB.
+    let mut h = flow_harness(64 * 1024 * KIB);
+    h.worker_with(1, LinkFlow::Windowed, 1);
+    h.request(1, "m");
+    let (mut granted, mut received, mut taken) = (INITIAL_WINDOW, 0, 0);
+    while received < 10 * 1024 * KIB {
+        // The worker sends all its window allows; the client takes 16 KiB.
+        while received + 16 * KIB <= granted {
+            h.chunk_of(1, 1, 16 * KIB);
+            received += 16 * KIB;
+        }
+        taken += 16 * KIB;
+        h.took(1, taken);
+        let outputs = h.outputs();
+        assert!(ended(&outputs).is_empty(), "cut at {received}: {outputs:?}");
+        for (_, _, max_bytes) in window_updates(&outputs) {
+            granted = granted.max(max_bytes);
+        }
+        let view = h.relay.flow_view().unwrap();
+        assert!(view.held_bytes <= 256 * KIB, "{view:?}");
+    }
+}
+
+#[test]
+fn an_unwindowed_stream_past_its_buffer_cap_ends_with_client_too_slow() {
+    let mut h = flow_harness(64 * 1024 * KIB);
+    h.worker_with(1, LinkFlow::Unwindowed, 1);
+    h.request(1, "m");
+    for _ in 0..4 {
+        h.chunk_of(1, 1, 16 * KIB);
+    }
+    // Taking makes room under the 64 KiB cap.
+    h.took(1, 16 * KIB);
+    h.chunk_of(1, 1, 16 * KIB);
+    assert_eq!(chunk_bytes(&h.outputs()), 80 * KIB);
+    h.chunk_of(1, 1, 1);
+    let outputs = h.outputs();
+    assert_eq!(
+        chunk_bytes(&outputs),
+        0,
+        "the chunk past the cap is not passed on"
+    );
+    assert_eq!(cancels(&outputs), [(1, 1, CancelReason::ClientDisconnect)]);
+    assert_eq!(
+        ended(&outputs),
+        [(
+            1,
+            Outcome::Failed {
+                failure: Failure::ClientTooSlow,
+                streamed: true
+            }
+        )]
+    );
+    assert_eq!(h.relay.flow_view().unwrap().held_bytes, 0, "released");
+}
+
+#[test]
+fn an_unwindowed_chunk_that_overflows_the_answer_budget_ends_its_stream_with_client_too_slow() {
+    // Budget 256 KiB: one windowed request reserves 64 KiB, four unwindowed streams hold 48 KiB each.
+    let mut h = flow_harness(256 * KIB);
+    h.worker_with(1, LinkFlow::Windowed, 1);
+    h.worker_with(2, LinkFlow::Unwindowed, 4);
+    h.request(1, "m");
+    for id in 2..=5 {
+        h.request(id, "m");
+    }
+    assert_eq!(dispatched(&h.outputs()).len(), 5);
+    for id in 2..=5 {
+        h.chunk_of(2, id, 48 * KIB);
+    }
+    assert_eq!(chunk_bytes(&h.outputs()), 192 * KIB);
+    h.chunk_of(2, 5, 1);
+    let outputs = h.outputs();
+    assert_eq!(
+        ended(&outputs),
+        [(
+            5,
+            Outcome::Failed {
+                failure: Failure::ClientTooSlow,
+                streamed: true
+            }
+        )]
+    );
+    let view = h.relay.flow_view().unwrap();
+    assert_eq!(view.reserved_bytes, 64 * KIB + 3 * 48 * KIB);
+}
+
+#[test]
+fn top_ups_wait_while_the_answer_budget_is_spent_and_resume_in_arrival_order() {
+    let mut h = flow_harness(384 * KIB);
+    h.worker_with(1, LinkFlow::Windowed, 4);
+    for id in 1..=3 {
+        h.request(id, "m");
+        h.chunk_of(1, id, 64 * KIB);
+    }
+    h.outputs();
+    // Request 3's top-up fits (its 256 KiB window plus 2 × 64 KiB reserved).
+    h.took(3, 64 * KIB);
+    assert_eq!(window_updates(&h.outputs()), [(1, 3, 320 * KIB)]);
+    // Then neither 2's nor 1's does: both wait, 2 having asked first.
+    h.took(2, 64 * KIB);
+    h.took(1, 64 * KIB);
+    assert!(window_updates(&h.outputs()).is_empty());
+    assert_eq!(h.relay.flow_view().unwrap().waiting_for_budget, 2);
+    // Request 3 ends: its window pays for one top-up, the earlier request's.
+    h.complete(1, 3);
+    assert_eq!(window_updates(&h.outputs()), [(1, 1, 320 * KIB)]);
+    h.complete(1, 1);
+    assert_eq!(window_updates(&h.outputs()), [(1, 2, 320 * KIB)]);
+    assert_eq!(h.relay.flow_view().unwrap().waiting_for_budget, 0);
+}
+
+#[test]
+fn a_client_that_took_everything_always_gets_a_top_up() {
+    // The smallest budget (one window), and chunk and read sizes that never line up;
+    // the client reports as a response queue does: every CLIENT_REPORT_EVERY bytes.
+    let mut h = flow_harness(0);
+    h.worker_with(1, LinkFlow::Windowed, 2);
+    h.request(1, "m");
+    let mut seed: u64 = 7;
+    let mut next_size = move || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        1 + (seed >> 33) % 20_000
+    };
+    let (mut granted, mut received, mut taken, mut reported) = (INITIAL_WINDOW, 0, 0, 0);
+    for round in 0..500 {
+        while received < granted {
+            let n = next_size().min(granted - received);
+            h.chunk_of(1, 1, n);
+            received += n;
+        }
+        while taken < received {
+            taken += next_size().min(received - taken);
+            if taken - reported >= CLIENT_REPORT_EVERY {
+                reported = taken;
+                h.took(1, taken);
+            }
+        }
+        let outputs = h.outputs();
+        assert!(ended(&outputs).is_empty(), "{outputs:?}");
+        for (_, _, max_bytes) in window_updates(&outputs) {
+            granted = granted.max(max_bytes);
+        }
+        assert!(
+            granted > received,
+            "round {round}: the client took all {received} bytes and got no top-up"
+        );
+    }
+}
+
+#[test]
+fn a_request_waits_in_the_queue_while_the_budget_cannot_cover_its_first_window() {
+    // 256 KiB: four initial windows.
+    let mut h = flow_harness(256 * KIB);
+    h.worker_with(1, LinkFlow::Windowed, 8);
+    for id in 1..=5 {
+        h.request(id, "m");
+    }
+    assert_eq!(dispatched(&h.outputs()), [(1, 1), (1, 2), (1, 3), (1, 4)]);
+    assert_eq!(h.relay.request_status(r(5)), Some(RequestStatus::Queued));
+    // A worker without windows is not held back by the budget.
+    h.worker_with(2, LinkFlow::Unwindowed, 1);
+    assert_eq!(
+        h.relay.request_status(r(5)),
+        Some(RequestStatus::Assigned {
+            worker: w(2),
+            streamed: false
+        })
+    );
+    h.request(6, "m");
+    assert!(dispatched(&h.outputs()).is_empty());
+    assert_eq!(h.relay.request_status(r(6)), Some(RequestStatus::Queued));
+    // A request that ends gives its window back: the next waiting one goes.
+    h.complete(1, 2);
+    assert_eq!(dispatched(&h.outputs()), [(1, 6)]);
+    // The queue timeout still applies to a request held for budget.
+    h.request(7, "m");
+    h.advance(31 * SECOND);
+    assert_eq!(ended(&h.outputs()), [(7, failed(Failure::QueueTimeout))]);
 }

@@ -838,7 +838,10 @@ async fn a_client_that_does_not_read_is_stopped_before_the_relay_buffers_without
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = backend(&["m"]).await;
     let relay = relay(|c| c.max_client_buffer_bytes = 64 * 1024).await;
-    let _worker = WorkerSpec::new(&relay, &backend, &["m"]).start();
+    // A worker without windows: nothing paces it, so the relay's cap must.
+    let mut spec = WorkerSpec::new(&relay, &backend, &["m"]);
+    spec.protocol = ProtocolChoice::V2WithoutWindows;
+    let _worker = spec.start();
     let http = Http::new();
     wait_for_workers(&http, &relay, 1).await;
     let body =

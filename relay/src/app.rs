@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::serve::{Listener, ListenerExt};
-use modelrelay_core::relay::RelayConfig;
+use modelrelay_core::relay::{FlowConfig, RelayConfig};
 use modelrelay_core::wire::FrameLimits;
 use modelrelay_core::{DEFAULT_PROVIDER, ProviderId};
 use modelrelay_transports::close_code;
@@ -52,6 +52,12 @@ pub struct ServerConfig {
     pub max_connections_per_address: usize,
     /// Whether workers may speak protocol v2.
     pub enable_v2: bool,
+    /// Whether a v2 worker that offers v2.1 gets per-request windows (off: every
+    /// link is unwindowed, as with an older relay).
+    pub link_windows: bool,
+    /// Bytes all streamed answers may hold for their clients, or have granted
+    /// to workers, at once (at least one window).
+    pub max_buffered_bytes: u64,
     /// How long running requests may take once shutdown begins.
     pub drain_timeout: Duration,
     /// Frame size limit on worker links.
@@ -60,8 +66,10 @@ pub struct ServerConfig {
     pub auth_limits: AuthLimits,
     /// QUIC worker links, if enabled (`--quic-listen`).
     pub quic: Option<QuicSettings>,
-    /// Most bytes a response may hold for a client that reads too slowly; past it, the stream is stopped.
-    pub max_client_buffer_bytes: usize,
+    /// Most bytes an unwindowed stream may hold for a client that reads too
+    /// slowly, or a windowed worker may send past its window; past it, the
+    /// stream is stopped with `client_too_slow`.
+    pub max_client_buffer_bytes: u64,
     /// Count worker logins against the address in `X-Forwarded-For` (behind a TLS proxy).
     pub trust_forwarded_for: bool,
     /// The token for `/admin/*`, `/dashboard` and `/setup`; without it they answer 403.
@@ -89,11 +97,13 @@ impl ServerConfig {
             max_connections: 16_384,
             max_connections_per_address: 0,
             enable_v2: true,
+            link_windows: true,
+            max_buffered_bytes: FlowConfig::default().budget,
             drain_timeout: Duration::from_secs(30),
             frame_limits: FrameLimits::default(),
             auth_limits: AuthLimits::default(),
             quic: None,
-            max_client_buffer_bytes: 16 * 1024 * 1024,
+            max_client_buffer_bytes: FlowConfig::default().legacy_cap,
             trust_forwarded_for: false,
             admin_token: None,
             require_api_keys: false,
@@ -182,12 +192,15 @@ pub async fn serve<L>(
     if let Some(why) = session_cookies_in_clear(&config) {
         warn!("dashboard session cookies may travel without TLS: {why}");
     }
-    let (hub, hub_task) = Hub::spawn(
-        config.relay.clone(),
-        config.provider.clone(),
-        config.max_client_buffer_bytes,
-        Arc::clone(&metrics),
-    );
+    let relay = RelayConfig {
+        flow: Some(FlowConfig {
+            budget: config.max_buffered_bytes,
+            legacy_cap: config.max_client_buffer_bytes,
+            ..FlowConfig::default()
+        }),
+        ..config.relay.clone()
+    };
+    let (hub, hub_task) = Hub::spawn(relay, config.provider.clone(), Arc::clone(&metrics));
     let body_budget = BodyBudget::new(config.max_buffered_request_bytes);
     if config.max_buffered_request_bytes != 0
         && config.max_body_bytes > config.max_buffered_request_bytes
@@ -225,7 +238,7 @@ pub async fn serve<L>(
         async move {
             shutdown.await;
             info!("shutting down: no new connections, draining workers");
-            hub.send(Command::Shutdown { drain });
+            hub.send(Command::Shutdown { drain }).await;
             stopping.cancel();
         }
     };

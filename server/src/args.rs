@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use modelrelay_core::DEFAULT_PROVIDER;
+use modelrelay_core::relay::FlowConfig;
 use modelrelay_process::LogFormat;
 
 /// One stable OpenAI- and Anthropic-compatible endpoint in front of your own
@@ -52,6 +53,10 @@ pub(crate) struct Args {
     #[arg(long, env = "MAX_BUFFERED_REQUEST_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub(crate) max_buffered_request_bytes: usize,
 
+    /// Bytes all streamed answers may hold for their clients (or have granted to workers as windows) at once; a stream that does not fit waits for room or, from a worker without windows, ends with client_too_slow.
+    #[arg(long, env = "MAX_BUFFERED_BYTES", default_value_t = FlowConfig::default().budget)]
+    pub(crate) max_buffered_bytes: u64,
+
     /// Seconds a client (or a worker link) may take none of the relay's bytes before its connection is cut (a stream is cancelled at its worker). 0 means never, for worker links too.
     #[arg(long, env = "CLIENT_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub(crate) client_idle_timeout: u64,
@@ -75,6 +80,14 @@ pub(crate) struct Args {
     /// Speak only protocol v1 to workers (as older relays do).
     #[arg(long, env = "DISABLE_PROTOCOL_V2")]
     pub(crate) disable_v2: bool,
+
+    /// Bytes a stream from a worker without windows may hold for a client that lags (or a windowed worker may send past its window) before it ends with client_too_slow. For tests.
+    #[arg(long, hide = true, default_value_t = FlowConfig::default().legacy_cap)]
+    pub(crate) max_client_buffer_bytes: u64,
+
+    /// Never give workers per-request windows (v2.1): every link is paced as with an older relay. For tests.
+    #[arg(long, hide = true)]
+    pub(crate) no_link_windows: bool,
 
     /// UDP address for QUIC worker links (off unless given), for example 0.0.0.0:8443.
     #[arg(long, env = "QUIC_LISTEN_ADDR")]

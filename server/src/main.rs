@@ -105,6 +105,9 @@ fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig
     config.body_read_timeout = seconds_or_never(args.body_read_timeout);
     config.client_idle_timeout = seconds_or_never(args.client_idle_timeout);
     config.max_buffered_request_bytes = args.max_buffered_request_bytes;
+    config.max_buffered_bytes = args.max_buffered_bytes;
+    config.link_windows = !args.no_link_windows;
+    config.max_client_buffer_bytes = args.max_client_buffer_bytes;
     config.max_connections = args.max_connections;
     config.max_connections_per_address = args.max_connections_per_address;
     config.drain_timeout = Duration::from_secs(args.drain_timeout);

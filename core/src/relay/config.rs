@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::FlowConfig;
+
 /// How the relay queues, times out, requeues, probes and bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayConfig {
@@ -32,6 +34,9 @@ pub struct RelayConfig {
     /// How long a request whose client left with the whole answer waits for the
     /// worker's completion before it is cancelled after all.
     pub finished_stream_grace: Duration,
+    /// Flow control of streamed answers (windows, the answer budget, the cap on
+    /// unwindowed streams); `None` passes every chunk on and holds no count.
+    pub flow: Option<FlowConfig>,
 }
 
 impl Default for RelayConfig {
@@ -50,6 +55,7 @@ impl Default for RelayConfig {
             max_protocol_violations: 3,
             ended_request_memory: 16 * 1024,
             finished_stream_grace: Duration::from_secs(2),
+            flow: None,
         }
     }
 }

@@ -3,25 +3,49 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::flow::AnswerBudget;
 use super::request_entry::RequestState;
 use super::routes::QueueEnd;
 use super::worker_entry::Phase;
 use super::{Failure, Relay, WorkerLoad};
 use crate::ids::{RequestId, WorkerId};
-use crate::wire::ServerMessage;
+use crate::wire::{LinkFlow, ServerMessage};
 
 impl Relay {
-    /// Hands the request to the best ready worker of its model, if there is one.
+    /// Hands the request to the best ready worker of its model, if there is one
+    /// (with flow control on, a windowed worker only while the answer budget
+    /// covers a new request's initial window: see [`super::FlowConfig`]).
     pub(super) fn try_assign(&mut self, request_id: RequestId) -> bool {
         let Some(request) = self.requests.get(&request_id) else {
             return false;
         };
-        let best = self
+        let budget_open = self.budget.as_ref().is_none_or(AnswerBudget::fits_new);
+        let Some(route) = self
             .providers
             .get(&request.provider)
             .and_then(|p| p.route(request.frame.model.as_str()))
-            .and_then(|route| route.ready.first())
-            .map(|(_, worker)| *worker);
+        else {
+            return false;
+        };
+        let first = route.ready.first().map(|(_, worker)| *worker);
+        let best = if budget_open {
+            first
+        } else {
+            route
+                .ready
+                .iter()
+                .map(|(_, worker)| *worker)
+                .find(|worker| {
+                    self.workers
+                        .get(worker)
+                        .is_some_and(|w| w.flow == LinkFlow::Unwindowed)
+                })
+        };
+        if best != first
+            && let Some(budget) = self.budget.as_mut()
+        {
+            budget.note_held();
+        }
         match best {
             Some(worker) => {
                 self.assign(request_id, worker);
@@ -86,6 +110,7 @@ impl Relay {
         worker.last_assigned = self.assignments;
         self.stats.dispatched += 1;
         let frame = Arc::clone(&request.frame);
+        self.start_flow(request_id, worker_id);
         self.rerank(worker_id);
         self.send(worker_id, ServerMessage::Request(frame));
     }
@@ -106,6 +131,12 @@ impl Relay {
             else {
                 return;
             };
+            if worker.flow == LinkFlow::Windowed
+                && let Some(budget) = self.budget.as_mut()
+                && !budget.admits_windowed()
+            {
+                return; // retried when the answer budget is released
+            }
             let model = self.requests[&request_id].frame.model.clone();
             self.providers
                 .get_mut(&worker.provider)

@@ -26,6 +26,7 @@
 mod config;
 mod dispatch;
 mod ended;
+mod flow;
 mod outcome;
 mod request_entry;
 mod request_side;
@@ -43,6 +44,7 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 
 pub use config::RelayConfig;
+pub use flow::{CLIENT_REPORT_EVERY, FlowConfig, FlowView};
 pub use outcome::{CloseReason, Completion, Failure, Outcome};
 pub use sanitize::{
     MAX_MODEL_NAME_BYTES, MAX_MODELS_PER_WORKER, MAX_WORKER_NAME_BYTES, SanitizedModels,
@@ -54,6 +56,7 @@ pub use types::{
 };
 
 use ended::EndedRequests;
+use flow::AnswerBudget;
 use request_entry::{RequestEntry, RequestState};
 use routes::Provider;
 use timers::{Timer, Timers};
@@ -79,6 +82,8 @@ pub struct Relay {
     arrivals: u64,
     shutting_down: bool,
     stats: RelayStats,
+    /// Flow control of streamed answers, when [`RelayConfig::flow`] turns it on.
+    budget: Option<AnswerBudget>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -102,6 +107,7 @@ impl Relay {
     pub fn with_policy(config: RelayConfig, policy: Box<dyn SelectionPolicy>) -> Self {
         Self {
             ended: EndedRequests::new(config.ended_request_memory),
+            budget: config.flow.map(AnswerBudget::new),
             config,
             policy,
             providers: FxHashMap::default(),
@@ -123,8 +129,9 @@ impl Relay {
                 worker,
                 provider,
                 wire,
+                flow,
                 auth,
-            } => return self.on_worker_connected(now, worker, provider, wire, auth),
+            } => return self.on_worker_connected(now, worker, provider, (wire, flow), auth),
             Input::WorkerFrame { worker, message } => self.on_worker_frame(now, worker, message),
             Input::WorkerFrameInvalid { worker, detail } => {
                 self.lose_worker(now, worker, Some(CloseReason::ProtocolError(detail)));
@@ -133,6 +140,7 @@ impl Relay {
             Input::RequestArrived(request) => return self.on_request(now, request),
             Input::ClientGone { request } => self.stop_for_client(request, None),
             Input::ClientDone { request } => self.client_done(now, request),
+            Input::ClientTook { request, total } => self.client_took(request, total),
             Input::ClientTooSlow { request } => {
                 self.stop_for_client(request, Some(Failure::ClientTooSlow))
             }
@@ -190,6 +198,7 @@ impl Relay {
             draining: matches!(w.phase, Phase::Draining { .. }),
             connected_at: w.connected_at,
             wire: w.wire,
+            flow: w.flow,
         })
     }
 

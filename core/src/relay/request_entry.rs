@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::flow::StreamFlow;
 use super::routes::QueueSeq;
 use super::timers::{ArmedDeadlines, RequestDeadline, Timer, Timers};
 use super::{NewRequest, RelayConfig};
@@ -41,6 +42,8 @@ pub(crate) struct RequestEntry {
     pub(crate) state: RequestState,
     /// The deadlines armed for it in the relay's timers.
     pub(crate) armed: ArmedDeadlines,
+    /// Its answer's window and counts while it runs on a worker (flow control on).
+    pub(crate) flow: Option<StreamFlow>,
 }
 
 impl RequestEntry {
@@ -63,6 +66,7 @@ impl RequestEntry {
             requeues: 0,
             state: RequestState::Queued { seq: 0 },
             armed: ArmedDeadlines::default(),
+            flow: None,
         }
     }
 

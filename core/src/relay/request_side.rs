@@ -128,6 +128,7 @@ impl Relay {
 
     /// Ends a live request: one `RequestEnded`, then its worker slot goes to the next waiting request.
     pub(super) fn finish(&mut self, request_id: RequestId, outcome: Outcome) {
+        self.release_flow(request_id);
         let Some(mut request) = self.requests.remove(&request_id) else {
             return;
         };
@@ -159,6 +160,7 @@ impl Relay {
                 self.fill_worker(worker);
             }
         }
+        self.pump_flow();
     }
 
     /// Counts one more requeue of a detached request, or fails it when none are left.

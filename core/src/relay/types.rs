@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{CloseReason, Outcome};
 #[cfg(doc)]
-use super::{Relay, RelayConfig};
+use super::{CLIENT_REPORT_EVERY, Relay, RelayConfig};
+use super::{CloseReason, Outcome};
 use crate::ids::{ModelName, ProviderId, RequestId, WorkerId};
-use crate::wire::{Headers, ServerMessage, WireVersion, WorkerMessage};
+use crate::wire::{Headers, LinkFlow, ServerMessage, WireVersion, WorkerMessage};
 
 /// Whether a worker presented the right secret; the driver checks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,8 @@ pub enum Input {
         provider: ProviderId,
         /// The encoding the link speaks.
         wire: WireVersion,
+        /// Whether the link carries `window_update`s.
+        flow: LinkFlow,
         /// Whether its secret was right.
         auth: AuthOutcome,
     },
@@ -84,6 +86,14 @@ pub enum Input {
     ClientDone {
         /// The request whose client left.
         request: RequestId,
+    },
+    /// The client's connection of a request has taken `total` answer bytes in
+    /// all (cumulative; reported every [`CLIENT_REPORT_EVERY`] bytes taken).
+    ClientTook {
+        /// The request whose client took bytes.
+        request: RequestId,
+        /// Answer bytes taken since the request arrived.
+        total: u64,
     },
     /// The client of a request reads its stream too slowly: stop it rather than buffer without end.
     ClientTooSlow {
@@ -173,6 +183,8 @@ pub struct RelayStats {
     pub failed: u64,
     /// Requests that ended because the client left.
     pub cancelled: u64,
+    /// `window_update`s sent to windowed workers.
+    pub window_updates: u64,
 }
 
 /// Where a live request is.
@@ -215,4 +227,6 @@ pub struct WorkerInfo<'a> {
     pub connected_at: Instant,
     /// The encoding of its link.
     pub wire: WireVersion,
+    /// Whether its link carries `window_update`s.
+    pub flow: LinkFlow,
 }

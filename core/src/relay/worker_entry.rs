@@ -7,7 +7,7 @@ use rustc_hash::FxHashSet;
 use super::SelectionRank;
 use super::timers::{Timer, Timers};
 use crate::ids::{ModelName, ProviderId, RequestId, WorkerId};
-use crate::wire::WireVersion;
+use crate::wire::{LinkFlow, WireVersion};
 
 /// Where a worker link is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub(crate) enum Phase {
 pub(crate) struct WorkerEntry {
     pub(crate) provider: ProviderId,
     pub(crate) wire: WireVersion,
+    /// Whether its link carries `window_update`s.
+    pub(crate) flow: LinkFlow,
     pub(crate) connected_at: Instant,
     pub(crate) phase: Phase,
     pub(crate) name: String,
@@ -50,12 +52,13 @@ impl WorkerEntry {
     pub(crate) fn new(
         now: Instant,
         provider: ProviderId,
-        wire: WireVersion,
+        (wire, flow): (WireVersion, LinkFlow),
         register_deadline: Option<Instant>,
     ) -> Self {
         Self {
             provider,
             wire,
+            flow,
             connected_at: now,
             phase: Phase::AwaitingRegister {
                 deadline: register_deadline,

@@ -10,9 +10,9 @@ use super::{
 };
 use crate::ids::{ProviderId, RequestId, WireRequestId, WorkerId};
 use crate::wire::{
-    CancelReason, GracefulShutdown, ModelsRefresh, ModelsUpdate, Ping, Pong, REFUSED_AT_CAPACITY,
-    REFUSED_DRAINING, Register, RegisterAck, ResponseChunk, ResponseComplete, ServerMessage,
-    WireVersion, WorkerError, WorkerMessage,
+    CancelReason, GracefulShutdown, LinkFlow, ModelsRefresh, ModelsUpdate, Ping, Pong,
+    REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, ResponseChunk, ResponseComplete,
+    ServerMessage, WireVersion, WorkerError, WorkerMessage,
 };
 
 impl Relay {
@@ -22,7 +22,7 @@ impl Relay {
         now: Instant,
         worker: WorkerId,
         provider: ProviderId,
-        wire: WireVersion,
+        link: (WireVersion, LinkFlow),
         auth: AuthOutcome,
     ) -> Result<(), InputError> {
         if self.workers.contains_key(&worker) {
@@ -39,7 +39,7 @@ impl Relay {
         }
         self.providers.entry(provider.clone()).or_default();
         let register_deadline = now.checked_add(self.config.register_timeout);
-        let entry = WorkerEntry::new(now, provider, wire, register_deadline);
+        let entry = WorkerEntry::new(now, provider, link, register_deadline);
         self.workers.insert(worker, entry);
         self.rearm_worker(worker);
         Ok(())
@@ -228,7 +228,13 @@ impl Relay {
             self.fail(request_id, Failure::StreamTooLarge, streamed);
             return;
         }
-        *streamed = true;
+        if !self.flow_chunk(request_id, chunk.len() as u64) {
+            return; // stopped: its client lags too far
+        }
+        let request = self.requests.get_mut(&request_id).expect("passed on");
+        if let RequestState::Assigned { streamed, .. } = &mut request.state {
+            *streamed = true;
+        }
         self.outputs.push_back(Output::StreamChunk {
             request: request_id,
             chunk,
@@ -291,10 +297,12 @@ impl Relay {
         if let Some(request) = self.requests.get_mut(&request_id) {
             request.state = RequestState::Detached;
         }
+        self.release_flow(request_id);
         if self.count_requeue(request_id) && !self.try_assign(request_id) {
             self.enqueue(now, request_id, QueueEnd::Front);
         }
         self.close_if_drained(worker_id);
+        self.pump_flow();
     }
 
     /// Stops giving a worker new work and closes it once idle or at the deadline.
@@ -430,6 +438,8 @@ impl Relay {
                 continue;
             };
             request.state = RequestState::Detached;
+            // Requeued before its first byte or failed: either way its flow starts over or ends.
+            self.release_flow(request_id);
             if streamed {
                 self.fail(request_id, Failure::WorkerLost, true);
             } else if self.count_requeue(request_id) && !self.try_assign(request_id) {
@@ -440,6 +450,7 @@ impl Relay {
         for request_id in to_front.into_iter().rev() {
             self.enqueue(now, request_id, QueueEnd::Front);
         }
+        self.pump_flow();
     }
 
     /// Takes a worker out of every table; returns what it was.

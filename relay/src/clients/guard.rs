@@ -1,26 +1,24 @@
 //! The guard that tells the hub when a client leaves before its request ended.
 
-use modelrelay_core::RequestId;
-
-use crate::hub::{Command, Hub};
+use crate::hub::response_queue::{ClientExit, Left};
 
 use super::sse::ends_stream;
 
-/// Tells the hub, when dropped while armed, that the client left: done if its stream's final event reached it, gone otherwise.
+/// Tells the hub, when dropped while armed, that the client left: done if its
+/// stream's final event reached it, gone otherwise. It posts on the client
+/// board, which never waits or refuses, so the signal cannot be lost.
 pub(super) struct ClientGuard {
-    hub: Hub,
-    request: RequestId,
+    exit: ClientExit,
     armed: bool,
     /// The last chunk handed to the client was its stream's final event.
     answered: bool,
 }
 
 impl ClientGuard {
-    /// An armed guard for `request`.
-    pub(super) fn new(hub: Hub, request: RequestId) -> Self {
+    /// An armed guard that leaves through `exit`.
+    pub(super) fn new(exit: ClientExit) -> Self {
         Self {
-            hub,
-            request,
+            exit,
             armed: true,
             answered: false,
         }
@@ -40,11 +38,10 @@ impl ClientGuard {
 impl Drop for ClientGuard {
     fn drop(&mut self) {
         if self.armed {
-            let request = self.request;
-            self.hub.send(if self.answered {
-                Command::ClientDone { request }
+            self.exit.leave(if self.answered {
+                Left::Done
             } else {
-                Command::ClientGone { request }
+                Left::Gone
             });
         }
     }

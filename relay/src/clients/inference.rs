@@ -13,7 +13,7 @@ use modelrelay_core::{ModelName, RequestId};
 use crate::app::AppState;
 use crate::error::{ApiError, ClientError};
 use crate::hub::Command;
-use crate::hub::response_queue::{ResponseReceiver, response_queue};
+use crate::hub::response_queue::ResponseReceiver;
 
 use super::api_key::{carries_relay_key, require_api_key};
 use super::body::BodyLimits;
@@ -43,6 +43,7 @@ pub(super) async fn inference(
         .await
         .map_err(|error| error.for_api(flavor))?;
     let (id, events) = dispatch(&app, route, &parsed, &parts.headers)
+        .await
         .ok_or_else(|| ApiError::shutting_down().for_api(flavor))?;
     let ParsedRequest {
         model,
@@ -56,7 +57,7 @@ pub(super) async fn inference(
         flavor,
         held,
     };
-    let mut response = respond::answer(app.hub.clone(), id, events, asked).await;
+    let mut response = respond::answer(events, asked).await;
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         let headers = response.headers_mut();
         headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value.clone());
@@ -67,14 +68,14 @@ pub(super) async fn inference(
 }
 
 /// Hands the request to the hub: its id and the queue its answer comes on, or `None` if the hub stopped.
-fn dispatch(
+async fn dispatch(
     app: &AppState,
     route: InferenceRoute,
     parsed: &ParsedRequest,
     headers: &HeaderMap,
 ) -> Option<(RequestId, ResponseReceiver)> {
     let id = RequestId::new(app.next_request.fetch_add(1, Ordering::Relaxed));
-    let (responder, events) = response_queue();
+    let (responder, events) = app.hub.response_queue(id);
     let sent = app.hub.send(Command::Request {
         request: NewRequest {
             id,
@@ -89,7 +90,7 @@ fn dispatch(
         route,
         responder,
     });
-    sent.then_some((id, events))
+    sent.await.then_some((id, events))
 }
 
 /// The client headers the backend gets. With `strip_relay_keys` (the relay

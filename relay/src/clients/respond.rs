@@ -4,11 +4,9 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use modelrelay_core::RequestId;
 use modelrelay_core::relay::{Completion, Outcome};
 
 use crate::error::{ApiError, ApiFlavor};
-use crate::hub::Hub;
 use crate::hub::response_queue::{ResponseEvent, ResponseReceiver};
 
 use super::body::HeldBytes;
@@ -28,15 +26,10 @@ pub(super) struct Asked {
     pub(super) held: HeldBytes,
 }
 
-/// The answer to request `id` from what its queue brings: a stream once a
+/// The answer from what its queue brings: a stream once a
 /// streaming request's first chunk comes, else the whole answer at its end.
-pub(super) async fn answer(
-    hub: Hub,
-    id: RequestId,
-    mut events: ResponseReceiver,
-    asked: Asked,
-) -> Response {
-    let mut guard = ClientGuard::new(hub, id);
+pub(super) async fn answer(mut events: ResponseReceiver, asked: Asked) -> Response {
+    let mut guard = ClientGuard::new(events.exit());
     let flavor = asked.flavor;
     let model = asked.model.as_str();
     match events.recv().await {

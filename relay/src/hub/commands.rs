@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use modelrelay_core::relay::{AuthOutcome, NewRequest};
-use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
-use modelrelay_core::{ModelName, RequestId, WireRequestId, WorkerId};
+use modelrelay_core::wire::{LinkFlow, ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_core::{ModelName, WorkerId};
 use modelrelay_transports::{Outgoing, ReadLimit};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,8 @@ pub(crate) enum Command {
     WorkerConnected {
         worker: WorkerId,
         wire: WireVersion,
+        /// Whether the link carries `window_update`s.
+        flow: LinkFlow,
         auth: AuthOutcome,
         name_hint: String,
         transport: Transport,
@@ -58,14 +60,8 @@ pub(crate) enum Command {
     },
     /// A frame from a worker that did not decode.
     WorkerInvalid { worker: WorkerId, detail: String },
-    /// A worker link closed.
+    /// A worker link closed; sent after its last frame, on the same inbox.
     WorkerGone { worker: WorkerId },
-    /// A request frame could not be sent on its worker's link (too large for it).
-    Undeliverable {
-        worker: WorkerId,
-        request: WireRequestId,
-        detail: String,
-    },
     /// A client request.
     Request {
         request: NewRequest,
@@ -73,10 +69,6 @@ pub(crate) enum Command {
         route: InferenceRoute,
         responder: ResponseSender,
     },
-    /// A client went away.
-    ClientGone { request: RequestId },
-    /// A client went away after its stream's final event reached it.
-    ClientDone { request: RequestId },
     /// Numbers and models for `/admin/stats`.
     Snapshot(oneshot::Sender<Snapshot>),
     /// Numbers alone, for `/health` and `/metrics`.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use modelrelay_core::WorkerId;
 use modelrelay_core::relay::{AuthOutcome, CloseReason, Input};
-use modelrelay_core::wire::{RegisterAck, ServerMessage, WireVersion};
+use modelrelay_core::wire::{LinkFlow, RegisterAck, ServerMessage, WireVersion};
 use modelrelay_transports::{Outgoing, ReadLimit, close_code};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -46,17 +46,18 @@ impl HubTask {
     pub(super) fn link_opened(
         &mut self,
         worker: WorkerId,
-        wire: WireVersion,
+        (wire, flow): (WireVersion, LinkFlow),
         auth: AuthOutcome,
         name_hint: &str,
         link: LinkHandle,
     ) {
-        debug!(%worker, ?wire, peer = %name_hint, transport = link.transport.name(), "worker link open");
+        debug!(%worker, ?wire, ?flow, peer = %name_hint, transport = link.transport.name(), "worker link open");
         self.links.insert(worker, link);
         self.feed(Input::WorkerConnected {
             worker,
             provider: self.provider.clone(),
             wire,
+            flow,
             auth,
         });
     }

@@ -4,7 +4,18 @@
 //! [`Relay`], then routes its outputs: frames to
 //! worker links, chunks and ends to waiting responses (through each one's
 //! [`response_queue`]), closes to links. Deadlines come from `Relay::poll_timeout`.
+//!
+//! Three ways in, each bounded, and the hub waits on none of them:
+//! - the inbox, a channel of [`INBOX_CAPACITY`] commands; handlers and link
+//!   read loops wait for room (a link's `WorkerGone` goes the same way, behind
+//!   its frames, so it cannot overtake them);
+//! - the [client board](client_board), a set with one place per open request,
+//!   for bytes clients took and clients leaving: posting never waits or fails;
+//! - the undeliverable channel, for request frames a link writer could not
+//!   send, from a callback that cannot wait: at most one per request frame the
+//!   hub put on a link, so bounded by the requests dispatched and not ended.
 
+mod client_board;
 mod coalesce;
 mod commands;
 mod links;
@@ -18,7 +29,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use modelrelay_core::relay::{Relay, RelayConfig};
-use modelrelay_core::{ModelName, ProviderId, WorkerId};
+use modelrelay_core::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::operator::Metrics;
@@ -26,13 +37,31 @@ use crate::operator::Metrics;
 pub(crate) use commands::{Command, LinkCommand, Transport};
 pub(crate) use views::{Counts, Snapshot, WorkerView};
 
+use client_board::ClientBoard;
 use coalesce::Coalesced;
-use task::HubTask;
+use response_queue::{ResponseReceiver, ResponseSender};
+use task::{HubTask, Inlets};
+
+/// Commands the hub's inbox holds before senders wait.
+const INBOX_CAPACITY: usize = 1024;
+
+/// A request frame a link's writer could not send (too large for the link).
+pub(crate) struct Undeliverable {
+    /// The link.
+    pub(crate) worker: WorkerId,
+    /// The request whose frame it was.
+    pub(crate) request: WireRequestId,
+    /// Why.
+    pub(crate) detail: String,
+}
 
 /// A handle to send commands to the hub.
 #[derive(Clone)]
 pub(crate) struct Hub {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
+    /// Bounded by construction: see the module's notes.
+    undeliverable: mpsc::UnboundedSender<Undeliverable>,
+    board: Arc<ClientBoard>,
     /// `/health` and `/metrics` callers share the counts query in flight.
     counts: Arc<Coalesced<Counts>>,
     /// `/v1/models` callers share the models query in flight.
@@ -44,30 +73,46 @@ impl Hub {
     pub(crate) fn spawn(
         config: RelayConfig,
         provider: ProviderId,
-        max_client_buffer: usize,
         metrics: Arc<Metrics>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        // Not bounded yet: link readers push worker frames as fast as workers
-        // send them; bounding it with per-request windows is issue 13.
-        let (commands, inbox) = mpsc::unbounded_channel();
-        let task = HubTask::new(Relay::new(config), provider, max_client_buffer, metrics);
+        let (commands, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let (undeliverable, undelivered) = mpsc::unbounded_channel();
+        let board = Arc::new(ClientBoard::default());
+        let task = HubTask::new(Relay::new(config), provider, metrics);
+        let inlets = Inlets {
+            inbox,
+            undelivered,
+            board: Arc::clone(&board),
+        };
         let hub = Self {
             commands,
+            undeliverable,
+            board,
             counts: Arc::new(Coalesced::new()),
             models: Arc::new(Coalesced::new()),
         };
-        (hub, tokio::spawn(task.run(inbox)))
+        (hub, tokio::spawn(task.run(inlets)))
     }
 
-    /// Sends a command; `false` if the hub has stopped.
-    pub(crate) fn send(&self, command: Command) -> bool {
-        self.commands.send(command).is_ok()
+    /// Sends a command, waiting while the inbox is full; `false` if the hub has stopped.
+    pub(crate) async fn send(&self, command: Command) -> bool {
+        self.commands.send(command).await.is_ok()
+    }
+
+    /// Tells the hub a request frame could not be sent; never waits.
+    pub(crate) fn undeliverable(&self, undeliverable: Undeliverable) {
+        let _ = self.undeliverable.send(undeliverable);
+    }
+
+    /// A new response queue for `request`, whose client's news goes on the hub's board.
+    pub(crate) fn response_queue(&self, request: RequestId) -> (ResponseSender, ResponseReceiver) {
+        response_queue::response_queue(request, Arc::clone(&self.board))
     }
 
     /// The relay's current numbers, if the hub still runs.
     pub(crate) async fn snapshot(&self) -> Option<Snapshot> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Snapshot(reply));
+        self.send(Command::Snapshot(reply)).await;
         answer.await.ok()
     }
 
@@ -76,9 +121,13 @@ impl Hub {
     pub(crate) async fn counts(&self) -> Option<Counts> {
         self.counts
             .get(|| {
-                let (reply, answer) = oneshot::channel();
-                self.send(Command::Counts(reply));
-                async move { answer.await.ok() }.boxed()
+                let commands = self.commands.clone();
+                async move {
+                    let (reply, answer) = oneshot::channel();
+                    commands.send(Command::Counts(reply)).await.ok()?;
+                    answer.await.ok()
+                }
+                .boxed()
             })
             .await
     }
@@ -88,9 +137,13 @@ impl Hub {
     pub(crate) async fn models(&self) -> Option<Arc<Vec<ModelName>>> {
         self.models
             .get(|| {
-                let (reply, answer) = oneshot::channel();
-                self.send(Command::Models(reply));
-                async move { answer.await.ok().map(Arc::new) }.boxed()
+                let commands = self.commands.clone();
+                async move {
+                    let (reply, answer) = oneshot::channel();
+                    commands.send(Command::Models(reply)).await.ok()?;
+                    answer.await.ok().map(Arc::new)
+                }
+                .boxed()
             })
             .await
     }
@@ -98,7 +151,7 @@ impl Hub {
     /// The connected workers, if the hub still runs.
     pub(crate) async fn workers(&self) -> Option<Vec<WorkerView>> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Workers(reply));
+        self.send(Command::Workers(reply)).await;
         answer.await.ok()
     }
 
@@ -109,7 +162,8 @@ impl Hub {
             worker,
             timeout,
             reply,
-        });
+        })
+        .await;
         answer.await.ok()
     }
 }

@@ -7,13 +7,13 @@ use modelrelay_core::relay::{NewRequest, Outcome};
 use modelrelay_core::wire::TokenCounts;
 use modelrelay_core::{ModelName, RequestId, WorkerId};
 use prometheus_client::metrics::counter::Counter;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::clients::{InferenceRoute, stream_usage};
 use crate::error::ApiError;
 use crate::operator::{Metrics, outcome_label};
 
-use super::response_queue::{ResponseEvent, ResponseSender};
+use super::response_queue::{ClientState, Left, ResponseEvent, ResponseSender};
 use super::task::now;
 
 /// A request waiting for its answer: its queue to the client, its timings, usage and byte counts.
@@ -26,7 +26,8 @@ pub(super) struct OpenRequest {
     arrived: Instant,
     worker: Option<WorkerId>,
     chunks: u64,
-    too_slow: bool,
+    /// What the core has been told of its client.
+    told: ClientState,
     /// Time spent queued before the first worker took it.
     queue_wait: Option<Duration>,
     /// Time to the first chunk.
@@ -53,7 +54,7 @@ impl OpenRequest {
             arrived: now(),
             worker: None,
             chunks: 0,
-            too_slow: false,
+            told: ClientState::default(),
             queue_wait: None,
             first_chunk: None,
             bytes: None,
@@ -76,14 +77,9 @@ impl OpenRequest {
         }
     }
 
-    /// Hands a stream chunk to the client, counting it; `true` when the client
-    /// has just fallen more than `max_client_buffer` bytes behind.
-    pub(super) fn deliver(
-        &mut self,
-        chunk: Bytes,
-        metrics: &Metrics,
-        max_client_buffer: usize,
-    ) -> bool {
+    /// Hands a stream chunk to the client, counting it. How much it may hold
+    /// for a client that lags is the core's flow control's to decide.
+    pub(super) fn deliver(&mut self, chunk: Bytes, metrics: &Metrics) {
         if self.chunks == 0 {
             let after = now().saturating_duration_since(self.arrived);
             self.first_chunk = Some(after);
@@ -98,17 +94,21 @@ impl OpenRequest {
         if let Some(usage) = stream_usage(&chunk) {
             self.stream_usage.get_or_insert_default().merge_max(usage);
         }
-        // Bytes the client has not taken yet (none if it is gone).
-        let held = self
-            .responder
-            .send(ResponseEvent::Chunk(chunk))
-            .unwrap_or(0);
-        if held > max_client_buffer && !self.too_slow {
-            self.too_slow = true;
-            warn!(request = %self.id, held, "client reads too slowly; stopping its stream");
-            return true;
-        }
-        false
+        self.responder.send(ResponseEvent::Chunk(chunk));
+    }
+
+    /// What its client did since the last look: a new total of bytes taken,
+    /// and how it left, each only when the core has not heard it yet.
+    pub(super) fn client_news(&mut self) -> (Option<u64>, Option<Left>) {
+        let client = self.responder.client();
+        let took = (client.taken > self.told.taken).then_some(client.taken);
+        let left = if self.told.left.is_none() {
+            client.left
+        } else {
+            None
+        };
+        self.told = client;
+        (took, left)
     }
 
     /// Ends it: usage seen in the stream fills a completion without counts, then

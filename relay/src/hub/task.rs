@@ -11,6 +11,10 @@ use modelrelay_core::{ProviderId, RequestId, WireRequestId, WorkerId};
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
+use super::Undeliverable;
+use super::client_board::ClientBoard;
+use super::response_queue::Left;
+
 use crate::clients::InferenceRoute;
 use crate::codes;
 use crate::operator::Metrics;
@@ -29,8 +33,6 @@ pub(super) struct HubTask {
     /// The open worker links.
     pub(super) links: HashMap<WorkerId, LinkHandle>,
     requests: HashMap<RequestId, OpenRequest>,
-    /// Most bytes a response may hold for a client that does not read them.
-    max_client_buffer: usize,
     /// Where requests and links are counted.
     pub(super) metrics: Arc<Metrics>,
 }
@@ -43,26 +45,35 @@ pub(super) fn now() -> Instant {
 /// Commands handled per wake-up before outputs are flushed.
 const BATCH: usize = 64;
 
+/// The hub's ways in (see the module's notes for their bounds).
+pub(super) struct Inlets {
+    /// Commands from handlers and links.
+    pub(super) inbox: mpsc::Receiver<Command>,
+    /// Request frames link writers could not send.
+    pub(super) undelivered: mpsc::UnboundedReceiver<Undeliverable>,
+    /// Requests whose clients took bytes or left.
+    pub(super) board: Arc<ClientBoard>,
+}
+
 impl HubTask {
     /// A hub over `relay`, serving `provider`.
-    pub(super) fn new(
-        relay: Relay,
-        provider: ProviderId,
-        max_client_buffer: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub(super) fn new(relay: Relay, provider: ProviderId, metrics: Arc<Metrics>) -> Self {
         Self {
             relay,
             provider,
             links: HashMap::new(),
             requests: HashMap::new(),
-            max_client_buffer,
             metrics,
         }
     }
 
     /// Runs until the inbox closes or the relay has drained after a shutdown.
-    pub(super) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
+    pub(super) async fn run(mut self, inlets: Inlets) {
+        let Inlets {
+            mut inbox,
+            mut undelivered,
+            board,
+        } = inlets;
         loop {
             let deadline = self
                 .relay
@@ -84,6 +95,16 @@ impl HubTask {
                             Err(_) => break,
                         }
                     }
+                }
+                () = board.changed() => {
+                    for request in board.drain() {
+                        self.client_news(request);
+                        self.flush();
+                    }
+                }
+                Some(frame) = undelivered.recv() => {
+                    self.undeliverable(frame.worker, frame.request, frame.detail);
+                    self.flush();
                 }
                 () = sleep_until(deadline) => {
                     self.relay.handle_timeout(now());
@@ -110,6 +131,7 @@ impl HubTask {
             Command::WorkerConnected {
                 worker,
                 wire,
+                flow,
                 auth,
                 name_hint,
                 transport,
@@ -118,7 +140,7 @@ impl HubTask {
                 reads,
             } => {
                 let link = LinkHandle::new(outbound, closing, transport, reads);
-                self.link_opened(worker, wire, auth, &name_hint, link);
+                self.link_opened(worker, (wire, flow), auth, &name_hint, link);
             }
             Command::WorkerFrame { worker, message } => {
                 self.feed(Input::WorkerFrame { worker, message })
@@ -130,13 +152,6 @@ impl HubTask {
                 route,
                 responder,
             } => self.request_arrived(request, route, responder),
-            Command::ClientGone { request } => self.feed(Input::ClientGone { request }),
-            Command::ClientDone { request } => self.feed(Input::ClientDone { request }),
-            Command::Undeliverable {
-                worker,
-                request,
-                detail,
-            } => self.undeliverable(worker, request, detail),
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -170,6 +185,7 @@ impl HubTask {
             }
         }
         self.metrics.sync_relay_stats(self.relay.stats());
+        self.metrics.sync_flow(self.relay.flow_view());
     }
 
     fn request_arrived(
@@ -178,9 +194,30 @@ impl HubTask {
         route: InferenceRoute,
         responder: ResponseSender,
     ) {
+        let id = request.id;
         let open = OpenRequest::new(&request, route, responder);
-        self.requests.insert(request.id, open);
+        self.requests.insert(id, open);
         self.feed(Input::RequestArrived(request));
+        // Its client may have left before the hub saw the request: its board
+        // post found nothing then, so its queue is read now.
+        self.client_news(id);
+    }
+
+    /// Feeds the core what `request`'s client did since the hub last looked:
+    /// the bytes it took, and (once) that it left.
+    fn client_news(&mut self, request: RequestId) {
+        let Some(open) = self.requests.get_mut(&request) else {
+            return; // ended already: nothing more to tell
+        };
+        let (took, left) = open.client_news();
+        if let Some(total) = took {
+            self.feed(Input::ClientTook { request, total });
+        }
+        match left {
+            Some(Left::Done) => self.feed(Input::ClientDone { request }),
+            Some(Left::Gone) => self.feed(Input::ClientGone { request }),
+            None => {}
+        }
     }
 
     /// A request's frame went to `worker`.
@@ -191,11 +228,8 @@ impl HubTask {
     }
 
     fn stream_chunk(&mut self, request: RequestId, chunk: Bytes) {
-        let Some(open) = self.requests.get_mut(&request) else {
-            return;
-        };
-        if open.deliver(chunk, &self.metrics, self.max_client_buffer) {
-            self.feed(Input::ClientTooSlow { request });
+        if let Some(open) = self.requests.get_mut(&request) {
+            open.deliver(chunk, &self.metrics);
         }
     }
 
@@ -263,12 +297,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_left_before_the_hub_saw_its_request_is_still_seen() {
+        use modelrelay_core::relay::AuthOutcome;
+        use modelrelay_core::wire::{FrameLimits, LinkFlow, Register, WireVersion};
+        use modelrelay_core::{RequestId, WorkerId};
+        use modelrelay_transports::ReadLimit;
+        use tokio_util::sync::CancellationToken;
+
+        use crate::hub::Transport;
+        use crate::hub::response_queue::{Left, ResponseEvent};
+
+        let metrics = Arc::new(Metrics::new());
+        let relay = Relay::new(RelayConfig::default());
+        let mut hub = HubTask::new(relay, ProviderId::new("local"), metrics);
+        let (outbound, _to_worker) = mpsc::channel(8);
+        hub.apply(Command::WorkerConnected {
+            worker: WorkerId::new(1),
+            wire: WireVersion::V2,
+            flow: LinkFlow::Windowed,
+            auth: AuthOutcome::Accepted,
+            name_hint: "test".into(),
+            transport: Transport::WebSocket,
+            outbound,
+            closing: CancellationToken::new(),
+            reads: ReadLimit::fixed(FrameLimits::default()),
+        });
+        hub.apply(Command::WorkerFrame {
+            worker: WorkerId::new(1),
+            message: WorkerMessage::Register(Register {
+                worker_name: "w".into(),
+                models: vec!["m".into()],
+                max_concurrent: 1,
+                protocol_version: None,
+                current_load: None,
+            }),
+        });
+        hub.flush();
+        let board = Arc::new(ClientBoard::default());
+        let (responder, mut events) = response_queue(RequestId::new(1), Arc::clone(&board));
+        // The client leaves while its request still waits in the inbox: the
+        // board's post names a request the hub does not know yet.
+        events.exit().leave(Left::Gone);
+        for request in board.drain() {
+            hub.client_news(request);
+        }
+        hub.apply(Command::Request {
+            request: request(1, "m"),
+            route: INFERENCE_ROUTES[0],
+            responder,
+        });
+        hub.flush();
+        let heard = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert!(
+            matches!(heard, Ok(Some(ResponseEvent::Ended(Outcome::Cancelled)))),
+            "the request was not cancelled: {heard:?}"
+        );
+        assert_eq!(hub.relay.open_requests(), 0);
+    }
+
+    #[tokio::test]
     async fn a_model_name_no_worker_advertised_never_becomes_a_metric_label_even_during_shutdown() {
         let metrics = Arc::new(Metrics::new());
         let relay = Relay::new(RelayConfig::default());
-        let mut hub = HubTask::new(relay, ProviderId::new("local"), 1 << 20, metrics.clone());
+        let mut hub = HubTask::new(relay, ProviderId::new("local"), metrics.clone());
+        let board = Arc::new(ClientBoard::default());
         let arrive = |hub: &mut HubTask, id, model| {
-            let (responder, _events) = response_queue();
+            let (responder, _events) = response_queue(RequestId::new(id), Arc::clone(&board));
             hub.apply(Command::Request {
                 request: request(id, model),
                 route: INFERENCE_ROUTES[0],

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use modelrelay_core::relay::{Failure, Outcome, RelayStats};
+use modelrelay_core::relay::{Failure, FlowView, Outcome, RelayStats};
 use modelrelay_core::wire::TokenCounts;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -129,6 +129,10 @@ pub(crate) struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     /// Connections cut by `--client-idle-timeout`.
     pub(crate) idle_client_cuts: Counter,
+    buffered_answer_bytes: Gauge,
+    reserved_answer_bytes: Gauge,
+    waiting_for_budget: Gauge,
+    window_updates: Counter,
     /// Model label values in use (workers may keep renaming their models).
     model_labels: Mutex<HashSet<String>>,
 }
@@ -235,9 +239,37 @@ impl Metrics {
             "Client connections cut because the client took no bytes of its answer for --client-idle-timeout",
             idle_client_cuts.clone(),
         );
+        let buffered_answer_bytes = Gauge::default();
+        registry.register(
+            "modelrelay_buffered_answer_bytes",
+            "Streamed answer bytes passed on for clients that have not taken them yet",
+            buffered_answer_bytes.clone(),
+        );
+        let reserved_answer_bytes = Gauge::default();
+        registry.register(
+            "modelrelay_reserved_answer_bytes",
+            "Answer bytes held for clients plus those granted to workers and not yet sent (at most --max-buffered-bytes)",
+            reserved_answer_bytes.clone(),
+        );
+        let waiting_for_budget = Gauge::default();
+        registry.register(
+            "modelrelay_answers_waiting_for_budget",
+            "Streams whose window top-up waits for room in --max-buffered-bytes",
+            waiting_for_budget.clone(),
+        );
+        let window_updates = Counter::default();
+        registry.register(
+            "modelrelay_window_updates",
+            "Window updates sent to workers as their clients took bytes",
+            window_updates.clone(),
+        );
         Self {
             registry,
             idle_client_cuts,
+            buffered_answer_bytes,
+            reserved_answer_bytes,
+            waiting_for_budget,
+            window_updates,
             requests,
             duration,
             first_chunk,
@@ -355,6 +387,18 @@ impl Metrics {
         advance(&self.requeues, stats.requeues);
         advance(&self.late_frames, stats.late_frames);
         advance(&self.protocol_violations, stats.protocol_violations);
+        advance(&self.window_updates, stats.window_updates);
+    }
+
+    /// Sets the answer-budget gauges from the core's flow control (called after every hub step).
+    pub(crate) fn sync_flow(&self, flow: Option<FlowView>) {
+        let flow = flow.unwrap_or_default();
+        self.buffered_answer_bytes
+            .set(i64::try_from(flow.held_bytes).unwrap_or(i64::MAX));
+        self.reserved_answer_bytes
+            .set(i64::try_from(flow.reserved_bytes).unwrap_or(i64::MAX));
+        self.waiting_for_budget
+            .set(gauge_value(flow.waiting_for_budget));
     }
 
     /// Sets the gauges from a hub snapshot and renders everything as Prometheus text.
@@ -503,6 +547,30 @@ mod tests {
         assert_eq!(models, MAX_MODEL_LABELS + 1, "the labels plus `other`");
         assert!(text.contains(r#"model="other",outcome="ok"} 10"#), "{text}");
         assert!(text.contains(r#"model="model-0",outcome="ok"} 2"#));
+    }
+
+    #[test]
+    fn the_answer_budget_gauges_follow_the_core() {
+        let metrics = Metrics::new();
+        metrics.sync_flow(Some(FlowView {
+            held_bytes: 1000,
+            reserved_bytes: 70_000,
+            budget_bytes: 1 << 20,
+            waiting_for_budget: 2,
+        }));
+        metrics.sync_relay_stats(&RelayStats {
+            window_updates: 4,
+            ..Default::default()
+        });
+        let text = metrics.render("local", 0, 0, WorkerStates::default());
+        for line in [
+            "modelrelay_buffered_answer_bytes 1000",
+            "modelrelay_reserved_answer_bytes 70000",
+            "modelrelay_answers_waiting_for_budget 2",
+            "modelrelay_window_updates_total 4",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 
     #[test]

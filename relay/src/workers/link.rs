@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 
 use modelrelay_core::WorkerId;
 use modelrelay_core::relay::AuthOutcome;
-use modelrelay_core::wire::{ServerMessage, WireVersion, WorkerMessage};
+use modelrelay_core::wire::{LinkFlow, ServerMessage, WireVersion, WorkerMessage};
 use modelrelay_transports::LINK_CLOSE_WAIT;
 use modelrelay_transports::{LinkError, LinkReader, LinkWriter, ReadLimit};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::hub::{Command, Hub, Transport};
+use crate::hub::{Command, Hub, Transport, Undeliverable};
 
 /// Items a worker link's outbound queue holds (the hub's frames waiting for the
 /// link's writer). Never reached by a healthy link: the hub puts in it a
@@ -27,6 +27,8 @@ pub(super) struct LinkInfo {
     pub(super) worker: WorkerId,
     /// The protocol version of the link.
     pub(super) wire: WireVersion,
+    /// Whether it carries `window_update`s.
+    pub(super) flow: LinkFlow,
     /// Its address, as a name until it registers.
     pub(super) peer: SocketAddr,
     /// How it connected.
@@ -44,17 +46,20 @@ where
     let worker = link.worker;
     let (outbound, queue) = mpsc::channel(LINK_QUEUE);
     let closing = CancellationToken::new();
-    let connected = hub.send(Command::WorkerConnected {
-        worker,
-        wire: link.wire,
-        // Admission let in only workers whose secret was right.
-        auth: AuthOutcome::Accepted,
-        name_hint: link.peer.to_string(),
-        transport: link.transport,
-        outbound,
-        closing: closing.clone(),
-        reads: link.reads.clone(),
-    });
+    let connected = hub
+        .send(Command::WorkerConnected {
+            worker,
+            wire: link.wire,
+            flow: link.flow,
+            // Admission let in only workers whose secret was right.
+            auth: AuthOutcome::Accepted,
+            name_hint: link.peer.to_string(),
+            transport: link.transport,
+            outbound,
+            closing: closing.clone(),
+            reads: link.reads.clone(),
+        })
+        .await;
     if !connected {
         return;
     }
@@ -74,7 +79,8 @@ where
         tokio::select! {
             biased;
             () = &mut reading => {
-                hub.send(Command::WorkerGone { worker });
+                // Behind the link's last frame on the same inbox: it cannot overtake them.
+                hub.send(Command::WorkerGone { worker }).await;
                 let _ = tokio::time::timeout(LINK_CLOSE_WAIT, &mut writing).await;
             }
             result = &mut writing => {
@@ -95,7 +101,7 @@ where
         () = link => {}
         () = gave_up => debug!(%worker, "the close did not complete: dropping the link"),
     }
-    hub.send(Command::WorkerGone { worker });
+    hub.send(Command::WorkerGone { worker }).await;
 }
 
 /// Passes the worker's frames to the hub until the link ends or fails; a frame
@@ -110,7 +116,7 @@ async fn read_frames<R: LinkReader<WorkerMessage>>(
     loop {
         match reader.next().await {
             Some(Ok(message)) => {
-                if !hub.send(Command::WorkerFrame { worker, message }) {
+                if !hub.send(Command::WorkerFrame { worker, message }).await {
                     return;
                 }
             }
@@ -120,7 +126,7 @@ async fn read_frames<R: LinkReader<WorkerMessage>>(
                 } else {
                     error.to_string()
                 };
-                hub.send(Command::WorkerInvalid { worker, detail });
+                hub.send(Command::WorkerInvalid { worker, detail }).await;
                 return;
             }
             Some(Err(error)) => {
@@ -141,7 +147,7 @@ fn undeliverable(
 ) -> Option<ServerMessage> {
     if let ServerMessage::Request(frame) = &message {
         warn!(%worker, request = %frame.request_id, %error, "a request could not be sent to its worker");
-        hub.send(Command::Undeliverable {
+        hub.undeliverable(Undeliverable {
             worker,
             request: frame.request_id.clone(),
             detail: error.to_string(),

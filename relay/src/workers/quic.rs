@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use modelrelay_core::WorkerId;
-use modelrelay_core::wire::{FrameLimits, WireVersion};
+use modelrelay_core::wire::{FrameLimits, LinkFlow, WireVersion};
 use modelrelay_transports::quic;
 use modelrelay_transports::tls::{RelayIdentity, TlsError};
 use modelrelay_transports::{ReadLimit, close_code};
@@ -250,6 +250,9 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
     let link = LinkInfo {
         worker,
         wire: WireVersion::V2,
+        // Not yet: the relay would apply windows to its reads of each request's
+        // stream, which it does not gate; until then QUIC links keep the cap.
+        flow: LinkFlow::Unwindowed,
         peer,
         transport: Transport::Quic,
         reads,

@@ -75,6 +75,13 @@ pub(super) async fn connect(
     } else {
         WireVersion::V1
     };
+    // v2.1 (v2 with `window_update`) when the worker offers it: its answers are
+    // then paced by windows rather than capped.
+    let flow = if wire == WireVersion::V2 && upgrade.offers_v2_1() && app.config.link_windows {
+        LinkFlow::Windowed
+    } else {
+        LinkFlow::Unwindowed
+    };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let worker = WorkerId::new(app.next_worker.fetch_add(1, Ordering::Relaxed));
     let hub = app.hub.clone();
@@ -97,15 +104,14 @@ pub(super) async fn connect(
         let link = LinkInfo {
             worker,
             wire,
+            flow,
             peer,
             transport: Transport::WebSocket,
             reads,
         };
         run_link(reader, writer, link, hub).await;
     });
-    Ok(upgrade
-        .response(wire, LinkFlow::Unwindowed)
-        .map(|()| Body::empty()))
+    Ok(upgrade.response(wire, flow).map(|()| Body::empty()))
 }
 
 /// The 401 for a secret passed in the query string while that is not allowed.
