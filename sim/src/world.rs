@@ -134,7 +134,13 @@ pub struct WorldConfig {
     pub max_latency: Duration,
     /// The link workers use.
     pub link: LinkKind,
+    /// Writes a TCP socket holds before its writer waits (turmoil counts writes,
+    /// whatever their size: one of hyper's may hold 400 KB).
+    pub tcp_capacity: usize,
 }
+
+/// [`WorldConfig::tcp_capacity`] unless a test asks for less.
+pub const TCP_CAPACITY: usize = 256;
 
 impl WorldConfig {
     /// A world with a fixed latency of 1 ms, which keeps scenarios readable.
@@ -145,6 +151,7 @@ impl WorldConfig {
             min_latency: Duration::from_millis(1),
             max_latency: Duration::from_millis(1),
             link: LinkKind::WebSocket,
+            tcp_capacity: TCP_CAPACITY,
         }
     }
 }
@@ -170,7 +177,7 @@ impl World {
             .rng_seed(config.seed)
             .min_message_latency(config.min_latency)
             .max_message_latency(config.max_latency)
-            .tcp_capacity(256)
+            .tcp_capacity(config.tcp_capacity)
             .build();
         Self {
             sim,

@@ -13,7 +13,7 @@ use modelrelay_core::backoff::SeededRng;
 use modelrelay_testkit::simulated_backend::SimulatedBackendConfig;
 use sim::client::{self, Ask, Outcome};
 use sim::seeds::{for_each_seed, seeds};
-use sim::world::{LinkKind, RELAY, World, WorldConfig, relay_config};
+use sim::world::{LinkKind, RELAY, TCP_CAPACITY, World, WorldConfig, relay_config};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -38,6 +38,7 @@ fn lossy_run(seed: u64) {
         min_latency: Duration::from_millis(2),
         max_latency: Duration::from_millis(80),
         link: LinkKind::Quic,
+        tcp_capacity: TCP_CAPACITY,
     });
     world.relay(relay_config());
     world.packet_loss(RELAY).set_rate(0.05, seed ^ 1);
@@ -167,6 +168,7 @@ fn stall_run(seed: u64, link: LinkKind, model: LossModel) -> Stalls {
         min_latency: LATENCY,
         max_latency: LATENCY,
         link,
+        tcp_capacity: TCP_CAPACITY,
     });
     world.relay(relay_config());
     world.backend("backend-1", backend_config());
@@ -281,6 +283,7 @@ fn a_large_answer_on_one_stream_does_not_hold_up_the_others() {
         min_latency: Duration::from_millis(25),
         max_latency: Duration::from_millis(25),
         link: LinkKind::Quic,
+        tcp_capacity: TCP_CAPACITY,
     });
     world.relay(relay_config());
     world.backend("backend-1", backend_config());

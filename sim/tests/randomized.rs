@@ -14,7 +14,9 @@ use modelrelay_core::backoff::SeededRng;
 use modelrelay_testkit::simulated_backend::SimulatedBackendConfig;
 use sim::client::{self, Ask, Outcome};
 use sim::seeds::{for_each_seed, seeds};
-use sim::world::{LinkKind, RELAY, RELAY_PORT, WorkerStop, World, WorldConfig, relay_config};
+use sim::world::{
+    LinkKind, RELAY, RELAY_PORT, TCP_CAPACITY, WorkerStop, World, WorldConfig, relay_config,
+};
 
 const SECOND: Duration = Duration::from_secs(1);
 const QUEUE_BOUND: usize = 6;
@@ -87,6 +89,7 @@ fn run(seed: u64) -> Run {
         min_latency: Duration::from_millis(1),
         max_latency,
         link,
+        tcp_capacity: TCP_CAPACITY,
     });
     world.note(format_args!(
         "workers link over {link:?}, losing {loss} of datagrams"

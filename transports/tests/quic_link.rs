@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use modelrelay_core::wire::{
-    Cancel, CancelReason, FrameLimits, Headers, RequestFrame, ResponseChunk, ResponseComplete,
-    ServerMessage, WorkerError, WorkerMessage,
+    Cancel, CancelReason, FrameLimits, Headers, INITIAL_WINDOW, LinkFlow, RequestFrame,
+    ResponseChunk, ResponseComplete, ServerMessage, WindowUpdate, WorkerError, WorkerMessage,
 };
 use modelrelay_core::{ModelName, WireRequestId};
 use modelrelay_transports::quic::{self, Hello, QuicReader};
@@ -63,7 +63,7 @@ async fn link_with(
         tokio::spawn(async move {
             let incoming = server.accept().await.unwrap();
             let arrival = quic::accept(incoming).await.unwrap();
-            arrival.into_link(limits, ReadLimit::fixed(limits))
+            arrival.into_link(limits, ReadLimit::fixed(limits), LinkFlow::Windowed)
         })
     };
     let (worker, worker_writer) = quic::connect(
@@ -367,4 +367,86 @@ async fn a_request_stream_whose_queue_overflows_is_reset_and_its_request_alone_f
         }
     }
     assert_eq!(request_2, [chunk(2), complete(2, Bytes::new())]);
+}
+
+fn chunk(id: u64, bytes: usize, fill: u8) -> WorkerMessage {
+    WorkerMessage::ResponseChunk(ResponseChunk {
+        request_id: WireRequestId::Number(id),
+        chunk: Bytes::from(vec![fill; bytes]),
+    })
+}
+
+/// The relay reads a request's stream only while its answer has window: the
+/// first 64 KiB, then what `window_update`s grant. The update never reaches the
+/// worker, and another request's stream is not held up meanwhile.
+#[tokio::test]
+async fn the_relay_reads_a_request_stream_only_within_its_window() {
+    const CHUNK: usize = 16 * 1024;
+    let mut link = link().await;
+    for id in [1, 2] {
+        link.to_worker
+            .try_send(Outgoing::Message(request(id)))
+            .unwrap();
+        assert!(matches!(
+            next(&mut link.worker).await,
+            Some(Ok(ServerMessage::Request(_)))
+        ));
+    }
+    // Ten chunks of 16 KiB for request 1: the first four fill its first window.
+    for n in 0..10 {
+        link.to_relay
+            .send(Outgoing::Message(chunk(1, CHUNK, n)))
+            .await
+            .unwrap();
+    }
+    let first = usize::try_from(INITIAL_WINDOW).unwrap() / CHUNK;
+    chunks_arrive(&mut link.relay, 0..first).await;
+    // Request 1 waits; request 2's answer still arrives.
+    link.to_relay
+        .send(Outgoing::Message(complete(2, Bytes::from_static(b"done"))))
+        .await
+        .unwrap();
+    match next(&mut link.relay).await {
+        Some(Ok(WorkerMessage::ResponseComplete(done))) => {
+            assert_eq!(done.request_id, WireRequestId::Number(2))
+        }
+        other => panic!("request 2 was held up: {other:?}"),
+    }
+    nothing_more(&mut link.relay, "the relay read past request 1's window").await;
+    // Two more chunks' worth of window: exactly two more chunks.
+    let update = WindowUpdate {
+        request_id: WireRequestId::Number(1),
+        max_bytes: INITIAL_WINDOW + 2 * CHUNK as u64,
+    };
+    link.to_worker
+        .try_send(Outgoing::Message(ServerMessage::WindowUpdate(update)))
+        .unwrap();
+    chunks_arrive(&mut link.relay, first..first + 2).await;
+    nothing_more(&mut link.relay, "the relay read past the granted window").await;
+    nothing_more(&mut link.worker, "a window_update crossed the link").await;
+    // The rest, once granted.
+    let update = WindowUpdate {
+        request_id: WireRequestId::Number(1),
+        max_bytes: 10 * CHUNK as u64,
+    };
+    link.to_worker
+        .try_send(Outgoing::Message(ServerMessage::WindowUpdate(update)))
+        .unwrap();
+    chunks_arrive(&mut link.relay, first + 2..10).await;
+}
+
+/// The chunks numbered `numbers` (each filled with its number) arrive, in order.
+async fn chunks_arrive(relay: &mut QuicReader<WorkerMessage>, numbers: std::ops::Range<usize>) {
+    for n in numbers {
+        match next(relay).await {
+            Some(Ok(WorkerMessage::ResponseChunk(c))) => assert_eq!(usize::from(c.chunk[0]), n),
+            other => panic!("chunk {n}: {other:?}"),
+        }
+    }
+}
+
+/// Nothing arrives for a while.
+async fn nothing_more<M: std::fmt::Debug>(reader: &mut QuicReader<M>, what: &str) {
+    let arrived = tokio::time::timeout(Duration::from_millis(300), reader.next()).await;
+    assert!(arrived.is_err(), "{what}: {arrived:?}");
 }

@@ -1,10 +1,11 @@
 //! Flow control of streamed answers: each request's byte window, and the budget
 //! that every answer held for its client shares.
 //!
-//! On a windowed link (WebSocket v2.1) a request may get [`INITIAL_WINDOW`]
+//! On a windowed link (WebSocket v2.1, QUIC) a request may get [`INITIAL_WINDOW`]
 //! payload bytes at dispatch; as its client takes bytes, the relay tops the
-//! window up to `taken + window` with a `window_update`. On an unwindowed link
-//! (v1, a v2 peer without v2.1, QUIC for now) nothing paces the worker: the
+//! window up to `taken + window` with a `window_update` (on QUIC the link's
+//! writer applies it to its read of the request's stream). On an unwindowed
+//! link (v1, a v2 peer without v2.1) nothing paces the worker: the
 //! bytes held for a client that lags are capped per request (`legacy_cap`),
 //! and the stream is stopped with `client_too_slow` past it.
 //!

@@ -245,14 +245,19 @@ async fn serve_connection(incoming: quinn::Incoming, app: Arc<AppState>, pending
     }
     let limits = app.config.frame_limits;
     let reads = ReadLimit::until_raised(FrameLimits::before_register_on(WireVersion::V2), limits);
-    let (reader, writer) = arrival.into_link(limits, reads.clone());
+    // Windows need nothing from the worker over QUIC (the relay applies them to
+    // its reads of each request's stream), so every QUIC worker gets them.
+    let flow = if app.config.link_windows {
+        LinkFlow::Windowed
+    } else {
+        LinkFlow::Unwindowed
+    };
+    let (reader, writer) = arrival.into_link(limits, reads.clone(), flow);
     let worker = WorkerId::new(app.next_worker.fetch_add(1, Ordering::Relaxed));
     let link = LinkInfo {
         worker,
         wire: WireVersion::V2,
-        // Not yet: the relay would apply windows to its reads of each request's
-        // stream, which it does not gate; until then QUIC links keep the cap.
-        flow: LinkFlow::Unwindowed,
+        flow,
         peer,
         transport: Transport::Quic,
         reads,

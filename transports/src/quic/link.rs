@@ -7,6 +7,7 @@
 //! messages from every stream meet in one channel, which the reader drains.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,11 +16,12 @@ use bytes::Bytes;
 use modelrelay_core::WireRequestId;
 use modelrelay_core::session::{CHUNK_COST_OVERHEAD, DEFAULT_LINK_WRITE_WINDOW};
 use modelrelay_core::wire::{
-    Cancel, CancelReason, FrameLimits, ServerMessage, WireMessage, WireVersion, WorkerMessage,
+    Cancel, CancelReason, FrameLimits, INITIAL_WINDOW, LinkFlow, ServerMessage, WindowUpdate,
+    WireMessage, WireVersion, WorkerMessage,
 };
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -227,18 +229,71 @@ fn decode<M: WireMessage>(frame: &Bytes, limits: FrameLimits) -> Result<M, LinkE
     Ok(WireVersion::V2.decode(frame, limits)?)
 }
 
+/// When a stream's reader may read its next frame.
+trait Pace<M>: Send {
+    /// Resolves once the next frame may be read.
+    fn ready(&mut self) -> impl Future<Output = ()> + Send;
+    /// Counts a message read.
+    fn read(&mut self, message: &M);
+}
+
+/// A stream read as fast as its frames arrive (control streams, the worker's side).
+struct Unpaced;
+
+impl<M> Pace<M> for Unpaced {
+    async fn ready(&mut self) {}
+    fn read(&mut self, _: &M) {}
+}
+
+/// A request stream on the relay, read only while its answer has window: the
+/// payload bytes of the `response_chunk`s read stay below what the relay granted
+/// (`window_update`s routed here instead of crossing the link). While it waits,
+/// QUIC's stream window fills and pushes back on the worker's writes for this
+/// request alone.
+struct AnswerWindow {
+    granted: watch::Receiver<u64>,
+    received: u64,
+}
+
+impl Pace<WorkerMessage> for AnswerWindow {
+    async fn ready(&mut self) {
+        let received = self.received;
+        if self
+            .granted
+            .wait_for(|granted| received < *granted)
+            .await
+            .is_err()
+        {
+            // The writer is gone: the link is closing, and with it this stream.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn read(&mut self, message: &WorkerMessage) {
+        if let WorkerMessage::ResponseChunk(chunk) = message {
+            let len = u64::try_from(chunk.chunk.len()).unwrap_or(u64::MAX);
+            self.received = self.received.saturating_add(len);
+        }
+    }
+}
+
 /// Forwards the messages of one stream until it ends: `Ok` at a clean end,
 /// `Err` with the reset code if the peer reset it, `Err(None)` otherwise.
-/// Malformed frames are passed on as errors.
-async fn forward<M: WireMessage>(
+/// Malformed frames are passed on as errors. Each frame is read once `pace` allows.
+async fn forward<M: WireMessage + Send>(
     recv: &mut RecvStream,
     reads: &ReadLimit,
     inbound: &Inbound<M>,
+    pace: &mut impl Pace<M>,
 ) -> Result<(), Option<VarInt>> {
     loop {
+        pace.ready().await;
         match read_frame(recv, reads).await {
             Ok(Some(frame)) => {
                 let message = decode(&frame, reads.get());
+                if let Ok(message) = &message {
+                    pace.read(message);
+                }
                 let malformed = message.is_err();
                 if inbound.send(message).await.is_err() || malformed {
                     return Err(None);
@@ -378,13 +433,35 @@ impl<S> StreamTable<S> {
     }
 }
 
+/// What the relay's writer holds of a request stream's task.
+struct RelayStream {
+    /// Takes the reset code of a cancel.
+    cancel: mpsc::UnboundedSender<VarInt>,
+    /// The payload bytes of the answer the relay reads in all (see [`AnswerWindow`]).
+    window: watch::Sender<u64>,
+}
+
+impl RelayWriter {
+    /// A `window_update` for a request: its stream's task may read further. Never
+    /// crosses the link: the worker's writes wait on QUIC's stream window instead.
+    fn grant(&self, update: &WindowUpdate) {
+        if let Some((_, stream)) = self.streams.by_request.get(&update.request_id) {
+            stream.window.send_if_modified(|granted| {
+                let raised = update.max_bytes > *granted;
+                *granted = (*granted).max(update.max_bytes);
+                raised
+            });
+        }
+    }
+}
+
 /// The relay's halves of a link whose control stream is `(send, recv)`.
 pub(super) fn server_side(
     connection: Connection,
     control_send: SendStream,
     mut control_recv: RecvStream,
-    limits: FrameLimits,
-    control: ReadLimit,
+    (limits, control): (FrameLimits, ReadLimit),
+    flow: LinkFlow,
 ) -> (QuicReader<WorkerMessage>, RelayWriter) {
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
     // Bounded by construction: one item per request stream's task, as it ends.
@@ -393,7 +470,7 @@ pub(super) fn server_side(
     // close, the reader has seen everything.
     let weak_inbound = inbound_tx.downgrade();
     tokio::spawn(async move {
-        let _ = forward(&mut control_recv, &control, &inbound_tx).await;
+        let _ = forward(&mut control_recv, &control, &inbound_tx, &mut Unpaced).await;
     });
     let open = Arc::new(CloseOnDrop(connection.clone()));
     (
@@ -402,6 +479,10 @@ pub(super) fn server_side(
             control: Control::new(connection, control_send, limits, open),
             inbound: weak_inbound,
             streams: StreamTable::new(),
+            first_window: match flow {
+                LinkFlow::Windowed => INITIAL_WINDOW,
+                LinkFlow::Unwindowed => u64::MAX,
+            },
             next_token: 0,
             ended_tx,
             ended,
@@ -413,8 +494,10 @@ pub(super) fn server_side(
 pub struct RelayWriter {
     control: Control,
     inbound: mpsc::WeakSender<Result<WorkerMessage, LinkError>>,
-    /// Each request stream's task, told the reset code of a cancel.
-    streams: StreamTable<mpsc::UnboundedSender<VarInt>>,
+    /// Each request stream's task: told the reset code of a cancel, and its answer's window.
+    streams: StreamTable<RelayStream>,
+    /// Each answer's window before any `window_update` (`u64::MAX`: the link has none).
+    first_window: u64,
     next_token: u64,
     ended_tx: mpsc::UnboundedSender<(WireRequestId, u64)>,
     ended: mpsc::UnboundedReceiver<(WireRequestId, u64)>,
@@ -442,6 +525,11 @@ impl RelayWriter {
                 item = queue.recv() => item,
             };
             let message = match item {
+                Some(Outgoing::Message(ServerMessage::WindowUpdate(update))) => {
+                    self.grant(&update);
+                    written(&ServerMessage::WindowUpdate(update));
+                    continue;
+                }
                 Some(Outgoing::Message(message)) => message,
                 Some(Outgoing::Close { code, reason }) => {
                     self.control.close(code, &reason, None).await;
@@ -464,7 +552,7 @@ impl RelayWriter {
                 ServerMessage::Cancel(cancel) => {
                     self.control.send(frame, report).await;
                     if let Some((_, stream)) = self.streams.by_request.remove(&cancel.request_id) {
-                        let _ = stream.send(reset_code(&cancel.reason));
+                        let _ = stream.cancel.send(reset_code(&cancel.reason));
                     }
                 }
                 _ => self.control.send(frame, report).await,
@@ -480,17 +568,26 @@ impl RelayWriter {
             return; // the reader is gone: the link is closing
         };
         // Bounded by construction: the writer sends it at most one cancel.
-        let (to_stream, commands) = mpsc::unbounded_channel();
+        let (cancel, commands) = mpsc::unbounded_channel();
+        let (window, granted) = watch::channel(self.first_window);
         let token = self.next_token;
         self.next_token += 1;
         self.streams
             .by_request
-            .insert(request.clone(), (token, to_stream));
+            .insert(request.clone(), (token, RelayStream { cancel, window }));
         let connection = self.control.connection.clone();
         let limits = self.control.limits;
         let ended = self.ended_tx.clone();
         tokio::spawn(async move {
-            relay_stream(connection, frame, report, commands, inbound, limits).await;
+            relay_stream(
+                connection,
+                frame,
+                report,
+                (commands, granted),
+                inbound,
+                limits,
+            )
+            .await;
             let _ = ended.send((request, token));
         });
     }
@@ -502,7 +599,7 @@ async fn relay_stream(
     connection: Connection,
     request: Bytes,
     report: Report,
-    mut commands: mpsc::UnboundedReceiver<VarInt>,
+    (mut commands, granted): (mpsc::UnboundedReceiver<VarInt>, watch::Receiver<u64>),
     inbound: Inbound<WorkerMessage>,
     limits: FrameLimits,
 ) {
@@ -526,7 +623,11 @@ async fn relay_stream(
     }
     let cancelled = {
         let reads = ReadLimit::fixed(limits);
-        let reading = forward(&mut recv, &reads, &inbound);
+        let mut window = AnswerWindow {
+            granted,
+            received: 0,
+        };
+        let reading = forward(&mut recv, &reads, &inbound, &mut window);
         tokio::pin!(reading);
         let mut commands_open = true;
         loop {
@@ -565,7 +666,8 @@ pub(super) fn worker_side(
     let (events_tx, events) = mpsc::unbounded_channel();
     let control_tx = inbound_tx.clone();
     tokio::spawn(async move {
-        let _ = forward(&mut control_recv, &ReadLimit::fixed(limits), &control_tx).await;
+        let reads = ReadLimit::fixed(limits);
+        let _ = forward(&mut control_recv, &reads, &control_tx, &mut Unpaced).await;
     });
     let tracker = TaskTracker::new();
     let accepting = connection.clone();

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use modelrelay_core::wire::{FrameLimits, ServerMessage, V2_ALPN, WorkerMessage};
+use modelrelay_core::wire::{FrameLimits, LinkFlow, ServerMessage, V2_ALPN, WorkerMessage};
 use quinn::{RecvStream, SendStream, VarInt};
 use serde::{Deserialize, Serialize};
 
@@ -128,12 +128,23 @@ impl Arrival {
     /// Lets the worker in: its frames are read from now on, the control stream's
     /// at `control` (which may be raised later), its request streams' at `limits`,
     /// and the relay's frames to it are held to `limits`.
+    ///
+    /// With `flow` windowed, each request's stream is read only while its answer
+    /// has window (`INITIAL_WINDOW`, then what `window_update`s sent to the writer
+    /// grant); unwindowed, every stream is read as fast as it arrives.
     pub fn into_link(
         self,
         limits: FrameLimits,
         control: ReadLimit,
+        flow: LinkFlow,
     ) -> (QuicReader<WorkerMessage>, RelayWriter) {
-        link::server_side(self.connection, self.send, self.recv, limits, control)
+        link::server_side(
+            self.connection,
+            self.send,
+            self.recv,
+            (limits, control),
+            flow,
+        )
     }
 
     /// Refuses the worker: closes the connection with `code` and `reason`, reading nothing more.
@@ -258,8 +269,21 @@ pub fn worker_transport() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(4096));
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    // What the worker has written but the relay has not acknowledged, on all
+    // streams together: a paused relay holds at most this much here.
+    transport.send_window(WORKER_SEND_WINDOW);
     transport
 }
+
+/// Bytes of a request's answer the relay lets the worker send ahead of what it
+/// has read of that stream (QUIC's per-stream window). The relay reads a stream
+/// only while the request has answer window (`window_update`s stay on the relay),
+/// so a stalled request holds at most this much in quinn, plus its answer window.
+/// It also caps one stream's speed at this much per round trip (5 MB/s at 100 ms).
+pub const ANSWER_STREAM_WINDOW: u32 = 512 * 1024;
+
+/// Bytes the worker's quinn holds unacknowledged, over all streams.
+pub const WORKER_SEND_WINDOW: u64 = 8 * 1024 * 1024;
 
 /// quinn transport settings for the relay: workers open only their control stream.
 pub fn relay_transport() -> quinn::TransportConfig {
@@ -267,6 +291,11 @@ pub fn relay_transport() -> quinn::TransportConfig {
     transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.stream_receive_window(VarInt::from_u32(ANSWER_STREAM_WINDOW));
+    // The connection's window stays unlimited: stalled streams must never use up
+    // credit the control stream (its pongs) needs. What they hold is bounded per
+    // stream (above), and streams by the requests the relay dispatched.
+    transport.receive_window(VarInt::MAX);
     transport
 }
 
