@@ -23,9 +23,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// A generous bound for steps that take a second or two when the relay is
-/// sound; not a timing assertion.
-const SOUND_WITHIN: Duration = Duration::from_secs(60);
+/// A generous bound for steps that take seconds when the relay is sound (64
+/// streams each push a few MB until their sockets fill, and only then does the
+/// idle timeout start; on a loaded 2-core machine that took over a minute); not
+/// a timing assertion.
+const SOUND_WITHIN: Duration = Duration::from_secs(180);
 
 /// What never-reading clients may add to the server's peak memory beyond
 /// the answer budget.
