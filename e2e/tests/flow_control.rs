@@ -130,16 +130,53 @@ impl Check {
     }
 }
 
-/// The server binary; its base URL once it listens.
-async fn server() -> (Process, String) {
-    let args = ["--listen", "127.0.0.1:0", "--worker-secret", SECRET];
-    let mut server = Process::start(
-        Binary::Server,
-        &[&args[..], &["--log-format", "json"]].concat(),
-    );
+/// How the worker reaches the relay.
+#[derive(Clone, Copy, Debug)]
+enum Link {
+    /// A WebSocket, with `--protocol` this value.
+    WebSocket(&'static str),
+    /// QUIC, pinning the relay's printed fingerprint.
+    Quic,
+}
+
+/// The server binary; its base URL once it listens, and the worker's arguments
+/// to reach it over `link`.
+async fn server(link: Link) -> (Process, String, Vec<String>) {
+    let data_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("flow-control-{}-{link:?}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let mut args = vec!["--listen", "127.0.0.1:0", "--worker-secret", SECRET];
+    args.extend(["--log-format", "json", "--log-level", "info"]);
+    let data_dir = data_dir.to_string_lossy().into_owned();
+    if let Link::Quic = link {
+        args.extend(["--quic-listen", "127.0.0.1:0", "--data-dir", &data_dir]);
+    }
+    let mut server = Process::start(Binary::Server, &args);
+    // The server says where QUIC listens before it says where HTTP does.
+    let quic = match link {
+        Link::Quic => Some(server.logged("QUIC worker links on").await),
+        Link::WebSocket(_) => None,
+    };
     let listening = server.logged("relay listening").await;
     let addr = listening["addr"].as_str().unwrap().to_owned();
-    (server, format!("http://{addr}"))
+    let worker_args = match (link, quic) {
+        (Link::WebSocket(protocol), _) => vec![
+            "--protocol".to_owned(),
+            protocol.to_owned(),
+            "--proxy-url".to_owned(),
+            format!("http://{addr}"),
+        ],
+        (Link::Quic, quic) => {
+            let quic = quic.expect("logged above");
+            vec![
+                "--server-cert-sha256".to_owned(),
+                quic["fingerprint"].as_str().unwrap().to_owned(),
+                "--proxy-url".to_owned(),
+                format!("quic://{}", quic["addr"].as_str().unwrap()),
+            ]
+        }
+    };
+    (server, format!("http://{addr}"), worker_args)
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to `process`.
@@ -158,31 +195,19 @@ fn note(line: &str) {
     eprintln!("{line}");
 }
 
-/// Runs [`STREAMS`] long streams through a worker speaking `protocol`, stops the
-/// relay for [`PAUSE`] once they flow, and checks the worker's peak memory and
-/// every stream.
-async fn a_paused_relay_leaves_the_worker_flat(protocol: &str) {
+/// Runs [`STREAMS`] long streams through a worker on `link`, stops the relay
+/// for [`PAUSE`] once they flow, and checks the worker's peak memory and every
+/// stream.
+async fn a_paused_relay_leaves_the_worker_flat(link: Link) {
     let (backend, _serving) = fast_backend().await;
-    let (server, relay) = server().await;
+    let (server, relay, link_args) = server(link).await;
     let backend_url = format!("http://{backend}");
     let slots = STREAMS.to_string();
-    let worker = Process::start(
-        Binary::Worker,
-        &[
-            "--proxy-url",
-            &relay,
-            "--backend-url",
-            &backend_url,
-            "--worker-secret",
-            SECRET,
-            "--models",
-            "m",
-            "--max-concurrency",
-            &slots,
-            "--protocol",
-            protocol,
-        ],
-    );
+    let mut args = vec!["--backend-url", &backend_url];
+    args.extend(["--worker-secret", SECRET, "--models", "m"]);
+    args.extend(["--max-concurrency", &slots]);
+    args.extend(link_args.iter().map(String::as_str));
+    let worker = Process::start(Binary::Worker, &args);
     let http = Http::new();
     wait_for_workers_at(&http, &relay, 1).await;
     let idle = worker.peak_memory_bytes().expect("the worker runs");
@@ -233,7 +258,7 @@ async fn a_paused_relay_leaves_the_worker_flat(protocol: &str) {
     let after = worker.peak_memory_bytes().expect("the worker runs");
     let growth = after.saturating_sub(before);
     note(&format!(
-        "{protocol}: worker peak {idle} idle, {before} before the pause, {paused} after it, {after} at the end: +{growth} bytes"
+        "{link:?}: worker peak {idle} idle, {before} before the pause, {paused} after it, {after} at the end: +{growth} bytes"
     ));
     assert!(
         growth <= GROWTH_BOUND,
@@ -252,11 +277,18 @@ async fn a_paused_relay_leaves_the_worker_flat(protocol: &str) {
 /// Issue 13 over the default link (v2 on a WebSocket). Clause 99.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_relay_does_not_make_the_worker_balloon() {
-    a_paused_relay_leaves_the_worker_flat("auto").await;
+    a_paused_relay_leaves_the_worker_flat(Link::WebSocket("auto")).await;
 }
 
 /// Issue 13 over a v1 (JSON) WebSocket link. Clause 99.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_relay_does_not_make_a_v1_worker_balloon() {
-    a_paused_relay_leaves_the_worker_flat("v1").await;
+    a_paused_relay_leaves_the_worker_flat(Link::WebSocket("v1")).await;
+}
+
+/// Issue 13 over QUIC: the relay's streams stop being read, and QUIC's windows
+/// hold the worker's writes. Clause 99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_relay_does_not_make_a_quic_worker_balloon() {
+    a_paused_relay_leaves_the_worker_flat(Link::Quic).await;
 }
