@@ -258,15 +258,10 @@ struct AnswerWindow {
 impl Pace<WorkerMessage> for AnswerWindow {
     async fn ready(&mut self) {
         let received = self.received;
-        if self
-            .granted
-            .wait_for(|granted| received < *granted)
-            .await
-            .is_err()
-        {
-            // The writer is gone: the link is closing, and with it this stream.
-            std::future::pending::<()>().await;
-        }
+        // An error means the writer is gone (the link is closing, or the request
+        // was cancelled): read on, so that the stream's end or the connection's
+        // close ends this task rather than leaving it waiting for ever.
+        let _ = self.granted.wait_for(|granted| received < *granted).await;
     }
 
     fn read(&mut self, message: &WorkerMessage) {
