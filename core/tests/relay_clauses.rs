@@ -1504,38 +1504,39 @@ fn an_unwindowed_stream_past_its_buffer_cap_ends_with_client_too_slow() {
 }
 
 #[test]
-fn an_unwindowed_chunk_that_overflows_the_answer_budget_ends_its_stream_with_client_too_slow() {
-    // Budget 256 KiB: one windowed request reserves 64 KiB, four unwindowed streams hold 48 KiB each.
+fn an_unwindowed_stream_that_lags_when_the_budget_is_spent_ends_with_client_too_slow() {
+    // Budget 256 KiB; unwindowed streams each under the 64 KiB cap.
     let mut h = flow_harness(256 * KIB);
-    h.worker_with(1, LinkFlow::Windowed, 1);
-    h.worker_with(2, LinkFlow::Unwindowed, 4);
-    h.request(1, "m");
-    for id in 2..=5 {
+    h.worker_with(2, LinkFlow::Unwindowed, 8);
+    for id in 2..=6 {
         h.request(id, "m");
     }
     assert_eq!(dispatched(&h.outputs()).len(), 5);
     for id in 2..=5 {
-        h.chunk_of(2, id, 48 * KIB);
+        h.chunk_of(2, id, 60 * KIB);
     }
-    assert_eq!(chunk_bytes(&h.outputs()), 192 * KIB);
-    h.chunk_of(2, 5, 1);
+    h.chunk_of(2, 6, 10 * KIB);
+    // Past the budget, but stream 6's client is within a report of its stream: it goes on.
+    h.chunk_of(2, 6, 10 * KIB);
+    assert_eq!(chunk_bytes(&h.outputs()), 260 * KIB);
+    // Stream 2's client lags by 60 KiB while every held byte is spent: it is stopped.
+    h.chunk_of(2, 2, 1);
     let outputs = h.outputs();
     assert_eq!(
         ended(&outputs),
         [(
-            5,
+            2,
             Outcome::Failed {
                 failure: Failure::ClientTooSlow,
                 streamed: true
             }
         )]
     );
-    let view = h.relay.flow_view().unwrap();
-    assert_eq!(view.reserved_bytes, 64 * KIB + 3 * 48 * KIB);
+    assert_eq!(h.relay.flow_view().unwrap().held_bytes, 200 * KIB);
 }
 
 #[test]
-fn top_ups_wait_while_the_answer_budget_is_spent_and_resume_in_arrival_order() {
+fn top_ups_wait_while_the_bytes_held_fill_the_budget_and_resume_in_arrival_order() {
     let mut h = flow_harness(384 * KIB);
     h.worker_with(1, LinkFlow::Windowed, 4);
     for id in 1..=3 {
@@ -1543,19 +1544,23 @@ fn top_ups_wait_while_the_answer_budget_is_spent_and_resume_in_arrival_order() {
         h.chunk_of(1, id, 64 * KIB);
     }
     h.outputs();
-    // Request 3's top-up fits (its 256 KiB window plus 2 × 64 KiB reserved).
+    // 128 KiB held once request 3's client took its 64 KiB: its top-up fits.
     h.took(3, 64 * KIB);
     assert_eq!(window_updates(&h.outputs()), [(1, 3, 320 * KIB)]);
-    // Then neither 2's nor 1's does: both wait, 2 having asked first.
+    // Its worker sends it all and its client stops reading: 384 KiB held.
+    h.chunk_of(1, 3, 256 * KIB);
+    // Now neither 2's nor 1's top-up fits: both wait.
     h.took(2, 64 * KIB);
     h.took(1, 64 * KIB);
     assert!(window_updates(&h.outputs()).is_empty());
     assert_eq!(h.relay.flow_view().unwrap().waiting_for_budget, 2);
-    // Request 3 ends: its window pays for one top-up, the earlier request's.
-    h.complete(1, 3);
-    assert_eq!(window_updates(&h.outputs()), [(1, 1, 320 * KIB)]);
-    h.complete(1, 1);
-    assert_eq!(window_updates(&h.outputs()), [(1, 2, 320 * KIB)]);
+    // Request 3's client takes everything: both are granted, in arrival order,
+    // and request 3's own window moves on (grants hold nothing).
+    h.took(3, 320 * KIB);
+    assert_eq!(
+        window_updates(&h.outputs()),
+        [(1, 1, 320 * KIB), (1, 2, 320 * KIB), (1, 3, 576 * KIB)]
+    );
     assert_eq!(h.relay.flow_view().unwrap().waiting_for_budget, 0);
 }
 
@@ -1598,14 +1603,19 @@ fn a_client_that_took_everything_always_gets_a_top_up() {
 }
 
 #[test]
-fn a_request_waits_in_the_queue_while_the_budget_cannot_cover_its_first_window() {
-    // 256 KiB: four initial windows.
+fn a_request_waits_in_the_queue_while_the_bytes_held_leave_no_room_for_its_first_window() {
+    // 256 KiB: grants alone hold nothing, so four requests go out at once.
     let mut h = flow_harness(256 * KIB);
     h.worker_with(1, LinkFlow::Windowed, 8);
-    for id in 1..=5 {
+    for id in 1..=4 {
         h.request(id, "m");
     }
     assert_eq!(dispatched(&h.outputs()), [(1, 1), (1, 2), (1, 3), (1, 4)]);
+    // Their clients never read: 256 KiB held, and the next request waits.
+    for id in 1..=4 {
+        h.chunk_of(1, id, 64 * KIB);
+    }
+    h.request(5, "m");
     assert_eq!(h.relay.request_status(r(5)), Some(RequestStatus::Queued));
     // A worker without windows is not held back by the budget.
     h.worker_with(2, LinkFlow::Unwindowed, 1);
@@ -1618,11 +1628,11 @@ fn a_request_waits_in_the_queue_while_the_budget_cannot_cover_its_first_window()
     );
     h.request(6, "m");
     assert!(dispatched(&h.outputs()).is_empty());
-    assert_eq!(h.relay.request_status(r(6)), Some(RequestStatus::Queued));
-    // A request that ends gives its window back: the next waiting one goes.
-    h.complete(1, 2);
+    // A client that takes its bytes makes room: the waiting request goes.
+    h.took(2, 64 * KIB);
     assert_eq!(dispatched(&h.outputs()), [(1, 6)]);
     // The queue timeout still applies to a request held for budget.
+    h.chunk_of(1, 6, 64 * KIB);
     h.request(7, "m");
     h.advance(31 * SECOND);
     assert_eq!(ended(&h.outputs()), [(7, failed(Failure::QueueTimeout))]);

@@ -9,12 +9,17 @@
 //! bytes held for a client that lags are capped per request (`legacy_cap`),
 //! and the stream is stopped with `client_too_slow` past it.
 //!
-//! Both kinds count against one budget: `Σ windowed (max(granted, received) −
-//! taken) + Σ unwindowed (received − taken) ≤ budget`. A top-up that does not
-//! fit waits, in request-id order, until bytes are released (a request ends or
-//! is requeued, a client takes bytes); a new request is not dispatched to a
-//! windowed worker unless its initial window fits and no top-up waits; an
-//! unwindowed chunk that does not fit stops its stream like the cap does.
+//! Both kinds share one budget for the bytes the relay *holds* for clients
+//! (`Σ received − taken`), not for the windows it granted: a client that reads
+//! promptly holds next to nothing however wide its window, so thousands of
+//! streams never wait on each other's grants. A top-up is granted while the
+//! bytes held plus its increase fit the budget, else it waits, in request-id
+//! order, until bytes are taken or released; a new request goes to a windowed
+//! worker only while the bytes held leave room for its initial window; an
+//! unwindowed stream that holds more than a window when the budget is spent is
+//! stopped like the cap stops it. What was granted before the budget filled
+//! may still arrive: the bytes held stay within the budget plus, at most, one
+//! window per stream then being read.
 
 use std::collections::BTreeSet;
 
@@ -45,7 +50,7 @@ pub struct FlowConfig {
     /// Bytes a windowed request may have in flight past what its client took
     /// (at least [`INITIAL_WINDOW`]).
     pub window: u64,
-    /// Bytes all answers may hold or have granted at once (at least one window).
+    /// Bytes all answers may hold for their clients at once (at least one window).
     pub budget: u64,
     /// Bytes an unwindowed stream may hold for its client, and a windowed worker
     /// may send past its window, before the stream is stopped with `client_too_slow`.
@@ -146,10 +151,10 @@ impl AnswerBudget {
         }
     }
 
-    /// Whether a new request may go to a windowed worker now: no top-up waits
-    /// and its initial window fits.
+    /// Whether a new request may go to a windowed worker now: the bytes held
+    /// leave room for its initial window.
     pub(crate) fn fits_new(&self) -> bool {
-        self.starved.is_empty() && self.reserved + INITIAL_WINDOW <= self.config.budget()
+        self.held + INITIAL_WINDOW <= self.config.budget()
     }
 
     /// Notes that a request was kept from a windowed worker, to retry on a release.
@@ -199,8 +204,11 @@ impl AnswerBudget {
             Some(granted) => next.received.saturating_sub(granted) > self.config.legacy_cap,
             None => next.held() > self.config.legacy_cap,
         };
-        let grows = next.reserved().saturating_sub(flow.reserved());
-        if over_cap || self.reserved + grows > self.config.budget() {
+        // A client that keeps up has at most one report's worth untaken: the
+        // budget stops only a stream that lags further while it is spent.
+        let spent = self.held + len > self.config.budget();
+        let lagging = next.granted.is_none() && flow.held() > CLIENT_REPORT_EVERY;
+        if over_cap || (spent && lagging) {
             return ChunkVerdict::TooSlow;
         }
         self.update(flow, |f| *f = next);
@@ -241,7 +249,7 @@ impl AnswerBudget {
         let mut next = *flow;
         next.granted = Some(target);
         let grows = next.reserved().saturating_sub(flow.reserved());
-        if self.reserved + grows > self.config.budget() {
+        if self.held + grows > self.config.budget() {
             return TopUp::Waits;
         }
         self.update(flow, |f| *f = next);
@@ -292,7 +300,7 @@ pub struct FlowView {
     pub held_bytes: u64,
     /// Bytes held plus bytes granted to windowed workers and not yet sent.
     pub reserved_bytes: u64,
-    /// The most `reserved_bytes` may reach.
+    /// What `held_bytes` is kept within (see the module's note on grants).
     pub budget_bytes: u64,
     /// Windowed requests whose top-up waits for budget.
     pub waiting_for_budget: usize,
@@ -470,21 +478,24 @@ mod tests {
     }
 
     #[test]
-    fn a_top_up_that_does_not_fit_waits_and_holds_new_dispatches_back() {
+    fn a_top_up_waits_while_the_bytes_held_fill_the_budget_and_so_do_new_dispatches() {
         let mut budget = AnswerBudget::new(config(256 * KIB));
         let (a, b) = (RequestId::new(1), RequestId::new(2));
         let mut first = budget.start(LinkFlow::Windowed);
         let mut second = budget.start(LinkFlow::Windowed);
+        // Grants alone hold nothing: a new request still fits.
+        assert!(budget.admits_windowed());
         budget.chunk(&mut first, 64 * KIB);
-        budget.chunk(&mut second, 64 * KIB);
+        budget.chunk(&mut second, 192 * KIB);
+        // 256 KiB held: the budget is spent, and no new request goes out.
+        assert!(!budget.admits_windowed());
         budget.took(a, &mut first, 64 * KIB);
-        // Reserved: 64 KiB (second); the top-up to 320 KiB needs 256 KiB.
+        // 192 KiB held; the top-up to 320 KiB would let 256 KiB more in.
         assert_eq!(budget.first_starved(), Some(a));
         assert_eq!(budget.top_up(a, &mut first), TopUp::Waits);
-        assert!(!budget.admits_windowed(), "a waiting top-up comes first");
         budget.release(b, &second);
+        assert!(budget.take_held_dispatch(), "nothing is held now");
         assert_eq!(budget.top_up(a, &mut first), TopUp::Granted(320 * KIB));
-        assert!(!budget.take_held_dispatch(), "the budget is spent again");
     }
 
     #[test]
