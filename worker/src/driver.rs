@@ -406,7 +406,12 @@ impl<D: Dialer> Driver<D> {
         let dialer = Arc::clone(&self.dialer);
         let events = self.events.clone();
         let options = self.options.clone();
-        let capacity = outbound_capacity(&options.session);
+        // The link's queue, and how often its writer wakes the driver: every
+        // quarter of a request's read window written.
+        let pace = (
+            outbound_capacity(&options.session),
+            options.session.link_write_window / 4,
+        );
         let task = self.tasks.spawn(async move {
             let result = connect(
                 &*dialer,
@@ -420,13 +425,13 @@ impl<D: Dialer> Driver<D> {
             .await;
             match result {
                 Ok(Link::WebSocket(reader, writer, wire, flow)) => {
-                    run_link(reader, writer, (wire, flow), generation, capacity, events).await
+                    run_link(reader, writer, (wire, flow), generation, pace, events).await
                 }
                 Ok(Link::Quic(reader, writer)) => {
                     // No window_update crosses QUIC: the relay paces each request's
                     // stream by reading it, and QUIC's stream windows push back here.
                     let wire = (WireVersion::V2, LinkFlow::Unwindowed);
-                    run_link(reader, writer, wire, generation, capacity, events).await
+                    run_link(reader, writer, wire, generation, pace, events).await
                 }
                 Err(error) => {
                     let _ = events.send(Event::LinkFailed { generation, error }).await;
@@ -724,14 +729,14 @@ async fn run_link<R, W>(
     writer: W,
     (wire, flow): (WireVersion, LinkFlow),
     generation: u64,
-    capacity: usize,
+    (capacity, notify_every): (usize, u64),
     events: mpsc::Sender<Event>,
 ) where
     R: LinkReader<ServerMessage>,
     W: LinkWriter<WorkerMessage>,
 {
     let (outbound, queue) = mpsc::channel(capacity);
-    let progress = WriteProgress::new();
+    let progress = WriteProgress::new(notify_every);
     let written = {
         let progress = Arc::clone(&progress);
         move |message: &WorkerMessage| progress.wrote(message)

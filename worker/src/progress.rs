@@ -11,34 +11,75 @@ use tokio::sync::Notify;
 
 /// Cost of each request's `response_chunk`s written since the driver last looked.
 /// One per link: a writer's reports never reach the next link's requests.
-#[derive(Debug, Default)]
+///
+/// The driver is woken only when a request's cost since it last looked reaches
+/// `notify_every` (a quarter of the read window), not for every chunk: a
+/// backend call waits only when a whole window is queued unwritten, so its
+/// writes always reach that mark, and a stream of small chunks costs no
+/// wake-up per chunk. A request's entry goes when its last message (its
+/// completion or error) is written; at most [`PENDING_REQUESTS`] entries wait
+/// before the driver is woken to take them (requests cancelled mid-answer).
+#[derive(Debug)]
 pub(crate) struct WriteProgress {
     written: Mutex<HashMap<WireRequestId, u64>>,
     changed: Notify,
+    notify_every: u64,
 }
 
+/// Requests with written cost the driver has not taken, past which it is woken.
+pub(crate) const PENDING_REQUESTS: usize = 1024;
+
 impl WriteProgress {
-    /// An empty board.
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// An empty board that wakes the driver every `notify_every` of one request's cost.
+    pub(crate) fn new(notify_every: u64) -> Arc<Self> {
+        Arc::new(Self {
+            written: Mutex::default(),
+            changed: Notify::new(),
+            notify_every: notify_every.max(1),
+        })
     }
 
-    /// The writer is done with `message`: a chunk's cost is added to its request's.
+    /// The writer is done with `message`: a chunk's cost is added to its request's;
+    /// a request's last message clears its entry.
     pub(crate) fn wrote(&self, message: &WorkerMessage) {
-        let WorkerMessage::ResponseChunk(chunk) = message else {
-            return;
-        };
-        let cost = chunk_cost(chunk.chunk.len());
-        {
-            let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-            match written.get_mut(&chunk.request_id) {
-                Some(total) => *total = total.saturating_add(cost),
-                None => {
-                    written.insert(chunk.request_id.clone(), cost);
-                }
+        let (request, cost) = match message {
+            WorkerMessage::ResponseChunk(chunk) => {
+                (&chunk.request_id, chunk_cost(chunk.chunk.len()))
             }
+            WorkerMessage::ResponseComplete(complete) => {
+                self.forget(&complete.request_id);
+                return;
+            }
+            WorkerMessage::Error(error) => {
+                if let Some(request) = &error.request_id {
+                    self.forget(request);
+                }
+                return;
+            }
+            _ => return,
+        };
+        let wake = {
+            let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+            let total = match written.get_mut(request) {
+                Some(total) => total,
+                None => written.entry(request.clone()).or_default(),
+            };
+            let before = *total;
+            *total = total.saturating_add(cost);
+            let crossed = before / self.notify_every != *total / self.notify_every;
+            crossed || written.len() >= PENDING_REQUESTS
+        };
+        if wake {
+            self.changed.notify_one();
         }
-        self.changed.notify_one();
+    }
+
+    /// Drops what was noted of a request that has ended.
+    fn forget(&self, request: &WireRequestId) {
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(request);
     }
 
     /// Resolves once something was written since the last [`WriteProgress::take`]
@@ -69,7 +110,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_add_up_by_request_until_taken_and_other_messages_count_nothing() {
-        let board = WriteProgress::new();
+        let board = WriteProgress::new(1);
         board.wrote(&chunk(1, 10));
         board.wrote(&chunk(1, 20));
         board.wrote(&chunk(2, 0));
@@ -89,5 +130,35 @@ mod tests {
         );
         assert_eq!(taken[&WireRequestId::Number(2)], chunk_cost(0));
         assert!(board.take().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_driver_is_woken_once_a_request_crosses_a_quarter_window_and_ended_requests_go() {
+        let board = WriteProgress::new(chunk_cost(100) * 3);
+        board.wrote(&chunk(1, 100));
+        board.wrote(&chunk(1, 100));
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), board.changed());
+        assert!(
+            early.await.is_err(),
+            "two chunks: under the mark, no wake-up"
+        );
+        board.wrote(&chunk(1, 100));
+        tokio::time::timeout(std::time::Duration::from_secs(1), board.changed())
+            .await
+            .expect("the third chunk reaches the mark");
+        // A request whose completion is written leaves the board.
+        board.wrote(&chunk(2, 10));
+        board.wrote(&WorkerMessage::ResponseComplete(
+            modelrelay_core::wire::ResponseComplete {
+                request_id: WireRequestId::Number(2),
+                status_code: 200,
+                headers: modelrelay_core::wire::Headers::new(),
+                body: Bytes::new(),
+                token_counts: None,
+            },
+        ));
+        let taken = board.take();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[&WireRequestId::Number(1)], 3 * chunk_cost(100));
     }
 }
