@@ -24,8 +24,8 @@ use modelrelay_core::wire::{
     BackendUsage, FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, LinkFlow, RequestFrame,
     ServerMessage, TokenCounts, WireVersion, WorkerMessage,
 };
-use modelrelay_transports::LINK_CLOSE_WAIT;
 use modelrelay_transports::close_code;
+use modelrelay_transports::{LINK_CLOSE_WAIT, send_or_wait};
 use modelrelay_transports::{LinkReader, LinkWriter, Outgoing};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -674,12 +674,11 @@ async fn call_backend(
             };
             let chunk = chunk?;
             read = read.saturating_add(chunk_cost(chunk.len()));
-            let _ = events
-                .send(Event::Backend(SessionInput::BackendChunk {
-                    request: request.clone(),
-                    chunk,
-                }))
-                .await;
+            let chunk = Event::Backend(SessionInput::BackendChunk {
+                request: request.clone(),
+                chunk,
+            });
+            let _ = send_or_wait(events, chunk).await;
         }
         return Ok(SessionInput::BackendComplete {
             request,
@@ -783,14 +782,11 @@ async fn read_link<R: LinkReader<ServerMessage>>(
     loop {
         match reader.next().await {
             Some(Ok(message)) => {
-                if events
-                    .send(Event::Frame {
-                        generation,
-                        message,
-                    })
-                    .await
-                    .is_err()
-                {
+                let frame = Event::Frame {
+                    generation,
+                    message,
+                };
+                if send_or_wait(&events, frame).await.is_err() {
                     return ("worker stopped".to_owned(), false);
                 }
             }

@@ -96,7 +96,9 @@ impl Hub {
 
     /// Sends a command, waiting while the inbox is full; `false` if the hub has stopped.
     pub(crate) async fn send(&self, command: Command) -> bool {
-        self.commands.send(command).await.is_ok()
+        modelrelay_transports::send_or_wait(&self.commands, command)
+            .await
+            .is_ok()
     }
 
     /// Tells the hub a request frame could not be sent; never waits.

@@ -290,7 +290,7 @@ async fn forward<M: WireMessage + Send>(
                     pace.read(message);
                 }
                 let malformed = message.is_err();
-                if inbound.send(message).await.is_err() || malformed {
+                if crate::send_or_wait(inbound, message).await.is_err() || malformed {
                     return Err(None);
                 }
             }
