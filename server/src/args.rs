@@ -53,7 +53,7 @@ pub(crate) struct Args {
     #[arg(long, env = "MAX_BUFFERED_REQUEST_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub(crate) max_buffered_request_bytes: usize,
 
-    /// Bytes all streamed answers may hold for their clients (or have granted to workers as windows) at once; a stream that does not fit waits for room or, from a worker without windows, ends with client_too_slow.
+    /// Bytes all streamed answers may hold for their clients at once; while they are spent, new windows and requests wait, and a lagging stream from a worker without windows ends with client_too_slow.
     #[arg(long, env = "MAX_BUFFERED_BYTES", default_value_t = FlowConfig::default().budget)]
     pub(crate) max_buffered_bytes: u64,
 
