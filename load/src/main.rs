@@ -243,7 +243,6 @@ async fn run_command(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::print_stdout)] // the report is the program's output
 async fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
     let config = CompareConfig {
         programs: programs(&args.programs)?,
@@ -258,16 +257,23 @@ async fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
     };
     let report = compare(&config).await;
     let _ = std::fs::remove_dir_all(&config.programs.data_dir);
-    let report = report?;
-    if args.programs.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    print_report(&report?, args.programs.json)
+}
+
+/// Prints a `compare` or `flow` report, as JSON or as its table.
+#[allow(clippy::print_stdout)] // the report is the program's output
+fn print_report<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{report}");
     }
     Ok(())
 }
 
-#[allow(clippy::print_stdout)] // the report is the program's output
 async fn flow_command(args: FlowArgs) -> anyhow::Result<()> {
     if !(args.pause > 0.0 && args.pause.is_finite()) {
         anyhow::bail!("--pause must be a positive number of seconds");
@@ -282,13 +288,7 @@ async fn flow_command(args: FlowArgs) -> anyhow::Result<()> {
     };
     let report = flow(&config).await;
     let _ = std::fs::remove_dir_all(&config.programs.data_dir);
-    let report = report?;
-    if args.programs.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{report}");
-    }
-    Ok(())
+    print_report(&report?, args.programs.json)
 }
 
 /// The fake backend, plus `/_load/cancellations` (when each tagged stream's client

@@ -76,6 +76,9 @@ impl Hub {
         metrics: Arc<Metrics>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, inbox) = mpsc::channel(INBOX_CAPACITY);
+        // Unbounded by type, bounded by use: only a link writer's callback about a
+        // request frame the hub put on its link sends here, at most once per
+        // frame, so it never holds more than the requests dispatched and not ended.
         let (undeliverable, undelivered) = mpsc::unbounded_channel();
         let board = Arc::new(ClientBoard::default());
         let task = HubTask::new(Relay::new(config), provider, metrics);

@@ -430,7 +430,8 @@ impl<S> StreamTable<S> {
 
 /// What the relay's writer holds of a request stream's task.
 struct RelayStream {
-    /// Takes the reset code of a cancel.
+    /// Takes the reset code of a cancel: at most one item, since the writer
+    /// removes the stream's entry as it sends it.
     cancel: mpsc::UnboundedSender<VarInt>,
     /// The payload bytes of the answer the relay reads in all (see [`AnswerWindow`]).
     window: watch::Sender<u64>,
