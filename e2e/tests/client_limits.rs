@@ -77,19 +77,10 @@ async fn a_body_that_does_not_arrive_in_time_gets_408_in_the_apis_error_shape() 
     }
 }
 
-/// Sends `body` to `route` on a raw connection that then reads nothing.
+/// Sends `body` on a raw connection that then reads nothing (its small receive
+/// window keeps the kernel from taking the whole answer for it).
 async fn post_and_never_read(relay: &modelrelay_relay::RunningServer, body: &str) -> TcpStream {
-    // A small receive window, so the kernel cannot take the whole answer for the client.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let mut client = socket.connect(relay.addr()).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    client.write_all(head.as_bytes()).await.unwrap();
-    client.write_all(body.as_bytes()).await.unwrap();
-    client
+    post_raw_chat(relay.addr(), body).await
 }
 
 #[tokio::test]

@@ -20,8 +20,8 @@ use common::*;
 use e2e::{Binary, Process};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// A generous bound for steps that take seconds when the relay is sound (64
 /// streams each push a few MB until their sockets fill, and only then does the
@@ -32,10 +32,6 @@ const SOUND_WITHIN: Duration = Duration::from_secs(180);
 /// What never-reading clients may add to the server's peak memory beyond
 /// the answer budget.
 const GROWTH_BOUND: u64 = 64 * 1024 * 1024;
-
-/// A client socket's receive buffer: small, so the kernel takes little of an
-/// answer for a client that does not read.
-const CLIENT_RECEIVE_BUFFER: u32 = 16 * 1024;
 
 /// Text bytes in each event of the fast backend's answers.
 const EVENT_TEXT_BYTES: usize = 16 * 1024;
@@ -125,16 +121,7 @@ const STREAMING: &str = r#"{"model":"m","stream":true}"#;
 
 /// Sends `body` as a chat completion on a new connection with a small receive buffer.
 async fn post_raw(addr: &str, body: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(CLIENT_RECEIVE_BUFFER).unwrap();
-    let mut client = socket.connect(addr.parse().unwrap()).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    client.write_all(head.as_bytes()).await.unwrap();
-    client.write_all(body.as_bytes()).await.unwrap();
-    client
+    post_raw_chat(addr.parse().unwrap(), body).await
 }
 
 /// Reads `client`'s answer to its end (the chunked body's last chunk), taking

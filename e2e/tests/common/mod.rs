@@ -7,3 +7,23 @@ pub use modelrelay_testkit::*;
 pub mod fake_v1_relay;
 pub mod raw_worker;
 pub mod scenarios;
+
+/// A client's receive buffer small enough that the kernel cannot take a whole
+/// answer for a client that does not read.
+pub const SMALL_RECEIVE_BUFFER: u32 = 16 * 1024;
+
+/// Sends `body` as a chat completion to `addr` on a new raw connection with a
+/// [`SMALL_RECEIVE_BUFFER`]; the caller decides whether and how to read.
+pub async fn post_raw_chat(addr: std::net::SocketAddr, body: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(SMALL_RECEIVE_BUFFER).unwrap();
+    let mut client = socket.connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(body.as_bytes()).await.unwrap();
+    client
+}
