@@ -15,6 +15,7 @@ use std::time::Duration;
 use modelrelay_core::wire::{DecodeError, EncodeError, FrameLimits, WireVersion};
 use tokio::sync::mpsc;
 
+pub mod low_water;
 #[cfg(feature = "quic")]
 pub mod quic;
 pub mod tls;

@@ -42,6 +42,20 @@ use crate::progress::WriteProgress;
 /// Events waiting for the driver; whoever reports one waits for room.
 const INBOX: usize = 256;
 
+/// Backend reports the driver takes per wake-up before it looks at its other inputs.
+const BACKEND_BATCH: usize = 64;
+
+/// Where backend calls report their chunks and results.
+///
+/// Not counted in items: what waits here is bounded by the read windows. A call
+/// reads no further than its window (`link_write_window` of chunk cost) past
+/// what the link's writer has handed on, and a chunk counts as read before it
+/// is reported; so at most each running request's window of chunks waits, plus
+/// one final report, and requests run only in free slots. A count bound on top
+/// made every call wait for the driver chunk by chunk under load, a wake-up per
+/// chunk for nothing.
+type BackendReports = mpsc::UnboundedSender<SessionInput>;
+
 /// Frames the link's outbound queue has room for besides the running requests'
 /// answers: `register`, pongs, model updates, refusals of requests past the slots.
 const CONTROL_ALLOWANCE: usize = 1024;
@@ -148,7 +162,6 @@ enum Event {
         cause: String,
         refused: bool,
     },
-    Backend(SessionInput),
     Models(Result<Vec<String>, BackendError>),
 }
 
@@ -184,6 +197,7 @@ pub async fn run<D: Dialer>(
 ) {
     let dialer = Arc::new(dialer);
     let (events, mut inbox) = mpsc::channel::<Event>(INBOX);
+    let (backend_reports, mut reports) = mpsc::unbounded_channel();
     let mut session_config = options.session.clone();
     session_config.models = match &options.models {
         ModelSource::List(models) => models.clone(),
@@ -195,6 +209,7 @@ pub async fn run<D: Dialer>(
         dialer,
         backend,
         events,
+        backend_reports,
         link: LinkState::None,
         generation: 0,
         running: HashMap::new(),
@@ -220,6 +235,13 @@ pub async fn run<D: Dialer>(
         };
         tokio::select! {
             Some(event) = inbox.recv() => driver.on_event(event, &mut session),
+            Some(report) = reports.recv() => {
+                driver.on_backend(report, &mut session);
+                for _ in 1..BACKEND_BATCH {
+                    let Ok(report) = reports.try_recv() else { break };
+                    driver.on_backend(report, &mut session);
+                }
+            }
             () = link_wrote(progress.as_deref()) => driver.link_wrote(&mut session),
             () = sleep_until(deadline) => session.handle_timeout(now()),
             () = &mut shutdown, if !stopping => {
@@ -296,6 +318,7 @@ struct Driver<D: Dialer> {
     dialer: Arc<D>,
     backend: Arc<dyn Backend>,
     events: mpsc::Sender<Event>,
+    backend_reports: BackendReports,
     link: LinkState,
     generation: u64,
     running: HashMap<WireRequestId, Running>,
@@ -499,17 +522,19 @@ impl<D: Dialer> Driver<D> {
                     self.link_closed(&cause, refused, session);
                 }
             }
-            Event::Backend(input) => {
-                if let SessionInput::BackendComplete { request, .. }
-                | SessionInput::BackendFailed { request, .. } = &input
-                {
-                    self.running.remove(request);
-                }
-                session.handle(now(), input);
-            }
             Event::Models(Ok(models)) => session.handle(now(), SessionInput::ModelsChanged(models)),
             Event::Models(Err(error)) => warn!(%error, "cannot re-read the backend's models"),
         }
+    }
+
+    /// A backend call reported a chunk, or its end.
+    fn on_backend(&mut self, report: SessionInput, session: &mut WorkerSession) {
+        if let SessionInput::BackendComplete { request, .. }
+        | SessionInput::BackendFailed { request, .. } = &report
+        {
+            self.running.remove(request);
+        }
+        session.handle(now(), report);
     }
 
     /// The current link closed: logged by why, and the session told (a close with
@@ -563,12 +588,12 @@ impl<D: Dialer> Driver<D> {
     fn start_request(&mut self, frame: Arc<RequestFrame>) {
         let request_id = frame.request_id.clone();
         let backend = Arc::clone(&self.backend);
-        let events = self.events.clone();
+        let reports = self.backend_reports.clone();
         let limit = self.options.max_response_bytes;
         // Nothing is read until the session's first allowance, which follows at once.
         let (allowance, allowed) = watch::channel(0);
         let task = self.tasks.spawn(async move {
-            let result = call_backend(&*backend, &frame, limit, &events, allowed).await;
+            let result = call_backend(&*backend, &frame, limit, &reports, allowed).await;
             let input = match result {
                 Ok(done) => done,
                 Err(error) => {
@@ -585,7 +610,7 @@ impl<D: Dialer> Driver<D> {
                     }
                 }
             };
-            let _ = events.send(Event::Backend(input)).await;
+            let _ = reports.send(input);
         });
         let running = Running {
             task,
@@ -630,7 +655,7 @@ async fn call_backend(
     backend: &dyn Backend,
     frame: &RequestFrame,
     limit: usize,
-    events: &mpsc::Sender<Event>,
+    reports: &BackendReports,
     mut allowance: watch::Receiver<u64>,
 ) -> Result<SessionInput, BackendError> {
     if let Err(refused) = endpoint::check_inference_path(&frame.endpoint_path) {
@@ -674,11 +699,10 @@ async fn call_backend(
             };
             let chunk = chunk?;
             read = read.saturating_add(chunk_cost(chunk.len()));
-            let chunk = Event::Backend(SessionInput::BackendChunk {
+            let _ = reports.send(SessionInput::BackendChunk {
                 request: request.clone(),
                 chunk,
             });
-            let _ = send_or_wait(events, chunk).await;
         }
         return Ok(SessionInput::BackendComplete {
             request,
@@ -838,15 +862,21 @@ mod tests {
     async fn a_request_for_a_path_that_is_not_an_inference_endpoint_fails_without_calling_the_backend()
      {
         let backend = CountingBackend::default();
-        let (events, _inbox) = mpsc::channel(1);
+        let (reports, _inbox) = mpsc::unbounded_channel();
         let (_allowance, allowed) = watch::channel(u64::MAX);
         for path in [
             "/api/delete",
             "@evil.example/v1/chat/completions",
             "/v1/models",
         ] {
-            let result =
-                call_backend(&backend, &request_for(path), 1024, &events, allowed.clone()).await;
+            let result = call_backend(
+                &backend,
+                &request_for(path),
+                1024,
+                &reports,
+                allowed.clone(),
+            )
+            .await;
             assert!(
                 matches!(&result, Err(BackendError::Refused(_))),
                 "{path}: {:?}",
@@ -884,18 +914,18 @@ mod tests {
         let backend = EndlessStream(Arc::clone(&pulled));
         let mut frame = request_for("/v1/chat/completions");
         frame.is_streaming = true;
-        let (events, mut inbox) = mpsc::channel(INBOX);
+        let (reports, mut inbox) = mpsc::unbounded_channel();
         let per_chunk = chunk_cost(100);
         let (allowance, allowed) = watch::channel(10 * per_chunk);
         let call =
             tokio::spawn(
-                async move { call_backend(&backend, &frame, 1024, &events, allowed).await },
+                async move { call_backend(&backend, &frame, 1024, &reports, allowed).await },
             );
         let mut chunks = 0;
         let mut take = async |until: u64| {
             while chunks < until {
                 match inbox.recv().await {
-                    Some(Event::Backend(SessionInput::BackendChunk { .. })) => chunks += 1,
+                    Some(SessionInput::BackendChunk { .. }) => chunks += 1,
                     _ => panic!("only chunks are reported"),
                 }
             }

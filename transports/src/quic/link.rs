@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::{read_frame, write_frame};
-use crate::{LinkError, LinkReader, LinkWriter, Outgoing, ReadLimit, close_code};
+use crate::{LinkError, LinkReader, LinkWriter, Outgoing, ReadLimit, close_code, low_water};
 
 /// How long a closing QUIC writer waits for the peer to acknowledge what it sent
 /// (quinn drops unsent data when a connection closes).
@@ -39,8 +39,9 @@ const UNACKED_SEND_WAIT: Duration = Duration::from_secs(3);
 const DRAIN_AFTER_CLOSE: Duration = Duration::from_millis(500);
 
 /// Decoded messages from every stream of a connection waiting for the reader.
-/// A stream's task waits for room, and stops reading its stream meanwhile, so
-/// quinn's stream window holds the peer back.
+/// A stream's task that finds it full waits until half of it is free (see
+/// [`low_water`]), and stops reading its stream meanwhile, so quinn's stream
+/// window holds the peer back.
 const INBOUND_QUEUE: usize = 256;
 
 /// Control-stream frames waiting for its task; the writer waits for room.
@@ -99,7 +100,7 @@ impl Drop for CloseOnDrop {
     }
 }
 
-type Inbound<M> = mpsc::Sender<Result<M, LinkError>>;
+type Inbound<M> = low_water::Sender<Result<M, LinkError>>;
 
 /// A message's report to its writer's `written` callback, made once its frame is written.
 type Report = Box<dyn FnOnce() + Send>;
@@ -116,7 +117,7 @@ fn report_of<M: Send + 'static>(
 /// The receiving half: messages from every stream of the connection.
 pub struct QuicReader<M> {
     connection: Connection,
-    inbound: mpsc::Receiver<Result<M, LinkError>>,
+    inbound: low_water::Receiver<Result<M, LinkError>>,
     close_frame: Option<(u16, String)>,
     closing: bool,
     done: bool,
@@ -126,7 +127,7 @@ pub struct QuicReader<M> {
 impl<M> QuicReader<M> {
     fn new(
         connection: Connection,
-        inbound: mpsc::Receiver<Result<M, LinkError>>,
+        inbound: low_water::Receiver<Result<M, LinkError>>,
         open: Arc<CloseOnDrop>,
     ) -> Self {
         Self {
@@ -290,7 +291,7 @@ async fn forward<M: WireMessage + Send>(
                     pace.read(message);
                 }
                 let malformed = message.is_err();
-                if crate::send_or_wait(inbound, message).await.is_err() || malformed {
+                if inbound.send(message).await.is_err() || malformed {
                     return Err(None);
                 }
             }
@@ -459,7 +460,7 @@ pub(super) fn server_side(
     (limits, control): (FrameLimits, ReadLimit),
     flow: LinkFlow,
 ) -> (QuicReader<WorkerMessage>, RelayWriter) {
-    let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    let (inbound_tx, inbound) = low_water::channel(INBOUND_QUEUE);
     // Bounded by construction: one item per request stream's task, as it ends.
     let (ended_tx, ended) = mpsc::unbounded_channel();
     // Only the stream tasks keep the channel open: once they are gone after a
@@ -489,7 +490,7 @@ pub(super) fn server_side(
 /// The relay's sending half: a task per request stream, routes cancels to it.
 pub struct RelayWriter {
     control: Control,
-    inbound: mpsc::WeakSender<Result<WorkerMessage, LinkError>>,
+    inbound: low_water::WeakSender<Result<WorkerMessage, LinkError>>,
     /// Each request stream's task: told the reset code of a cancel, and its answer's window.
     streams: StreamTable<RelayStream>,
     /// Each answer's window before any `window_update` (`u64::MAX`: the link has none).
@@ -657,7 +658,7 @@ pub(super) fn worker_side(
     mut control_recv: RecvStream,
     limits: FrameLimits,
 ) -> (QuicReader<ServerMessage>, WorkerWriter) {
-    let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    let (inbound_tx, inbound) = low_water::channel(INBOUND_QUEUE);
     // Bounded by construction: two items per request stream (opened, ended).
     let (events_tx, events) = mpsc::unbounded_channel();
     let control_tx = inbound_tx.clone();
