@@ -73,6 +73,7 @@ impl Harness {
         h.handle(SessionInput::LinkUp {
             wire: WireVersion::V2,
             flow: LinkFlow::Unwindowed,
+            liveness: Liveness::Probed,
         });
         h.ack();
         h
@@ -161,6 +162,7 @@ fn the_session_dials_at_once_and_registers_when_the_link_is_up() {
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V1,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     assert_eq!(
         outputs,
@@ -302,6 +304,7 @@ fn a_registration_resets_the_backoff() {
     h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     h.ack();
     let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
@@ -343,6 +346,7 @@ fn no_ack_in_time_drops_the_link() {
     h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     let outputs = h.advance(SessionConfig::default().register_timeout);
     assert_eq!(outputs, [SessionOutput::CloseLink]);
@@ -463,6 +467,7 @@ fn model_changes_are_sent_when_registered_and_owed_until_then() {
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     assert!(matches!(
         &outputs[..],
@@ -494,18 +499,13 @@ fn the_same_seed_gives_the_same_reconnect_schedule() {
 }
 
 #[test]
-fn a_link_silent_past_the_silence_timeout_is_dropped_and_redialled() {
+fn a_link_that_answers_no_probe_is_dropped_and_redialled() {
     let mut h = Harness::registered(1);
     h.request(1);
-    let silence = SessionConfig::default().link_silence_timeout;
-    // Pings keep it alive.
-    for _ in 0..3 {
-        assert!(h.advance(silence - SECOND).is_empty());
-        h.frame(ServerMessage::Ping(Ping {
-            timestamp_unix_ms: None,
-        }));
-    }
-    assert!(h.advance(silence - SECOND).is_empty());
+    // Quiet for 15 s: a probe; nothing at all in the 30 s after it: dead.
+    assert!(h.advance(LINK_PROBE_AFTER - SECOND).is_empty());
+    assert_eq!(h.advance(SECOND), [SessionOutput::ProbeLink]);
+    assert!(h.advance(LINK_PROBE_TIMEOUT - SECOND).is_empty());
     // What runs is aborted when the link is given up, not when the close completes.
     assert_eq!(
         h.advance(SECOND),
@@ -567,6 +567,7 @@ fn registered_on(wire: WireVersion) -> Harness {
     h.handle(SessionInput::LinkUp {
         wire,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     h.ack();
     h
@@ -652,10 +653,10 @@ fn any_drain_timeout_from_the_relay_is_taken_without_overflow() {
         drain_timeout_secs: Some(u64::MAX),
     }));
     assert!(!h.session.is_serving());
-    // No drain deadline is reachable; only the silence of the (ping-less) test link ends it.
+    // No drain deadline is reachable; only the unanswered probe of the test link ends it.
     assert_eq!(
         h.advance(Duration::from_secs(3600)),
-        [SessionOutput::CloseLink]
+        [SessionOutput::ProbeLink, SessionOutput::CloseLink]
     );
 }
 
@@ -679,6 +680,7 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     let [SessionOutput::Send(message @ WorkerMessage::Register(register))] = &outputs[..] else {
         panic!("a register: {outputs:?}");
@@ -740,6 +742,7 @@ fn paced_with(max_concurrent: u32, flow: LinkFlow, link_write_window: u64) -> Ha
     h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow,
+        liveness: Liveness::Probed,
     });
     h.ack();
     h
@@ -927,4 +930,78 @@ fn without_relay_windows_the_worker_never_waits_for_credit() {
         last.iter().all(|(_, up_to)| *up_to > 4 * INITIAL_WINDOW),
         "{last:?}"
     );
+}
+
+/// A registered session whose link's liveness is judged by `liveness`.
+fn registered_judged_by(liveness: Liveness) -> Harness {
+    let mut h = Harness::new(2);
+    h.outputs();
+    h.handle(SessionInput::LinkUp {
+        wire: WireVersion::V1,
+        flow: LinkFlow::Unwindowed,
+        liveness,
+    });
+    h.ack();
+    h
+}
+
+#[test]
+fn a_streaming_worker_keeps_a_link_whose_relay_never_pings_while_its_probes_are_answered() {
+    // As behind a ModelRelay server: it pings only after 30 s of silence from the
+    // worker, so while the worker streams nothing at all comes from the relay.
+    let mut h = registered_judged_by(Liveness::Probed);
+    h.request(1);
+    let mut probes = 0;
+    for second in 1..=70 {
+        let mut outputs = h.advance(SECOND);
+        outputs.extend(h.handle(SessionInput::BackendChunk {
+            request: r(1),
+            chunk: Bytes::from(format!("data: token {second}\n\n")),
+        }));
+        assert!(
+            !outputs.contains(&SessionOutput::CloseLink),
+            "given up at {second} s"
+        );
+        if outputs.contains(&SessionOutput::ProbeLink) {
+            probes += 1;
+            // Every WebSocket peer answers a ping with a pong.
+            h.handle(SessionInput::SignOfLife);
+        }
+    }
+    assert_eq!(
+        probes,
+        70 / LINK_PROBE_AFTER.as_secs(),
+        "one probe per quiet spell"
+    );
+    let outputs = h.complete(1);
+    assert!(matches!(
+        &outputs[..],
+        [SessionOutput::Send(WorkerMessage::ResponseComplete(_))]
+    ));
+    // A relay that pauses just short of the probe timeout keeps its worker, and
+    // any frame answers a probe as well as a pong does.
+    h.handle(SessionInput::SignOfLife);
+    assert_eq!(h.advance(LINK_PROBE_AFTER), [SessionOutput::ProbeLink]);
+    assert!(h.advance(LINK_PROBE_TIMEOUT - SECOND).is_empty());
+    h.frame(ServerMessage::Ping(Ping {
+        timestamp_unix_ms: None,
+    }));
+    assert!(h.advance(LINK_PROBE_AFTER - SECOND).is_empty());
+    assert!(h.session.is_serving());
+    // The numbers: probe after 15 s of quiet, give up 30 s after an unanswered probe.
+    assert_eq!(
+        (LINK_PROBE_AFTER, LINK_PROBE_TIMEOUT),
+        (15 * SECOND, 30 * SECOND)
+    );
+}
+
+#[test]
+fn a_link_the_transport_watches_is_never_probed_or_given_up_by_the_session() {
+    // QUIC: keep-alives and the idle timeout judge the link, and report it down.
+    let mut h = registered_judged_by(Liveness::Transport);
+    h.request(1);
+    assert!(h.advance(Duration::from_secs(3600)).is_empty());
+    assert!(h.session.is_serving());
+    let outputs = h.handle(SessionInput::LinkDown);
+    assert_eq!(aborted(&outputs), [(1, CancelReason::WorkerDisconnect)]);
 }

@@ -17,7 +17,7 @@ impl WorkerSession {
         if !self.linked() {
             return;
         }
-        self.silence_deadline = now.checked_add(self.config.link_silence_timeout);
+        self.watch.heard(now);
         match message {
             ServerMessage::RegisterAck(ack) => self.on_register_ack(ack),
             ServerMessage::Request(frame) => self.on_request(frame),
@@ -26,6 +26,13 @@ impl WorkerSession {
             ServerMessage::GracefulShutdown(drain) => self.on_server_drain(now, drain),
             ServerMessage::ModelsRefresh(_) => self.outputs.push_back(SessionOutput::RefreshModels),
             ServerMessage::WindowUpdate(update) => self.on_window_update(update),
+        }
+    }
+
+    /// A sign of life that is no frame (a WebSocket pong or ping): the link is alive.
+    pub(super) fn on_sign_of_life(&mut self, now: Instant) {
+        if self.linked() {
+            self.watch.heard(now);
         }
     }
 
