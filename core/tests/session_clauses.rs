@@ -10,7 +10,8 @@ use modelrelay_core::session::*;
 use modelrelay_core::wire::{
     Cancel, CancelReason, FrameLimits, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate,
     Ping, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, RequestFrame,
-    ResponseChunk, ServerMessage, WireVersion, WorkerError, WorkerMessage,
+    ResponseChunk, ResponseComplete, ServerMessage, WireVersion, WorkerError, WorkerMessage,
+    marked_refusal,
 };
 use modelrelay_core::wire::{INITIAL_WINDOW, LinkFlow, WindowUpdate};
 use modelrelay_core::{ModelName, RequestId, WireRequestId};
@@ -146,6 +147,32 @@ fn refusals(outputs: &[SessionOutput]) -> Vec<(u64, String)> {
             _ => None,
         })
         .collect()
+}
+
+/// The request and code of each failure or refusal sent, in either form: an
+/// `error` (v2), or a `response_complete` with an error status and body (v1).
+fn ended_in_error(outputs: &[SessionOutput]) -> Vec<(u64, String)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            SessionOutput::Send(WorkerMessage::ResponseComplete(complete))
+                if complete.status_code >= 500 =>
+            {
+                let body: serde_json::Value = serde_json::from_slice(&complete.body).ok()?;
+                let code = body.pointer("/error/code")?.as_str()?.to_owned();
+                Some((complete.request_id.as_request_id()?.get(), code))
+            }
+            _ => None,
+        })
+        .chain(refusals(outputs))
+        .collect()
+}
+
+/// Whether any output sends an `error` frame.
+fn sends_error(outputs: &[SessionOutput]) -> bool {
+    outputs
+        .iter()
+        .any(|o| matches!(o, SessionOutput::Send(WorkerMessage::Error(_))))
 }
 
 fn reconnect_delay(outputs: &[SessionOutput]) -> Option<Duration> {
@@ -622,9 +649,10 @@ fn output_that_is_not_utf8_fails_only_its_request_on_v1_and_passes_on_v2() {
         chunk: Bytes::from_static(b"\xff\xfe"),
     });
     assert_eq!(
-        refusals(&outputs),
+        ended_in_error(&outputs),
         [(1, BACKEND_OUTPUT_NOT_UTF8.to_string())]
     );
+    assert!(!sends_error(&outputs), "v1 carries no error frame");
     assert_eq!(h.session.current_load(), 1, "request 2 goes on");
     // A stream that ends in the middle of a character cannot complete either.
     h.handle(SessionInput::BackendChunk {
@@ -632,7 +660,7 @@ fn output_that_is_not_utf8_fails_only_its_request_on_v1_and_passes_on_v2() {
         chunk: Bytes::from_static(b"ok \xc3"),
     });
     assert_eq!(
-        refusals(&h.complete(2)),
+        ended_in_error(&h.complete(2)),
         [(2, BACKEND_OUTPUT_NOT_UTF8.to_string())]
     );
 
@@ -1004,4 +1032,89 @@ fn a_link_the_transport_watches_is_never_probed_or_given_up_by_the_session() {
     assert!(h.session.is_serving());
     let outputs = h.handle(SessionInput::LinkDown);
     assert_eq!(aborted(&outputs), [(1, CancelReason::WorkerDisconnect)]);
+}
+
+/// The `response_complete` sent in `outputs`, if exactly one.
+fn the_complete(outputs: &[SessionOutput]) -> &ResponseComplete {
+    match outputs {
+        [SessionOutput::Send(WorkerMessage::ResponseComplete(complete))] => complete,
+        other => panic!("expected one response_complete, got {other:?}"),
+    }
+}
+
+#[test]
+fn on_v1_refusals_and_failures_end_as_a_response_complete_and_never_as_an_error() {
+    let mut h = registered_on(WireVersion::V1);
+    h.request(1);
+    h.request(2);
+    // At capacity: a 503 marked as a refusal, before any chunk.
+    let outputs = h.request(3);
+    let refusal = the_complete(&outputs);
+    assert_eq!(refusal.status_code, 503);
+    assert_eq!(
+        refusal.headers.get("x-modelrelay-refused"),
+        Some(REFUSED_AT_CAPACITY)
+    );
+    assert_eq!(marked_refusal(refusal), Some(REFUSED_AT_CAPACITY));
+    assert_eq!(
+        ended_in_error(&outputs),
+        [(3, REFUSED_AT_CAPACITY.to_string())]
+    );
+    // A failed backend call: an error status and body, as ModelRelay's worker passes a backend's.
+    let outputs = h.handle(SessionInput::BackendFailed {
+        request: r(1),
+        code: "backend_unreachable".into(),
+        message: "connection refused".into(),
+    });
+    let failure = the_complete(&outputs);
+    assert_eq!(failure.status_code, 502);
+    assert_eq!(
+        failure.headers.get("content-type"),
+        Some("application/json")
+    );
+    assert_eq!(marked_refusal(failure), None, "a failure is no refusal");
+    assert_eq!(
+        ended_in_error(&outputs),
+        [(1, "backend_unreachable".to_string())]
+    );
+    // Draining: the refusal says so.
+    h.frame(ServerMessage::GracefulShutdown(GracefulShutdown {
+        reason: None,
+        drain_timeout_secs: Some(30),
+    }));
+    let outputs = h.request(4);
+    assert_eq!(
+        marked_refusal(the_complete(&outputs)),
+        Some(REFUSED_DRAINING)
+    );
+    // The same events on v2 are error frames.
+    let mut h = registered_on(WireVersion::V2);
+    h.request(1);
+    h.request(2);
+    assert_eq!(
+        refusals(&h.request(3)),
+        [(3, REFUSED_AT_CAPACITY.to_string())]
+    );
+}
+
+#[test]
+fn a_backend_cannot_mark_its_own_answer_as_a_refusal() {
+    let mut h = registered_on(WireVersion::V1);
+    h.request(1);
+    let outputs = h.handle(SessionInput::BackendComplete {
+        request: r(1),
+        status_code: 503,
+        headers: [
+            ("content-type", "application/json"),
+            ("X-ModelRelay-Refused", REFUSED_AT_CAPACITY),
+        ]
+        .into_iter()
+        .collect(),
+        body: Bytes::from_static(b"{}"),
+        token_counts: None,
+    });
+    let answer = the_complete(&outputs);
+    assert_eq!(answer.status_code, 503);
+    assert_eq!(answer.headers.get("x-modelrelay-refused"), None);
+    assert_eq!(marked_refusal(answer), None);
 }

@@ -1,5 +1,5 @@
 //! Our worker against a relay that speaks only v1, as ModelRelay's server does:
-//! its own kind of ids, and its heartbeat.
+//! its own kind of ids, its heartbeat, and only the frames it takes.
 
 mod common;
 
@@ -150,5 +150,62 @@ async fn a_stream_longer_than_45_s_completes_through_a_relay_that_pings_only_aft
     // Idle, the link stays up too: the worker's probes are all either side needs.
     let idle = tokio::time::timeout(Duration::from_secs(300), link.next_frame()).await;
     assert!(idle.is_err(), "the idle link ended: {:?}", idle.unwrap());
+    worker.abort();
+}
+
+/// Frames until `id`'s `response_complete`, which comes last; every other frame
+/// must be a chunk of `id`, or the `response_complete` of another request.
+async fn frames_until_complete(socket: &mut common::fake_v1_relay::V1Link, id: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = next_frame(socket).await;
+        assert_ne!(
+            frame["type"], "error",
+            "a v1 server takes no error: {frame}"
+        );
+        let last = frame["type"] == "response_complete" && frame["request_id"] == id;
+        frames.push(frame);
+        if last {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test]
+async fn on_a_v1_relay_failed_and_refused_requests_end_with_response_complete_never_error() {
+    let relay = FakeV1Relay::bind().await;
+    let worker = our_worker(&relay.url, backend(3, Duration::from_millis(50)), 1).await;
+    let (mut socket, _register) = relay.accept_register(|_| {}).await;
+    send_frame(&mut socket, ack()).await;
+
+    // A request the worker fails (a path it does not call): an error status and body.
+    send_frame(&mut socket, request("req-bad", "/v1/models")).await;
+    let frames = frames_until_complete(&mut socket, "req-bad").await;
+    let [failure] = &frames[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!(failure["status_code"], 502, "{failure}");
+    let body: Value = serde_json::from_str(failure["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "endpoint_not_allowed", "{body}");
+    assert!(failure["headers"].get("x-modelrelay-refused").is_none());
+
+    // Its one slot busy, the worker refuses the next: a marked 503 before any chunk.
+    send_frame(&mut socket, request("req-1", "/v1/chat/completions")).await;
+    send_frame(&mut socket, request("req-2", "/v1/chat/completions")).await;
+    let frames = frames_until_complete(&mut socket, "req-1").await;
+    let refusals: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["request_id"] == "req-2")
+        .collect();
+    let [refusal] = &refusals[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!(refusal["type"], "response_complete", "{refusal}");
+    assert_eq!(refusal["status_code"], 503, "{refusal}");
+    assert_eq!(
+        refusal["headers"]["x-modelrelay-refused"],
+        "worker_at_capacity"
+    );
+    assert_eq!(frames.last().unwrap()["status_code"], 200);
     worker.abort();
 }

@@ -19,15 +19,15 @@ use http::Method;
 use modelrelay_core::WireRequestId;
 use modelrelay_core::session::{
     CHUNK_COST_OVERHEAD, Liveness, SessionConfig, SessionInput, SessionOutput, WorkerSession,
-    chunk_cost,
+    chunk_cost, failure_message,
 };
 use modelrelay_core::wire::{
     BackendUsage, FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, LinkFlow, RequestFrame,
     ServerMessage, TokenCounts, WireVersion, WorkerMessage,
 };
-use modelrelay_transports::close_code;
 use modelrelay_transports::{Heard, LinkReader, LinkWriter, Outgoing};
 use modelrelay_transports::{LINK_CLOSE_WAIT, send_or_wait};
+use modelrelay_transports::{LinkError, close_code};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -621,10 +621,12 @@ impl<D: Dialer> Driver<D> {
 }
 
 /// What goes to the relay instead of a frame it cannot take (too large, or not text on v1):
-/// an error for that one request, so the link and every other request go on.
+/// the failure of that one request, in the form the link's encoding takes, so the
+/// link and every other request go on.
 fn undeliverable(
+    wire: WireVersion,
     message: WorkerMessage,
-    error: &modelrelay_transports::LinkError,
+    error: &LinkError,
 ) -> Option<WorkerMessage> {
     let request = match &message {
         WorkerMessage::ResponseChunk(chunk) => chunk.request_id.clone(),
@@ -635,11 +637,12 @@ fn undeliverable(
         }
     };
     warn!(%request, %error, "a response could not be sent to the relay; failing the request");
-    Some(WorkerMessage::Error(modelrelay_core::wire::WorkerError {
-        request_id: Some(request),
-        code: "response_undeliverable".into(),
-        message: format!("the response cannot travel on this link: {error}"),
-    }))
+    Some(failure_message(
+        Some(wire),
+        request,
+        "response_undeliverable".into(),
+        format!("the response cannot travel on this link: {error}"),
+    ))
 }
 
 /// Calls the backend for one request; streams SSE bodies chunk by chunk, collects others.
@@ -772,12 +775,14 @@ async fn run_link<R, W>(
             progress,
         })
         .await;
+    let wire = traits.0;
+    let unsendable = move |message, error: &LinkError| undeliverable(wire, message, error);
     let reading = read_link(reader, generation, events.clone());
     tokio::pin!(reading);
     let (cause, refused) = tokio::select! {
         biased;
         ended = &mut reading => ended,
-        result = writer.run(queue, undeliverable, written) => {
+        result = writer.run(queue, unsendable, written) => {
             if let Err(error) = result {
                 debug!(%error, "writing to the relay failed");
             }

@@ -6,6 +6,7 @@
 
 mod backend_side;
 mod config;
+mod failure;
 mod liveness;
 mod local_side;
 mod read_window;
@@ -20,6 +21,7 @@ use rustc_hash::FxHashMap;
 
 pub use backend_side::BACKEND_OUTPUT_NOT_UTF8;
 pub use config::SessionConfig;
+pub use failure::failure_message;
 pub use liveness::{LINK_PROBE_AFTER, LINK_PROBE_TIMEOUT, Liveness};
 pub use read_window::{CHUNK_COST_OVERHEAD, DEFAULT_LINK_WRITE_WINDOW, chunk_cost};
 pub use types::{SessionInput, SessionOutput};

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::failure::refusal_message;
 use super::read_window::ReadWindow;
 use super::{LinkState, SessionOutput, WorkerSession};
 use crate::wire::{
     Cancel, GracefulShutdown, INITIAL_WINDOW, LinkFlow, Ping, Pong, REFUSED_AT_CAPACITY,
-    REFUSED_DRAINING, RegisterAck, RequestFrame, ServerMessage, WindowUpdate, WorkerError,
-    WorkerMessage,
+    REFUSED_DRAINING, RegisterAck, RequestFrame, ServerMessage, WindowUpdate, WorkerMessage,
 };
 
 impl WorkerSession {
@@ -70,11 +70,7 @@ impl WorkerSession {
             None
         };
         if let Some((code, message)) = refusal {
-            self.send(WorkerMessage::Error(WorkerError {
-                request_id: Some(request_id),
-                code: code.into(),
-                message: message.into(),
-            }));
+            self.send(refusal_message(self.wire, request_id, code, message));
             return;
         }
         let relay_max = match self.flow {
