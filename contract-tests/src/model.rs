@@ -14,8 +14,9 @@ use modelrelay_core::relay::{
     AuthOutcome, CloseReason, Completion, Failure, Input, NewRequest, Outcome, RelayConfig,
 };
 use modelrelay_core::wire::{
-    CancelReason, Headers, LinkFlow, ModelsUpdate, Pong, REFUSED_DRAINING, Register, ResponseChunk,
-    ResponseComplete, WireVersion, WorkerError, WorkerMessage,
+    CancelReason, Headers, LinkFlow, ModelsUpdate, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING,
+    Register, ResponseChunk, ResponseComplete, WireVersion, WorkerError, WorkerMessage,
+    refusal_complete,
 };
 use modelrelay_core::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
 use proptest::prelude::*;
@@ -101,6 +102,9 @@ pub enum Transition {
     Fail(Index),
     /// A running request's worker refuses it as draining.
     Refuse(Index),
+    /// A running request's worker refuses it as at capacity, the v1 way: a
+    /// `response_complete` 503 marked with `x-modelrelay-refused`.
+    RefuseMarked(Index),
     /// A client goes away (the request may have ended already).
     ClientGone(Index),
     /// A client goes away after its stream's final event (the request may have ended already).
@@ -447,6 +451,11 @@ impl RelayModel {
             Transition::Refuse(pick) => {
                 if let Some((w, r)) = self.pick_running(pick) {
                     self.worker_error(w, r, REFUSED_DRAINING);
+                }
+            }
+            Transition::RefuseMarked(pick) => {
+                if let Some((w, r)) = self.pick_running(pick) {
+                    self.marked_refusal(w, r);
                 }
             }
             Transition::ClientGone(pick) => {
@@ -874,6 +883,41 @@ impl RelayModel {
         }
     }
 
+    /// A v1 refusal: a marked 503 `response_complete`. Before any chunk it is a
+    /// refusal; after one, the answer's end, passed on as it is.
+    fn marked_refusal(&mut self, w: u64, r: u64) {
+        let complete = refusal_complete(wire_id(r), REFUSED_AT_CAPACITY, "m");
+        self.stimulus(frame(w, WorkerMessage::ResponseComplete(complete.clone())));
+        self.heard_from(w);
+        let ModelStatus::Assigned { streamed, .. } = self.requests[&r].status else {
+            unreachable!("running");
+        };
+        if streamed {
+            let answer = Completion {
+                status_code: complete.status_code,
+                headers: complete.headers,
+                body: complete.body,
+                token_counts: None,
+            };
+            self.finish(r, Outcome::Completed(answer));
+        } else {
+            self.refused(w, r);
+        }
+    }
+
+    /// A worker refused a request before any chunk: it rests, the request is requeued.
+    fn refused(&mut self, w: u64, r: u64) {
+        let worker = self.workers.get_mut(&w).expect("running");
+        worker.in_flight.remove(&r);
+        worker.refusing = true;
+        self.ended.insert(r, Some(w));
+        self.requests.get_mut(&r).expect("live").status = ModelStatus::Detached;
+        if self.count_requeue(r) && !self.try_assign(r) {
+            self.enqueue(r, true);
+        }
+        self.close_if_drained(w);
+    }
+
     fn worker_error(&mut self, w: u64, r: u64, code: &str) {
         self.stimulus(frame(
             w,
@@ -888,15 +932,7 @@ impl RelayModel {
             unreachable!("running");
         };
         if code == REFUSED_DRAINING && !streamed {
-            let worker = self.workers.get_mut(&w).expect("running");
-            worker.in_flight.remove(&r);
-            worker.refusing = true;
-            self.ended.insert(r, Some(w));
-            self.requests.get_mut(&r).expect("live").status = ModelStatus::Detached;
-            if self.count_requeue(r) && !self.try_assign(r) {
-                self.enqueue(r, true);
-            }
-            self.close_if_drained(w);
+            self.refused(w, r);
         } else {
             self.finish(
                 r,
@@ -1120,6 +1156,7 @@ pub fn transitions() -> BoxedStrategy<Transition> {
         4 => any::<Index>().prop_map(Transition::Complete),
         1 => any::<Index>().prop_map(Transition::Fail),
         1 => any::<Index>().prop_map(Transition::Refuse),
+        1 => any::<Index>().prop_map(Transition::RefuseMarked),
         2 => any::<Index>().prop_map(Transition::ClientGone),
         2 => any::<Index>().prop_map(Transition::ClientDone),
         1 => any::<Index>().prop_map(Transition::LateFrame),
@@ -1150,6 +1187,7 @@ pub fn churn_transitions() -> BoxedStrategy<Transition> {
         }),
         5 => any::<Index>().prop_map(Transition::Disconnect),
         2 => any::<Index>().prop_map(Transition::Refuse),
+        1 => any::<Index>().prop_map(Transition::RefuseMarked),
         1 => any::<Index>().prop_map(Transition::Silence),
         1 => (any::<Index>(), 0u32..=2).prop_map(|(w, l)| Transition::Pong(w, l)),
         4 => (0..MODELS.len()).prop_map(Transition::Request),

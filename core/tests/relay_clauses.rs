@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use modelrelay_core::relay::*;
 use modelrelay_core::wire::{
-    CancelReason, Headers, INITIAL_WINDOW, LinkFlow, ModelsUpdate, Pong, Register, ResponseChunk,
-    ResponseComplete, ServerMessage, WireVersion, WorkerError, WorkerMessage,
+    CancelReason, Headers, INITIAL_WINDOW, LinkFlow, ModelsUpdate, Pong, REFUSED_AT_CAPACITY,
+    REFUSED_DRAINING, Register, ResponseChunk, ResponseComplete, ServerMessage, WireVersion,
+    WorkerError, WorkerMessage, refusal_complete,
 };
 use modelrelay_core::{ModelName, ProviderId, RequestId, WorkerId};
 
@@ -1236,6 +1237,57 @@ fn a_refusal_before_any_chunk_requeues_the_request_and_rests_the_worker() {
     h.pong(1, 0);
     h.request(3, "m");
     assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
+}
+
+/// The `response_complete` a worker on a v1 link sends to refuse a request.
+fn marked_refusal_frame(request: u64, code: &str) -> WorkerMessage {
+    WorkerMessage::ResponseComplete(refusal_complete(r(request).into(), code, "refused"))
+}
+
+/// The requests answered in `outputs`, each with its answer's status.
+fn answered(outputs: &[Output]) -> Vec<(u64, u16)> {
+    ended(outputs)
+        .into_iter()
+        .filter_map(|(id, outcome)| match outcome {
+            Outcome::Completed(answer) => Some((id, answer.status_code)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn on_v1_a_marked_503_before_any_chunk_is_a_refusal_and_requeues_the_request() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 2);
+    h.worker(2, &["m"], 2);
+    h.request(1, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    h.frame(1, marked_refusal_frame(1, REFUSED_AT_CAPACITY));
+    let outputs = h.outputs();
+    assert_eq!(dispatched(&outputs), [(2, 1)]);
+    assert!(ended(&outputs).is_empty(), "the client sees nothing of it");
+    assert_eq!(h.relay.requeue_count(r(1)), Some(1));
+    // Worker 1 rests, as after an `error` refusal, until it speaks again.
+    h.request(2, "m");
+    assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
+    h.pong(1, 0);
+    h.request(3, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
+    // After a chunk the same frame is the answer's end, passed on as it is.
+    h.chunk(2, 1, "data: a\n\n");
+    h.frame(2, marked_refusal_frame(1, REFUSED_DRAINING));
+    assert_eq!(answered(&h.outputs()), [(1, 503)]);
+}
+
+#[test]
+fn a_marked_503_on_a_v2_link_is_an_answer() {
+    let mut h = Harness::new();
+    h.worker_with(1, LinkFlow::Unwindowed, 1);
+    h.request(1, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    // v2 refuses with `error`; a marked 503 there is some backend's answer.
+    h.frame(1, marked_refusal_frame(1, REFUSED_AT_CAPACITY));
+    assert_eq!(answered(&h.outputs()), [(1, 503)]);
 }
 
 #[test]

@@ -10,7 +10,8 @@ use modelrelay_core::session::*;
 use modelrelay_core::wire::{
     Cancel, CancelReason, FrameLimits, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate,
     Ping, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, RequestFrame,
-    ResponseChunk, ServerMessage, WireVersion, WorkerError, WorkerMessage,
+    ResponseChunk, ResponseComplete, ServerMessage, WireVersion, WorkerError, WorkerMessage,
+    marked_refusal,
 };
 use modelrelay_core::wire::{INITIAL_WINDOW, LinkFlow, WindowUpdate};
 use modelrelay_core::{ModelName, RequestId, WireRequestId};
@@ -73,6 +74,7 @@ impl Harness {
         h.handle(SessionInput::LinkUp {
             wire: WireVersion::V2,
             flow: LinkFlow::Unwindowed,
+            liveness: Liveness::Probed,
         });
         h.ack();
         h
@@ -147,6 +149,32 @@ fn refusals(outputs: &[SessionOutput]) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The request and code of each failure or refusal sent, in either form: an
+/// `error` (v2), or a `response_complete` with an error status and body (v1).
+fn ended_in_error(outputs: &[SessionOutput]) -> Vec<(u64, String)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            SessionOutput::Send(WorkerMessage::ResponseComplete(complete))
+                if complete.status_code >= 500 =>
+            {
+                let body: serde_json::Value = serde_json::from_slice(&complete.body).ok()?;
+                let code = body.pointer("/error/code")?.as_str()?.to_owned();
+                Some((complete.request_id.as_request_id()?.get(), code))
+            }
+            _ => None,
+        })
+        .chain(refusals(outputs))
+        .collect()
+}
+
+/// Whether any output sends an `error` frame.
+fn sends_error(outputs: &[SessionOutput]) -> bool {
+    outputs
+        .iter()
+        .any(|o| matches!(o, SessionOutput::Send(WorkerMessage::Error(_))))
+}
+
 fn reconnect_delay(outputs: &[SessionOutput]) -> Option<Duration> {
     outputs.iter().find_map(|o| match o {
         SessionOutput::Reconnecting { after } => Some(*after),
@@ -161,6 +189,7 @@ fn the_session_dials_at_once_and_registers_when_the_link_is_up() {
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V1,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     assert_eq!(
         outputs,
@@ -302,6 +331,7 @@ fn a_registration_resets_the_backoff() {
     h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     h.ack();
     let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
@@ -343,6 +373,7 @@ fn no_ack_in_time_drops_the_link() {
     h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     let outputs = h.advance(SessionConfig::default().register_timeout);
     assert_eq!(outputs, [SessionOutput::CloseLink]);
@@ -463,6 +494,7 @@ fn model_changes_are_sent_when_registered_and_owed_until_then() {
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     assert!(matches!(
         &outputs[..],
@@ -494,18 +526,13 @@ fn the_same_seed_gives_the_same_reconnect_schedule() {
 }
 
 #[test]
-fn a_link_silent_past_the_silence_timeout_is_dropped_and_redialled() {
+fn a_link_that_answers_no_probe_is_dropped_and_redialled() {
     let mut h = Harness::registered(1);
     h.request(1);
-    let silence = SessionConfig::default().link_silence_timeout;
-    // Pings keep it alive.
-    for _ in 0..3 {
-        assert!(h.advance(silence - SECOND).is_empty());
-        h.frame(ServerMessage::Ping(Ping {
-            timestamp_unix_ms: None,
-        }));
-    }
-    assert!(h.advance(silence - SECOND).is_empty());
+    // Quiet for 15 s: a probe; nothing at all in the 30 s after it: dead.
+    assert!(h.advance(LINK_PROBE_AFTER - SECOND).is_empty());
+    assert_eq!(h.advance(SECOND), [SessionOutput::ProbeLink]);
+    assert!(h.advance(LINK_PROBE_TIMEOUT - SECOND).is_empty());
     // What runs is aborted when the link is given up, not when the close completes.
     assert_eq!(
         h.advance(SECOND),
@@ -567,6 +594,7 @@ fn registered_on(wire: WireVersion) -> Harness {
     h.handle(SessionInput::LinkUp {
         wire,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     h.ack();
     h
@@ -621,9 +649,10 @@ fn output_that_is_not_utf8_fails_only_its_request_on_v1_and_passes_on_v2() {
         chunk: Bytes::from_static(b"\xff\xfe"),
     });
     assert_eq!(
-        refusals(&outputs),
+        ended_in_error(&outputs),
         [(1, BACKEND_OUTPUT_NOT_UTF8.to_string())]
     );
+    assert!(!sends_error(&outputs), "v1 carries no error frame");
     assert_eq!(h.session.current_load(), 1, "request 2 goes on");
     // A stream that ends in the middle of a character cannot complete either.
     h.handle(SessionInput::BackendChunk {
@@ -631,7 +660,7 @@ fn output_that_is_not_utf8_fails_only_its_request_on_v1_and_passes_on_v2() {
         chunk: Bytes::from_static(b"ok \xc3"),
     });
     assert_eq!(
-        refusals(&h.complete(2)),
+        ended_in_error(&h.complete(2)),
         [(2, BACKEND_OUTPUT_NOT_UTF8.to_string())]
     );
 
@@ -652,10 +681,10 @@ fn any_drain_timeout_from_the_relay_is_taken_without_overflow() {
         drain_timeout_secs: Some(u64::MAX),
     }));
     assert!(!h.session.is_serving());
-    // No drain deadline is reachable; only the silence of the (ping-less) test link ends it.
+    // No drain deadline is reachable; only the unanswered probe of the test link ends it.
     assert_eq!(
         h.advance(Duration::from_secs(3600)),
-        [SessionOutput::CloseLink]
+        [SessionOutput::ProbeLink, SessionOutput::CloseLink]
     );
 }
 
@@ -679,6 +708,7 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     let [SessionOutput::Send(message @ WorkerMessage::Register(register))] = &outputs[..] else {
         panic!("a register: {outputs:?}");
@@ -740,6 +770,7 @@ fn paced_with(max_concurrent: u32, flow: LinkFlow, link_write_window: u64) -> Ha
     h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow,
+        liveness: Liveness::Probed,
     });
     h.ack();
     h
@@ -927,4 +958,163 @@ fn without_relay_windows_the_worker_never_waits_for_credit() {
         last.iter().all(|(_, up_to)| *up_to > 4 * INITIAL_WINDOW),
         "{last:?}"
     );
+}
+
+/// A registered session whose link's liveness is judged by `liveness`.
+fn registered_judged_by(liveness: Liveness) -> Harness {
+    let mut h = Harness::new(2);
+    h.outputs();
+    h.handle(SessionInput::LinkUp {
+        wire: WireVersion::V1,
+        flow: LinkFlow::Unwindowed,
+        liveness,
+    });
+    h.ack();
+    h
+}
+
+#[test]
+fn a_streaming_worker_keeps_a_link_whose_relay_never_pings_while_its_probes_are_answered() {
+    // As behind a ModelRelay server: it pings only after 30 s of silence from the
+    // worker, so while the worker streams nothing at all comes from the relay.
+    let mut h = registered_judged_by(Liveness::Probed);
+    h.request(1);
+    let mut probes = 0;
+    for second in 1..=70 {
+        let mut outputs = h.advance(SECOND);
+        outputs.extend(h.handle(SessionInput::BackendChunk {
+            request: r(1),
+            chunk: Bytes::from(format!("data: token {second}\n\n")),
+        }));
+        assert!(
+            !outputs.contains(&SessionOutput::CloseLink),
+            "given up at {second} s"
+        );
+        if outputs.contains(&SessionOutput::ProbeLink) {
+            probes += 1;
+            // Every WebSocket peer answers a ping with a pong.
+            h.handle(SessionInput::SignOfLife);
+        }
+    }
+    assert_eq!(
+        probes,
+        70 / LINK_PROBE_AFTER.as_secs(),
+        "one probe per quiet spell"
+    );
+    let outputs = h.complete(1);
+    assert!(matches!(
+        &outputs[..],
+        [SessionOutput::Send(WorkerMessage::ResponseComplete(_))]
+    ));
+    // A relay that pauses just short of the probe timeout keeps its worker, and
+    // any frame answers a probe as well as a pong does.
+    h.handle(SessionInput::SignOfLife);
+    assert_eq!(h.advance(LINK_PROBE_AFTER), [SessionOutput::ProbeLink]);
+    assert!(h.advance(LINK_PROBE_TIMEOUT - SECOND).is_empty());
+    h.frame(ServerMessage::Ping(Ping {
+        timestamp_unix_ms: None,
+    }));
+    assert!(h.advance(LINK_PROBE_AFTER - SECOND).is_empty());
+    assert!(h.session.is_serving());
+    // The numbers: probe after 15 s of quiet, give up 30 s after an unanswered probe.
+    assert_eq!(
+        (LINK_PROBE_AFTER, LINK_PROBE_TIMEOUT),
+        (15 * SECOND, 30 * SECOND)
+    );
+}
+
+#[test]
+fn a_link_the_transport_watches_is_never_probed_or_given_up_by_the_session() {
+    // QUIC: keep-alives and the idle timeout judge the link, and report it down.
+    let mut h = registered_judged_by(Liveness::Transport);
+    h.request(1);
+    assert!(h.advance(Duration::from_secs(3600)).is_empty());
+    assert!(h.session.is_serving());
+    let outputs = h.handle(SessionInput::LinkDown);
+    assert_eq!(aborted(&outputs), [(1, CancelReason::WorkerDisconnect)]);
+}
+
+/// The `response_complete` sent in `outputs`, if exactly one.
+fn the_complete(outputs: &[SessionOutput]) -> &ResponseComplete {
+    match outputs {
+        [SessionOutput::Send(WorkerMessage::ResponseComplete(complete))] => complete,
+        other => panic!("expected one response_complete, got {other:?}"),
+    }
+}
+
+#[test]
+fn on_v1_refusals_and_failures_end_as_a_response_complete_and_never_as_an_error() {
+    let mut h = registered_on(WireVersion::V1);
+    h.request(1);
+    h.request(2);
+    // At capacity: a 503 marked as a refusal, before any chunk.
+    let outputs = h.request(3);
+    let refusal = the_complete(&outputs);
+    assert_eq!(refusal.status_code, 503);
+    assert_eq!(
+        refusal.headers.get("x-modelrelay-refused"),
+        Some(REFUSED_AT_CAPACITY)
+    );
+    assert_eq!(marked_refusal(refusal), Some(REFUSED_AT_CAPACITY));
+    assert_eq!(
+        ended_in_error(&outputs),
+        [(3, REFUSED_AT_CAPACITY.to_string())]
+    );
+    // A failed backend call: an error status and body, as ModelRelay's worker passes a backend's.
+    let outputs = h.handle(SessionInput::BackendFailed {
+        request: r(1),
+        code: "backend_unreachable".into(),
+        message: "connection refused".into(),
+    });
+    let failure = the_complete(&outputs);
+    assert_eq!(failure.status_code, 502);
+    assert_eq!(
+        failure.headers.get("content-type"),
+        Some("application/json")
+    );
+    assert_eq!(marked_refusal(failure), None, "a failure is no refusal");
+    assert_eq!(
+        ended_in_error(&outputs),
+        [(1, "backend_unreachable".to_string())]
+    );
+    // Draining: the refusal says so.
+    h.frame(ServerMessage::GracefulShutdown(GracefulShutdown {
+        reason: None,
+        drain_timeout_secs: Some(30),
+    }));
+    let outputs = h.request(4);
+    assert_eq!(
+        marked_refusal(the_complete(&outputs)),
+        Some(REFUSED_DRAINING)
+    );
+    // The same events on v2 are error frames.
+    let mut h = registered_on(WireVersion::V2);
+    h.request(1);
+    h.request(2);
+    assert_eq!(
+        refusals(&h.request(3)),
+        [(3, REFUSED_AT_CAPACITY.to_string())]
+    );
+}
+
+#[test]
+fn a_backend_cannot_mark_its_own_answer_as_a_refusal() {
+    let mut h = registered_on(WireVersion::V1);
+    h.request(1);
+    let outputs = h.handle(SessionInput::BackendComplete {
+        request: r(1),
+        status_code: 503,
+        headers: [
+            ("content-type", "application/json"),
+            ("X-ModelRelay-Refused", REFUSED_AT_CAPACITY),
+        ]
+        .into_iter()
+        .collect(),
+        body: Bytes::from_static(b"{}"),
+        token_counts: None,
+    });
+    let answer = the_complete(&outputs);
+    assert_eq!(answer.status_code, 503);
+    assert_eq!(answer.headers.get("x-modelrelay-refused"), None);
+    assert_eq!(marked_refusal(answer), None);
 }

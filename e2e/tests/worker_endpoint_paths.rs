@@ -16,7 +16,7 @@ use modelrelay_testkit::simulated_backend::BackendEvent;
 use modelrelay_worker::backend::HttpBackend;
 use modelrelay_worker::link::{NetDialer, RelayEndpoint};
 use modelrelay_worker::{ModelSource, WorkerOptions};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts connections on a loopback port and counts them; with `to`, passes
@@ -90,11 +90,14 @@ async fn a_relay_asking_for_a_path_outside_the_inference_endpoints_gets_an_error
                 "body": r#"{"model":"m","name":"m"}"#}),
         )
         .await;
+        // A v1 relay takes no `error` frame: the failure is a 502 answer.
         let answer = next_frame(&mut socket).await;
-        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["type"], "response_complete", "{answer}");
         assert_eq!(answer["request_id"], *id, "{answer}");
-        assert_eq!(answer["code"], "endpoint_not_allowed", "{answer}");
-        let message = answer["message"].as_str().unwrap();
+        assert_eq!(answer["status_code"], 502, "{answer}");
+        let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "endpoint_not_allowed", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("/v1/chat/completions"), "{message}");
         assert!(!message.chars().any(char::is_control), "{message}");
     }

@@ -88,6 +88,42 @@ async fn an_existing_v1_worker_registers_and_serves_a_request_with_raw_json_fram
     );
 }
 
+/// What a v1 worker sends to refuse a request: ModelRelay's server takes no
+/// `error`, so it is a 503 `response_complete` marked with `x-modelrelay-refused`.
+fn marked_refusal(id: &str) -> String {
+    json!({"type": "response_complete", "request_id": id, "status_code": 503,
+        "headers": {"content-type": "application/json", "x-modelrelay-refused": "worker_at_capacity"},
+        "body": r#"{"error":{"message":"busy","type":"server_error","code":"worker_at_capacity"}}"#})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_v1_worker_refusing_with_a_marked_503_has_its_request_answered_by_another_worker() {
+    let relay = relay(|_| {}).await;
+    let addr = relay.addr().to_string();
+    let mut refuser = raw_worker::registered(&addr, SECRET, &["m"]).await;
+    let http = Http::new();
+    let url = format!("{}/v1/chat/completions", relay.url());
+    let client = tokio::spawn(async move { http.post(&url, r#"{"model":"m"}"#).await });
+    let request = next(&mut refuser).await.unwrap();
+    assert_eq!(request["type"], "request", "{request}");
+    let id = request["request_id"].as_str().unwrap().to_owned();
+    send(&mut refuser, &marked_refusal(&id)).await;
+
+    // Requeued, not answered: the next worker gets the same request and answers it.
+    let mut server = raw_worker::registered(&addr, SECRET, &["m"]).await;
+    let again = next(&mut server).await.unwrap();
+    assert_eq!(again["type"], "request", "{again}");
+    assert_eq!(again["body"], request["body"]);
+    let id = again["request_id"].as_str().unwrap();
+    let answer = json!({"type": "response_complete", "request_id": id, "status_code": 200,
+        "headers": {"content-type": "application/json"}, "body": r#"{"answer":"from the second"}"#});
+    send(&mut server, &answer.to_string()).await;
+    let reply = client.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), r#"{"answer":"from the second"}"#);
+}
+
 #[tokio::test]
 async fn a_v1_worker_answers_pings_and_gets_cancels_for_clients_that_leave() {
     let relay = relay(|c| {

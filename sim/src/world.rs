@@ -50,10 +50,25 @@ fn relay_identity() -> RelayIdentity {
     RelayIdentity::from_der(cert.clone(), key.clone())
 }
 
-/// What simulated workers trust: exactly the simulated relay's certificate.
+/// How long a simulated QUIC link may bring nothing before its transport gives
+/// it up: as long as a WebSocket link's probe and its wait ([`session_config`]).
+const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// How often a simulated worker's QUIC stack sends a keep-alive on a quiet link.
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// What simulated workers trust (exactly the simulated relay's certificate), and
+/// a transport that gives a dead link up on the simulation's shorter clock.
 fn quic_client_config() -> quinn::ClientConfig {
     let fingerprint = parse_fingerprint(&relay_identity().fingerprint()).expect("a fingerprint");
-    quic::client_config(&Trust::Pinned(fingerprint)).expect("client settings")
+    let mut config = quic::client_config(&Trust::Pinned(fingerprint)).expect("client settings");
+    let mut transport = quic::worker_transport();
+    transport.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
+    transport.max_idle_timeout(Some(
+        QUIC_IDLE_TIMEOUT.try_into().expect("a valid idle timeout"),
+    ));
+    config.transport_config(Arc::new(transport));
+    config
 }
 /// The worker secret of the simulation.
 pub const SECRET: &str = "sim-secret";
@@ -84,8 +99,9 @@ pub fn session_config(name: &str, max_concurrent: u32, jitter_seed: u64) -> Sess
         register_timeout: Duration::from_secs(5),
         shutdown_timeout: Duration::from_secs(20),
         drain_grace: Duration::from_secs(2),
-        // Three missed pings.
-        link_silence_timeout: Duration::from_secs(6),
+        // Quiet for 2 s: a probe; given up 4 s later unanswered (6 s, three of the relay's pings).
+        link_probe_after: Duration::from_secs(2),
+        link_probe_timeout: Duration::from_secs(4),
         ..SessionConfig::default()
     }
 }

@@ -187,12 +187,31 @@ pub enum Outgoing<M> {
         /// Why, in words.
         reason: String,
     },
+    /// Ask the peer for a sign of life: a WebSocket ping, which any WebSocket
+    /// peer answers with a pong. QUIC links ignore it (their transport's
+    /// keep-alives already ask).
+    Probe,
+}
+
+/// What a link's reader hears: a message, or a sign of life that carries none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard<M> {
+    /// A protocol message.
+    Message(M),
+    /// A WebSocket ping or pong: the peer is there, and has nothing to say.
+    SignOfLife,
 }
 
 /// The receiving half of a link: messages of type `M` as they arrive.
 pub trait LinkReader<M>: Send + 'static {
     /// The next message; `None` once the link is closed.
     fn next(&mut self) -> impl Future<Output = Option<Result<M, LinkError>>> + Send;
+
+    /// The next message or sign of life; `None` once the link is closed. Links
+    /// whose transport keeps its own liveness (QUIC) hear messages only.
+    fn next_heard(&mut self) -> impl Future<Output = Option<Result<Heard<M>, LinkError>>> + Send {
+        async { self.next().await.map(|next| next.map(Heard::Message)) }
+    }
 
     /// The code and reason the peer closed with, once [`LinkReader::next`] returned `None`.
     fn close_frame(&self) -> Option<(u16, String)>;

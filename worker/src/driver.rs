@@ -18,15 +18,16 @@ use futures_util::StreamExt;
 use http::Method;
 use modelrelay_core::WireRequestId;
 use modelrelay_core::session::{
-    CHUNK_COST_OVERHEAD, SessionConfig, SessionInput, SessionOutput, WorkerSession, chunk_cost,
+    CHUNK_COST_OVERHEAD, Liveness, SessionConfig, SessionInput, SessionOutput, WorkerSession,
+    chunk_cost, failure_message,
 };
 use modelrelay_core::wire::{
     BackendUsage, FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, LinkFlow, RequestFrame,
     ServerMessage, TokenCounts, WireVersion, WorkerMessage,
 };
-use modelrelay_transports::close_code;
+use modelrelay_transports::{Heard, LinkReader, LinkWriter, Outgoing};
 use modelrelay_transports::{LINK_CLOSE_WAIT, send_or_wait};
-use modelrelay_transports::{LinkReader, LinkWriter, Outgoing};
+use modelrelay_transports::{LinkError, close_code};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -140,12 +141,14 @@ fn link_failed(error: &ConnectError) -> SessionInput {
     SessionInput::LinkDown
 }
 
+/// How a link speaks and who judges whether it is alive.
+type LinkTraits = (WireVersion, LinkFlow, Liveness);
+
 /// Something a helper task reports to the driver.
 enum Event {
     LinkUp {
         generation: u64,
-        wire: WireVersion,
-        flow: LinkFlow,
+        traits: LinkTraits,
         outbound: mpsc::Sender<Outgoing<WorkerMessage>>,
         progress: Arc<WriteProgress>,
     },
@@ -156,6 +159,9 @@ enum Event {
     Frame {
         generation: u64,
         message: ServerMessage,
+    },
+    SignOfLife {
+        generation: u64,
     },
     LinkClosed {
         generation: u64,
@@ -331,21 +337,8 @@ impl<D: Dialer> Driver<D> {
     fn carry_out(&mut self, output: SessionOutput, session: &mut WorkerSession) -> bool {
         match output {
             SessionOutput::Connect => self.dial(),
-            SessionOutput::Send(message) => {
-                if let LinkState::Up { outbound, task, .. } = &self.link {
-                    match outbound.try_send(Outgoing::Message(message)) {
-                        // Closed: the link's task ended; its reader reports the close.
-                        Ok(()) | Err(TrySendError::Closed(_)) => {}
-                        Err(TrySendError::Full(_)) => {
-                            error!(
-                                "the link's outbound queue is full: backend reads outran the link's writer; dropping the link"
-                            );
-                            task.abort();
-                            self.link_closed("the outbound queue was full", false, session);
-                        }
-                    }
-                }
-            }
+            SessionOutput::Send(message) => self.enqueue(Outgoing::Message(message), session),
+            SessionOutput::ProbeLink => self.enqueue(Outgoing::Probe, session),
             SessionOutput::CloseLink => match &mut self.link {
                 // The reader reports the close when the relay answers it.
                 LinkState::Up {
@@ -423,6 +416,23 @@ impl<D: Dialer> Driver<D> {
         false
     }
 
+    /// Hands `item` to the link's writer, if a link is up.
+    fn enqueue(&mut self, item: Outgoing<WorkerMessage>, session: &mut WorkerSession) {
+        if let LinkState::Up { outbound, task, .. } = &self.link {
+            match outbound.try_send(item) {
+                // Closed: the link's task ended; its reader reports the close.
+                Ok(()) | Err(TrySendError::Closed(_)) => {}
+                Err(TrySendError::Full(_)) => {
+                    error!(
+                        "the link's outbound queue is full: backend reads outran the link's writer; dropping the link"
+                    );
+                    task.abort();
+                    self.link_closed("the outbound queue was full", false, session);
+                }
+            }
+        }
+    }
+
     fn dial(&mut self) {
         self.generation += 1;
         let generation = self.generation;
@@ -448,13 +458,16 @@ impl<D: Dialer> Driver<D> {
             .await;
             match result {
                 Ok(Link::WebSocket(reader, writer, wire, flow)) => {
-                    run_link(reader, writer, (wire, flow), generation, pace, events).await
+                    // The session probes a WebSocket itself: a relay's ping cadence is no evidence.
+                    let traits = (wire, flow, Liveness::Probed);
+                    run_link(reader, writer, traits, generation, pace, events).await
                 }
                 Ok(Link::Quic(reader, writer)) => {
                     // No window_update crosses QUIC: the relay paces each request's
                     // stream by reading it, and QUIC's stream windows push back here.
-                    let wire = (WireVersion::V2, LinkFlow::Unwindowed);
-                    run_link(reader, writer, wire, generation, pace, events).await
+                    // Its keep-alives and idle timeout judge whether it is alive.
+                    let traits = (WireVersion::V2, LinkFlow::Unwindowed, Liveness::Transport);
+                    run_link(reader, writer, traits, generation, pace, events).await
                 }
                 Err(error) => {
                     let _ = events.send(Event::LinkFailed { generation, error }).await;
@@ -474,8 +487,7 @@ impl<D: Dialer> Driver<D> {
         match event {
             Event::LinkUp {
                 generation,
-                wire,
-                flow,
+                traits: (wire, flow, liveness),
                 outbound,
                 progress,
             } => {
@@ -497,7 +509,14 @@ impl<D: Dialer> Driver<D> {
                     closing: false,
                     task: task.clone(),
                 };
-                session.handle(now(), SessionInput::LinkUp { wire, flow });
+                session.handle(
+                    now(),
+                    SessionInput::LinkUp {
+                        wire,
+                        flow,
+                        liveness,
+                    },
+                );
             }
             Event::LinkFailed { generation, error } => {
                 if current == Some(generation) {
@@ -511,6 +530,11 @@ impl<D: Dialer> Driver<D> {
             } => {
                 if current == Some(generation) {
                     session.handle(now(), SessionInput::Frame(message));
+                }
+            }
+            Event::SignOfLife { generation } => {
+                if current == Some(generation) {
+                    session.handle(now(), SessionInput::SignOfLife);
                 }
             }
             Event::LinkClosed {
@@ -622,10 +646,12 @@ impl<D: Dialer> Driver<D> {
 }
 
 /// What goes to the relay instead of a frame it cannot take (too large, or not text on v1):
-/// an error for that one request, so the link and every other request go on.
+/// the failure of that one request, in the form the link's encoding takes, so the
+/// link and every other request go on.
 fn undeliverable(
+    wire: WireVersion,
     message: WorkerMessage,
-    error: &modelrelay_transports::LinkError,
+    error: &LinkError,
 ) -> Option<WorkerMessage> {
     let request = match &message {
         WorkerMessage::ResponseChunk(chunk) => chunk.request_id.clone(),
@@ -636,11 +662,12 @@ fn undeliverable(
         }
     };
     warn!(%request, %error, "a response could not be sent to the relay; failing the request");
-    Some(WorkerMessage::Error(modelrelay_core::wire::WorkerError {
-        request_id: Some(request),
-        code: "response_undeliverable".into(),
-        message: format!("the response cannot travel on this link: {error}"),
-    }))
+    Some(failure_message(
+        Some(wire),
+        request,
+        "response_undeliverable".into(),
+        format!("the response cannot travel on this link: {error}"),
+    ))
 }
 
 /// Calls the backend for one request; streams SSE bodies chunk by chunk, collects others.
@@ -750,7 +777,7 @@ fn token_counts(headers: &Headers, body: &[u8]) -> Option<TokenCounts> {
 async fn run_link<R, W>(
     reader: R,
     writer: W,
-    (wire, flow): (WireVersion, LinkFlow),
+    traits: LinkTraits,
     generation: u64,
     (capacity, notify_every): (usize, u64),
     events: mpsc::Sender<Event>,
@@ -767,18 +794,19 @@ async fn run_link<R, W>(
     let _ = events
         .send(Event::LinkUp {
             generation,
-            wire,
-            flow,
+            traits,
             outbound,
             progress,
         })
         .await;
+    let wire = traits.0;
+    let unsendable = move |message, error: &LinkError| undeliverable(wire, message, error);
     let reading = read_link(reader, generation, events.clone());
     tokio::pin!(reading);
     let (cause, refused) = tokio::select! {
         biased;
         ended = &mut reading => ended,
-        result = writer.run(queue, undeliverable, written) => {
+        result = writer.run(queue, unsendable, written) => {
             if let Err(error) = result {
                 debug!(%error, "writing to the relay failed");
             }
@@ -797,23 +825,20 @@ async fn run_link<R, W>(
         .await;
 }
 
-/// Forwards a link's frames until it ends; says why it ended and whether the relay refused us.
+/// Forwards a link's frames and signs of life until it ends; says why it ended
+/// and whether the relay refused us.
 async fn read_link<R: LinkReader<ServerMessage>>(
     mut reader: R,
     generation: u64,
     events: mpsc::Sender<Event>,
 ) -> (String, bool) {
     loop {
-        match reader.next().await {
-            Some(Ok(message)) => {
-                let frame = Event::Frame {
-                    generation,
-                    message,
-                };
-                if send_or_wait(&events, frame).await.is_err() {
-                    return ("worker stopped".to_owned(), false);
-                }
-            }
+        let event = match reader.next_heard().await {
+            Some(Ok(Heard::Message(message))) => Event::Frame {
+                generation,
+                message,
+            },
+            Some(Ok(Heard::SignOfLife)) => Event::SignOfLife { generation },
             Some(Err(error)) => return (error.to_string(), false),
             None => {
                 return match reader.close_frame() {
@@ -824,6 +849,9 @@ async fn read_link<R: LinkReader<ServerMessage>>(
                     None => ("connection lost".to_owned(), false),
                 };
             }
+        };
+        if send_or_wait(&events, event).await.is_err() {
+            return ("worker stopped".to_owned(), false);
         }
     }
 }

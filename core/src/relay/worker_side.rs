@@ -12,7 +12,7 @@ use crate::ids::{ProviderId, RequestId, WireRequestId, WorkerId};
 use crate::wire::{
     CancelReason, GracefulShutdown, LinkFlow, ModelsRefresh, ModelsUpdate, Ping, Pong,
     REFUSED_AT_CAPACITY, REFUSED_DRAINING, Register, RegisterAck, ResponseChunk, ResponseComplete,
-    ServerMessage, WireVersion, WorkerError, WorkerMessage,
+    ServerMessage, WireVersion, WorkerError, WorkerMessage, marked_refusal,
 };
 
 impl Relay {
@@ -241,11 +241,17 @@ impl Relay {
         });
     }
 
-    /// The worker finished a request.
+    /// The worker finished a request; on a v1 link, a completion marked as a
+    /// refusal before any chunk is a refusal (v1 carries no `error`).
     fn on_complete(&mut self, now: Instant, worker: WorkerId, complete: ResponseComplete) {
         let Some(request_id) = self.owned_request(now, worker, &complete.request_id) else {
             return;
         };
+        let v1 = self.workers[&worker].wire == WireVersion::V1;
+        if v1 && marked_refusal(&complete).is_some() && !self.has_streamed(request_id) {
+            self.requeue_refused(now, worker, request_id);
+            return;
+        }
         self.finish(
             request_id,
             Outcome::Completed(Completion {
@@ -265,10 +271,7 @@ impl Relay {
         let Some(request_id) = self.owned_request(now, worker, request_id) else {
             return;
         };
-        let streamed = matches!(
-            self.requests[&request_id].state,
-            RequestState::Assigned { streamed: true, .. }
-        );
+        let streamed = self.has_streamed(request_id);
         let refused = matches!(error.code.as_str(), REFUSED_DRAINING | REFUSED_AT_CAPACITY);
         if refused && !streamed {
             self.requeue_refused(now, worker, request_id);
@@ -284,6 +287,14 @@ impl Relay {
                 streamed,
             },
         );
+    }
+
+    /// Whether a running request's worker has passed any of its answer on.
+    fn has_streamed(&self, request_id: RequestId) -> bool {
+        matches!(
+            self.requests[&request_id].state,
+            RequestState::Assigned { streamed: true, .. }
+        )
     }
 
     /// A worker refused a request before starting it: rest the worker, requeue the request.

@@ -2,12 +2,13 @@
 
 use bytes::Bytes;
 
+use super::failure::failure_message;
 use super::read_window::chunk_cost;
 use super::text_carry::NotUtf8;
 use super::{SessionOutput, WorkerSession};
 use crate::ids::WireRequestId;
 use crate::wire::{
-    CancelReason, ResponseChunk, ResponseComplete, WireVersion, WorkerError, WorkerMessage,
+    CancelReason, REFUSAL_HEADER, ResponseChunk, ResponseComplete, WireVersion, WorkerMessage,
 };
 
 /// `error` code for a request whose backend output is not UTF-8 on a v1 link.
@@ -63,7 +64,9 @@ impl WorkerSession {
     }
 
     /// The backend finished a request: passed on, unless a v1 link cannot carry its output.
-    pub(super) fn on_backend_complete(&mut self, complete: ResponseComplete) {
+    /// Only the worker marks a refusal: a backend's header of that name is dropped.
+    pub(super) fn on_backend_complete(&mut self, mut complete: ResponseComplete) {
+        complete.headers.remove(REFUSAL_HEADER);
         let request = &complete.request_id;
         if !self.running.contains_key(request) {
             return;
@@ -90,11 +93,7 @@ impl WorkerSession {
             return;
         }
         self.text_carry.forget(&request);
-        self.send(WorkerMessage::Error(WorkerError {
-            request_id: Some(request),
-            code,
-            message,
-        }));
+        self.send(failure_message(self.wire, request, code, message));
         self.after_request_ended();
     }
 
@@ -120,11 +119,13 @@ impl WorkerSession {
             request: request.clone(),
             reason: CancelReason::Other(BACKEND_OUTPUT_NOT_UTF8.into()),
         });
-        self.send(WorkerMessage::Error(WorkerError {
-            request_id: Some(request),
-            code: BACKEND_OUTPUT_NOT_UTF8.into(),
-            message: "the backend's output is not UTF-8 text, which a v1 link cannot carry".into(),
-        }));
+        let message = "the backend's output is not UTF-8 text, which a v1 link cannot carry";
+        self.send(failure_message(
+            self.wire,
+            request,
+            BACKEND_OUTPUT_NOT_UTF8.into(),
+            message.into(),
+        ));
         self.after_request_ended();
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::liveness::{LINK_PROBE_AFTER, LINK_PROBE_TIMEOUT};
 use super::read_window::DEFAULT_LINK_WRITE_WINDOW;
 use crate::backoff::BackoffConfig;
 
@@ -24,8 +25,12 @@ pub struct SessionConfig {
     pub shutdown_timeout: Duration,
     /// Extra time past the server's drain timeout before the worker drops the link itself.
     pub drain_grace: Duration,
-    /// How long the link may stay silent (the relay pings every 15 s) before it counts as dead.
-    pub link_silence_timeout: Duration,
+    /// How long a probed (WebSocket) link may bring nothing before the worker
+    /// probes it with a WebSocket ping ([`LINK_PROBE_AFTER`]).
+    pub link_probe_after: Duration,
+    /// How long a probe may go unanswered, with nothing else heard either,
+    /// before the link counts as dead ([`LINK_PROBE_TIMEOUT`]).
+    pub link_probe_timeout: Duration,
     /// Cost (see [`chunk_cost`](super::chunk_cost)) a request's backend call may
     /// read ahead of what the link writer has handed on. The QUIC link sizes each
     /// request stream's queue for [`DEFAULT_LINK_WRITE_WINDOW`]: a larger window
@@ -44,7 +49,8 @@ impl Default for SessionConfig {
             register_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(5),
-            link_silence_timeout: Duration::from_secs(45),
+            link_probe_after: LINK_PROBE_AFTER,
+            link_probe_timeout: LINK_PROBE_TIMEOUT,
             link_write_window: DEFAULT_LINK_WRITE_WINDOW,
         }
     }

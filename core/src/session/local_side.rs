@@ -2,13 +2,19 @@
 
 use std::time::{Duration, Instant};
 
+use super::liveness::{LinkWatch, Liveness};
 use super::{LinkState, SessionOutput, WorkerSession};
 use crate::relay::{MAX_MODEL_NAME_BYTES, MAX_MODELS_PER_WORKER};
 use crate::wire::{CancelReason, LinkFlow, ModelsUpdate, Register, WireVersion, WorkerMessage};
 
 impl WorkerSession {
     /// The link asked for is open: register on it.
-    pub(super) fn on_link_up(&mut self, now: Instant, wire: WireVersion, flow: LinkFlow) {
+    pub(super) fn on_link_up(
+        &mut self,
+        now: Instant,
+        (wire, flow): (WireVersion, LinkFlow),
+        liveness: Liveness,
+    ) {
         if self.link != LinkState::Connecting {
             return;
         }
@@ -21,7 +27,12 @@ impl WorkerSession {
         self.link = LinkState::Registering {
             deadline: now.checked_add(self.config.register_timeout),
         };
-        self.silence_deadline = now.checked_add(self.config.link_silence_timeout);
+        self.watch = LinkWatch::start(
+            now,
+            liveness,
+            self.config.link_probe_after,
+            self.config.link_probe_timeout,
+        );
         self.models_sent = true;
         let models = if self.stopping {
             Vec::new()
@@ -49,7 +60,7 @@ impl WorkerSession {
         self.flow = LinkFlow::Unwindowed;
         self.server_drain_deadline = None;
         self.server_draining = false;
-        self.silence_deadline = None;
+        self.watch = LinkWatch::default();
         if self.stopping {
             self.link = LinkState::Down { reconnect_at: None };
             self.exit();

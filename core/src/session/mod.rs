@@ -6,6 +6,8 @@
 
 mod backend_side;
 mod config;
+mod failure;
+mod liveness;
 mod local_side;
 mod read_window;
 mod server_side;
@@ -19,9 +21,12 @@ use rustc_hash::FxHashMap;
 
 pub use backend_side::BACKEND_OUTPUT_NOT_UTF8;
 pub use config::SessionConfig;
+pub use failure::failure_message;
+pub use liveness::{LINK_PROBE_AFTER, LINK_PROBE_TIMEOUT, Liveness};
 pub use read_window::{CHUNK_COST_OVERHEAD, DEFAULT_LINK_WRITE_WINDOW, chunk_cost};
 pub use types::{SessionInput, SessionOutput};
 
+use liveness::{LinkWatch, Verdict};
 use read_window::ReadWindow;
 use text_carry::TextCarry;
 
@@ -65,8 +70,8 @@ pub struct WorkerSession {
     server_drain_deadline: Option<Instant>,
     /// The server asked this worker to drain (until the link ends).
     server_draining: bool,
-    /// The link counts as dead unless a frame arrives by then.
-    silence_deadline: Option<Instant>,
+    /// When to probe the link, and when to give it up (a WebSocket link only).
+    watch: LinkWatch,
     /// Local shutdown in progress; abort what still runs at this instant.
     stop_deadline: Option<Instant>,
     stopping: bool,
@@ -94,7 +99,7 @@ impl WorkerSession {
             text_carry: TextCarry::default(),
             server_drain_deadline: None,
             server_draining: false,
-            silence_deadline: None,
+            watch: LinkWatch::default(),
             stop_deadline: None,
             stopping: false,
             exited: false,
@@ -108,7 +113,12 @@ impl WorkerSession {
             return;
         }
         match input {
-            SessionInput::LinkUp { wire, flow } => self.on_link_up(now, wire, flow),
+            SessionInput::LinkUp {
+                wire,
+                flow,
+                liveness,
+            } => self.on_link_up(now, (wire, flow), liveness),
+            SessionInput::SignOfLife => self.on_sign_of_life(now),
             SessionInput::LinkDown => self.on_link_down(now, None),
             SessionInput::LinkRefused { retry_after } => self.on_link_down(now, retry_after),
             SessionInput::Frame(message) => self.on_frame(now, message),
@@ -154,7 +164,7 @@ impl WorkerSession {
         [
             link_deadline,
             self.server_drain_deadline,
-            self.silence_deadline,
+            self.watch.deadline(),
             self.stop_deadline,
         ]
         .into_iter()
@@ -176,10 +186,11 @@ impl WorkerSession {
             self.server_drain_deadline = None;
             self.close_link();
         }
-        if self.silence_deadline.is_some_and(|at| at <= now) {
+        match self.watch.on_timeout(now) {
+            Verdict::Alive => {}
+            Verdict::Probe => self.outputs.push_back(SessionOutput::ProbeLink),
             // A half-open link (a partition, a dropped NAT entry) never reports itself.
-            self.silence_deadline = None;
-            self.close_link();
+            Verdict::Dead => self.close_link(),
         }
         match self.link {
             LinkState::Down {
@@ -228,6 +239,7 @@ impl WorkerSession {
         ) {
             // Nothing sent from now on would arrive: stop the backend calls at once.
             self.abort_all(CancelReason::WorkerDisconnect);
+            self.watch = LinkWatch::default();
             self.link = LinkState::Closing;
             self.outputs.push_back(SessionOutput::CloseLink);
         }

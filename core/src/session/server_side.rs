@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::failure::refusal_message;
 use super::read_window::ReadWindow;
 use super::{LinkState, SessionOutput, WorkerSession};
 use crate::wire::{
     Cancel, GracefulShutdown, INITIAL_WINDOW, LinkFlow, Ping, Pong, REFUSED_AT_CAPACITY,
-    REFUSED_DRAINING, RegisterAck, RequestFrame, ServerMessage, WindowUpdate, WorkerError,
-    WorkerMessage,
+    REFUSED_DRAINING, RegisterAck, RequestFrame, ServerMessage, WindowUpdate, WorkerMessage,
 };
 
 impl WorkerSession {
@@ -17,7 +17,7 @@ impl WorkerSession {
         if !self.linked() {
             return;
         }
-        self.silence_deadline = now.checked_add(self.config.link_silence_timeout);
+        self.watch.heard(now);
         match message {
             ServerMessage::RegisterAck(ack) => self.on_register_ack(ack),
             ServerMessage::Request(frame) => self.on_request(frame),
@@ -26,6 +26,13 @@ impl WorkerSession {
             ServerMessage::GracefulShutdown(drain) => self.on_server_drain(now, drain),
             ServerMessage::ModelsRefresh(_) => self.outputs.push_back(SessionOutput::RefreshModels),
             ServerMessage::WindowUpdate(update) => self.on_window_update(update),
+        }
+    }
+
+    /// A sign of life that is no frame (a WebSocket pong or ping): the link is alive.
+    pub(super) fn on_sign_of_life(&mut self, now: Instant) {
+        if self.linked() {
+            self.watch.heard(now);
         }
     }
 
@@ -63,11 +70,7 @@ impl WorkerSession {
             None
         };
         if let Some((code, message)) = refusal {
-            self.send(WorkerMessage::Error(WorkerError {
-                request_id: Some(request_id),
-                code: code.into(),
-                message: message.into(),
-            }));
+            self.send(refusal_message(self.wire, request_id, code, message));
             return;
         }
         let relay_max = match self.flow {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::Liveness;
 #[cfg(doc)]
 use super::WorkerSession;
 use crate::ids::{ModelName, WireRequestId};
@@ -22,7 +23,11 @@ pub enum SessionInput {
         wire: WireVersion,
         /// Whether the relay paces each answer with `window_update`s (a v2.1 link).
         flow: LinkFlow,
+        /// Who judges whether it is alive: the session (WebSocket) or the transport (QUIC).
+        liveness: Liveness,
     },
+    /// The link brought a sign of life that is no frame (a WebSocket pong or ping).
+    SignOfLife,
     /// The link closed, or could not be opened.
     LinkDown,
     /// The server refused the worker (a wrong secret or an unknown provider:
@@ -87,6 +92,9 @@ pub enum SessionOutput {
     Send(WorkerMessage),
     /// Close the link; report [`SessionInput::LinkDown`] once it is closed.
     CloseLink,
+    /// Ask the relay for a sign of life (a WebSocket ping, which any peer answers
+    /// with a pong); report what arrives with [`SessionInput::SignOfLife`].
+    ProbeLink,
     /// Call the backend for a request.
     StartRequest(Arc<RequestFrame>),
     /// Stop the backend call of a request; its results are no longer wanted.

@@ -385,6 +385,11 @@ impl Headers {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Drops every value of `name`, compared without regard to case.
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

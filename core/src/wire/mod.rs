@@ -11,6 +11,7 @@ mod format;
 mod messages;
 mod register_limit;
 mod tagged;
+mod v1_errors;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -23,6 +24,10 @@ pub use messages::{
     ServerMessage, TokenCounts, WindowUpdate, WorkerError, WorkerMessage,
 };
 pub use register_limit::MAX_PROTOCOL_VERSION_BYTES;
+pub use v1_errors::{
+    FAILURE_STATUS, REFUSAL_HEADER, REFUSAL_STATUS, failure_complete, marked_refusal,
+    refusal_complete,
+};
 
 /// The `protocol_version` existing (v1) ModelRelay workers announce.
 pub const V1_PROTOCOL_VERSION: &str = "2026-04-bridge-v1";

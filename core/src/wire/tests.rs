@@ -245,6 +245,35 @@ fn v1_server_frames_match_the_golden_json_both_ways() {
 }
 
 #[test]
+fn v1_failures_and_refusals_are_response_completes_with_the_golden_json() {
+    let refusal = refusal_complete("18".into(), REFUSED_AT_CAPACITY, "all slots are busy");
+    let failure = failure_complete("17".into(), "backend_unreachable", "connection refused");
+    let golden = [
+        (
+            &refusal,
+            r#"{"type":"response_complete","request_id":"18","status_code":503,"headers":{"content-type":"application/json","x-modelrelay-refused":"worker_at_capacity"},"body":"{\"error\":{\"code\":\"worker_at_capacity\",\"message\":\"all slots are busy\",\"type\":\"server_error\"}}"}"#,
+        ),
+        (
+            &failure,
+            r#"{"type":"response_complete","request_id":"17","status_code":502,"headers":{"content-type":"application/json"},"body":"{\"error\":{\"code\":\"backend_unreachable\",\"message\":\"The backend failed (backend_unreachable): connection refused\",\"type\":\"server_error\"}}"}"#,
+        ),
+    ];
+    for (complete, json) in golden {
+        let message = WorkerMessage::ResponseComplete(complete.clone());
+        let encoded = WireVersion::V1.encode(&message).unwrap();
+        assert_eq!(std::str::from_utf8(&encoded).unwrap(), json);
+    }
+    assert_eq!(marked_refusal(&refusal), Some(REFUSED_AT_CAPACITY));
+    assert_eq!(marked_refusal(&failure), None);
+    // The marker counts only on a 503 naming a refusal code.
+    let mut other = refusal.clone();
+    other.status_code = 500;
+    assert_eq!(marked_refusal(&other), None);
+    let unknown = refusal_complete("19".into(), "worker_on_fire", "?");
+    assert_eq!(marked_refusal(&unknown), None);
+}
+
+#[test]
 fn v1_every_message_type_has_a_golden_frame() {
     let worker: std::collections::BTreeSet<_> = golden_worker_frames()
         .iter()

@@ -5,6 +5,7 @@
 pub use modelrelay_testkit::*;
 
 pub mod fake_v1_relay;
+pub mod memory_link;
 pub mod raw_worker;
 pub mod scenarios;
 

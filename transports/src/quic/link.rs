@@ -528,6 +528,8 @@ impl RelayWriter {
                     continue;
                 }
                 Some(Outgoing::Message(message)) => message,
+                // QUIC's keep-alives already ask for signs of life.
+                Some(Outgoing::Probe) => continue,
                 Some(Outgoing::Close { code, reason }) => {
                     self.control.close(code, &reason, None).await;
                     return Ok(());
@@ -756,6 +758,8 @@ impl WorkerWriter {
             };
             let message = match item {
                 Some(Outgoing::Message(message)) => message,
+                // QUIC's keep-alives already ask for signs of life.
+                Some(Outgoing::Probe) => continue,
                 Some(Outgoing::Close { code, reason }) => {
                     self.close(code, &reason).await;
                     return Ok(());

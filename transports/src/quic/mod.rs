@@ -262,13 +262,33 @@ pub enum ConnectError {
     Link(#[source] LinkError),
 }
 
+/// How often a worker's QUIC stack sends a keep-alive on a link with nothing
+/// else to send: a PING the relay's QUIC stack acknowledges by itself.
+pub const WORKER_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// How long a QUIC link may bring nothing at all, not even the acknowledgement
+/// of a keep-alive, before the transport closes it as dead. This is how a
+/// worker judges a QUIC link (it never waits for the relay's pings): six
+/// keep-alives go unanswered first, so a relay paused for less survives. Both
+/// sides set it; a link takes the lower of the two.
+pub const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`LINK_IDLE_TIMEOUT`] as quinn takes it.
+fn idle_timeout() -> quinn::IdleTimeout {
+    LINK_IDLE_TIMEOUT
+        .try_into()
+        .expect("30 s is within QUIC's idle timeout range")
+}
+
 /// quinn transport settings for a worker: room for many request streams, and
-/// keep-alives so NATs and firewalls keep an idle link open (and so a restarted
-/// relay's reset reaches an idle worker within seconds).
+/// keep-alives so NATs and firewalls keep an idle link open, a dead link is
+/// found within [`LINK_IDLE_TIMEOUT`], and a restarted relay's reset reaches an
+/// idle worker within seconds.
 pub fn worker_transport() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(4096));
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.keep_alive_interval(Some(WORKER_KEEP_ALIVE));
+    transport.max_idle_timeout(Some(idle_timeout()));
     // What the worker has written but the relay has not acknowledged, on all
     // streams together: a paused relay holds at most this much here.
     transport.send_window(WORKER_SEND_WINDOW);
@@ -291,6 +311,7 @@ pub fn relay_transport() -> quinn::TransportConfig {
     transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.max_idle_timeout(Some(idle_timeout()));
     transport.stream_receive_window(VarInt::from_u32(ANSWER_STREAM_WINDOW));
     // The connection's window stays unlimited: stalled streams must never use up
     // credit the control stream (its pongs) needs. What they hold is bounded per

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-use crate::{LinkError, LinkReader, LinkWriter, Outgoing, ReadLimit};
+use crate::{Heard, LinkError, LinkReader, LinkWriter, Outgoing, ReadLimit};
 
 /// The receiving half: decodes each message as it arrives.
 pub struct WsReader<S, M> {
@@ -86,6 +86,18 @@ where
 {
     /// The next message; `None` once the peer closed the link or it failed.
     pub async fn next(&mut self) -> Option<Result<M, LinkError>> {
+        loop {
+            match self.next_heard().await? {
+                Ok(Heard::Message(message)) => return Some(Ok(message)),
+                Ok(Heard::SignOfLife) => {}
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+
+    /// The next message, or a ping or pong as a sign of life; `None` once the
+    /// peer closed the link or it failed.
+    pub async fn next_heard(&mut self) -> Option<Result<Heard<M>, LinkError>> {
         while !self.closed {
             let message = match self.stream.next().await {
                 None => break,
@@ -117,12 +129,15 @@ where
                     self.close_frame = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
                     break;
                 }
-                // Pings are answered by tungstenite itself; pongs and raw frames carry nothing.
-                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => continue,
+                // Pings are answered by tungstenite itself; both are signs of life.
+                (Message::Ping(_) | Message::Pong(_), _) => return Some(Ok(Heard::SignOfLife)),
+                // Raw frames are never handed out when reading.
+                (Message::Frame(_), _) => continue,
             };
             return Some(
                 self.wire
                     .decode(&frame, self.reads.get())
+                    .map(Heard::Message)
                     .map_err(LinkError::from),
             );
         }
@@ -227,6 +242,12 @@ where
                         self.flush().await?;
                     }
                 }
+                Outgoing::Probe => {
+                    self.sink.feed(Message::Ping(Bytes::new())).await?;
+                    if queue.is_empty() {
+                        self.flush().await?;
+                    }
+                }
                 Outgoing::Close { code, reason } => return self.close(code, &reason).await,
             }
         }
@@ -252,6 +273,12 @@ where
 {
     fn next(&mut self) -> impl std::future::Future<Output = Option<Result<M, LinkError>>> + Send {
         WsReader::next(self)
+    }
+
+    fn next_heard(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<Result<Heard<M>, LinkError>>> + Send {
+        WsReader::next_heard(self)
     }
 
     fn close_frame(&self) -> Option<(u16, String)> {
@@ -283,7 +310,7 @@ mod tests {
 
     use bytes::Bytes;
     use modelrelay_core::WireRequestId;
-    use modelrelay_core::wire::{ResponseChunk, WorkerMessage};
+    use modelrelay_core::wire::{ResponseChunk, ServerMessage, WorkerMessage};
     use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
@@ -325,6 +352,37 @@ mod tests {
         ) -> Poll<std::io::Result<()>> {
             Pin::new(&mut self.inner).poll_shutdown(cx)
         }
+    }
+
+    #[tokio::test]
+    async fn a_probe_is_answered_by_any_websocket_peer_and_heard_as_a_sign_of_life() {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let config = Some(super::super::config(FrameLimits::default()));
+        let ours = WebSocketStream::from_raw_socket(near, Role::Client, config).await;
+        // The peer is a bare WebSocket that knows nothing of probes: it only reads.
+        let mut peer = WebSocketStream::from_raw_socket(far, Role::Server, config).await;
+        let (mut reader, writer) =
+            split::<_, ServerMessage, WorkerMessage>(ours, WireVersion::V1, FrameLimits::default());
+        let (queue, outgoing) = mpsc::channel(4);
+        queue.try_send(Outgoing::Probe).unwrap();
+        let writing = tokio::spawn(writer.run(outgoing, |_, _| None, |_: &WorkerMessage| {}));
+        let pings = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&pings);
+        let peer = tokio::spawn(async move {
+            while let Some(Ok(message)) = peer.next().await {
+                if message.is_ping() {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        assert!(
+            matches!(reader.next_heard().await, Some(Ok(Heard::SignOfLife))),
+            "the pong is heard"
+        );
+        assert_eq!(pings.load(Ordering::Relaxed), 1, "the peer saw one ping");
+        peer.abort();
+        drop(queue);
+        writing.abort();
     }
 
     #[tokio::test]
