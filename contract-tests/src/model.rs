@@ -48,8 +48,8 @@ pub const MAX_VIOLATIONS: u32 = 3;
 pub fn relay_config() -> RelayConfig {
     RelayConfig {
         max_queue_len: QUEUE_BOUND,
-        queue_timeout: Duration::from_millis(QUEUE_TIMEOUT_MS),
-        request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+        queue_timeout: Some(Duration::from_millis(QUEUE_TIMEOUT_MS)),
+        request_timeout: Some(Duration::from_millis(REQUEST_TIMEOUT_MS)),
         max_requeues: MAX_REQUEUES,
         heartbeat_interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
         heartbeat_timeout: Duration::from_millis(HEARTBEAT_TIMEOUT_MS),

@@ -237,6 +237,24 @@ fn closes(outputs: &[Output]) -> Vec<(u64, CloseReason)> {
         .collect()
 }
 
+/// The harness relay's queue timeout (it has one).
+fn queue_timeout(h: &Harness) -> Duration {
+    h.relay.config().queue_timeout.expect("a queue timeout")
+}
+
+/// The harness relay's request timeout (it has one).
+fn request_timeout(h: &Harness) -> Duration {
+    h.relay.config().request_timeout.expect("a request timeout")
+}
+
+/// The status of a request running on `worker` that has streamed nothing yet.
+fn running_on(worker: u64) -> Option<RequestStatus> {
+    Some(RequestStatus::Assigned {
+        worker: w(worker),
+        streamed: false,
+    })
+}
+
 fn failed(failure: Failure) -> Outcome {
     Outcome::Failed {
         failure,
@@ -586,7 +604,7 @@ fn waiting_past_the_queue_timeout_fails_with_queue_timeout() {
     h.request(1, "m");
     h.request(2, "m");
     h.outputs();
-    h.advance(h.relay.config().queue_timeout - SECOND);
+    h.advance(queue_timeout(&h) - SECOND);
     assert!(ended(&h.outputs()).is_empty());
     h.advance(SECOND);
     assert_eq!(ended(&h.outputs()), [(2, failed(Failure::QueueTimeout))]);
@@ -597,7 +615,7 @@ fn waiting_past_the_queue_timeout_fails_with_queue_timeout() {
 #[test]
 fn a_requeue_never_extends_the_queue_deadline() {
     let mut h = Harness::new();
-    let queue_timeout = h.relay.config().queue_timeout;
+    let queue_timeout = queue_timeout(&h);
     h.worker(1, &["m"], 1);
     h.worker(2, &["m"], 1);
     h.request(1, "m"); // worker 1
@@ -621,7 +639,7 @@ fn a_requeue_after_the_queue_deadline_fails_unless_a_worker_is_free() {
     h.worker(1, &["m"], 1);
     h.request(1, "m");
     h.outputs();
-    h.advance(h.relay.config().queue_timeout + SECOND);
+    h.advance(queue_timeout(&h) + SECOND);
     h.handle(Input::WorkerDisconnected { worker: w(1) });
     assert_eq!(ended(&h.outputs()), [(1, failed(Failure::QueueTimeout))]);
 }
@@ -822,7 +840,7 @@ fn the_request_timeout_cancels_at_the_worker_with_reason_timeout() {
     h.worker(1, &["m"], 1);
     h.request(1, "m");
     h.outputs();
-    h.advance(h.relay.config().request_timeout);
+    h.advance(request_timeout(&h));
     let outputs = h.outputs();
     assert_eq!(cancels(&outputs), [(1, 1, CancelReason::Timeout)]);
     assert_eq!(ended(&outputs), [(1, failed(Failure::RequestTimeout))]);
@@ -835,7 +853,7 @@ fn the_request_timeout_mid_stream_says_chunks_went_out() {
     h.request(1, "m");
     h.chunk(1, 1, "data: x\n\n");
     h.outputs();
-    h.advance(h.relay.config().request_timeout);
+    h.advance(request_timeout(&h));
     assert_eq!(
         ended(&h.outputs()),
         [(
@@ -1636,4 +1654,60 @@ fn a_request_waits_in_the_queue_while_the_bytes_held_leave_no_room_for_its_first
     h.request(7, "m");
     h.advance(31 * SECOND);
     assert_eq!(ended(&h.outputs()), [(7, failed(Failure::QueueTimeout))]);
+}
+
+// ---- drop-in: timeouts that are off ----
+
+#[test]
+fn no_queue_timeout_lets_a_request_wait_however_long_with_no_deadline_armed() {
+    let mut h = Harness::with_config(RelayConfig {
+        queue_timeout: None,
+        request_timeout: None,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    h.request(1, "m");
+    h.outputs();
+    // Nothing at all is armed: no deadline, not a distant one.
+    assert_eq!(h.relay.poll_timeout(), None);
+    assert_eq!(h.relay.request_status(r(1)), Some(RequestStatus::Queued));
+    h.worker(2, &["m"], 1);
+    assert_eq!(h.relay.request_status(r(1)), running_on(2));
+}
+
+#[test]
+fn no_request_timeout_lets_a_running_request_take_however_long() {
+    let mut h = Harness::with_config(RelayConfig {
+        request_timeout: None,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.chunk(1, 1, "data: x\n\n");
+    h.outputs();
+    h.advance(Duration::from_secs(6 * 3600));
+    let outputs = h.outputs();
+    assert!(cancels(&outputs).is_empty(), "{outputs:?}");
+    assert!(ended(&outputs).is_empty(), "{outputs:?}");
+    h.complete(1, 1);
+    assert_eq!(ended(&h.outputs()), [(1, completed_ok())]);
+}
+
+#[test]
+fn no_queue_timeout_still_leaves_a_waiting_request_under_the_request_timeout() {
+    let mut h = Harness::with_config(RelayConfig {
+        queue_timeout: None,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.outputs();
+    h.advance(request_timeout(&h));
+    let ends = ended(&h.outputs());
+    assert!(
+        ends.contains(&(2, failed(Failure::RequestTimeout))),
+        "{ends:?}"
+    );
 }

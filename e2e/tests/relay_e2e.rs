@@ -466,7 +466,7 @@ async fn a_client_that_leaves_before_the_answer_cancels_the_backend_call() {
 #[tokio::test]
 async fn the_request_timeout_answers_504_and_cancels_the_backend_call() {
     let backend = backend(&["m"]).await;
-    let relay = relay(|c| c.relay.request_timeout = Duration::from_millis(300)).await;
+    let relay = relay(|c| c.relay.request_timeout = Some(Duration::from_millis(300))).await;
     let _worker = WorkerSpec::new(&relay, &backend, &["m"]).start();
     let http = Http::new();
     wait_for_workers(&http, &relay, 1).await;
@@ -485,7 +485,7 @@ async fn a_full_queue_answers_429_with_retry_after_and_a_long_wait_504() {
     let backend = backend(&["m"]).await;
     let relay = relay(|c| {
         c.relay.max_queue_len = 1;
-        c.relay.queue_timeout = Duration::from_millis(500);
+        c.relay.queue_timeout = Some(Duration::from_millis(500));
     })
     .await;
     let mut spec = WorkerSpec::new(&relay, &backend, &["m"]);
