@@ -1656,7 +1656,126 @@ fn a_request_waits_in_the_queue_while_the_bytes_held_leave_no_room_for_its_first
     assert_eq!(ended(&h.outputs()), [(7, failed(Failure::QueueTimeout))]);
 }
 
-// ---- drop-in: timeouts that are off ----
+// ---- drop-in: wildcard workers and timeouts that are off ----
+
+/// The model of the request frame sent for `request`, from `outputs`.
+fn dispatched_model(outputs: &[Output], request: u64) -> Option<String> {
+    outputs.iter().find_map(|o| match o {
+        Output::SendToWorker {
+            message: ServerMessage::Request(frame),
+            ..
+        } if frame.request_id.as_request_id() == Some(r(request)) => {
+            Some(frame.model.as_str().to_owned())
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_wildcard_worker_serves_models_no_worker_names() {
+    let mut h = Harness::new();
+    h.worker(1, &["*"], 2);
+    h.request(1, "made-up");
+    h.request(2, "*");
+    let outputs = h.outputs();
+    assert_eq!(dispatched(&outputs), [(1, 1), (1, 2)]);
+    assert_eq!(dispatched_model(&outputs, 1).as_deref(), Some("made-up"));
+    assert!(ended(&outputs).is_empty());
+}
+
+#[test]
+fn a_worker_that_names_the_model_goes_before_a_wildcard_worker() {
+    let mut h = Harness::new();
+    // Worker 1 would win every tie (lower id, equally idle) but only advertises `*`.
+    h.worker(1, &["*"], 1);
+    h.worker(2, &["m"], 1);
+    h.request(1, "m");
+    assert_eq!(dispatched(&h.outputs()), [(2, 1)]);
+    // No worker that names `m` can take it now: the wildcard worker does.
+    h.request(2, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 2)]);
+    // Both busy: it waits, and goes to whichever frees first.
+    h.request(3, "m");
+    assert!(dispatched(&h.outputs()).is_empty());
+    h.complete(1, 2);
+    assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
+    // A worker that names the model and the wildcard is a worker that names it.
+    h.worker(3, &["*", "m"], 1);
+    h.worker(4, &["*"], 1);
+    h.request(4, "m");
+    assert_eq!(dispatched(&h.outputs()), [(3, 4)]);
+}
+
+#[test]
+fn a_freed_wildcard_worker_takes_the_oldest_request_of_any_model() {
+    let mut h = Harness::new();
+    h.worker(1, &["*"], 1);
+    h.worker(2, &["a"], 1);
+    h.request(1, "a"); // worker 2
+    h.request(2, "x"); // worker 1
+    h.request(3, "a"); // waits: worker 2 is busy, and worker 1 too
+    h.request(4, "y"); // waits
+    assert_eq!(dispatched(&h.outputs()), [(2, 1), (1, 2)]);
+    assert_eq!(h.relay.queue_len(&h.provider), 2);
+    h.complete(1, 2);
+    assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
+    h.complete(2, 1);
+    assert!(
+        dispatched(&h.outputs()).is_empty(),
+        "worker 2 serves only a"
+    );
+    h.complete(1, 3);
+    assert_eq!(dispatched(&h.outputs()), [(1, 4)]);
+}
+
+#[test]
+fn a_model_nobody_names_waits_while_a_wildcard_worker_is_connected_and_is_unknown_after() {
+    let mut h = Harness::new();
+    h.worker(1, &["*"], 1);
+    h.request(1, "x");
+    h.request(2, "y");
+    let outputs = h.outputs();
+    assert_eq!(dispatched(&outputs), [(1, 1)]);
+    assert!(ended(&outputs).is_empty(), "y waits: {outputs:?}");
+    assert_eq!(h.relay.request_status(r(2)), Some(RequestStatus::Queued));
+    // Served by the wildcard, a name is still not one a worker advertised.
+    assert!(!h.relay.knows_model(&h.provider, "x"));
+    // A draining wildcard worker still counts: a replacement may come.
+    h.handle(Input::DrainWorker {
+        worker: w(1),
+        timeout: 30 * SECOND,
+        reason: None,
+    });
+    h.request(3, "z");
+    assert!(ended(&h.outputs()).is_empty());
+    h.complete(1, 1);
+    let outputs = h.outputs();
+    assert_eq!(closes(&outputs), [(1, CloseReason::Drained)]);
+    // No wildcard worker left: a new request for a name nobody advertised is
+    // unknown at once; those already waiting wait on (clause 12).
+    h.request(4, "x");
+    assert_eq!(ended(&h.outputs()), [(4, failed(Failure::UnknownModel))]);
+    h.worker(2, &["*"], 2);
+    for request in [2, 3] {
+        assert_eq!(h.relay.request_status(r(request)), running_on(2));
+    }
+}
+
+#[test]
+fn the_wildcard_is_never_listed_as_a_model() {
+    let mut h = Harness::new();
+    h.worker(1, &["m", "*"], 1);
+    h.worker(2, &["*"], 1);
+    assert_eq!(h.relay.models(&h.provider), [ModelName::new("m")]);
+    assert!(!h.relay.knows_model(&h.provider, "*"));
+    // The worker's own list (for the admin view and its ack) keeps it.
+    let listed: Vec<Vec<String>> = h
+        .relay
+        .workers()
+        .map(|w| w.models.iter().map(|m| m.as_str().to_owned()).collect())
+        .collect();
+    assert!(listed.contains(&vec!["*".to_owned()]), "{listed:?}");
+}
 
 #[test]
 fn no_queue_timeout_lets_a_request_wait_however_long_with_no_deadline_armed() {

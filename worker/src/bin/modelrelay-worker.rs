@@ -9,6 +9,7 @@ use clap::Parser;
 use modelrelay_core::DEFAULT_PROVIDER;
 use modelrelay_core::backoff::BackoffConfig;
 use modelrelay_core::session::SessionConfig;
+use modelrelay_core::wire::WILDCARD_MODEL;
 use modelrelay_process::{self as process, LogFormat};
 use modelrelay_transports::quic;
 use modelrelay_transports::tls::{Trust, client_tls, parse_fingerprint};
@@ -98,18 +99,19 @@ fn host_name() -> String {
         .unwrap_or_else(|| "worker".to_owned())
 }
 
+/// The models to advertise from a comma list: `*` anywhere in it asks the
+/// backend (as ModelRelay's worker does), so the worker never advertises `*`.
 fn model_source(models: &str) -> ModelSource {
-    if models.trim() == "*" {
+    let names: Vec<String> = models
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if names.iter().any(|name| name == WILDCARD_MODEL) {
         ModelSource::Discover
     } else {
-        ModelSource::List(
-            models
-                .split(',')
-                .map(str::trim)
-                .filter(|m| !m.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        )
+        ModelSource::List(names)
     }
 }
 
@@ -182,6 +184,7 @@ mod tests {
     #[test]
     fn the_models_flag_is_a_list_or_a_wildcard() {
         assert_eq!(model_source("*"), ModelSource::Discover);
+        assert_eq!(model_source("a, * "), ModelSource::Discover);
         assert_eq!(
             model_source(" a, b ,,c"),
             ModelSource::List(vec!["a".into(), "b".into(), "c".into()])
