@@ -15,8 +15,8 @@ use modelrelay_core::relay::{
 };
 use modelrelay_core::wire::{
     CancelReason, Headers, LinkFlow, ModelsUpdate, Pong, REFUSED_AT_CAPACITY, REFUSED_DRAINING,
-    Register, ResponseChunk, ResponseComplete, WireVersion, WorkerError, WorkerMessage,
-    refusal_complete,
+    Register, ResponseChunk, ResponseComplete, WILDCARD_MODEL, WireVersion, WorkerError,
+    WorkerMessage, refusal_complete,
 };
 use modelrelay_core::{ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
 use proptest::prelude::*;
@@ -24,8 +24,18 @@ use proptest::sample::Index;
 
 /// Model names workers may advertise; clients also ask for [`UNKNOWN_MODEL`].
 pub const MODELS: [&str; 3] = ["a", "b", "c"];
-/// A model no worker ever advertises.
+/// A model no worker ever advertises by name (index `MODELS.len()`); only wildcard workers serve it.
 pub const UNKNOWN_MODEL: &str = "zz";
+/// The index of [`WILDCARD_MODEL`] in worker lists (and, rarely, a request for `*` itself).
+pub const WILDCARD: usize = MODELS.len() + 1;
+
+/// The name of model index `index`: one of [`MODELS`], [`UNKNOWN_MODEL`] or the wildcard.
+pub fn model_name(index: usize) -> &'static str {
+    match index {
+        WILDCARD => WILDCARD_MODEL,
+        _ => MODELS.get(index).copied().unwrap_or(UNKNOWN_MODEL),
+    }
+}
 /// Queue bound used by the contract tests (small, so it is hit).
 pub const QUEUE_BOUND: usize = 3;
 /// Queue timeout, milliseconds.
@@ -49,8 +59,8 @@ pub const MAX_VIOLATIONS: u32 = 3;
 pub fn relay_config() -> RelayConfig {
     RelayConfig {
         max_queue_len: QUEUE_BOUND,
-        queue_timeout: Duration::from_millis(QUEUE_TIMEOUT_MS),
-        request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+        queue_timeout: Some(Duration::from_millis(QUEUE_TIMEOUT_MS)),
+        request_timeout: Some(Duration::from_millis(REQUEST_TIMEOUT_MS)),
         max_requeues: MAX_REQUEUES,
         heartbeat_interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
         heartbeat_timeout: Duration::from_millis(HEARTBEAT_TIMEOUT_MS),
@@ -92,7 +102,7 @@ pub enum Transition {
     ModelsUpdate(Index, Vec<usize>),
     /// A worker answers with this much load beyond the relay's requests.
     Pong(Index, u32),
-    /// A client asks for a model (an index into [`MODELS`], or past it for [`UNKNOWN_MODEL`]).
+    /// A client asks for a model (an index for [`model_name`]).
     Request(usize),
     /// A running request's worker streams a chunk.
     Chunk(Index),
@@ -267,7 +277,7 @@ pub struct RelayModel {
     pub requests: BTreeMap<u64, ModelRequest>,
     /// Waiting requests in service order.
     pub queue: Vec<u64>,
-    /// Models ever advertised.
+    /// Models ever advertised by name (never [`WILDCARD`]).
     pub known: BTreeSet<usize>,
     /// Ended requests and the worker they ended on, if any.
     pub ended: BTreeMap<u64, Option<u64>>,
@@ -316,7 +326,7 @@ fn chunk_frame(worker: u64, request: u64) -> Stimulus {
 }
 
 fn model_names(models: &[usize]) -> Vec<String> {
-    models.iter().map(|m| MODELS[*m].to_owned()).collect()
+    models.iter().map(|m| model_name(*m).to_owned()).collect()
 }
 
 /// First-seen order, no repeats: what sanitizing leaves of a list of valid names.
@@ -394,7 +404,7 @@ impl RelayModel {
                     let worker = self.workers.get_mut(&w).expect("picked");
                     worker.models = dedup(models);
                     worker.refusing = false;
-                    self.known.extend(models.iter().copied());
+                    self.note_known(models);
                     self.fill(w);
                 }
             }
@@ -643,7 +653,7 @@ impl RelayModel {
             worker.registered = true;
             worker.models = dedup(models);
             worker.next_ping = Some(self.now + HEARTBEAT_INTERVAL_MS);
-            self.known.extend(models.iter().copied());
+            self.note_known(models);
             self.fill(w);
         }
     }
@@ -665,7 +675,7 @@ impl RelayModel {
     fn request(&mut self, model: usize) {
         let r = self.next_request;
         self.next_request += 1;
-        let name = MODELS.get(model).copied().unwrap_or(UNKNOWN_MODEL);
+        let name = model_name(model);
         self.stimulus(Stimulus::Input(Input::RequestArrived(NewRequest {
             id: request_id(r),
             provider: provider(),
@@ -677,7 +687,7 @@ impl RelayModel {
         })));
         let failure = if self.shutting_down {
             Some(Failure::ShuttingDown)
-        } else if !self.known.contains(&model) {
+        } else if !self.known.contains(&model) && !self.has_wildcard_worker() {
             Some(Failure::UnknownModel)
         } else {
             None
@@ -712,19 +722,37 @@ impl RelayModel {
             && (w.in_flight.len() as u32) < w.max_concurrent
     }
 
-    /// The worker a request for `model` goes to: the least loaded, then the least recently used, then the lowest id.
+    /// The worker a request for `model` goes to: among the workers that take
+    /// work and name the model, else among those that take work and advertise
+    /// the wildcard: the least loaded, then the least recently used, then the lowest id.
     fn best_worker(&self, model: usize) -> Option<u64> {
+        let best_advertising = |advertised: usize| {
+            self.workers
+                .iter()
+                .filter(|(_, w)| self.takes_work(w) && w.models.contains(&advertised))
+                .min_by_key(|(id, w)| {
+                    (
+                        w.in_flight.len() as u64 + u64::from(w.external),
+                        w.last_assigned,
+                        **id,
+                    )
+                })
+                .map(|(id, _)| *id)
+        };
+        best_advertising(model).or_else(|| best_advertising(WILDCARD))
+    }
+
+    /// Whether a registered worker advertises the wildcard (draining, busy or resting ones too).
+    fn has_wildcard_worker(&self) -> bool {
         self.workers
-            .iter()
-            .filter(|(_, w)| self.takes_work(w) && w.models.contains(&model))
-            .min_by_key(|(id, w)| {
-                (
-                    w.in_flight.len() as u64 + u64::from(w.external),
-                    w.last_assigned,
-                    **id,
-                )
-            })
-            .map(|(id, _)| *id)
+            .values()
+            .any(|w| w.registered && w.models.contains(&WILDCARD))
+    }
+
+    /// Remembers the models of a list that name a model (the wildcard names none).
+    fn note_known(&mut self, models: &[usize]) {
+        self.known
+            .extend(models.iter().copied().filter(|m| *m != WILDCARD));
     }
 
     fn try_assign(&mut self, r: u64) -> bool {
@@ -793,7 +821,7 @@ impl RelayModel {
             let Some(position) = self
                 .queue
                 .iter()
-                .position(|r| worker.models.contains(&self.requests[r].model))
+                .position(|r| serves(worker, self.requests[r].model))
             else {
                 return;
             };
@@ -1112,6 +1140,11 @@ impl RelayModel {
     }
 }
 
+/// Whether `worker` can serve a request for `model`: it names it or advertises the wildcard.
+pub fn serves(worker: &ModelWorker, model: usize) -> bool {
+    worker.models.contains(&model) || worker.models.contains(&WILDCARD)
+}
+
 fn failed(failure: Failure, streamed: bool) -> Outcome {
     Outcome::Failed { failure, streamed }
 }
@@ -1125,9 +1158,18 @@ fn completed() -> Outcome {
     })
 }
 
-/// Model lists: one to three valid names, repeats allowed (sanitizing drops them).
+/// Model lists: one to three valid names, repeats allowed (sanitizing drops
+/// them), now and then the wildcard (about one list in four holds it).
 fn model_list() -> impl Strategy<Value = Vec<usize>> {
-    proptest::collection::vec(0..MODELS.len(), 1..=3)
+    proptest::collection::vec(
+        prop_oneof![6 => 0..MODELS.len(), 1 => Just(WILDCARD)],
+        1..=3,
+    )
+}
+
+/// A request's model: a named one, one nobody names, now and then `*` itself.
+fn requested_model() -> impl Strategy<Value = usize> {
+    prop_oneof![10 => 0..=MODELS.len(), 1 => Just(WILDCARD)]
 }
 
 /// Random transitions, weighted toward the common ones.
@@ -1151,7 +1193,7 @@ pub fn transitions() -> BoxedStrategy<Transition> {
         1 => (any::<Index>(), 1u64..=20).prop_map(|(w, s)| Transition::Drain(w, s)),
         1 => (any::<Index>(), model_list()).prop_map(|(w, m)| Transition::ModelsUpdate(w, m)),
         1 => (any::<Index>(), 0u32..=2).prop_map(|(w, l)| Transition::Pong(w, l)),
-        8 => (0..=MODELS.len()).prop_map(Transition::Request),
+        8 => requested_model().prop_map(Transition::Request),
         4 => any::<Index>().prop_map(Transition::Chunk),
         4 => any::<Index>().prop_map(Transition::Complete),
         1 => any::<Index>().prop_map(Transition::Fail),

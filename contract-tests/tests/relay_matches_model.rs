@@ -17,7 +17,7 @@ use contract_tests::model::{
     Stimulus, Transition,
 };
 use modelrelay_core::relay::{Input, Output, Relay, RequestStatus};
-use modelrelay_core::wire::{CancelReason, Pong, ServerMessage, WorkerMessage};
+use modelrelay_core::wire::{CancelReason, Pong, ServerMessage, WILDCARD_MODEL, WorkerMessage};
 use modelrelay_core::{RequestId, WireRequestId, WorkerId};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -421,11 +421,11 @@ fn check_queue_order(sut: &Driven, model: &RelayModel, outputs: &[Output]) {
             if sut.relay.request_status(id) != Some(RequestStatus::Queued) {
                 continue;
             }
-            let model_index = model.requests[earlier].model;
+            let wanted = model::model_name(model.requests[earlier].model);
             let serves = info
                 .models
                 .iter()
-                .any(|m| m.as_str() == model::MODELS[model_index]);
+                .any(|m| m.as_str() == wanted || m.as_str() == WILDCARD_MODEL);
             assert!(
                 !serves,
                 "request {} served before earlier waiting request {earlier}",

@@ -238,6 +238,24 @@ fn closes(outputs: &[Output]) -> Vec<(u64, CloseReason)> {
         .collect()
 }
 
+/// The harness relay's queue timeout (it has one).
+fn queue_timeout(h: &Harness) -> Duration {
+    h.relay.config().queue_timeout.expect("a queue timeout")
+}
+
+/// The harness relay's request timeout (it has one).
+fn request_timeout(h: &Harness) -> Duration {
+    h.relay.config().request_timeout.expect("a request timeout")
+}
+
+/// The status of a request running on `worker` that has streamed nothing yet.
+fn running_on(worker: u64) -> Option<RequestStatus> {
+    Some(RequestStatus::Assigned {
+        worker: w(worker),
+        streamed: false,
+    })
+}
+
 fn failed(failure: Failure) -> Outcome {
     Outcome::Failed {
         failure,
@@ -587,7 +605,7 @@ fn waiting_past_the_queue_timeout_fails_with_queue_timeout() {
     h.request(1, "m");
     h.request(2, "m");
     h.outputs();
-    h.advance(h.relay.config().queue_timeout - SECOND);
+    h.advance(queue_timeout(&h) - SECOND);
     assert!(ended(&h.outputs()).is_empty());
     h.advance(SECOND);
     assert_eq!(ended(&h.outputs()), [(2, failed(Failure::QueueTimeout))]);
@@ -598,7 +616,7 @@ fn waiting_past_the_queue_timeout_fails_with_queue_timeout() {
 #[test]
 fn a_requeue_never_extends_the_queue_deadline() {
     let mut h = Harness::new();
-    let queue_timeout = h.relay.config().queue_timeout;
+    let queue_timeout = queue_timeout(&h);
     h.worker(1, &["m"], 1);
     h.worker(2, &["m"], 1);
     h.request(1, "m"); // worker 1
@@ -622,7 +640,7 @@ fn a_requeue_after_the_queue_deadline_fails_unless_a_worker_is_free() {
     h.worker(1, &["m"], 1);
     h.request(1, "m");
     h.outputs();
-    h.advance(h.relay.config().queue_timeout + SECOND);
+    h.advance(queue_timeout(&h) + SECOND);
     h.handle(Input::WorkerDisconnected { worker: w(1) });
     assert_eq!(ended(&h.outputs()), [(1, failed(Failure::QueueTimeout))]);
 }
@@ -823,7 +841,7 @@ fn the_request_timeout_cancels_at_the_worker_with_reason_timeout() {
     h.worker(1, &["m"], 1);
     h.request(1, "m");
     h.outputs();
-    h.advance(h.relay.config().request_timeout);
+    h.advance(request_timeout(&h));
     let outputs = h.outputs();
     assert_eq!(cancels(&outputs), [(1, 1, CancelReason::Timeout)]);
     assert_eq!(ended(&outputs), [(1, failed(Failure::RequestTimeout))]);
@@ -836,7 +854,7 @@ fn the_request_timeout_mid_stream_says_chunks_went_out() {
     h.request(1, "m");
     h.chunk(1, 1, "data: x\n\n");
     h.outputs();
-    h.advance(h.relay.config().request_timeout);
+    h.advance(request_timeout(&h));
     assert_eq!(
         ended(&h.outputs()),
         [(
@@ -1688,4 +1706,179 @@ fn a_request_waits_in_the_queue_while_the_bytes_held_leave_no_room_for_its_first
     h.request(7, "m");
     h.advance(31 * SECOND);
     assert_eq!(ended(&h.outputs()), [(7, failed(Failure::QueueTimeout))]);
+}
+
+// ---- drop-in: wildcard workers and timeouts that are off ----
+
+/// The model of the request frame sent for `request`, from `outputs`.
+fn dispatched_model(outputs: &[Output], request: u64) -> Option<String> {
+    outputs.iter().find_map(|o| match o {
+        Output::SendToWorker {
+            message: ServerMessage::Request(frame),
+            ..
+        } if frame.request_id.as_request_id() == Some(r(request)) => {
+            Some(frame.model.as_str().to_owned())
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_wildcard_worker_serves_models_no_worker_names() {
+    let mut h = Harness::new();
+    h.worker(1, &["*"], 2);
+    h.request(1, "made-up");
+    h.request(2, "*");
+    let outputs = h.outputs();
+    assert_eq!(dispatched(&outputs), [(1, 1), (1, 2)]);
+    assert_eq!(dispatched_model(&outputs, 1).as_deref(), Some("made-up"));
+    assert!(ended(&outputs).is_empty());
+}
+
+#[test]
+fn a_worker_that_names_the_model_goes_before_a_wildcard_worker() {
+    let mut h = Harness::new();
+    // Worker 1 would win every tie (lower id, equally idle) but only advertises `*`.
+    h.worker(1, &["*"], 1);
+    h.worker(2, &["m"], 1);
+    h.request(1, "m");
+    assert_eq!(dispatched(&h.outputs()), [(2, 1)]);
+    // No worker that names `m` can take it now: the wildcard worker does.
+    h.request(2, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 2)]);
+    // Both busy: it waits, and goes to whichever frees first.
+    h.request(3, "m");
+    assert!(dispatched(&h.outputs()).is_empty());
+    h.complete(1, 2);
+    assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
+    // A worker that names the model and the wildcard is a worker that names it.
+    h.worker(3, &["*", "m"], 1);
+    h.worker(4, &["*"], 1);
+    h.request(4, "m");
+    assert_eq!(dispatched(&h.outputs()), [(3, 4)]);
+}
+
+#[test]
+fn a_freed_wildcard_worker_takes_the_oldest_request_of_any_model() {
+    let mut h = Harness::new();
+    h.worker(1, &["*"], 1);
+    h.worker(2, &["a"], 1);
+    h.request(1, "a"); // worker 2
+    h.request(2, "x"); // worker 1
+    h.request(3, "a"); // waits: worker 2 is busy, and worker 1 too
+    h.request(4, "y"); // waits
+    assert_eq!(dispatched(&h.outputs()), [(2, 1), (1, 2)]);
+    assert_eq!(h.relay.queue_len(&h.provider), 2);
+    h.complete(1, 2);
+    assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
+    h.complete(2, 1);
+    assert!(
+        dispatched(&h.outputs()).is_empty(),
+        "worker 2 serves only a"
+    );
+    h.complete(1, 3);
+    assert_eq!(dispatched(&h.outputs()), [(1, 4)]);
+}
+
+#[test]
+fn a_model_nobody_names_waits_while_a_wildcard_worker_is_connected_and_is_unknown_after() {
+    let mut h = Harness::new();
+    h.worker(1, &["*"], 1);
+    h.request(1, "x");
+    h.request(2, "y");
+    let outputs = h.outputs();
+    assert_eq!(dispatched(&outputs), [(1, 1)]);
+    assert!(ended(&outputs).is_empty(), "y waits: {outputs:?}");
+    assert_eq!(h.relay.request_status(r(2)), Some(RequestStatus::Queued));
+    // Served by the wildcard, a name is still not one a worker advertised.
+    assert!(!h.relay.knows_model(&h.provider, "x"));
+    // A draining wildcard worker still counts: a replacement may come.
+    h.handle(Input::DrainWorker {
+        worker: w(1),
+        timeout: 30 * SECOND,
+        reason: None,
+    });
+    h.request(3, "z");
+    assert!(ended(&h.outputs()).is_empty());
+    h.complete(1, 1);
+    let outputs = h.outputs();
+    assert_eq!(closes(&outputs), [(1, CloseReason::Drained)]);
+    // No wildcard worker left: a new request for a name nobody advertised is
+    // unknown at once; those already waiting wait on (clause 12).
+    h.request(4, "x");
+    assert_eq!(ended(&h.outputs()), [(4, failed(Failure::UnknownModel))]);
+    h.worker(2, &["*"], 2);
+    for request in [2, 3] {
+        assert_eq!(h.relay.request_status(r(request)), running_on(2));
+    }
+}
+
+#[test]
+fn the_wildcard_is_never_listed_as_a_model() {
+    let mut h = Harness::new();
+    h.worker(1, &["m", "*"], 1);
+    h.worker(2, &["*"], 1);
+    assert_eq!(h.relay.models(&h.provider), [ModelName::new("m")]);
+    assert!(!h.relay.knows_model(&h.provider, "*"));
+    // The worker's own list (for the admin view and its ack) keeps it.
+    let listed: Vec<Vec<String>> = h
+        .relay
+        .workers()
+        .map(|w| w.models.iter().map(|m| m.as_str().to_owned()).collect())
+        .collect();
+    assert!(listed.contains(&vec!["*".to_owned()]), "{listed:?}");
+}
+
+#[test]
+fn no_queue_timeout_lets_a_request_wait_however_long_with_no_deadline_armed() {
+    let mut h = Harness::with_config(RelayConfig {
+        queue_timeout: None,
+        request_timeout: None,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    h.request(1, "m");
+    h.outputs();
+    // Nothing at all is armed: no deadline, not a distant one.
+    assert_eq!(h.relay.poll_timeout(), None);
+    assert_eq!(h.relay.request_status(r(1)), Some(RequestStatus::Queued));
+    h.worker(2, &["m"], 1);
+    assert_eq!(h.relay.request_status(r(1)), running_on(2));
+}
+
+#[test]
+fn no_request_timeout_lets_a_running_request_take_however_long() {
+    let mut h = Harness::with_config(RelayConfig {
+        request_timeout: None,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.chunk(1, 1, "data: x\n\n");
+    h.outputs();
+    h.advance(Duration::from_secs(6 * 3600));
+    let outputs = h.outputs();
+    assert!(cancels(&outputs).is_empty(), "{outputs:?}");
+    assert!(ended(&outputs).is_empty(), "{outputs:?}");
+    h.complete(1, 1);
+    assert_eq!(ended(&h.outputs()), [(1, completed_ok())]);
+}
+
+#[test]
+fn no_queue_timeout_still_leaves_a_waiting_request_under_the_request_timeout() {
+    let mut h = Harness::with_config(RelayConfig {
+        queue_timeout: None,
+        ..RelayConfig::default()
+    });
+    h.worker(1, &["m"], 1);
+    h.request(1, "m");
+    h.request(2, "m");
+    h.outputs();
+    h.advance(request_timeout(&h));
+    let ends = ended(&h.outputs());
+    assert!(
+        ends.contains(&(2, failed(Failure::RequestTimeout))),
+        "{ends:?}"
+    );
 }

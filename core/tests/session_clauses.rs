@@ -41,6 +41,20 @@ impl Harness {
         }
     }
 
+    /// A session with one slot advertising `models`, its first output (the dial) taken.
+    fn with_models(models: Vec<String>) -> Self {
+        let mut h = Self::new(1);
+        h.session = WorkerSession::new(SessionConfig {
+            worker_name: "gpu-1".into(),
+            models,
+            max_concurrent: 1,
+            jitter_seed: 42,
+            ..SessionConfig::default()
+        });
+        h.outputs();
+        h
+    }
+
     fn handle(&mut self, input: SessionInput) -> Vec<SessionOutput> {
         self.session.handle(self.now, input);
         self.outputs()
@@ -696,15 +710,7 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
         .chain((0..MAX_MODELS_PER_WORKER + 10).map(|n| format!("{n:0>250}")))
         .collect();
     let kept = &many[1..=MAX_MODELS_PER_WORKER];
-    let mut h = Harness::new(1);
-    h.session = WorkerSession::new(SessionConfig {
-        worker_name: "gpu-1".into(),
-        models: many.clone(),
-        max_concurrent: 1,
-        jitter_seed: 42,
-        ..SessionConfig::default()
-    });
-    h.outputs();
+    let mut h = Harness::with_models(many.clone());
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
@@ -738,6 +744,37 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
         panic!("a models_update: {outputs:?}");
     };
     assert_eq!(update.models, fewer[..MAX_MODELS_PER_WORKER]);
+}
+
+#[test]
+fn the_worker_never_advertises_the_wildcard_and_serves_any_model_it_is_sent() {
+    let mut h = Harness::with_models(vec!["a".into(), "*".into(), " * ".into()]);
+    let outputs = h.handle(SessionInput::LinkUp {
+        wire: WireVersion::V1,
+        flow: LinkFlow::Unwindowed,
+    });
+    let [SessionOutput::Send(WorkerMessage::Register(register))] = &outputs[..] else {
+        panic!("a register: {outputs:?}");
+    };
+    assert_eq!(register.models, ["a"]);
+    h.ack();
+    // A backend that lists `*` among its models does not make the worker say it.
+    let outputs = h.handle(SessionInput::ModelsChanged(vec!["b".into(), "*".into()]));
+    let [SessionOutput::Send(WorkerMessage::ModelsUpdate(update))] = &outputs[..] else {
+        panic!("a models_update: {outputs:?}");
+    };
+    assert_eq!(update.models, ["b"]);
+    // A relay that sends a model the worker does not list (as one may route to
+    // ModelRelay's wildcard workers) gets it run: the backend decides.
+    let outputs = h.frame(ServerMessage::Request(Arc::new(RequestFrame {
+        request_id: r(1),
+        model: ModelName::new("not-listed"),
+        endpoint_path: "/v1/chat/completions".into(),
+        is_streaming: false,
+        body: Bytes::from_static(b"{}"),
+        headers: Headers::new(),
+    })));
+    assert_eq!(started(&outputs), [1]);
 }
 
 // Flow control

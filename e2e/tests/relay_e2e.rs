@@ -466,7 +466,7 @@ async fn a_client_that_leaves_before_the_answer_cancels_the_backend_call() {
 #[tokio::test]
 async fn the_request_timeout_answers_504_and_cancels_the_backend_call() {
     let backend = backend(&["m"]).await;
-    let relay = relay(|c| c.relay.request_timeout = Duration::from_millis(300)).await;
+    let relay = relay(|c| c.relay.request_timeout = Some(Duration::from_millis(300))).await;
     let _worker = WorkerSpec::new(&relay, &backend, &["m"]).start();
     let http = Http::new();
     wait_for_workers(&http, &relay, 1).await;
@@ -485,7 +485,7 @@ async fn a_full_queue_answers_429_with_retry_after_and_a_long_wait_504() {
     let backend = backend(&["m"]).await;
     let relay = relay(|c| {
         c.relay.max_queue_len = 1;
-        c.relay.queue_timeout = Duration::from_millis(500);
+        c.relay.queue_timeout = Some(Duration::from_millis(500));
     })
     .await;
     let mut spec = WorkerSpec::new(&relay, &backend, &["m"]);
@@ -898,4 +898,89 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
         ended.is_ok(),
         "the half-sent request still holds its connection after a minute"
     );
+}
+
+/// Polls `/health` until its queue depth is `depth` (up to 5 s).
+async fn wait_for_queue_depth(http: &Http, relay: &modelrelay_relay::RunningServer, depth: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let health = http.get(&format!("{}/health", relay.url())).await.json();
+        if health["queue_depth"] == depth {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue depth never {depth}: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A ModelRelay worker whose backend would not list its models advertises
+/// `*`; here one is written frame by frame (v1), beside our worker for `m`.
+#[tokio::test]
+async fn a_wildcard_worker_serves_the_models_no_worker_names_and_is_never_listed() {
+    use common::raw_worker::{next, raw_connect, send};
+    let (relay, backend, _worker, http) = world().await;
+    let mut wild = raw_connect(
+        &relay.addr().to_string(),
+        "",
+        &[("x-worker-secret", SECRET)],
+    )
+    .await
+    .unwrap();
+    let register = json!({
+        "type": "register", "worker_name": "modelrelay-wildcard", "models": ["*"],
+        "max_concurrent": 1, "protocol_version": "2026-04-bridge-v1", "current_load": 0,
+    });
+    send(&mut wild, &register.to_string()).await;
+    assert_eq!(next(&mut wild).await.unwrap()["type"], "register_ack");
+    wait_for_workers(&http, &relay, 2).await;
+
+    let listed = http.get(&format!("{}/v1/models", relay.url())).await.json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["data"][0]["id"], "m", "{listed}");
+
+    // A model our worker names goes to it, not to the wildcard.
+    let url = format!("{}/v1/chat/completions", relay.url());
+    let body = json!({"model": "m"}).to_string();
+    let named = http.post(&url, &body).await;
+    assert_eq!(named.status, StatusCode::OK, "{}", named.text());
+    let direct = http
+        .post(&format!("{}/v1/chat/completions", backend.url), &body)
+        .await;
+    assert_eq!(named.body, direct.body, "m was not answered by its backend");
+
+    // Any other name goes to the wildcard worker; a second one waits its turn.
+    let ask = |model: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move { http.post(&url, &json!({"model": model}).to_string()).await })
+    };
+    let first = ask("llama3.2:3b");
+    let request = next(&mut wild).await.unwrap();
+    assert_eq!(request["type"], "request");
+    assert_eq!(request["model"], "llama3.2:3b");
+    let second = ask("qwen-anything");
+    wait_for_queue_depth(&http, &relay, 1).await;
+    let complete = |id: &serde_json::Value| {
+        json!({"type": "response_complete", "request_id": id, "status_code": 200,
+               "headers": {"content-type": "application/json"}, "body": "{\"ok\":true}"})
+        .to_string()
+    };
+    send(&mut wild, &complete(&request["request_id"])).await;
+    let answered = first.await.unwrap();
+    assert_eq!(answered.status, StatusCode::OK);
+    assert_eq!(answered.json(), json!({"ok": true}));
+    let request = next(&mut wild).await.unwrap();
+    assert_eq!(request["model"], "qwen-anything");
+    send(&mut wild, &complete(&request["request_id"])).await;
+    assert_eq!(second.await.unwrap().status, StatusCode::OK);
+
+    // Once no wildcard worker is connected, a name nobody advertised is unknown.
+    drop(wild);
+    wait_for_workers(&http, &relay, 1).await;
+    let unknown = http
+        .post(&url, &json!({"model": "llama3.2:3b"}).to_string())
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text());
 }

@@ -72,12 +72,26 @@ fn start_worker(
     backend_url: &str,
     fingerprint: &str,
 ) -> (Child, Arc<Mutex<String>>) {
-    let mut child = Command::new(e2e::binary(e2e::Binary::Worker))
+    let mut command = Command::new(e2e::binary(e2e::Binary::Worker));
+    command
         .args(["--proxy-url", proxy_url, "--backend-url", backend_url])
         .args(["--worker-secret", SECRET, "--models", "m"])
         .args(["--server-cert-sha256", fingerprint])
         .args(["--worker-name", "binary", "--max-concurrency", "4"])
-        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG");
+    spawn_collecting(command)
+}
+
+/// The worker binary with `args` and nothing in its environment but `env`.
+fn start_worker_with(args: &[&str], env: &[(&str, &str)]) -> (Child, Arc<Mutex<String>>) {
+    let mut command = Command::new(e2e::binary(e2e::Binary::Worker));
+    command.args(args).env_clear().envs(env.iter().copied());
+    spawn_collecting(command)
+}
+
+/// Starts `command`, its standard error collected as it runs.
+fn spawn_collecting(mut command: Command) -> (Child, Arc<Mutex<String>>) {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -108,6 +122,32 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// A stream of `tokens` for `m` through the relay is byte for byte the backend's own.
+async fn streams_as_the_backend_does(
+    http: &Http,
+    relay: &RunningServer,
+    backend_url: &str,
+    tokens: usize,
+) {
+    let body = json!({"model": "m", "stream": true, "mock": {"tokens": tokens}}).to_string();
+    let direct = request(
+        http,
+        "POST",
+        &format!("{backend_url}/v1/chat/completions"),
+        &body,
+    )
+    .await;
+    let relayed = request(
+        http,
+        "POST",
+        &format!("{}/v1/chat/completions", relay.url()),
+        &body,
+    )
+    .await;
+    assert_eq!(relayed.0, 200, "{:?}", relayed.1);
+    assert_eq!(relayed.1, direct.1);
+}
+
 #[tokio::test]
 async fn the_worker_binary_streams_over_quic_and_leaves_on_sigterm() {
     let relay = quic_relay("streams").await;
@@ -120,23 +160,7 @@ async fn the_worker_binary_streams_over_quic_and_leaves_on_sigterm() {
     })
     .await;
 
-    let body = json!({"model": "m", "stream": true, "mock": {"tokens": 25}}).to_string();
-    let direct = request(
-        &http,
-        "POST",
-        &format!("{backend_url}/v1/chat/completions"),
-        &body,
-    )
-    .await;
-    let relayed = request(
-        &http,
-        "POST",
-        &format!("{}/v1/chat/completions", relay.url()),
-        &body,
-    )
-    .await;
-    assert_eq!(relayed.0, 200, "{:?}", relayed.1);
-    assert_eq!(relayed.1, direct.1);
+    streams_as_the_backend_does(&http, &relay, &backend_url, 25).await;
 
     // SIGTERM: the worker drains, says goodbye and exits cleanly.
     let pid = worker.id().unwrap().to_string();
@@ -188,4 +212,123 @@ async fn a_worker_with_a_wrong_secret_is_told_to_check_it_at_the_upgrade() {
             && log.contains("HTTP 401")
     })
     .await;
+}
+
+const ADMIN_TOKEN: &str = "worker-binary-admin";
+
+/// A relay with the test kit's worker secret and an admin token.
+async fn admin_relay() -> RunningServer {
+    modelrelay_testkit::relay(|config| {
+        config.admin_token = Some(modelrelay_relay::AdminToken::new(ADMIN_TOKEN));
+    })
+    .await
+}
+
+/// The relay's `/admin/workers` list.
+async fn admin_workers(relay: &RunningServer) -> Vec<Value> {
+    let http = modelrelay_testkit::Http::new();
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let reply = http
+        .send(
+            http::Method::GET,
+            &format!("{}/admin/workers", relay.url()),
+            "",
+            &[("authorization", &bearer)],
+        )
+        .await;
+    let body: Value = serde_json::from_slice(&reply.rest().await).unwrap();
+    body["workers"].as_array().unwrap().clone()
+}
+
+/// Writes `text` to a config file of its own for test `name`; its path.
+fn config_file(name: &str, text: &str) -> String {
+    let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("worker-config-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).unwrap();
+    let path = folder.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// As ModelRelay's `/setup` page and its launchd instructions have it:
+/// `modelrelay-worker --config config.toml`, nothing in the environment.
+#[tokio::test]
+async fn a_worker_started_with_only_a_modelrelay_config_file_serves() {
+    let relay = admin_relay().await;
+    let (_backend, backend_url) = simulated_backend().await;
+    let config = config_file(
+        "only",
+        &format!(
+            r#"proxy_url = "{}"
+provider = "local"
+worker_secret = "{}"
+worker_name = "from-the-file"
+backend_url = "{backend_url}"
+models = ["m"]
+max_concurrency = 2
+log_level = "info"
+"#,
+            relay.url(),
+            modelrelay_testkit::SECRET,
+        ),
+    );
+    let (_worker, log) = start_worker_with(&["--config", &config], &[]);
+    let http: Http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    eventually("the worker registers", async || {
+        workers_connected(&http, &relay).await == 1
+    })
+    .await;
+    let workers = admin_workers(&relay).await;
+    assert_eq!(
+        workers[0]["name"],
+        "from-the-file",
+        "{}",
+        log.lock().unwrap()
+    );
+    assert_eq!(workers[0]["models"], json!(["m"]));
+    assert_eq!(workers[0]["capacity"], 2);
+
+    streams_as_the_backend_does(&http, &relay, &backend_url, 5).await;
+}
+
+#[tokio::test]
+async fn flags_beat_the_environment_and_the_environment_beats_the_config_file() {
+    let relay = admin_relay().await;
+    let (_backend, backend_url) = simulated_backend().await;
+    let config = config_file(
+        "layers",
+        &format!(
+            r#"proxy_url = "{}"
+worker_secret = "{}"
+backend_url = "{backend_url}"
+worker_name = "file-name"
+models = "file-a, file-b"
+max_concurrency = 3
+max_concurrent = 9
+"#,
+            relay.url(),
+            modelrelay_testkit::SECRET,
+        ),
+    );
+    let (_worker, log) = start_worker_with(
+        &["--config", &config, "--models", "flag-model"],
+        &[("WORKER_NAME", "env-name"), ("MODELS", "env-model")],
+    );
+    let http: Http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    eventually("the worker registers", async || {
+        workers_connected(&http, &relay).await == 1
+    })
+    .await;
+    let workers = admin_workers(&relay).await;
+    assert_eq!(workers[0]["name"], "env-name", "{}", log.lock().unwrap());
+    assert_eq!(workers[0]["models"], json!(["flag-model"]));
+    assert_eq!(workers[0]["capacity"], 3);
+    // The misspelt key is named, with its line, and ignored.
+    let log = log.lock().unwrap();
+    assert!(
+        log.contains("unknown key in the config file")
+            && log.contains("max_concurrent")
+            && log.contains("line=7"),
+        "{log}"
+    );
 }

@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use modelrelay_core::DEFAULT_PROVIDER;
-use modelrelay_core::relay::FlowConfig;
+use modelrelay_core::relay::{FlowConfig, RelayConfig};
 use modelrelay_process::LogFormat;
 
 /// One stable OpenAI- and Anthropic-compatible endpoint in front of your own
@@ -33,11 +34,11 @@ pub(crate) struct Args {
     #[arg(long, env = "MAX_QUEUE_LEN", default_value_t = 100)]
     pub(crate) max_queue_len: usize,
 
-    /// Seconds a request may wait for a worker.
+    /// Seconds a request may wait for a worker; then 504. 0 means no limit (the request timeout still applies).
     #[arg(long, env = "QUEUE_TIMEOUT_SECS", default_value_t = 30)]
     pub(crate) queue_timeout: u64,
 
-    /// Seconds a request may take in all.
+    /// Seconds a request may take in all; then 504. 0 means no limit (--client-idle-timeout still applies).
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 300)]
     pub(crate) request_timeout: u64,
 
@@ -138,6 +139,24 @@ pub(crate) struct Args {
     pub(crate) completions: Option<clap_complete::Shell>,
 }
 
+impl Args {
+    /// The relay core's queue bound and timeouts; a timeout of 0 is none at
+    /// all, as in ModelRelay (no deadline is armed, not a distant one).
+    pub(crate) fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            max_queue_len: self.max_queue_len,
+            queue_timeout: seconds_or_never(self.queue_timeout),
+            request_timeout: seconds_or_never(self.request_timeout),
+            ..RelayConfig::default()
+        }
+    }
+}
+
+/// `secs` seconds, or `None` for 0 (no limit).
+pub(crate) fn seconds_or_never(secs: u64) -> Option<Duration> {
+    (secs != 0).then(|| Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -161,5 +180,22 @@ mod tests {
         .unwrap();
         assert_eq!(args.worker_secret, ["old", "new", "third"]);
         assert!(!args.allow_secret_in_query);
+    }
+
+    #[test]
+    fn zero_queue_and_request_timeouts_mean_none() {
+        let parse = |extra: &[&str]| {
+            let base = ["modelrelay-server", "--worker-secret", "s"];
+            Args::try_parse_from(base.iter().chain(extra)).unwrap()
+        };
+        let zero = parse(&["--queue-timeout", "0", "--request-timeout", "0"]).relay_config();
+        assert_eq!(zero.queue_timeout, None);
+        assert_eq!(zero.request_timeout, None);
+        let set = parse(&["--queue-timeout", "7", "--request-timeout", "9"]).relay_config();
+        assert_eq!(set.queue_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(set.request_timeout, Some(Duration::from_secs(9)));
+        let default = parse(&[]).relay_config();
+        assert_eq!(default.queue_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(default.request_timeout, Some(Duration::from_secs(300)));
     }
 }

@@ -10,7 +10,6 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Parser;
 use modelrelay_core::ProviderId;
-use modelrelay_core::relay::RelayConfig;
 use modelrelay_process as process;
 use modelrelay_relay::keys::{KeyStore, KeyStoreLocation};
 use modelrelay_relay::quic::QuicSettings;
@@ -19,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::args::Args;
+use crate::args::{Args, seconds_or_never};
 
 /// How long the demo model waits between tokens: slow enough to watch it stream.
 const DEMO_TOKEN_DELAY: Duration = Duration::from_millis(60);
@@ -95,12 +94,7 @@ fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig
     config.worker_secret = WorkerSecrets::new(secrets.iter().map(String::as_str));
     config.allow_secret_in_query = args.allow_secret_in_query;
     config.provider = ProviderId::new(&args.provider);
-    config.relay = RelayConfig {
-        max_queue_len: args.max_queue_len,
-        queue_timeout: Duration::from_secs(args.queue_timeout),
-        request_timeout: Duration::from_secs(args.request_timeout),
-        ..RelayConfig::default()
-    };
+    config.relay = args.relay_config();
     config.max_body_bytes = args.max_body_bytes;
     config.body_read_timeout = seconds_or_never(args.body_read_timeout);
     config.client_idle_timeout = seconds_or_never(args.client_idle_timeout);
@@ -128,11 +122,6 @@ fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig
         Some(token) => Some(AdminToken::new(token)),
     };
     Ok(config)
-}
-
-/// `secs` seconds, or `None` for 0 (no limit).
-fn seconds_or_never(secs: u64) -> Option<Duration> {
-    (secs != 0).then(|| Duration::from_secs(secs))
 }
 
 /// Warns when the process may open fewer files than `--max-connections` asks

@@ -79,8 +79,8 @@ pub fn relay_config() -> ServerConfig {
     let mut config = ServerConfig::new(SECRET);
     config.relay.heartbeat_interval = Duration::from_secs(2);
     config.relay.heartbeat_timeout = Duration::from_secs(2);
-    config.relay.queue_timeout = Duration::from_secs(10);
-    config.relay.request_timeout = Duration::from_secs(30);
+    config.relay.queue_timeout = Some(Duration::from_secs(10));
+    config.relay.request_timeout = Some(Duration::from_secs(30));
     config.relay.max_queue_len = 16;
     config.drain_timeout = Duration::from_secs(10);
     config

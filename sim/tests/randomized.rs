@@ -276,7 +276,11 @@ fn check(seed: u64, run: &Run) {
         "every request ends exactly once"
     );
     // A request may wait, be requeued and stream: it still ends by the request timeout.
-    let deadline = config.relay.request_timeout + SECOND;
+    let deadline = config
+        .relay
+        .request_timeout
+        .expect("the sim sets a request timeout")
+        + SECOND;
     for (tag, outcome, took) in &run.outcomes {
         assert!(outcome.is_allowed(), "seed {seed}, {tag}: {outcome}");
         assert!(

@@ -318,7 +318,7 @@ fn a_client_disconnecting_mid_stream_cancels_the_backend_call() {
 fn a_slow_backend_hits_the_request_timeout_and_its_call_is_cancelled() {
     let mut world = World::new(WorldConfig::readable(6));
     let mut config = relay_config();
-    config.relay.request_timeout = 5 * SECOND;
+    config.relay.request_timeout = Some(5 * SECOND);
     world.relay(config);
     world.backend("backend-1", backend_config());
     world.worker("worker-1", "backend-1", 1, Duration::ZERO);

@@ -44,8 +44,8 @@ pub async fn relay_over(link: Link) -> RunningServer {
 /// The real server, with the test secret and short timeouts unless `tweak` changes them.
 pub async fn relay(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut config = ServerConfig::new(SECRET);
-    config.relay.queue_timeout = Duration::from_secs(5);
-    config.relay.request_timeout = Duration::from_secs(20);
+    config.relay.queue_timeout = Some(Duration::from_secs(5));
+    config.relay.request_timeout = Some(Duration::from_secs(20));
     config.drain_timeout = Duration::from_secs(5);
     tweak(&mut config);
     RunningServer::start(config, "127.0.0.1:0")

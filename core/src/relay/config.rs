@@ -9,10 +9,12 @@ use super::FlowConfig;
 pub struct RelayConfig {
     /// Most requests waiting per provider; 0 means no bound.
     pub max_queue_len: usize,
-    /// How long a request may wait for a worker, counted from its arrival.
-    pub queue_timeout: Duration,
-    /// How long a request may take in all, counted from its arrival.
-    pub request_timeout: Duration,
+    /// How long a request may wait for a worker, counted from its arrival;
+    /// `None`: as long as it takes (no queue deadline is armed at all).
+    pub queue_timeout: Option<Duration>,
+    /// How long a request may take in all, counted from its arrival; `None`:
+    /// as long as it takes (no total deadline is armed at all).
+    pub request_timeout: Option<Duration>,
     /// How many times a request goes back to the queue after losing its worker.
     pub max_requeues: u8,
     /// Time between pings to a worker.
@@ -43,8 +45,8 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             max_queue_len: 100,
-            queue_timeout: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(300),
+            queue_timeout: Some(Duration::from_secs(30)),
+            request_timeout: Some(Duration::from_secs(300)),
             max_requeues: 3,
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(10),

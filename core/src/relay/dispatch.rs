@@ -12,34 +12,29 @@ use crate::ids::{RequestId, WorkerId};
 use crate::wire::{LinkFlow, ServerMessage};
 
 impl Relay {
-    /// Hands the request to the best ready worker of its model, if there is one
-    /// (with flow control on, a windowed worker only while the answer budget
-    /// covers a new request's initial window: see [`super::FlowConfig`]).
+    /// Hands the request to the best ready worker for its model, if there is
+    /// one: a worker that names the model before a wildcard worker (see
+    /// [`super::routes::Provider::ready_for`]); with flow control on, a
+    /// windowed worker only while the answer budget covers a new request's
+    /// initial window (see [`super::FlowConfig`]).
     pub(super) fn try_assign(&mut self, request_id: RequestId) -> bool {
         let Some(request) = self.requests.get(&request_id) else {
             return false;
         };
-        let budget_open = self.budget.as_ref().is_none_or(AnswerBudget::fits_new);
-        let Some(route) = self
-            .providers
-            .get(&request.provider)
-            .and_then(|p| p.route(request.frame.model.as_str()))
-        else {
+        let Some(provider) = self.providers.get(&request.provider) else {
             return false;
         };
-        let first = route.ready.first().map(|(_, worker)| *worker);
+        let model = request.frame.model.as_str();
+        let budget_open = self.budget.as_ref().is_none_or(AnswerBudget::fits_new);
+        let first = provider.ready_for(model).next();
         let best = if budget_open {
             first
         } else {
-            route
-                .ready
-                .iter()
-                .map(|(_, worker)| *worker)
-                .find(|worker| {
-                    self.workers
-                        .get(worker)
-                        .is_some_and(|w| w.flow == LinkFlow::Unwindowed)
-                })
+            provider.ready_for(model).find(|worker| {
+                self.workers
+                    .get(worker)
+                    .is_some_and(|w| w.flow == LinkFlow::Unwindowed)
+            })
         };
         if best != first
             && let Some(budget) = self.budget.as_mut()
@@ -63,7 +58,7 @@ impl Relay {
         let provider = self
             .providers
             .get(&request.provider)
-            .expect("a known model's provider exists");
+            .expect("a request's provider exists: it knows the model or has a wildcard worker");
         let bound = self.config.max_queue_len;
         let failure = if self.shutting_down {
             Some(Failure::ShuttingDown)

@@ -207,24 +207,36 @@ impl Relay {
         self.workers.len()
     }
 
-    /// The models registered workers of `provider` serve now, sorted, without repeats.
+    /// The models registered workers of `provider` serve now, sorted, without
+    /// repeats; never [`WILDCARD_MODEL`](crate::wire::WILDCARD_MODEL), which
+    /// names no model.
     pub fn models(&self, provider: &ProviderId) -> Vec<ModelName> {
         let mut models: Vec<ModelName> = self
             .workers
             .values()
             .filter(|w| &w.provider == provider)
-            .flat_map(|w| w.models.iter().cloned())
+            .flat_map(|w| w.models.iter())
+            .filter(|model| model.as_str() != crate::wire::WILDCARD_MODEL)
+            .cloned()
             .collect();
         models.sort();
         models.dedup();
         models
     }
 
-    /// Whether any worker of `provider` has ever advertised `model`.
+    /// Whether any worker of `provider` has ever advertised `model` by name
+    /// (a wildcard worker serving it does not count).
     pub fn knows_model(&self, provider: &ProviderId, model: &str) -> bool {
+        self.providers.get(provider).is_some_and(|p| p.knows(model))
+    }
+
+    /// Whether a request for `model` may wait for a worker: some worker of
+    /// `provider` has advertised it by name, or a registered worker advertises
+    /// the wildcard now. Otherwise it fails at once as an unknown model.
+    pub fn routes_model(&self, provider: &ProviderId, model: &str) -> bool {
         self.providers
             .get(provider)
-            .is_some_and(|p| p.route(model).is_some())
+            .is_some_and(|p| p.knows(model) || p.serves_any_model())
     }
 
     /// Requests waiting in `provider`'s queue.

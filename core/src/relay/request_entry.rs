@@ -1,7 +1,7 @@
 //! What the relay keeps about one live request.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::flow::StreamFlow;
 use super::routes::QueueSeq;
@@ -23,6 +23,12 @@ pub(crate) enum RequestState {
     },
     /// Off its worker and not yet back in a queue (during a requeue).
     Detached,
+}
+
+/// When a timeout of `timeout` counted from `now` expires: `None` for no
+/// timeout, and for one too far out to name (it never fires either way).
+fn deadline(now: Instant, timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|timeout| now.checked_add(timeout))
 }
 
 /// One live request.
@@ -60,8 +66,8 @@ impl RequestEntry {
                 headers: new.headers,
             }),
             arrival,
-            queue_deadline: now.checked_add(config.queue_timeout),
-            total_deadline: now.checked_add(config.request_timeout),
+            queue_deadline: deadline(now, config.queue_timeout),
+            total_deadline: deadline(now, config.request_timeout),
             client_done_deadline: None,
             requeues: 0,
             state: RequestState::Queued { seq: 0 },

@@ -18,7 +18,7 @@ impl Relay {
         let id = new.id;
         let failure = if self.shutting_down {
             Some(Failure::ShuttingDown)
-        } else if !self.knows_model(&new.provider, new.model.as_str()) {
+        } else if !self.routes_model(&new.provider, new.model.as_str()) {
             Some(Failure::UnknownModel)
         } else {
             None

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use super::liveness::{LinkWatch, Liveness};
 use super::{LinkState, SessionOutput, WorkerSession};
 use crate::relay::{MAX_MODEL_NAME_BYTES, MAX_MODELS_PER_WORKER};
-use crate::wire::{CancelReason, LinkFlow, ModelsUpdate, Register, WireVersion, WorkerMessage};
+use crate::wire::{
+    CancelReason, LinkFlow, ModelsUpdate, Register, WILDCARD_MODEL, WireVersion, WorkerMessage,
+};
 
 impl WorkerSession {
     /// The link asked for is open: register on it.
@@ -127,10 +129,14 @@ impl WorkerSession {
 /// at most [`MAX_MODEL_NAME_BYTES`], exactly what a relay keeps. So its
 /// `register` always fits the frame limit a relay holds a link to before
 /// `register` (sized for 256 names of 256 bytes), whatever the backend lists.
+/// Never [`WILDCARD_MODEL`]: relays would send this worker requests for any
+/// model, so a backend that lists `*` (or a list that still holds it) must
+/// not make it say so.
 pub(super) fn advertisable(models: Vec<String>) -> Vec<String> {
     models
         .into_iter()
         .filter(|model| model.len() <= MAX_MODEL_NAME_BYTES)
+        .filter(|model| model.trim() != WILDCARD_MODEL)
         .take(MAX_MODELS_PER_WORKER)
         .collect()
 }

@@ -71,6 +71,13 @@ pub const HOP_BY_HOP_HEADERS: [&str; 8] = [
     "upgrade",
 ];
 
+/// The model a worker advertises to say it serves any model. ModelRelay's
+/// workers send it when they cannot read their backend's model list, and its
+/// server routes any model to them. A relay routes to such a worker a request
+/// for any model that no eligible worker names; `GET /v1/models` never lists
+/// it, and our worker never advertises it.
+pub const WILDCARD_MODEL: &str = "*";
+
 /// `error` code of a worker that refuses a request because it is draining.
 pub const REFUSED_DRAINING: &str = "worker_draining";
 /// `error` code of a worker that refuses a request because all its slots are busy.

@@ -34,6 +34,8 @@ pub(super) struct OpenRequest {
     first_chunk: Option<Duration>,
     /// Stream bytes of its model, counted for `/metrics`.
     bytes: Option<Counter>,
+    /// A worker advertised its model by name (so the name may be a metric label).
+    named: bool,
     /// Token usage seen in the stream, if the backend reported any there.
     stream_usage: Option<TokenCounts>,
 }
@@ -58,6 +60,7 @@ impl OpenRequest {
             queue_wait: None,
             first_chunk: None,
             bytes: None,
+            named: false,
             stream_usage: None,
         }
     }
@@ -67,9 +70,11 @@ impl OpenRequest {
         &self.model
     }
 
-    /// Its frame went to `worker`; the first time, its wait in the queue is over.
-    pub(super) fn sent_to(&mut self, worker: WorkerId, metrics: &Metrics) {
+    /// Its frame went to `worker`; the first time, its wait in the queue is
+    /// over. `named` says whether a worker advertised its model by name.
+    pub(super) fn sent_to(&mut self, worker: WorkerId, named: bool, metrics: &Metrics) {
         self.worker = Some(worker);
+        self.named = named;
         if self.queue_wait.is_none() {
             let waited = now().saturating_duration_since(self.arrived);
             self.queue_wait = Some(waited);
@@ -89,7 +94,7 @@ impl OpenRequest {
         }
         self.chunks += 1;
         self.bytes
-            .get_or_insert_with(|| metrics.streamed_bytes(self.model.as_str()))
+            .get_or_insert_with(|| metrics.streamed_bytes(self.model.as_str(), self.named))
             .inc_by(chunk.len() as u64);
         if let Some(usage) = stream_usage(&chunk) {
             self.stream_usage.get_or_insert_default().merge_max(usage);
@@ -113,8 +118,8 @@ impl OpenRequest {
 
     /// Ends it: usage seen in the stream fills a completion without counts, then
     /// the metrics, the log line, and the end for the client. `known` says
-    /// whether a worker has advertised its model (a request that reached a
-    /// worker counts as known: workers only get their own models).
+    /// whether a worker has advertised its model by name (reaching a worker is
+    /// not enough: a wildcard worker serves names clients make up).
     pub(super) fn end(mut self, mut outcome: Outcome, known: bool, metrics: &Metrics) {
         if let Outcome::Completed(completion) = &mut outcome
             && completion.token_counts.is_none()
@@ -122,14 +127,7 @@ impl OpenRequest {
             completion.token_counts = self.stream_usage.take();
         }
         let took = now().saturating_duration_since(self.arrived);
-        let advertised = known || self.worker.is_some();
-        metrics.ended(
-            self.route.path,
-            self.model.as_str(),
-            advertised,
-            &outcome,
-            took,
-        );
+        metrics.ended(self.route.path, self.model.as_str(), known, &outcome, took);
         self.log_end(&outcome, took);
         let _ = self.responder.send(ResponseEvent::Ended(outcome));
     }

@@ -223,7 +223,10 @@ impl HubTask {
     /// A request's frame went to `worker`.
     pub(super) fn request_sent(&mut self, request: RequestId, worker: WorkerId) {
         if let Some(open) = self.requests.get_mut(&request) {
-            open.sent_to(worker, &self.metrics);
+            let named = self
+                .relay
+                .knows_model(&self.provider, open.model().as_str());
+            open.sent_to(worker, named, &self.metrics);
         }
     }
 
@@ -296,21 +299,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_client_that_left_before_the_hub_saw_its_request_is_still_seen() {
+    /// Connects worker 1 over a windowed v2 link and registers it with one
+    /// slot for `model`; the receiving end of its link, to keep while it is used.
+    fn register_worker(hub: &mut HubTask, model: &str) -> mpsc::Receiver<crate::hub::LinkCommand> {
+        use modelrelay_core::WorkerId;
         use modelrelay_core::relay::AuthOutcome;
         use modelrelay_core::wire::{FrameLimits, LinkFlow, Register, WireVersion};
-        use modelrelay_core::{RequestId, WorkerId};
         use modelrelay_transports::ReadLimit;
         use tokio_util::sync::CancellationToken;
 
         use crate::hub::Transport;
-        use crate::hub::response_queue::{Left, ResponseEvent};
 
-        let metrics = Arc::new(Metrics::new());
-        let relay = Relay::new(RelayConfig::default());
-        let mut hub = HubTask::new(relay, ProviderId::new("local"), metrics);
-        let (outbound, _to_worker) = mpsc::channel(8);
+        let (outbound, to_worker) = mpsc::channel(8);
         hub.apply(Command::WorkerConnected {
             worker: WorkerId::new(1),
             wire: WireVersion::V2,
@@ -326,13 +326,26 @@ mod tests {
             worker: WorkerId::new(1),
             message: WorkerMessage::Register(Register {
                 worker_name: "w".into(),
-                models: vec!["m".into()],
+                models: vec![model.into()],
                 max_concurrent: 1,
                 protocol_version: None,
                 current_load: None,
             }),
         });
         hub.flush();
+        to_worker
+    }
+
+    #[tokio::test]
+    async fn a_client_that_left_before_the_hub_saw_its_request_is_still_seen() {
+        use modelrelay_core::RequestId;
+
+        use crate::hub::response_queue::{Left, ResponseEvent};
+
+        let metrics = Arc::new(Metrics::new());
+        let relay = Relay::new(RelayConfig::default());
+        let mut hub = HubTask::new(relay, ProviderId::new("local"), metrics);
+        let _to_worker = register_worker(&mut hub, "m");
         let board = Arc::new(ClientBoard::default());
         let (responder, mut events) = response_queue(RequestId::new(1), Arc::clone(&board));
         // The client leaves while its request still waits in the inbox: the
@@ -353,6 +366,53 @@ mod tests {
             "the request was not cancelled: {heard:?}"
         );
         assert_eq!(hub.relay.open_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_model_only_a_wildcard_worker_serves_never_becomes_a_metric_label() {
+        use modelrelay_core::wire::{Headers, ResponseChunk, ResponseComplete};
+        use modelrelay_core::{RequestId, WorkerId};
+
+        let metrics = Arc::new(Metrics::new());
+        let relay = Relay::new(RelayConfig::default());
+        let mut hub = HubTask::new(relay, ProviderId::new("local"), metrics.clone());
+        let _to_worker = register_worker(&mut hub, "*");
+        let worker = WorkerId::new(1);
+        let board = Arc::new(ClientBoard::default());
+        let (responder, _events) = response_queue(RequestId::new(1), Arc::clone(&board));
+        hub.apply(Command::Request {
+            request: request(1, "made-up-for-the-wildcard"),
+            route: INFERENCE_ROUTES[0],
+            responder,
+        });
+        hub.flush();
+        let id = RequestId::new(1).into();
+        for message in [
+            WorkerMessage::ResponseChunk(ResponseChunk {
+                request_id: Clone::clone(&id),
+                chunk: Bytes::from_static(b"data: {}\n\n"),
+            }),
+            WorkerMessage::ResponseComplete(ResponseComplete {
+                request_id: id,
+                status_code: 200,
+                headers: Headers::new(),
+                body: Bytes::new(),
+                token_counts: None,
+            }),
+        ] {
+            hub.apply(Command::WorkerFrame { worker, message });
+            hub.flush();
+        }
+        let text = metrics.render("local", 0, 0, WorkerStates::default());
+        assert!(!text.contains("made-up"), "{text}");
+        assert!(
+            text.contains(r#"model="unknown",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"modelrelay_streamed_bytes_total{model="unknown"}"#),
+            "{text}"
+        );
     }
 
     #[tokio::test]

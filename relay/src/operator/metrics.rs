@@ -5,8 +5,8 @@
 //!
 //! Label values are bounded: routes are the paths of the inference route table
 //! ([`INFERENCE_ROUTES`](crate::clients::INFERENCE_ROUTES)), models are
-//! ones some worker advertised (any other name a client sends, whatever the
-//! outcome, even during shutdown, is counted as `unknown`, and past [`MAX_MODEL_LABELS`] distinct models the rest count as `other`),
+//! ones some worker advertised by name (any other name a client sends, whatever the
+//! outcome, even during shutdown or served by a wildcard worker, is counted as `unknown`, and past [`MAX_MODEL_LABELS`] distinct models the rest count as `other`),
 //! outcomes and reasons are fixed words.
 
 use std::collections::HashSet;
@@ -314,10 +314,16 @@ impl Metrics {
             .observe(after.as_secs_f64());
     }
 
-    /// The byte counter of one model's streams, to keep for the life of a request.
-    pub(crate) fn streamed_bytes(&self, model: &str) -> Counter {
+    /// The byte counter of one model's streams, to keep for the life of a
+    /// request; `advertised` as for [`Metrics::ended`].
+    pub(crate) fn streamed_bytes(&self, model: &str, advertised: bool) -> Counter {
+        let model = if advertised {
+            self.model_label(model)
+        } else {
+            UNKNOWN_MODEL
+        };
         self.streamed_bytes.get_or_create_owned(&ModelLabels {
-            model: self.model_label(model).to_owned(),
+            model: model.to_owned(),
         })
     }
 

@@ -1,94 +1,30 @@
 //! `modelrelay-worker`: runs beside a model server and connects out to a ModelRelay relay.
 
-use std::path::PathBuf;
+// Beside this file, where cargo does not take them for binaries of their own.
+#[path = "modelrelay-worker/config_file.rs"]
+mod config_file;
+#[path = "modelrelay-worker/settings.rs"]
+mod settings;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use modelrelay_core::DEFAULT_PROVIDER;
 use modelrelay_core::backoff::BackoffConfig;
 use modelrelay_core::session::SessionConfig;
-use modelrelay_process::{self as process, LogFormat};
+use modelrelay_process as process;
 use modelrelay_transports::quic;
 use modelrelay_transports::tls::{Trust, client_tls, parse_fingerprint};
 use modelrelay_worker::backend::HttpBackend;
-use modelrelay_worker::link::{NetDialer, ProtocolChoice, RelayEndpoint, RelayTransport};
+use modelrelay_worker::link::{NetDialer, RelayEndpoint, RelayTransport};
 use modelrelay_worker::{ModelSource, WorkerOptions};
-use url::Url;
+use tracing::warn;
 
-/// Serve a local model server (llama-server, Ollama, vLLM, SGLang, any
-/// OpenAI-compatible backend) through a ModelRelay relay, over an outbound link.
-#[derive(Debug, Parser)]
-#[command(name = "modelrelay-worker", version, about)]
-struct Args {
-    /// Base URL of the relay (http://, https://, ws://, wss://), or quic://host:port for QUIC.
-    #[arg(long, env = "PROXY_URL", required_unless_present = "completions")]
-    proxy_url: Option<String>,
+use crate::config_file::{Loaded, UnknownKey};
+use crate::settings::{Args, Settings, TrustSetting};
 
-    /// Shared secret the relay expects from workers.
-    #[arg(
-        long,
-        env = "WORKER_SECRET",
-        hide_env_values = true,
-        required_unless_present = "completions"
-    )]
-    worker_secret: Option<String>,
-
-    /// Base URL of the model server, for instance http://127.0.0.1:8000.
-    #[arg(long, env = "BACKEND_URL", required_unless_present = "completions")]
-    backend_url: Option<Url>,
-
-    /// Models to advertise, comma-separated; `*` asks the backend's GET /v1/models.
-    #[arg(long, env = "MODELS", default_value = "*")]
-    models: String,
-
-    /// Provider (worker pool) to join on the relay.
-    #[arg(long, env = "PROVIDER_NAME", default_value = DEFAULT_PROVIDER)]
-    provider: String,
-
-    /// Name shown on the relay; defaults to the host name.
-    #[arg(long, env = "WORKER_NAME")]
-    worker_name: Option<String>,
-
-    /// Requests run at once.
-    #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    max_concurrency: u32,
-
-    /// Seconds between re-reads of the backend's models (with `--models '*'`; 0 = never).
-    #[arg(long, env = "MODELS_POLL_INTERVAL", default_value_t = 60)]
-    models_poll_interval: u64,
-
-    /// Protocol to speak: v2 with fallback to v1 (auto), or only one.
-    #[arg(long, env = "WORKER_PROTOCOL", value_enum, default_value_t = ProtocolChoice::Auto)]
-    protocol: ProtocolChoice,
-
-    /// Trust only the relay certificate with this SHA-256 fingerprint (for a self-signed
-    /// relay: it prints the fingerprint at start-up). For wss:// and quic://.
-    #[arg(long, env = "SERVER_CERT_SHA256")]
-    server_cert_sha256: Option<String>,
-
-    /// Trust relay certificates signed by the CA in this PEM file (else the system roots).
-    #[arg(long, env = "TLS_CA", conflicts_with = "server_cert_sha256")]
-    tls_ca: Option<PathBuf>,
-
-    /// Seconds running requests may take after SIGTERM before they are aborted.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
-    shutdown_timeout: u64,
-
-    /// Log level or filter (RUST_LOG wins).
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    log_level: String,
-
-    /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-
-    /// Print shell completions and exit.
-    #[arg(long, hide = true, value_name = "SHELL")]
-    completions: Option<clap_complete::Shell>,
-}
-
+/// The host's name, the worker's name when none is given.
 fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -98,21 +34,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "worker".to_owned())
 }
 
-fn model_source(models: &str) -> ModelSource {
-    if models.trim() == "*" {
-        ModelSource::Discover
-    } else {
-        ModelSource::List(
-            models
-                .split(',')
-                .map(str::trim)
-                .filter(|m| !m.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        )
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -120,19 +41,36 @@ async fn main() -> anyhow::Result<()> {
         process::print_completions::<Args>(shell);
         return Ok(());
     }
-    process::init(&args.log_level, args.log_format);
-    let (Some(proxy_url), Some(secret), Some(backend_url)) =
-        (args.proxy_url, args.worker_secret, args.backend_url)
-    else {
-        unreachable!("clap requires these unless --completions is given");
+    let config = args.config.clone();
+    let file = match &config {
+        Some(path) => config_file::load(path)?,
+        None => Loaded::default(),
     };
-    let endpoint = RelayEndpoint::parse(&proxy_url, &args.provider).context("--proxy-url")?;
-    let trust = match (args.server_cert_sha256, args.tls_ca) {
-        (Some(fingerprint), _) => {
+    let settings = Settings::resolve(args, file.config)?;
+    process::init(&settings.log_level, settings.log_format);
+    if let Some(path) = &config {
+        tracing::info!(config = %path.display(), "settings not given by flags or environment variables come from the config file");
+        for UnknownKey { key, line } in &file.unknown {
+            warn!(
+                config = %path.display(), line, key,
+                known = %config_file::KNOWN_KEYS.join(", "),
+                "unknown key in the config file, ignored (as ModelRelay's worker ignores it)"
+            );
+        }
+    }
+    run(settings).await
+}
+
+/// Connects to the relay and serves until a stop signal.
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let endpoint =
+        RelayEndpoint::parse(&settings.proxy_url, &settings.provider).context("the proxy URL")?;
+    let trust = match settings.trust {
+        TrustSetting::Pinned(fingerprint) => {
             Trust::Pinned(parse_fingerprint(&fingerprint).context("--server-cert-sha256")?)
         }
-        (None, Some(ca)) => Trust::CaFile(ca),
-        (None, None) => Trust::SystemRoots,
+        TrustSetting::CaFile(ca) => Trust::CaFile(ca),
+        TrustSetting::SystemRoots => Trust::SystemRoots,
     };
     let tls = if endpoint.tls {
         Some(Arc::new(
@@ -145,22 +83,23 @@ async fn main() -> anyhow::Result<()> {
         RelayTransport::Quic => Some(quic::client_config(&trust).context("QUIC settings")?),
         RelayTransport::WebSocket => None,
     };
-    let backend = HttpBackend::new(backend_url.clone()).context("--backend-url")?;
-    let models = model_source(&args.models);
-    let poll = (models == ModelSource::Discover && args.models_poll_interval > 0)
-        .then(|| Duration::from_secs(args.models_poll_interval));
-    let mut options = WorkerOptions::new(endpoint, secret, models);
+    let backend_url = settings.backend_url;
+    let backend = HttpBackend::new(backend_url.clone()).context("the backend URL")?;
+    let models = settings.models;
+    let poll = (models == ModelSource::Discover && settings.models_poll_interval > 0)
+        .then(|| Duration::from_secs(settings.models_poll_interval));
+    let mut options = WorkerOptions::new(endpoint, settings.worker_secret, models);
     options.session = SessionConfig {
-        worker_name: args.worker_name.unwrap_or_else(host_name),
-        max_concurrent: args.max_concurrency,
+        worker_name: settings.worker_name.unwrap_or_else(host_name),
+        max_concurrent: settings.max_concurrency,
         backoff: BackoffConfig::default(),
         jitter_seed: process::process_seed(),
-        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        shutdown_timeout: Duration::from_secs(settings.shutdown_timeout),
         ..SessionConfig::default()
     };
     options.models_poll_interval = poll;
     options.quic = quic;
-    options.protocol = args.protocol;
+    options.protocol = settings.protocol;
     tracing::info!(
         relay = %options.endpoint.connect_url,
         backend = %backend_url,
@@ -171,25 +110,4 @@ async fn main() -> anyhow::Result<()> {
     let stop = process::graceful_stop_signal();
     modelrelay_worker::run(options, NetDialer::new(tls), Arc::new(backend), stop).await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    use super::*;
-
-    #[test]
-    fn the_models_flag_is_a_list_or_a_wildcard() {
-        assert_eq!(model_source("*"), ModelSource::Discover);
-        assert_eq!(
-            model_source(" a, b ,,c"),
-            ModelSource::List(vec!["a".into(), "b".into(), "c".into()])
-        );
-    }
-
-    #[test]
-    fn the_command_line_is_consistent() {
-        Args::command().debug_assert();
-    }
 }
