@@ -105,7 +105,7 @@ pub(crate) struct Args {
     #[arg(long, env = "MODELRELAY_DATA_DIR", default_value = "modelrelay-data")]
     pub(crate) data_dir: PathBuf,
 
-    /// Bearer token for /admin/*, /dashboard and /setup; unset, they answer 403.
+    /// Token for /admin/*, /dashboard and /setup, sent as Authorization: Bearer <token> or bare (as ModelRelay takes it); unset, they answer 403.
     #[arg(long, env = "MODELRELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub(crate) admin_token: Option<String>,
 
