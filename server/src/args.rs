@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use clap::parser::ValueSource;
 use modelrelay_core::DEFAULT_PROVIDER;
 use modelrelay_core::relay::FlowConfig;
 use modelrelay_process::LogFormat;
@@ -113,7 +114,7 @@ pub(crate) struct Args {
     #[arg(long, env = "MODELRELAY_REQUIRE_API_KEYS")]
     pub(crate) require_api_keys: bool,
 
-    /// postgres://… to keep API keys in PostgreSQL (shared by several relays); default: SQLite in --data-dir.
+    /// postgres://… to keep API keys in PostgreSQL (shared by several relays), or sqlite:PATH; default: SQLite in --data-dir. Also read from DATABASE_URL (ModelRelay's name) when neither this flag nor MODELRELAY_DATABASE_URL is set. ModelRelay's own keys (mr_live_…) in that database keep working.
     #[arg(long, env = "MODELRELAY_DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
 
@@ -136,6 +137,46 @@ pub(crate) struct Args {
     /// Print shell completions and exit.
     #[arg(long, hide = true, value_name = "SHELL")]
     pub(crate) completions: Option<clap_complete::Shell>,
+}
+
+/// ModelRelay's name for the key database's URL, read when ours is not set.
+pub(crate) const MODELRELAY_DATABASE_URL_VAR: &str = "DATABASE_URL";
+
+/// The key database's URL, and the name it was given under (never logged
+/// itself: a PostgreSQL URL may carry a password).
+#[derive(PartialEq, Eq)]
+pub(crate) struct DatabaseUrl {
+    /// The URL.
+    pub(crate) url: String,
+    /// The flag or variable it came from.
+    pub(crate) from: &'static str,
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl(<url> from {})", self.from)
+    }
+}
+
+impl Args {
+    /// The key database's URL: `--database-url`, else `MODELRELAY_DATABASE_URL`
+    /// (both read by clap, which says which in `source`), else ModelRelay's
+    /// `DATABASE_URL` (`modelrelay_var`, when not empty).
+    pub(crate) fn key_database_url(
+        &self,
+        source: Option<ValueSource>,
+        modelrelay_var: Option<String>,
+    ) -> Option<DatabaseUrl> {
+        let (url, from) = match (&self.database_url, source) {
+            (Some(url), Some(ValueSource::CommandLine)) => (url.clone(), "--database-url"),
+            (Some(url), _) => (url.clone(), "MODELRELAY_DATABASE_URL"),
+            (None, _) => (
+                modelrelay_var.filter(|url| !url.trim().is_empty())?,
+                MODELRELAY_DATABASE_URL_VAR,
+            ),
+        };
+        Some(DatabaseUrl { url, from })
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +202,31 @@ mod tests {
         .unwrap();
         assert_eq!(args.worker_secret, ["old", "new", "third"]);
         assert!(!args.allow_secret_in_query);
+    }
+
+    #[test]
+    fn modelrelays_database_url_is_read_when_ours_is_not_set_and_ours_wins() {
+        let theirs = || Some("postgres://u:pw@theirs/db".to_owned());
+        let mut args = Args::try_parse_from(["modelrelay-server", "--demo"]).unwrap();
+        args.database_url = None;
+        let used = args.key_database_url(None, theirs()).unwrap();
+        assert_eq!(used.url, "postgres://u:pw@theirs/db");
+        assert_eq!(used.from, "DATABASE_URL");
+        assert!(!format!("{used:?}").contains("pw"), "Debug hides the URL");
+        assert_eq!(args.key_database_url(None, Some(" ".into())), None);
+        assert_eq!(args.key_database_url(None, None), None);
+
+        args.database_url = Some("postgres://ours/db".into());
+        let ours = args
+            .key_database_url(Some(ValueSource::EnvVariable), theirs())
+            .unwrap();
+        assert_eq!(
+            (ours.url.as_str(), ours.from),
+            ("postgres://ours/db", "MODELRELAY_DATABASE_URL")
+        );
+        let flag = args
+            .key_database_url(Some(ValueSource::CommandLine), theirs())
+            .unwrap();
+        assert_eq!(flag.from, "--database-url");
     }
 }
