@@ -122,6 +122,15 @@ pub(crate) struct Args {
     #[arg(long, env = "MODELRELAY_PUBLIC_URL")]
     pub(crate) public_url: Option<url::Url>,
 
+    /// Web pages that may call the client API (/v1/*, /health) from a browser: * for any, or a comma list of origins such as https://app.example.com. Never on /admin, /dashboard, /setup.
+    #[arg(
+        long,
+        env = "CORS_ALLOW_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub(crate) cors_allow_origins: Vec<String>,
+
     /// Run with a built-in simulated model and worker: streams with no GPU and no backend.
     #[arg(long)]
     pub(crate) demo: bool,
@@ -228,5 +237,22 @@ mod tests {
             .key_database_url(Some(ValueSource::CommandLine), theirs())
             .unwrap();
         assert_eq!(flag.from, "--database-url");
+    }
+
+    #[test]
+    fn cors_origins_default_to_any_and_take_a_comma_list() {
+        let args = Args::try_parse_from(["modelrelay-server", "--demo"]).unwrap();
+        assert_eq!(args.cors_allow_origins, ["*"]);
+        let args = Args::try_parse_from([
+            "modelrelay-server",
+            "--demo",
+            "--cors-allow-origins",
+            "https://a.example,http://localhost:3000",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.cors_allow_origins,
+            ["https://a.example", "http://localhost:3000"]
+        );
     }
 }

@@ -14,7 +14,7 @@ use modelrelay_core::relay::RelayConfig;
 use modelrelay_process as process;
 use modelrelay_relay::keys::{KeyStore, KeyStoreLocation};
 use modelrelay_relay::quic::QuicSettings;
-use modelrelay_relay::{AdminToken, ServerConfig, WorkerSecrets, serve};
+use modelrelay_relay::{AdminToken, CorsOrigins, ServerConfig, WorkerSecrets, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -132,6 +132,9 @@ fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig
         Some("") => anyhow::bail!("--admin-token must not be empty"),
         Some(token) => Some(AdminToken::new(token)),
     };
+    config.cors_allow_origins =
+        CorsOrigins::parse(args.cors_allow_origins.iter().map(String::as_str))
+            .context("--cors-allow-origins")?;
     Ok(config)
 }
 
