@@ -128,11 +128,21 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `binary` with `args`; `RUST_LOG` is removed so its log level is the flags'.
+    /// Starts `binary` with `args`; `RUST_LOG` is removed so its log level is
+    /// the flags', and `DATABASE_URL` (which the server reads as ModelRelay
+    /// does) so a developer's own database is never touched.
     pub fn start(binary: Binary, args: &[&str]) -> Self {
+        Self::start_with_env(binary, args, &[])
+    }
+
+    /// Starts `binary` with `args` and the environment variables `env` (besides
+    /// the test's own, less `RUST_LOG` and `DATABASE_URL` unless `env` sets them).
+    pub fn start_with_env(binary: Binary, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = tokio::process::Command::new(self::binary(binary))
             .args(args)
             .env_remove("RUST_LOG")
+            .env_remove("DATABASE_URL")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -158,6 +158,27 @@ async fn admin_routes_need_the_right_token_and_wrong_ones_are_cooled_down_apart_
     wait_for_workers(&http, &relay, 1).await;
 }
 
+#[tokio::test]
+async fn the_admin_token_is_accepted_with_or_without_the_bearer_scheme() {
+    let relay = admin_relay(|_| {}).await;
+    let http = Http::new();
+    let url = format!("{}/admin/stats", relay.url());
+    // ModelRelay's admin scripts may send the token bare.
+    for value in [BEARER, ADMIN, "bearer admin-token-for-tests"] {
+        let answer = get_with(&http, &url, &[("authorization", value)]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{value}: {}", answer.text());
+    }
+    for wrong in [
+        "admin-token-for-test",
+        "Bearer wrong",
+        "Basic YWRtaW4tdG9rZW4tZm9yLXRlc3Rz",
+        "admin-token-for-testsx",
+    ] {
+        let answer = get_with(&http, &url, &[("authorization", wrong)]).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+}
+
 /// The limiter's backstop (too many failures from all addresses together)
 /// refuses addresses that never logged in, not the operator's.
 #[tokio::test]

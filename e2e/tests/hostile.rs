@@ -354,7 +354,9 @@ async fn a_worker_answering_html_with_a_cookie_reaches_the_client_as_inert_plain
     let complete = json!({
         "type": "response_complete", "request_id": request["request_id"], "status_code": 200,
         "headers": {"content-type": "text/html", "set-cookie": "modelrelay_session=x",
-                    "location": "https://evil.example/", "access-control-allow-origin": "*"},
+                    "location": "https://evil.example/",
+                    "access-control-allow-origin": "https://evil.example",
+                    "access-control-allow-credentials": "true"},
         "body": "<script>alert(document.cookie)</script>",
     });
     send(&mut worker, &complete.to_string()).await;
@@ -367,9 +369,11 @@ async fn a_worker_answering_html_with_a_cookie_reaches_the_client_as_inert_plain
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["content-security-policy"], "sandbox");
-    for dropped in ["set-cookie", "location", "access-control-allow-origin"] {
+    for dropped in ["set-cookie", "location", "access-control-allow-credentials"] {
         assert!(!headers.contains_key(dropped), "{dropped} passed");
     }
+    // The relay's own CORS grant (clause 126's default), not the worker's.
+    assert_eq!(headers["access-control-allow-origin"], "*");
 }
 
 /// Issue 12, "slow connections hold resources forever": a client that sends

@@ -154,6 +154,12 @@ async fn a_newer_schema_is_refused(location: &KeyStoreLocation, insert: &'static
             .unwrap();
             sqlx::query(insert).execute(&mut conn).await.unwrap();
         }
+        KeyStoreLocation::SqliteUrl(url) => {
+            let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(url)
+                .await
+                .unwrap();
+            sqlx::query(insert).execute(&mut conn).await.unwrap();
+        }
         KeyStoreLocation::Postgres(url) => {
             let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
                 .await

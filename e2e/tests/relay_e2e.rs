@@ -82,7 +82,8 @@ async fn hostile_backend() -> String {
             .header("content-type", "text/html; charset=utf-8")
             .header("set-cookie", "x=1; Path=/")
             .header("location", "https://elsewhere.example/")
-            .header("access-control-allow-origin", "*")
+            .header("access-control-allow-origin", "https://evil.example")
+            .header("access-control-allow-credentials", "true")
             .header("x-request-id", "backend-id-7")
             .header("x-ratelimit-remaining-requests", "41")
             .header("openai-processing-ms", "5")
@@ -122,9 +123,11 @@ async fn a_backend_answering_html_with_a_cookie_reaches_the_client_as_inert_plai
         assert_eq!(h["content-type"], "text/plain; charset=utf-8", "{route}");
         assert_eq!(h["x-content-type-options"], "nosniff", "{route}");
         assert_eq!(h["content-security-policy"], "sandbox", "{route}");
-        for dropped in ["set-cookie", "location", "access-control-allow-origin"] {
+        for dropped in ["set-cookie", "location", "access-control-allow-credentials"] {
             assert!(!h.contains_key(dropped), "{route}: {dropped} passed");
         }
+        // The relay's own CORS grant (clause 126's default), not the backend's.
+        assert_eq!(h["access-control-allow-origin"], "*", "{route}");
         assert_eq!(h["x-backend-request-id"], "backend-id-7", "{route}");
         assert_eq!(
             h["x-request-id"],

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::{AdminToken, AuthLimiter, AuthLimits, WorkerSecrets};
-use crate::clients::BodyBudget;
+use crate::clients::{BodyBudget, CorsOrigins};
 use crate::connections::ConnectionLimits;
 use crate::http::HttpLimits;
 use crate::hub::{Command, Hub};
@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub keys: Option<Arc<KeyStore>>,
     /// This server's URL as workers and clients reach it, for `/setup`.
     pub public_url: Option<String>,
+    /// Which web pages may call the client API from a browser (CORS).
+    pub cors_allow_origins: CorsOrigins,
 }
 
 impl ServerConfig {
@@ -109,6 +111,7 @@ impl ServerConfig {
             require_api_keys: false,
             keys: None,
             public_url: None,
+            cors_allow_origins: CorsOrigins::Any,
         }
     }
 }
@@ -144,7 +147,7 @@ pub(crate) struct AppState {
 /// Every route, by audience, on one router.
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .merge(clients::router())
+        .merge(clients::router(&state.config.cors_allow_origins))
         .merge(workers::router())
         .merge(operator::router())
         .fallback(clients::not_found)

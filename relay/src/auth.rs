@@ -296,6 +296,19 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The token of an `Authorization` header with or without the `Bearer `
+/// scheme, as ModelRelay reads its admin token: the bearer's token, else the
+/// whole value (trimmed).
+pub(crate) fn bearer_or_bare(headers: &HeaderMap) -> Option<&str> {
+    bearer(headers).or_else(|| bare_authorization(headers))
+}
+
+/// The whole `Authorization` value, trimmed, when it is not empty.
+pub(crate) fn bare_authorization(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    (!value.is_empty()).then_some(value)
+}
+
 /// The address an authentication attempt counts against: the peer, or with
 /// `trust_forwarded_for` the last address the proxy in front appended to
 /// `X-Forwarded-For` (behind a proxy every peer is the proxy itself). The last
@@ -333,6 +346,25 @@ mod tests {
         assert_eq!(bearer(&headers), None);
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
         assert_eq!(bearer(&headers), None);
+    }
+
+    #[test]
+    fn the_admin_token_is_read_with_or_without_the_bearer_scheme() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_or_bare(&headers), None);
+        for (value, token) in [
+            ("Bearer s3cret", "s3cret"),
+            ("bearer s3cret ", "s3cret"),
+            ("s3cret", "s3cret"),
+            (" s3cret ", "s3cret"),
+            // A token with a space in it is taken whole.
+            ("two words", "two words"),
+        ] {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer_or_bare(&headers), Some(token), "{value:?}");
+        }
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("  "));
+        assert_eq!(bearer_or_bare(&headers), None);
     }
 
     #[test]

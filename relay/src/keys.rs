@@ -5,6 +5,9 @@
 //! digest (keys are 256 random bits, so a plain digest cannot be searched back),
 //! its display prefix, a name and two times. Every check reads the database, so a
 //! revocation holds at once, on every relay instance sharing it.
+//!
+//! A database that also holds ModelRelay's key table (`server_api_keys`) has
+//! those keys (`mr_live_…`) checked, listed and revoked in place ([`modelrelay`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -50,26 +53,45 @@ const MAX_MISSES: usize = 4096;
 /// The SQLite file inside the data folder.
 const SQLITE_FILE: &str = "modelrelay.sqlite3";
 
-/// The id of a stored key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct ApiKeyId(i64);
+/// The id of a stored key: a number for the relay's own, a UUID for ModelRelay's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApiKeyId {
+    /// A key this relay made, in its `api_keys` table.
+    Relay(i64),
+    /// A key a ModelRelay server made, in its `server_api_keys` table.
+    ModelRelay(ModelRelayKeyId),
+}
 
 impl ApiKeyId {
-    /// Wraps a number from a URL or the database.
+    /// Wraps a number from the database (one of the relay's own keys).
     pub fn new(id: i64) -> Self {
-        Self(id)
+        Self::Relay(id)
     }
 
-    /// The number.
-    pub fn get(self) -> i64 {
-        self.0
+    /// Reads an id as the admin API lists it: a number, or a UUID; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.parse::<i64>() {
+            Ok(id) => Some(Self::Relay(id)),
+            Err(_) => ModelRelayKeyId::parse(text).map(Self::ModelRelay),
+        }
     }
 }
 
 impl fmt::Display for ApiKeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        match self {
+            Self::Relay(id) => id.fmt(f),
+            Self::ModelRelay(id) => id.fmt(f),
+        }
+    }
+}
+
+impl Serialize for ApiKeyId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Relay(id) => serializer.serialize_i64(*id),
+            Self::ModelRelay(id) => serializer.collect_str(id),
+        }
     }
 }
 
@@ -111,6 +133,8 @@ impl fmt::Debug for CreatedKey {
 pub enum KeyStoreLocation {
     /// An SQLite file in this folder (made if missing).
     Sqlite(PathBuf),
+    /// An SQLite file by `sqlite:` URL (made if missing).
+    SqliteUrl(String),
     /// A PostgreSQL database, by `postgres://` URL.
     Postgres(String),
 }
@@ -126,6 +150,7 @@ impl KeyStoreLocation {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(Self::Postgres(url.to_owned()))
             }
+            Some(url) if url.starts_with("sqlite:") => Ok(Self::SqliteUrl(url.to_owned())),
             Some(_) => Err(KeyStoreError::UnsupportedUrl),
         }
     }
@@ -135,7 +160,8 @@ impl fmt::Debug for KeyStoreLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sqlite(dir) => write!(f, "Sqlite({})", dir.join(SQLITE_FILE).display()),
-            // The URL may carry a password.
+            // A URL is never printed: a PostgreSQL one may carry a password.
+            Self::SqliteUrl(_) => f.write_str("Sqlite(<url>)"),
             Self::Postgres(_) => f.write_str("Postgres(<url>)"),
         }
     }
@@ -145,7 +171,7 @@ impl fmt::Debug for KeyStoreLocation {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
     /// `--database-url` is not a PostgreSQL URL.
-    #[error("the database URL must start with postgres:// or postgresql://")]
+    #[error("the database URL must start with postgres://, postgresql:// or sqlite:")]
     UnsupportedUrl,
     /// The data folder could not be made.
     #[error("cannot create the data folder {path}: {source}")]
@@ -186,6 +212,8 @@ pub struct KeyStore {
     misses: Mutex<HashMap<String, Instant>>,
     /// Database lookups `authenticate` has made.
     lookups: AtomicU64,
+    /// Whether the database holds ModelRelay's key table (looked for at open).
+    modelrelay_table: bool,
 }
 
 enum Database {
@@ -246,23 +274,28 @@ macro_rules! on_pool {
     };
 }
 
+pub mod modelrelay;
+
+pub use modelrelay::ModelRelayKeyId;
+
+/// What kind of key a presented text is shaped like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyKind {
+    /// One of the relay's own (`mr-…`).
+    Relay,
+    /// One a ModelRelay server made (`mr_live_…`).
+    ModelRelay,
+}
+
 impl KeyStore {
     /// Opens (and creates or upgrades) the key database.
     pub async fn open(location: &KeyStoreLocation) -> Result<Self, KeyStoreError> {
         let db = match location {
             KeyStoreLocation::Sqlite(dir) => {
                 create_private_dir(dir)?;
-                let options = SqliteConnectOptions::new()
-                    .filename(dir.join(SQLITE_FILE))
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .busy_timeout(Duration::from_secs(5));
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(options)
-                    .await?;
-                Database::Sqlite(pool)
+                open_sqlite(SqliteConnectOptions::new().filename(dir.join(SQLITE_FILE))).await?
             }
+            KeyStoreLocation::SqliteUrl(url) => open_sqlite(url.parse()?).await?,
             KeyStoreLocation::Postgres(url) => {
                 let options: PgConnectOptions = url.parse()?;
                 let pool = PgPoolOptions::new()
@@ -274,13 +307,24 @@ impl KeyStore {
             }
         };
         migrate(&db).await?;
+        let modelrelay_table = modelrelay::table_present(&db).await?;
         Ok(Self {
             db,
             random: SystemRandom::new(),
             touched: Mutex::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
+            modelrelay_table,
         })
+    }
+
+    /// How many live keys ModelRelay's table holds, or `None` when the
+    /// database has no such table (it is looked for when the store opens).
+    pub async fn modelrelay_keys(&self) -> Result<Option<i64>, KeyStoreError> {
+        if !self.modelrelay_table {
+            return Ok(None);
+        }
+        Ok(Some(modelrelay::live_count(&self.db).await?))
     }
 
     /// The schema version the database is at.
@@ -309,7 +353,7 @@ impl KeyStore {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         );
         let prefix = key[..SHOWN_CHARS].to_owned();
-        let hash = key_hash(&key);
+        let hash = hex(&key_digest(&key));
         self.forget_miss(&hash);
         let created_ms = unix_ms(now);
         let sql = "INSERT INTO api_keys (name, prefix, key_hash, created_at_ms) \
@@ -324,7 +368,7 @@ impl KeyStore {
             .try_get::<i64, _>("id")?);
         Ok(CreatedKey {
             record: ApiKeyRecord {
-                id: ApiKeyId(id),
+                id: ApiKeyId::Relay(id),
                 name: name.to_owned(),
                 prefix,
                 created_at: from_unix_ms(created_ms),
@@ -334,8 +378,19 @@ impl KeyStore {
         })
     }
 
-    /// Every key, oldest first.
+    /// Every key, oldest first: ModelRelay's (which came before), then the relay's own.
     pub async fn list(&self) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
+        let mut keys = if self.modelrelay_table {
+            modelrelay::list(&self.db).await?
+        } else {
+            Vec::new()
+        };
+        keys.extend(self.list_own().await?);
+        Ok(keys)
+    }
+
+    /// The relay's own keys, oldest first.
+    async fn list_own(&self) -> Result<Vec<ApiKeyRecord>, KeyStoreError> {
         let sql =
             "SELECT id, name, prefix, created_at_ms, last_used_at_ms FROM api_keys ORDER BY id";
         Ok(on_pool!(&self.db, |pool| sqlx::query(sql)
@@ -344,7 +399,7 @@ impl KeyStore {
             .iter()
             .map(|row| {
                 Ok(ApiKeyRecord {
-                    id: ApiKeyId(row.try_get("id")?),
+                    id: ApiKeyId::Relay(row.try_get("id")?),
                     name: row.try_get("name")?,
                     prefix: row.try_get("prefix")?,
                     created_at: from_unix_ms(row.try_get("created_at_ms")?),
@@ -356,19 +411,29 @@ impl KeyStore {
             .collect::<Result<Vec<_>, sqlx::Error>>()?))
     }
 
-    /// Deletes a key; `false` if there was none with this id.
+    /// Revokes a key at once: deletes one of the relay's own, or marks one of
+    /// ModelRelay's revoked as ModelRelay does; `false` if there was none with this id.
     pub async fn revoke(&self, id: ApiKeyId) -> Result<bool, KeyStoreError> {
-        let deleted = on_pool!(&self.db, |pool| sqlx::query(
-            "DELETE FROM api_keys WHERE id = $1"
-        )
-        .bind(id.0)
-        .execute(pool)
-        .await?
-        .rows_affected());
+        let revoked = match id {
+            ApiKeyId::Relay(number) => {
+                on_pool!(&self.db, |pool| sqlx::query(
+                    "DELETE FROM api_keys WHERE id = $1"
+                )
+                .bind(number)
+                .execute(pool)
+                .await?
+                .rows_affected())
+                    > 0
+            }
+            ApiKeyId::ModelRelay(uuid) if self.modelrelay_table => {
+                modelrelay::revoke(&self.db, uuid).await?
+            }
+            ApiKeyId::ModelRelay(_) => false,
+        };
         if let Ok(mut touched) = self.touched.lock() {
             touched.remove(&id);
         }
-        Ok(deleted > 0)
+        Ok(revoked)
     }
 
     /// The key `presented` is, if it is a live one; notes its use.
@@ -377,23 +442,31 @@ impl KeyStore {
         presented: &str,
         now: SystemTime,
     ) -> Result<Option<ApiKeyId>, KeyStoreError> {
-        if !is_key_shaped(presented) {
+        let Some(kind) = key_kind(presented) else {
+            return Ok(None);
+        };
+        if kind == KeyKind::ModelRelay && !self.modelrelay_table {
             return Ok(None);
         }
-        let hash = key_hash(presented);
+        let digest = key_digest(presented);
+        let hash = hex(&digest);
         if self.recently_missed(&hash) {
             return Ok(None);
         }
         self.lookups.fetch_add(1, Ordering::Relaxed);
-        let found = on_pool!(&self.db, |pool| sqlx::query(
-            "SELECT id FROM api_keys WHERE key_hash = $1"
-        )
-        .bind(&hash)
-        .fetch_optional(pool)
-        .await?
-        .map(|row| row.try_get::<i64, _>("id"))
-        .transpose()?);
-        let Some(id) = found.map(ApiKeyId) else {
+        let found = match kind {
+            KeyKind::Relay => on_pool!(&self.db, |pool| sqlx::query(
+                "SELECT id FROM api_keys WHERE key_hash = $1"
+            )
+            .bind(&hash)
+            .fetch_optional(pool)
+            .await?
+            .map(|row| row.try_get::<i64, _>("id"))
+            .transpose()?
+            .map(ApiKeyId::Relay)),
+            KeyKind::ModelRelay => modelrelay::find(&self.db, &digest).await?,
+        };
+        let Some(id) = found else {
             self.remember_miss(hash);
             return Ok(None);
         };
@@ -401,7 +474,7 @@ impl KeyStore {
         // out is not refused because its last-used time could not be written
         // (a busy or read-only database).
         if self.due_for_touch(id)
-            && let Err(error) = self.touch(id, now).await
+            && let Err(error) = self.touch(id, &digest, now).await
         {
             warn!(key = %id, %error, "could not note an API key's last use");
         }
@@ -456,15 +529,27 @@ impl KeyStore {
         }
     }
 
-    async fn touch(&self, id: ApiKeyId, now: SystemTime) -> Result<(), KeyStoreError> {
-        on_pool!(&self.db, |pool| sqlx::query(
-            "UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2"
-        )
-        .bind(unix_ms(now))
-        .bind(id.0)
-        .execute(pool)
-        .await?
-        .rows_affected());
+    /// Writes a key's last-used time (`digest` finds one of ModelRelay's).
+    async fn touch(
+        &self,
+        id: ApiKeyId,
+        digest: &[u8],
+        now: SystemTime,
+    ) -> Result<(), KeyStoreError> {
+        match id {
+            ApiKeyId::Relay(number) => on_pool!(&self.db, |pool| sqlx::query(
+                "UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2"
+            )
+            .bind(unix_ms(now))
+            .bind(number)
+            .execute(pool)
+            .await?
+            .rows_affected()),
+            ApiKeyId::ModelRelay(_) => {
+                modelrelay::touch(&self.db, digest).await?;
+                0
+            }
+        };
         Ok(())
     }
 
@@ -474,22 +559,51 @@ impl KeyStore {
     }
 }
 
-/// Whether `text` has a key's shape (checked before any database work).
+/// Whether `text` has the shape of a key, the relay's own or one ModelRelay
+/// made (checked before any database work).
 pub(crate) fn is_key_shaped(text: &str) -> bool {
-    text.len() == KEY_PREFIX.len() + 43
+    key_kind(text).is_some()
+}
+
+/// Which kind of key `text` is shaped like, if any.
+fn key_kind(text: &str) -> Option<KeyKind> {
+    let own = text.len() == KEY_PREFIX.len() + 43
         && text.starts_with(KEY_PREFIX)
         && text[KEY_PREFIX.len()..]
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if own {
+        Some(KeyKind::Relay)
+    } else if modelrelay::is_key_shaped(text) {
+        Some(KeyKind::ModelRelay)
+    } else {
+        None
+    }
 }
 
-/// The digest stored for a key, as hex.
-fn key_hash(key: &str) -> String {
-    digest(&SHA256, key.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The SHA-256 of a key: stored as hex for the relay's own, as bytes by ModelRelay.
+fn key_digest(key: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, key.as_bytes()).as_ref());
+    out
+}
+
+/// Bytes as lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A pool on the SQLite file `options` names, made if missing.
+async fn open_sqlite(options: SqliteConnectOptions) -> Result<Database, KeyStoreError> {
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await?;
+    Ok(Database::Sqlite(pool))
 }
 
 fn unix_ms(at: SystemTime) -> i64 {
@@ -622,5 +736,9 @@ mod tests {
         assert!(!is_key_shaped(&format!("sk-{}", "a".repeat(43))));
         assert!(!is_key_shaped(&format!("mr-{}", "a/".repeat(21) + "a")));
         assert!(is_key_shaped(&format!("mr-{}", "aZ09-_".repeat(7) + "a")));
+        assert_eq!(
+            key_kind(&format!("mr_live_{}", "aZ09".repeat(8))),
+            Some(KeyKind::ModelRelay)
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! `Relay`; handlers and links talk to it over channels.
 //!
 //! The code is laid out by who is on the other end:
-//! - `clients/`: the inference routes (one table), the API-key gate, `/v1/models`, `/health`;
+//! - `clients/`: the inference routes (one table), the API-key gate, CORS, `/v1/models`, `/health`;
 //! - `workers/`: admission, the WebSocket and QUIC acceptors, the link task;
 //! - `operator/`: login and sessions, the admin API, the pages, `/metrics`;
 //! - `hub/`: the task that drives the core, its open requests and the response queues.
@@ -32,6 +32,6 @@ mod write_progress;
 
 pub use app::{RunningServer, ServerConfig, serve};
 pub use auth::{AdminToken, WorkerSecrets};
-pub use clients::REQUEST_ID_HEADER;
+pub use clients::{ANY_ORIGIN, CorsError, CorsOrigins, REQUEST_ID_HEADER};
 pub use operator::CSRF_HEADER;
 pub use workers::quic;

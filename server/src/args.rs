@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use clap::parser::ValueSource;
 use modelrelay_core::DEFAULT_PROVIDER;
 use modelrelay_core::relay::{FlowConfig, RelayConfig};
 use modelrelay_process::LogFormat;
@@ -106,7 +107,7 @@ pub(crate) struct Args {
     #[arg(long, env = "MODELRELAY_DATA_DIR", default_value = "modelrelay-data")]
     pub(crate) data_dir: PathBuf,
 
-    /// Bearer token for /admin/*, /dashboard and /setup; unset, they answer 403.
+    /// Token for /admin/*, /dashboard and /setup, sent as Authorization: Bearer <token> or bare (as ModelRelay takes it); unset, they answer 403.
     #[arg(long, env = "MODELRELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub(crate) admin_token: Option<String>,
 
@@ -114,13 +115,22 @@ pub(crate) struct Args {
     #[arg(long, env = "MODELRELAY_REQUIRE_API_KEYS")]
     pub(crate) require_api_keys: bool,
 
-    /// postgres://… to keep API keys in PostgreSQL (shared by several relays); default: SQLite in --data-dir.
+    /// postgres://… to keep API keys in PostgreSQL (shared by several relays), or sqlite:PATH; default: SQLite in --data-dir. Also read from DATABASE_URL (ModelRelay's name) when neither this flag nor MODELRELAY_DATABASE_URL is set. ModelRelay's own keys (mr_live_…) in that database keep working.
     #[arg(long, env = "MODELRELAY_DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
 
     /// This server's URL as workers and clients reach it, shown on /setup (default: from the request).
     #[arg(long, env = "MODELRELAY_PUBLIC_URL")]
     pub(crate) public_url: Option<url::Url>,
+
+    /// Web pages that may call the client API (/v1/*, /health) from a browser: * for any, or a comma list of origins such as https://app.example.com. Never on /admin, /dashboard, /setup.
+    #[arg(
+        long,
+        env = "CORS_ALLOW_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub(crate) cors_allow_origins: Vec<String>,
 
     /// Run with a built-in simulated model and worker: streams with no GPU and no backend.
     #[arg(long)]
@@ -155,6 +165,46 @@ impl Args {
 /// `secs` seconds, or `None` for 0 (no limit).
 pub(crate) fn seconds_or_never(secs: u64) -> Option<Duration> {
     (secs != 0).then(|| Duration::from_secs(secs))
+}
+
+/// ModelRelay's name for the key database's URL, read when ours is not set.
+pub(crate) const MODELRELAY_DATABASE_URL_VAR: &str = "DATABASE_URL";
+
+/// The key database's URL, and the name it was given under (never logged
+/// itself: a PostgreSQL URL may carry a password).
+#[derive(PartialEq, Eq)]
+pub(crate) struct DatabaseUrl {
+    /// The URL.
+    pub(crate) url: String,
+    /// The flag or variable it came from.
+    pub(crate) from: &'static str,
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl(<url> from {})", self.from)
+    }
+}
+
+impl Args {
+    /// The key database's URL: `--database-url`, else `MODELRELAY_DATABASE_URL`
+    /// (both read by clap, which says which in `source`), else ModelRelay's
+    /// `DATABASE_URL` (`modelrelay_var`, when not empty).
+    pub(crate) fn key_database_url(
+        &self,
+        source: Option<ValueSource>,
+        modelrelay_var: Option<String>,
+    ) -> Option<DatabaseUrl> {
+        let (url, from) = match (&self.database_url, source) {
+            (Some(url), Some(ValueSource::CommandLine)) => (url.clone(), "--database-url"),
+            (Some(url), _) => (url.clone(), "MODELRELAY_DATABASE_URL"),
+            (None, _) => (
+                modelrelay_var.filter(|url| !url.trim().is_empty())?,
+                MODELRELAY_DATABASE_URL_VAR,
+            ),
+        };
+        Some(DatabaseUrl { url, from })
+    }
 }
 
 #[cfg(test)]
@@ -197,5 +247,48 @@ mod tests {
         let default = parse(&[]).relay_config();
         assert_eq!(default.queue_timeout, Some(Duration::from_secs(30)));
         assert_eq!(default.request_timeout, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn modelrelays_database_url_is_read_when_ours_is_not_set_and_ours_wins() {
+        let theirs = || Some("postgres://u:pw@theirs/db".to_owned());
+        let mut args = Args::try_parse_from(["modelrelay-server", "--demo"]).unwrap();
+        args.database_url = None;
+        let used = args.key_database_url(None, theirs()).unwrap();
+        assert_eq!(used.url, "postgres://u:pw@theirs/db");
+        assert_eq!(used.from, "DATABASE_URL");
+        assert!(!format!("{used:?}").contains("pw"), "Debug hides the URL");
+        assert_eq!(args.key_database_url(None, Some(" ".into())), None);
+        assert_eq!(args.key_database_url(None, None), None);
+
+        args.database_url = Some("postgres://ours/db".into());
+        let ours = args
+            .key_database_url(Some(ValueSource::EnvVariable), theirs())
+            .unwrap();
+        assert_eq!(
+            (ours.url.as_str(), ours.from),
+            ("postgres://ours/db", "MODELRELAY_DATABASE_URL")
+        );
+        let flag = args
+            .key_database_url(Some(ValueSource::CommandLine), theirs())
+            .unwrap();
+        assert_eq!(flag.from, "--database-url");
+    }
+
+    #[test]
+    fn cors_origins_default_to_any_and_take_a_comma_list() {
+        let args = Args::try_parse_from(["modelrelay-server", "--demo"]).unwrap();
+        assert_eq!(args.cors_allow_origins, ["*"]);
+        let args = Args::try_parse_from([
+            "modelrelay-server",
+            "--demo",
+            "--cors-allow-origins",
+            "https://a.example,http://localhost:3000",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.cors_allow_origins,
+            ["https://a.example", "http://localhost:3000"]
+        );
     }
 }

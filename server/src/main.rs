@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use modelrelay_core::ProviderId;
 use modelrelay_process as process;
 use modelrelay_relay::keys::{KeyStore, KeyStoreLocation};
 use modelrelay_relay::quic::QuicSettings;
-use modelrelay_relay::{AdminToken, ServerConfig, WorkerSecrets, serve};
+use modelrelay_relay::{AdminToken, CorsOrigins, ServerConfig, WorkerSecrets, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::args::{Args, seconds_or_never};
+use crate::args::{Args, DatabaseUrl, seconds_or_never};
 
 /// How long the demo model waits between tokens: slow enough to watch it stream.
 const DEMO_TOKEN_DELAY: Duration = Duration::from_millis(60);
@@ -28,7 +28,8 @@ const DEMO_WORKER_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     if let Some(shell) = args.completions {
         process::print_completions::<Args>(shell);
         return Ok(());
@@ -37,8 +38,12 @@ async fn main() -> anyhow::Result<()> {
     check_open_file_limit(args.max_connections);
     let secrets = worker_secrets(&args)?;
     let mut config = server_config(&args, &secrets)?;
-    if config.admin_token.is_some() || config.require_api_keys || args.database_url.is_some() {
-        config.keys = Some(open_key_store(&args).await?);
+    let database_url = args.key_database_url(
+        matches.value_source("database_url"),
+        std::env::var(args::MODELRELAY_DATABASE_URL_VAR).ok(),
+    );
+    if config.admin_token.is_some() || config.require_api_keys || database_url.is_some() {
+        config.keys = Some(open_key_store(&args, database_url.as_ref()).await?);
     }
     let quic = match args.quic_listen {
         Some(listen) => Some(quic_endpoint(&args, listen, &mut config)?),
@@ -121,6 +126,9 @@ fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig
         Some("") => anyhow::bail!("--admin-token must not be empty"),
         Some(token) => Some(AdminToken::new(token)),
     };
+    config.cors_allow_origins =
+        CorsOrigins::parse(args.cors_allow_origins.iter().map(String::as_str))
+            .context("--cors-allow-origins")?;
     Ok(config)
 }
 
@@ -152,13 +160,22 @@ fn open_file_limit() -> Option<u64> {
         .ok()
 }
 
-/// Opens (and migrates) the API-key database the flags name.
-async fn open_key_store(args: &Args) -> anyhow::Result<Arc<KeyStore>> {
-    let location = KeyStoreLocation::from_settings(&args.data_dir, args.database_url.as_deref())?;
+/// Opens (and migrates) the API-key database at `url`, else in `--data-dir`.
+/// Logs where the URL came from, never the URL.
+async fn open_key_store(args: &Args, url: Option<&DatabaseUrl>) -> anyhow::Result<Arc<KeyStore>> {
+    let from = url.map(|url| url.from);
+    let location = KeyStoreLocation::from_settings(&args.data_dir, url.map(|u| u.url.as_str()))
+        .with_context(|| format!("the database URL from {}", from.unwrap_or("--data-dir")))?;
     let store = KeyStore::open(&location)
         .await
         .with_context(|| format!("opening the API-key database ({location:?})"))?;
-    info!(database = ?location, "API-key database open");
+    info!(database = ?location, url_from = from, "API-key database open");
+    if let Some(live) = store.modelrelay_keys().await? {
+        info!(
+            live_keys = live,
+            "ModelRelay's key table (server_api_keys) found: its mr_live_ keys are checked, listed and revoked in place"
+        );
+    }
     Ok(Arc::new(store))
 }
 

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use tracing::warn;
 
 use crate::app::AppState;
-use crate::auth::bearer;
+use crate::auth::{bare_authorization, bearer};
 use crate::codes;
 use crate::error::{ApiError, ApiFlavor, ClientError};
 use crate::keys::is_key_shaped;
@@ -72,14 +72,18 @@ pub(super) async fn require_api_key(
     }
 }
 
-/// The key a request presents: the bearer token or (Anthropic) `x-api-key`, a key-shaped one first.
+/// The key a request presents: the bearer token (or a key-shaped bare
+/// `Authorization` value, as ModelRelay's clients may send it) or (Anthropic)
+/// `x-api-key`, a key-shaped one first.
 fn presented_key(flavor: ApiFlavor, headers: &HeaderMap) -> Option<&str> {
     let x_api_key = (flavor == ApiFlavor::Anthropic)
         .then(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .flatten()
         .map(str::trim)
         .filter(|key| !key.is_empty());
-    let candidates = [bearer(headers), x_api_key];
+    let authorization =
+        bearer(headers).or_else(|| bare_authorization(headers).filter(|key| is_key_shaped(key)));
+    let candidates = [authorization, x_api_key];
     candidates
         .iter()
         .flatten()
@@ -92,4 +96,44 @@ fn unauthorized(flavor: ApiFlavor, code: &'static str, message: String) -> Clien
     ApiError::new(StatusCode::UNAUTHORIZED, code, message)
         .for_api(flavor)
         .challenging("Bearer")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    const OURS: &str = "mr-aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_aZ09-_a";
+    const THEIRS: &str = "mr_live_aZ09aZ09aZ09aZ09aZ09aZ09aZ09aZ09";
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.parse().unwrap(), HeaderValue::from_static(value)))
+            .collect()
+    }
+
+    #[test]
+    fn modelrelay_keys_are_recognised_and_never_passed_on_like_the_relays_own() {
+        for key in [OURS, THEIRS] {
+            assert!(carries_relay_key(key), "{key}");
+            assert!(carries_relay_key(&format!("Bearer {key}")), "{key}");
+        }
+        assert!(!carries_relay_key("Bearer sk-backend-credential"));
+    }
+
+    #[test]
+    fn a_bare_authorization_value_counts_only_when_it_is_shaped_like_a_key() {
+        let bare = headers(&[("authorization", THEIRS)]);
+        assert_eq!(presented_key(ApiFlavor::OpenAi, &bare), Some(THEIRS));
+        let basic = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(presented_key(ApiFlavor::OpenAi, &basic), None);
+        // A backend credential in the bearer, the relay's key in x-api-key.
+        let both = headers(&[
+            ("authorization", "Bearer sk-backend"),
+            ("x-api-key", THEIRS),
+        ]);
+        assert_eq!(presented_key(ApiFlavor::Anthropic, &both), Some(THEIRS));
+    }
 }

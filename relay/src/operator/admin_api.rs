@@ -227,16 +227,16 @@ pub(crate) async fn revoke_key(
     let Some(keys) = &app.config.keys else {
         return no_key_store();
     };
-    let Ok(id) = id.parse::<i64>() else {
+    let Some(id) = ApiKeyId::parse(&id) else {
         return admin_error(
             StatusCode::BAD_REQUEST,
             codes::INVALID_KEY_ID,
-            "A key id is a number, as GET /admin/keys lists it.",
+            "A key id is a number, or the UUID of a key a ModelRelay server made, as GET /admin/keys lists it.",
         );
     };
-    match keys.revoke(ApiKeyId::new(id)).await {
+    match keys.revoke(id).await {
         Ok(true) => {
-            info!(key = id, "API key revoked");
+            info!(key = %id, "API key revoked");
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(false) => admin_error(

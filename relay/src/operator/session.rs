@@ -1,6 +1,7 @@
 //! The operator's proof: the admin token as a bearer or a dashboard session cookie, and the [`Admin`] extractor.
 //!
-//! The admin token comes as `Authorization: Bearer …`, or, from the dashboard, as
+//! The admin token comes as `Authorization: Bearer …` (or, as ModelRelay takes
+//! it, as the bare `Authorization` value), or, from the dashboard, as
 //! a session cookie signed with a random key drawn when the process starts: a
 //! stolen cookie says nothing about the token (no offline guessing), and a
 //! restart (how the token is rotated) ends every session. Writes made with the
@@ -19,7 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tracing::warn;
 
 use crate::app::{AppState, PeerAddr};
-use crate::auth::{bearer, client_address};
+use crate::auth::{bearer_or_bare, client_address};
 use crate::codes;
 use crate::error::{ApiError, ApiFlavor, ClientError};
 use crate::log_budget::LogBudget;
@@ -115,7 +116,7 @@ pub(super) fn authorize(
     app.admin_limiter
         .check(address, now)
         .map_err(Refusal::CoolingDown)?;
-    if let Some(presented) = bearer(headers) {
+    if let Some(presented) = bearer_or_bare(headers) {
         if token.matches(presented) {
             // The operator's address stays exempt from the limiter's backstop,
             // so a flood of wrong tokens from elsewhere cannot shut it out.
