@@ -5,6 +5,8 @@
 pub use modelrelay_testkit::*;
 
 pub mod fake_v1_relay;
+pub mod keys;
+pub mod queue;
 pub mod raw_worker;
 pub mod scenarios;
 
