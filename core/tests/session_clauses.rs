@@ -752,6 +752,7 @@ fn the_worker_never_advertises_the_wildcard_and_serves_any_model_it_is_sent() {
     let outputs = h.handle(SessionInput::LinkUp {
         wire: WireVersion::V1,
         flow: LinkFlow::Unwindowed,
+        liveness: Liveness::Probed,
     });
     let [SessionOutput::Send(WorkerMessage::Register(register))] = &outputs[..] else {
         panic!("a register: {outputs:?}");

@@ -3,40 +3,19 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
 use http::{Method, StatusCode};
-use modelrelay_relay::keys::{KeyStore, KeyStoreLocation};
 use modelrelay_relay::{AdminToken, CSRF_HEADER, RunningServer, ServerConfig};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-token-for-tests";
 const BEARER: &str = "Bearer admin-token-for-tests";
 
-static DIRS: AtomicU64 = AtomicU64::new(0);
-
-/// A key store of its own in the test target folder.
-async fn sqlite_keys() -> Arc<KeyStore> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "admin-keys-{}-{}",
-        std::process::id(),
-        DIRS.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    Arc::new(
-        KeyStore::open(&KeyStoreLocation::Sqlite(dir))
-            .await
-            .unwrap(),
-    )
-}
-
 /// A relay with the admin token and a key store.
 async fn admin_relay(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
-    let keys = sqlite_keys().await;
+    let keys = common::keys::sqlite_keys().await;
     relay(|config| {
         config.admin_token = Some(AdminToken::new(ADMIN));
         config.keys = Some(keys);

@@ -499,28 +499,8 @@ async fn a_full_queue_answers_429_with_retry_after_and_a_long_wait_504() {
     let url = format!("{}/v1/chat/completions", relay.url());
     let slow = json!({"model": "m", "mock": {"tokens": 20, "delay_ms": 100}}).to_string();
     // One running, one waiting, the third refused.
-    let running = tokio::spawn({
-        let (http, url, slow) = (http.clone(), url.clone(), slow.clone());
-        async move { http.post(&url, &slow).await }
-    });
-    assert!(
-        backend
-            .sim
-            .wait_for(Duration::from_secs(5), |e| !e.is_empty())
-            .await
-    );
-    let waiting = tokio::spawn({
-        let (http, url, slow) = (http.clone(), url.clone(), slow.clone());
-        async move { http.post(&url, &slow).await }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while http.get(&format!("{}/health", relay.url())).await.json()["queue_depth"] != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the second request never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (running, waiting) =
+        common::queue::run_one_and_queue_one(&http, &relay, &backend, &url, &slow).await;
     let refused = http.post(&url, &slow).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.headers["retry-after"], "1");

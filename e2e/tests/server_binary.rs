@@ -145,6 +145,7 @@ async fn the_server_binary_runs_admin_and_api_keys_and_logs_each_request_end_as_
             &[
                 ("authorization", &key_header),
                 ("content-type", "application/json"),
+                ("x-request-id", "client-trace-9"),
             ],
         )
         .await;
@@ -156,6 +157,9 @@ async fn the_server_binary_runs_admin_and_api_keys_and_logs_each_request_end_as_
 
     let ended = server.logged("request completed").await;
     assert_eq!(ended["request"].as_str().unwrap(), request_id);
+    // The client's own id is logged beside ours; the link's id names it in the worker's log.
+    assert_eq!(ended["client_request_id"], "client-trace-9");
+    assert!(ended["link_request"].as_u64().is_some(), "{ended}");
     assert_eq!(ended["route"], "/v1/chat/completions");
     assert_eq!(ended["model"], "demo");
     assert_eq!(ended["status"], 200);

@@ -24,7 +24,7 @@ use crate::hub::{Command, Hub};
 use crate::keys::KeyStore;
 use crate::operator::{Metrics, SessionKey};
 use crate::workers::quic::QuicSettings;
-use crate::{clients, operator, workers};
+use crate::{clients, operator, request_id, workers};
 
 /// Everything the server needs to know.
 #[derive(Clone, Debug)]
@@ -130,7 +130,8 @@ pub(crate) struct AppState {
     pub(crate) limiter: Arc<AuthLimiter>,
     /// Failed admin logins, counted apart so they cannot lock workers out.
     pub(crate) admin_limiter: AuthLimiter,
-    /// The next request id.
+    /// The next request's key in the core and on its worker link (not its public id, which
+    /// [`crate::request_id`] gives).
     pub(crate) next_request: AtomicU64,
     /// The next worker id.
     pub(crate) next_worker: AtomicU64,
@@ -144,13 +145,15 @@ pub(crate) struct AppState {
     pub(crate) body_budget: BodyBudget,
 }
 
-/// Every route, by audience, on one router.
+/// Every route, by audience, on one router; every answer carries its request's id.
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(clients::router(&state.config.cors_allow_origins))
         .merge(workers::router())
         .merge(operator::router())
         .fallback(clients::not_found)
+        // After the fallback, so that 404s are stamped too.
+        .layer(axum::middleware::from_fn(request_id::stamp))
         .with_state(state)
 }
 

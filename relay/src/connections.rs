@@ -13,12 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use modelrelay_core::wire::CLIENT_REQUEST_ID_HEADER;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
 use crate::codes;
 use crate::log_budget::LogBudget;
+use crate::request_id::{PublicRequestId, REQUEST_ID_HEADER};
 
 /// How long a refused connection may take to receive its answer.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -162,7 +164,7 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// The whole HTTP answer to a refused connection: the status, the JSON error, `Connection: close`.
+/// The whole HTTP answer to a refused connection: the status, the JSON error, a request id, `Connection: close`.
 fn refusal_answer(refusal: Refusal) -> String {
     let (status, code, message) = match refusal {
         Refusal::Full => (
@@ -182,8 +184,10 @@ fn refusal_answer(refusal: Refusal) -> String {
         "server_error"
     };
     let body = json!({"error": {"message": message, "type": kind, "code": code}}).to_string();
+    // Like every answer, it carries a request id (for the request it did not read).
+    let id = PublicRequestId::generate();
     format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\n{CLIENT_REQUEST_ID_HEADER}: {id}\r\n{REQUEST_ID_HEADER}: {id}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
 }

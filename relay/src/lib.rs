@@ -2,7 +2,8 @@
 //! of workers that connect out to it.
 //!
 //! Clients call `/v1/chat/completions`, `/v1/completions`, `/v1/responses`,
-//! `/v1/messages`, `/v1/embeddings` and `/v1/models`; workers connect to
+//! `/v1/messages`, `/v1/embeddings`, the token counters and `/v1/models`
+//! (each also without `/v1`); workers connect to
 //! `/v1/worker/connect` on the same port. One task, the hub, owns the core
 //! `Relay`; handlers and links talk to it over channels.
 //!
@@ -13,7 +14,7 @@
 //! - `hub/`: the task that drives the core, its open requests and the response queues.
 //!
 //! Shared by all: `app` (configuration and serving), `http` (the HTTP/1 loop),
-//! `auth`, `keys`, `error` and `codes`.
+//! `request_id` (every answer's id), `auth`, `keys`, `error` and `codes`.
 
 mod app;
 pub mod auth;
@@ -27,11 +28,13 @@ mod hub;
 pub mod keys;
 mod log_budget;
 mod operator;
+mod request_id;
 mod workers;
 mod write_progress;
 
 pub use app::{RunningServer, ServerConfig, serve};
 pub use auth::{AdminToken, WorkerSecrets};
-pub use clients::{ANY_ORIGIN, CorsError, CorsOrigins, REQUEST_ID_HEADER};
+pub use clients::{ANY_ORIGIN, CorsError, CorsOrigins};
 pub use operator::CSRF_HEADER;
+pub use request_id::REQUEST_ID_HEADER;
 pub use workers::quic;

@@ -24,7 +24,7 @@ fn world_without_relay_pings(link: LinkKind) -> World {
     });
     let mut relay = relay_config();
     relay.relay.heartbeat_interval = Duration::from_secs(24 * 3600);
-    relay.relay.request_timeout = Duration::from_secs(180);
+    relay.relay.request_timeout = Some(Duration::from_secs(180));
     world.relay(relay);
     // Every ask says how many tokens it wants, and how far apart.
     let backend = SimulatedBackendConfig {

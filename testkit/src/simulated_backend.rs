@@ -1,7 +1,8 @@
 //! A simulated OpenAI- and Anthropic-compatible backend: the demo's model, and the tests' fake.
 //!
 //! It streams canned text token by token at a set pace, answers every route the
-//! relay serves, and records what it saw: each request, and each response the
+//! relay serves (the token counters with a count of one token per 4 body bytes),
+//! and records what it saw: each request, and each response the
 //! client went away from before it finished (a cancellation). A request can
 //! steer it with a `"mock"` object in its JSON body:
 //!
@@ -172,6 +173,14 @@ impl SimulatedBackend {
                 post(|s, h, b| generate(s, h, b, Api::Messages)),
             )
             .route("/v1/embeddings", post(embeddings))
+            .route(
+                "/v1/messages/count_tokens",
+                post(|s, h, b| count_tokens(s, h, b, Api::Messages)),
+            )
+            .route(
+                "/v1/responses/input_tokens",
+                post(|s, h, b| count_tokens(s, h, b, Api::Responses)),
+            )
             // As large as the relay's default body limit, as model servers take
             // long prompts (axum's own default is 2 MB).
             .layer(axum::extract::DefaultBodyLimit::max(MAX_PROMPT_BYTES))
@@ -353,6 +362,35 @@ async fn embeddings(
         "usage": {"prompt_tokens": 4, "total_tokens": 4}
     }))
     .into_response()
+}
+
+/// Anthropic's `/v1/messages/count_tokens` and OpenAI's `/v1/responses/input_tokens`:
+/// the token count of the body (one token per 4 bytes), in each API's shape.
+async fn count_tokens(
+    State(backend): State<SimulatedBackend>,
+    headers: HeaderMap,
+    body: Bytes,
+    api: Api,
+) -> Response {
+    let ask = match backend.read_ask(&body) {
+        Ok(ask) => ask,
+        Err(error) => return openai_error(error),
+    };
+    let (path, answer) = match api {
+        Api::Messages => (
+            "/v1/messages/count_tokens",
+            json!({"input_tokens": body.len().div_ceil(4)}),
+        ),
+        _ => (
+            "/v1/responses/input_tokens",
+            json!({"object": "response.input_tokens", "input_tokens": body.len().div_ceil(4)}),
+        ),
+    };
+    backend.log.push(received(path, &ask, &headers));
+    backend.log.push(BackendEvent::Finished {
+        tag: ask.directives.tag.clone(),
+    });
+    axum::Json(answer).into_response()
 }
 
 fn received(path: &str, ask: &Ask, headers: &HeaderMap) -> BackendEvent {

@@ -22,8 +22,8 @@ use modelrelay_core::session::{
     chunk_cost, failure_message,
 };
 use modelrelay_core::wire::{
-    BackendUsage, FORWARDED_REQUEST_HEADERS, FrameLimits, Headers, LinkFlow, RequestFrame,
-    ServerMessage, TokenCounts, WireVersion, WorkerMessage,
+    BackendUsage, FrameLimits, Headers, LinkFlow, RequestFrame, ServerMessage, TokenCounts,
+    WireVersion, WorkerMessage, forwards_request_header,
 };
 use modelrelay_transports::{Heard, LinkReader, LinkWriter, Outgoing};
 use modelrelay_transports::{LINK_CLOSE_WAIT, send_or_wait};
@@ -690,14 +690,12 @@ async fn call_backend(
         warn!(request = %frame.request_id, %refused, "refusing a request: the relay asked for a path the worker does not call");
         return Err(BackendError::Refused(refused));
     }
+    // Whatever the relay sent (a ModelRelay server sends nearly every client
+    // header), the backend gets only the listed ones, a request id well formed.
     let headers: Headers = frame
         .headers
         .iter()
-        .filter(|(name, _)| {
-            FORWARDED_REQUEST_HEADERS
-                .iter()
-                .any(|f| f.eq_ignore_ascii_case(name))
-        })
+        .filter(|(name, value)| forwards_request_header(name, value))
         .collect();
     let response = backend
         .send(BackendRequest {
@@ -912,6 +910,74 @@ mod tests {
             );
         }
         assert_eq!(backend.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// A backend that keeps the headers of the last request it got, and answers 200.
+    #[derive(Default)]
+    struct HeaderRecorder(std::sync::Mutex<Option<Headers>>);
+
+    impl Backend for HeaderRecorder {
+        fn send(&self, request: BackendRequest) -> crate::backend::BackendFuture {
+            *self.0.lock().unwrap() = Some(request.headers);
+            Box::pin(async {
+                Ok(crate::backend::BackendResponse {
+                    status: 200,
+                    headers: json(),
+                    body: Box::pin(futures_util::stream::empty()),
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_backend_gets_only_the_listed_headers_and_a_well_formed_request_id() {
+        let (reports, _inbox) = mpsc::unbounded_channel();
+        let (_allowance, allowed) = watch::channel(u64::MAX);
+        let sent = |request_id: &str| {
+            let mut frame = request_for("/v1/chat/completions");
+            frame.headers = [
+                ("Authorization", "Bearer backend-key"),
+                ("openai-project", "proj_1"),
+                ("openai-beta", "assistants=v2"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("tracestate", "congo=t61rcWkgMzE"),
+                ("x-request-id", request_id),
+                // What a ModelRelay server also passes on.
+                ("cookie", "session=1"),
+                ("x-forwarded-for", "10.0.0.1"),
+            ]
+            .into_iter()
+            .collect();
+            frame
+        };
+        let backend = HeaderRecorder::default();
+        call_backend(&backend, &sent("client-7"), 1024, &reports, allowed.clone())
+            .await
+            .unwrap();
+        let got = backend.0.lock().unwrap().take().unwrap();
+        let names: Vec<&str> = got.iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                "Authorization",
+                "openai-project",
+                "openai-beta",
+                "traceparent",
+                "tracestate",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(got.get("x-request-id"), Some("client-7"));
+        let too_long = "r".repeat(129);
+        call_backend(&backend, &sent(&too_long), 1024, &reports, allowed)
+            .await
+            .unwrap();
+        let got = backend.0.lock().unwrap().take().unwrap();
+        assert_eq!(got.get("x-request-id"), None);
+        assert_eq!(got.len(), 5);
     }
 
     /// A backend that streams 100-byte SSE chunks without end, counting those pulled.

@@ -15,8 +15,11 @@ use http::Uri;
 use url::Url;
 
 /// The backend paths a relay may ask for: the inference endpoints of the
-/// protocol (`/work/shared/PROTOCOL.md`), the ones our relay routes
-/// (`relay/src/app.rs`), and so every path a ModelRelay v1 server sends.
+/// protocol (`/work/shared/PROTOCOL.md`), the ones our relay routes by model
+/// (`relay/src/clients/routes.rs`: the token counters of the Anthropic and
+/// Responses APIs among them), and so every path a ModelRelay v1 server sends.
+/// A worker built before the token counters joined refuses them
+/// (`endpoint_not_allowed`), as it refuses any path not on its list.
 ///
 /// v1 servers (`ericflo/modelrelay`, every version of `modelrelay-server` and
 /// the older `proxy-server`) send only `/v1/chat/completions`,
@@ -28,12 +31,14 @@ use url::Url;
 ///
 /// `GET /v1/models` is not here: the worker asks for it itself (model
 /// discovery); a relay never does.
-pub const INFERENCE_PATHS: [&str; 5] = [
+pub const INFERENCE_PATHS: [&str; 7] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/responses",
     "/v1/messages",
     "/v1/embeddings",
+    "/v1/messages/count_tokens",
+    "/v1/responses/input_tokens",
 ];
 
 /// The protocol's error code for a request whose path the worker will not call.
@@ -219,6 +224,22 @@ mod tests {
     fn every_inference_path_is_allowed_exactly_as_written() {
         for path in INFERENCE_PATHS {
             assert_eq!(check_inference_path(path), Ok(()), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_token_counting_paths_are_allowed_and_their_neighbours_are_not() {
+        for path in ["/v1/messages/count_tokens", "/v1/responses/input_tokens"] {
+            assert_eq!(check_inference_path(path), Ok(()), "{path}");
+        }
+        for path in [
+            "/v1/messages/batches",
+            "/v1/responses/resp_1",
+            "/v1/responses/input_tokens/",
+            "/v1/messages/count_tokens?beta=true",
+        ] {
+            let refused = check_inference_path(path).unwrap_err();
+            assert_eq!(refused.why(), Why::NotAnInferencePath, "{path:?}");
         }
     }
 

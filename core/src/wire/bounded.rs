@@ -45,7 +45,7 @@ pub const MAX_ACK_WARNINGS: usize = 2 * MAX_LISTED_MODELS;
 ///
 /// hyper, which parses both the clients' requests at the relay and the
 /// backends' responses at the worker, refuses a message with more than 100
-/// headers by default, and the relay forwards only six request headers
+/// headers by default, and the relay forwards only eleven request headers
 /// ([`super::FORWARDED_REQUEST_HEADERS`]); 256 leaves room for a peer with a
 /// larger limit and costs at most 256 × 48 bytes of pairs.
 pub const MAX_HEADER_PAIRS: usize = 256;

@@ -8,6 +8,7 @@
 
 mod bounded;
 mod format;
+mod forwarded;
 mod messages;
 mod register_limit;
 mod tagged;
@@ -18,6 +19,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use bounded::{MAX_ACK_WARNINGS, MAX_HEADER_PAIRS, MAX_LISTED_MODELS};
+pub use forwarded::{
+    CLIENT_REQUEST_ID_HEADER, FORWARDED_REQUEST_HEADERS, MAX_CLIENT_REQUEST_ID_BYTES,
+    forwards_request_header, is_well_formed_request_id,
+};
 pub use messages::{
     BackendUsage, Cancel, CancelReason, GracefulShutdown, Headers, ModelsRefresh, ModelsUpdate,
     Ping, Pong, Register, RegisterAck, RequestFrame, ResponseChunk, ResponseComplete,
@@ -48,16 +53,6 @@ pub const INITIAL_WINDOW: u64 = 64 * 1024;
 pub const V2_ALPN: &[u8] = b"modelrelay/2";
 /// The version byte that starts every v2 frame.
 pub const V2_FRAME_VERSION: u8 = 2;
-
-/// Client headers that travel with a request to the backend; all others stay at the relay.
-pub const FORWARDED_REQUEST_HEADERS: [&str; 6] = [
-    "authorization",
-    "content-type",
-    "openai-organization",
-    "x-api-key",
-    "anthropic-version",
-    "anthropic-beta",
-];
 
 /// Response headers about the connection rather than the content; never passed on.
 pub const HOP_BY_HOP_HEADERS: [&str; 8] = [

@@ -5,7 +5,9 @@
 pub use modelrelay_testkit::*;
 
 pub mod fake_v1_relay;
+pub mod keys;
 pub mod memory_link;
+pub mod queue;
 pub mod raw_worker;
 pub mod scenarios;
 

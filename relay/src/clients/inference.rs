@@ -4,29 +4,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use modelrelay_core::relay::NewRequest;
-use modelrelay_core::wire::{FORWARDED_REQUEST_HEADERS, Headers};
+use modelrelay_core::wire::{FORWARDED_REQUEST_HEADERS, Headers, forwards_request_header};
 use modelrelay_core::{ModelName, RequestId};
 
 use crate::app::AppState;
 use crate::error::{ApiError, ClientError};
 use crate::hub::Command;
 use crate::hub::response_queue::ResponseReceiver;
+use crate::request_id::{self, RequestIds};
 
 use super::api_key::{carries_relay_key, require_api_key};
 use super::body::BodyLimits;
 use super::parse::{ParsedRequest, parse};
 use super::{InferenceRoute, respond};
 
-/// The header naming the relay's id for a request, for logs on both sides.
-pub const REQUEST_ID_HEADER: &str = "x-modelrelay-request-id";
-
-/// The common request-id header, also carrying the relay's id.
-const GENERIC_REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// Handles one inference request on `route`.
+/// Handles one inference request on `route` (its answer's request-id headers are set by
+/// [`request_id::stamp`]).
 pub(super) async fn inference(
     State(app): State<Arc<AppState>>,
     route: InferenceRoute,
@@ -34,6 +30,10 @@ pub(super) async fn inference(
 ) -> Result<Response, ClientError> {
     let flavor = route.flavor;
     require_api_key(&app, flavor, request.headers()).await?;
+    let ids = RequestIds {
+        relay: request_id::of(&request),
+        client: request_id::from_client(request.headers()),
+    };
     let (parts, body) = request.into_parts();
     let limits = BodyLimits {
         max_bytes: app.config.max_body_bytes,
@@ -42,7 +42,7 @@ pub(super) async fn inference(
     let parsed = parse(body, limits, route)
         .await
         .map_err(|error| error.for_api(flavor))?;
-    let (id, events) = dispatch(&app, route, &parsed, &parts.headers)
+    let events = dispatch(&app, route, ids, &parsed, &parts.headers)
         .await
         .ok_or_else(|| ApiError::shutting_down().for_api(flavor))?;
     let ParsedRequest {
@@ -57,23 +57,17 @@ pub(super) async fn inference(
         flavor,
         held,
     };
-    let mut response = respond::answer(events, asked).await;
-    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
-        let headers = response.headers_mut();
-        headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), value.clone());
-        // The relay's id owns the common name; the backend's goes out as `x-backend-request-id`.
-        headers.insert(HeaderName::from_static(GENERIC_REQUEST_ID_HEADER), value);
-    }
-    Ok(response)
+    Ok(respond::answer(events, asked).await)
 }
 
-/// Hands the request to the hub: its id and the queue its answer comes on, or `None` if the hub stopped.
+/// Hands the request to the hub: the queue its answer comes on, or `None` if the hub stopped.
 async fn dispatch(
     app: &AppState,
     route: InferenceRoute,
+    ids: RequestIds,
     parsed: &ParsedRequest,
     headers: &HeaderMap,
-) -> Option<(RequestId, ResponseReceiver)> {
+) -> Option<ResponseReceiver> {
     let id = RequestId::new(app.next_request.fetch_add(1, Ordering::Relaxed));
     let (responder, events) = app.hub.response_queue(id);
     let sent = app.hub.send(Command::Request {
@@ -88,14 +82,16 @@ async fn dispatch(
             headers: forwarded_headers(headers, app.config.require_api_keys),
         },
         route,
+        ids,
         responder,
     });
-    sent.await.then_some((id, events))
+    sent.await.then_some(events)
 }
 
-/// The client headers the backend gets. With `strip_relay_keys` (the relay
-/// checks API keys), no header carrying one of the relay's keys is passed on,
-/// whichever header it came in: the relay's keys are not the backend's business.
+/// The client headers the backend gets: those on the shared list, a request id
+/// only when well formed. With `strip_relay_keys` (the relay checks API keys),
+/// no header carrying one of the relay's keys is passed on, whichever header it
+/// came in: the relay's keys are not the backend's business.
 fn forwarded_headers(headers: &HeaderMap, strip_relay_keys: bool) -> Headers {
     FORWARDED_REQUEST_HEADERS
         .iter()
@@ -105,6 +101,7 @@ fn forwarded_headers(headers: &HeaderMap, strip_relay_keys: bool) -> Headers {
                 .and_then(|v| v.to_str().ok())
                 .map(|v| (*name, v))
         })
+        .filter(|(name, value)| forwards_request_header(name, value))
         .filter(|(_, value)| !(strip_relay_keys && carries_relay_key(value)))
         .collect()
 }

@@ -1,4 +1,4 @@
-//! What clients call: the inference routes, `/v1/models`, `/health`, and the answer to any other path.
+//! What clients call: the inference routes, `/v1/models`, `/health`, and the answers to any other path or method.
 //!
 //! An inference request is parsed ([`parse`]), handed to the hub and answered
 //! ([`inference`]) whole ([`respond`]) or as a stream ([`stream`]); the routes
@@ -25,37 +25,64 @@ mod stream;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::Request;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 use crate::app::AppState;
+use crate::error::ApiFlavor;
 
 pub(crate) use body::BodyBudget;
 pub use cors::{ANY_ORIGIN, CorsError, CorsOrigins};
-pub use inference::REQUEST_ID_HEADER;
 pub(crate) use not_found::not_found;
 pub(crate) use routes::{INFERENCE_ROUTES, InferenceRoute};
 pub(crate) use sse::stream_usage;
 
-/// The client routes: every inference route of the table (each answer hardened
-/// against being run by a browser), `/v1/models` and `/health`, with CORS for `origins`.
+/// The client routes, each also without its `/v1` prefix: every inference
+/// route of the table (each answer hardened against being run by a browser),
+/// `/v1/models`, `/v1/models/{id}` and `/health`, with CORS for `origins`
+/// (preflights are answered before routing). A method a route does not take
+/// gets a 405 in its API's error shape.
 pub(crate) fn router(origins: &CorsOrigins) -> Router<Arc<AppState>> {
     let router = INFERENCE_ROUTES
         .iter()
         .fold(Router::new(), |router, &route| {
-            router.route(
-                route.path,
-                post(move |app, request| async move {
-                    headers::harden(
-                        inference::inference(app, route, request)
-                            .await
-                            .into_response(),
-                    )
-                }),
-            )
+            let serve = post(move |app, request| async move {
+                headers::harden(
+                    inference::inference(app, route, request)
+                        .await
+                        .into_response(),
+                )
+            })
+            .fallback(move |request: Request| async move {
+                headers::harden(not_found::method_not_allowed(&request, route.flavor))
+            });
+            router
+                .route(route.path, serve.clone())
+                .route(route.unprefixed(), serve)
         });
-    router
-        .route("/v1/models", get(models::models))
-        .route("/health", get(health::health))
-        .layer(cors::layer(origins))
+    let router = [
+        ("/v1/models", get(models::models)),
+        // `{*id}`: a model id may hold slashes.
+        ("/v1/models/{*id}", get(models::model)),
+        ("/health", get(health::health)),
+    ]
+    .into_iter()
+    .fold(router, |router, (path, handler)| {
+        let handler = openai_method_fallback(handler);
+        match routes::unprefixed(path) {
+            Some(unprefixed) => router
+                .route(path, handler.clone())
+                .route(unprefixed, handler),
+            None => router.route(path, handler),
+        }
+    });
+    router.layer(cors::layer(origins))
+}
+
+/// `handler` answering a method it does not take with a 405 in OpenAI's shape.
+fn openai_method_fallback(handler: MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>> {
+    handler.fallback(|request: Request| async move {
+        not_found::method_not_allowed(&request, ApiFlavor::OpenAi)
+    })
 }

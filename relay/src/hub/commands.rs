@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::InferenceRoute;
+use crate::request_id::RequestIds;
 
 use super::response_queue::ResponseSender;
 use super::views::{Counts, Snapshot, WorkerView};
@@ -67,6 +68,8 @@ pub(crate) enum Command {
         request: NewRequest,
         /// The route it came in on.
         route: InferenceRoute,
+        /// What it is called outside the relay, for its log line.
+        ids: RequestIds,
         responder: ResponseSender,
     },
     /// Numbers and models for `/admin/stats`.

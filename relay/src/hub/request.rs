@@ -12,13 +12,17 @@ use tracing::info;
 use crate::clients::{InferenceRoute, stream_usage};
 use crate::error::ApiError;
 use crate::operator::{Metrics, outcome_label};
+use crate::request_id::RequestIds;
 
 use super::response_queue::{ClientState, Left, ResponseEvent, ResponseSender};
 use super::task::now;
 
 /// A request waiting for its answer: its queue to the client, its timings, usage and byte counts.
 pub(super) struct OpenRequest {
+    /// Its key in the core, and its id on its worker link.
     id: RequestId,
+    /// What it is called outside the relay.
+    ids: RequestIds,
     responder: ResponseSender,
     model: ModelName,
     route: InferenceRoute,
@@ -45,10 +49,12 @@ impl OpenRequest {
     pub(super) fn new(
         request: &NewRequest,
         route: InferenceRoute,
+        ids: RequestIds,
         responder: ResponseSender,
     ) -> Self {
         Self {
             id: request.id,
+            ids,
             responder,
             model: request.model.clone(),
             route,
@@ -132,9 +138,13 @@ impl OpenRequest {
         let _ = self.responder.send(ResponseEvent::Ended(outcome));
     }
 
-    /// One line per request end: id, route, model, worker, status, outcome, timings.
+    /// One line per request end: ids, route, model, worker, status, outcome, timings.
+    /// `request` is the id its answer carried; `link_request` names it in the
+    /// worker's log; `client_request_id` is the client's own, if it sent one.
     fn log_end(&self, outcome: &Outcome, took: Duration) {
-        let request = self.id;
+        let request = self.ids.relay;
+        let link_request = self.id.get();
+        let client_request_id = self.ids.client.as_deref();
         let elapsed_ms = took.as_secs_f64() * 1000.0;
         let queue_ms = millis(self.queue_wait);
         let first_chunk_ms = millis(self.first_chunk);
@@ -143,18 +153,18 @@ impl OpenRequest {
         let result = outcome_label(outcome);
         match outcome {
             Outcome::Completed(completion) => info!(
-                %request, route, model = %self.model, worker, status = completion.status_code,
+                %request, link_request, client_request_id, route, model = %self.model, worker, status = completion.status_code,
                 outcome = result, chunks = self.chunks, queue_ms, first_chunk_ms, elapsed_ms,
                 "request completed"
             ),
             Outcome::Failed { failure, streamed } => info!(
-                %request, route, model = %self.model, worker,
+                %request, link_request, client_request_id, route, model = %self.model, worker,
                 status = ApiError::from_failure(failure, "").status.as_u16(),
                 outcome = result, %failure, streamed, chunks = self.chunks, queue_ms,
                 first_chunk_ms, elapsed_ms, "request failed"
             ),
             Outcome::Cancelled => info!(
-                %request, route, model = %self.model, worker, outcome = result,
+                %request, link_request, client_request_id, route, model = %self.model, worker, outcome = result,
                 chunks = self.chunks, queue_ms, first_chunk_ms, elapsed_ms,
                 "request cancelled by the client"
             ),

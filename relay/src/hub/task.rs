@@ -18,6 +18,7 @@ use super::response_queue::Left;
 use crate::clients::InferenceRoute;
 use crate::codes;
 use crate::operator::Metrics;
+use crate::request_id::RequestIds;
 
 use super::Command;
 use super::links::LinkHandle;
@@ -150,8 +151,9 @@ impl HubTask {
             Command::Request {
                 request,
                 route,
+                ids,
                 responder,
-            } => self.request_arrived(request, route, responder),
+            } => self.request_arrived(request, route, ids, responder),
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -192,10 +194,11 @@ impl HubTask {
         &mut self,
         request: NewRequest,
         route: InferenceRoute,
+        ids: RequestIds,
         responder: ResponseSender,
     ) {
         let id = request.id;
-        let open = OpenRequest::new(&request, route, responder);
+        let open = OpenRequest::new(&request, route, ids, responder);
         self.requests.insert(id, open);
         self.feed(Input::RequestArrived(request));
         // Its client may have left before the hub saw the request: its board
@@ -299,6 +302,13 @@ mod tests {
         }
     }
 
+    fn ids() -> RequestIds {
+        RequestIds {
+            relay: crate::request_id::PublicRequestId::generate(),
+            client: None,
+        }
+    }
+
     /// Connects worker 1 over a windowed v2 link and registers it with one
     /// slot for `model`; the receiving end of its link, to keep while it is used.
     fn register_worker(hub: &mut HubTask, model: &str) -> mpsc::Receiver<crate::hub::LinkCommand> {
@@ -357,6 +367,7 @@ mod tests {
         hub.apply(Command::Request {
             request: request(1, "m"),
             route: INFERENCE_ROUTES[0],
+            ids: ids(),
             responder,
         });
         hub.flush();
@@ -383,6 +394,7 @@ mod tests {
         hub.apply(Command::Request {
             request: request(1, "made-up-for-the-wildcard"),
             route: INFERENCE_ROUTES[0],
+            ids: ids(),
             responder,
         });
         hub.flush();
@@ -426,6 +438,7 @@ mod tests {
             hub.apply(Command::Request {
                 request: request(id, model),
                 route: INFERENCE_ROUTES[0],
+                ids: ids(),
                 responder,
             });
             hub.flush();
