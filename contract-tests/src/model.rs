@@ -940,7 +940,9 @@ impl RelayModel {
         worker.refusing = true;
         self.ended.insert(r, Some(w));
         self.requests.get_mut(&r).expect("live").status = ModelStatus::Detached;
-        if self.count_requeue(r) && !self.try_assign(r) {
+        // Uncounted: a refusal does not spend the request's requeues.
+        self.requeues += 1;
+        if !self.try_assign(r) {
             self.enqueue(r, true);
         }
         self.close_if_drained(w);

@@ -1248,13 +1248,38 @@ fn a_refusal_before_any_chunk_requeues_the_request_and_rests_the_worker() {
     let outputs = h.outputs();
     assert_eq!(dispatched(&outputs), [(2, 1)]);
     assert!(ended(&outputs).is_empty());
-    assert_eq!(h.relay.requeue_count(r(1)), Some(1));
+    assert_eq!(
+        h.relay.requeue_count(r(1)),
+        Some(0),
+        "a refusal spends no requeue"
+    );
     // Worker 1 gets nothing until it speaks again.
     h.request(2, "m");
     assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
     h.pong(1, 0);
     h.request(3, "m");
     assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
+}
+
+#[test]
+fn refusals_never_use_up_the_requeue_limit_but_a_lost_worker_still_does() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.worker(2, &["m"], 1);
+    h.request(1, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    // Twice the limit of refusals, each from a worker that then speaks again.
+    for round in 0..8u64 {
+        let (refusing, next) = if round % 2 == 0 { (1, 2) } else { (2, 1) };
+        h.error(refusing, 1, REFUSED_AT_CAPACITY, "full");
+        assert_eq!(dispatched(&h.outputs()), [(next, 1)], "round {round}");
+        h.pong(refusing, 0);
+    }
+    assert_eq!(h.relay.requeue_count(r(1)), Some(0));
+    // A worker lost while holding it still counts.
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    assert_eq!(dispatched(&h.outputs()), [(2, 1)]);
+    assert_eq!(h.relay.requeue_count(r(1)), Some(1));
 }
 
 /// The `response_complete` a worker on a v1 link sends to refuse a request.
@@ -1284,7 +1309,11 @@ fn on_v1_a_marked_503_before_any_chunk_is_a_refusal_and_requeues_the_request() {
     let outputs = h.outputs();
     assert_eq!(dispatched(&outputs), [(2, 1)]);
     assert!(ended(&outputs).is_empty(), "the client sees nothing of it");
-    assert_eq!(h.relay.requeue_count(r(1)), Some(1));
+    assert_eq!(
+        h.relay.requeue_count(r(1)),
+        Some(0),
+        "a refusal spends no requeue"
+    );
     // Worker 1 rests, as after an `error` refusal, until it speaks again.
     h.request(2, "m");
     assert_eq!(dispatched(&h.outputs()), [(2, 2)]);

@@ -309,7 +309,12 @@ impl Relay {
             request.state = RequestState::Detached;
         }
         self.release_flow(request_id);
-        if self.count_requeue(request_id) && !self.try_assign(request_id) {
+        // "Try another worker": nothing reached the client and the worker was
+        // only full or leaving, so the requeue limit (meant for lost workers)
+        // is not spent. The refusing worker rests, and the queue timeout still
+        // bounds the request's wait.
+        self.stats.requeues += 1;
+        if !self.try_assign(request_id) {
             self.enqueue(now, request_id, QueueEnd::Front);
         }
         self.close_if_drained(worker_id);
