@@ -710,7 +710,6 @@ enum StreamEvent {
 }
 
 /// What the worker's writer holds of one request stream.
-#[derive(Clone)]
 struct WorkerStream {
     /// Its frames ([`STREAM_QUEUE`] at most).
     frames: mpsc::Sender<ToStream>,
@@ -784,17 +783,25 @@ impl WorkerWriter {
                 self.control.send(frame, report).await;
                 continue;
             };
-            let stream = if last {
-                self.streams.by_request.remove(request).map(|(_, s)| s)
+            // Borrowed, not cloned, for every chunk but the last: a clone would
+            // take the reset token's lock twice per chunk.
+            let removed;
+            let frames = if last {
+                removed = self
+                    .streams
+                    .by_request
+                    .remove(request)
+                    .map(|(_, s)| s.frames);
+                removed.as_ref()
             } else {
-                self.streams.by_request.get(request).map(|(_, s)| s.clone())
+                self.streams.by_request.get(request).map(|(_, s)| &s.frames)
             };
-            let Some(stream) = stream else {
+            let Some(frames) = frames else {
                 // No stream: the relay cancelled the request; nothing more to say about it.
                 report();
                 continue;
             };
-            match stream.frames.try_send(ToStream {
+            match frames.try_send(ToStream {
                 frame,
                 last,
                 report,
@@ -928,11 +935,15 @@ async fn worker_stream(
     }
     let reading = after_request(&mut recv, limits, &request_id);
     tokio::pin!(reading);
+    // Made once: a fresh `cancelled()` per frame would register and drop a
+    // waiter on the token's lock for every chunk.
+    let reset_asked = reset.cancelled();
+    tokio::pin!(reset_asked);
     let mut relay_done = false;
     loop {
         tokio::select! {
             biased;
-            () = reset.cancelled() => {
+            () = &mut reset_asked => {
                 let _ = send.reset(VarInt::from_u32(STREAM_OVERFLOW_RESET));
                 break;
             }
