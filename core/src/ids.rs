@@ -80,6 +80,12 @@ numeric_id! {
     RequestId
 }
 
+numeric_id! {
+    /// One relay a worker links to, as the worker's session counts them; its
+    /// link may close and reopen under the same id.
+    LinkId
+}
+
 /// A request's id as it travels on a link: a number from this relay, any text from another.
 ///
 /// Existing relays may use ids such as `"req-42"`; a worker echoes whatever it is

@@ -12,4 +12,6 @@ pub mod relay;
 pub mod session;
 pub mod wire;
 
-pub use ids::{DEFAULT_PROVIDER, ModelName, ProviderId, RequestId, WireRequestId, WorkerId};
+pub use ids::{
+    DEFAULT_PROVIDER, LinkId, ModelName, ProviderId, RequestId, WireRequestId, WorkerId,
+};

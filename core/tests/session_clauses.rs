@@ -14,9 +14,12 @@ use modelrelay_core::wire::{
     marked_refusal,
 };
 use modelrelay_core::wire::{INITIAL_WINDOW, LinkFlow, WindowUpdate};
-use modelrelay_core::{ModelName, RequestId, WireRequestId};
+use modelrelay_core::{LinkId, ModelName, RequestId, WireRequestId};
 
 const SECOND: Duration = Duration::from_secs(1);
+
+/// The harness's one link.
+const L0: LinkId = LinkId::new(0);
 
 struct Harness {
     session: WorkerSession,
@@ -27,24 +30,44 @@ fn r(id: u64) -> WireRequestId {
     RequestId::new(id).into()
 }
 
+fn ack_frame() -> ServerMessage {
+    ServerMessage::RegisterAck(RegisterAck {
+        worker_id: "7".into(),
+        models: vec![ModelName::new("m")],
+        warnings: vec![],
+        protocol_version: None,
+    })
+}
+
+/// Request `id` of the harness's one link, as the backend side names it.
+fn k(id: u64) -> LinkRequest {
+    LinkRequest::new(L0, r(id))
+}
+
 impl Harness {
     fn new(max_concurrent: u32) -> Self {
+        Self::with_config(SessionConfig {
+            worker_name: "gpu-1".into(),
+            models: vec!["m".into()],
+            max_concurrent,
+            jitter_seed: 42,
+            ..SessionConfig::default()
+        })
+    }
+
+    /// A session with one link (link 0), about to dial it.
+    fn with_config(config: SessionConfig) -> Self {
+        let mut session = WorkerSession::new(config);
+        assert_eq!(session.add_link(), L0);
         Self {
-            session: WorkerSession::new(SessionConfig {
-                worker_name: "gpu-1".into(),
-                models: vec!["m".into()],
-                max_concurrent,
-                jitter_seed: 42,
-                ..SessionConfig::default()
-            }),
+            session,
             now: Instant::now(),
         }
     }
 
     /// A session with one slot advertising `models`, its first output (the dial) taken.
     fn with_models(models: Vec<String>) -> Self {
-        let mut h = Self::new(1);
-        h.session = WorkerSession::new(SessionConfig {
+        let mut h = Self::with_config(SessionConfig {
             worker_name: "gpu-1".into(),
             models,
             max_concurrent: 1,
@@ -78,14 +101,34 @@ impl Harness {
     }
 
     fn frame(&mut self, message: ServerMessage) -> Vec<SessionOutput> {
-        self.handle(SessionInput::Frame(message))
+        self.frame_on(L0, message)
+    }
+
+    fn frame_on(&mut self, link: LinkId, message: ServerMessage) -> Vec<SessionOutput> {
+        self.handle(SessionInput::Frame { link, message })
+    }
+
+    /// Adds a link and brings it to registered; returns its id and the outputs
+    /// of the registration's ack.
+    fn add_registered_link(&mut self) -> (LinkId, Vec<SessionOutput>) {
+        let link = self.session.add_link();
+        assert_eq!(self.outputs(), [SessionOutput::Connect { link }]);
+        self.handle(SessionInput::LinkUp {
+            link,
+            wire: WireVersion::V2,
+            flow: LinkFlow::Unwindowed,
+            liveness: Liveness::Probed,
+        });
+        let outputs = self.frame_on(link, ack_frame());
+        (link, outputs)
     }
 
     /// Brings the session to registered, discarding the outputs on the way.
     fn registered(max_concurrent: u32) -> Self {
         let mut h = Self::new(max_concurrent);
-        assert_eq!(h.outputs(), [SessionOutput::Connect]);
+        assert_eq!(h.outputs(), [SessionOutput::Connect { link: L0 }]);
         h.handle(SessionInput::LinkUp {
+            link: L0,
             wire: WireVersion::V2,
             flow: LinkFlow::Unwindowed,
             liveness: Liveness::Probed,
@@ -95,28 +138,30 @@ impl Harness {
     }
 
     fn ack(&mut self) -> Vec<SessionOutput> {
-        self.frame(ServerMessage::RegisterAck(RegisterAck {
-            worker_id: "7".into(),
-            models: vec![ModelName::new("m")],
-            warnings: vec![],
-            protocol_version: None,
-        }))
+        self.frame(ack_frame())
     }
 
     fn request(&mut self, id: u64) -> Vec<SessionOutput> {
-        self.frame(ServerMessage::Request(Arc::new(RequestFrame {
-            request_id: r(id),
-            model: ModelName::new("m"),
-            endpoint_path: "/v1/chat/completions".into(),
-            is_streaming: true,
-            body: Bytes::from_static(b"{}"),
-            headers: Headers::new(),
-        })))
+        self.request_on(L0, id)
+    }
+
+    fn request_on(&mut self, link: LinkId, id: u64) -> Vec<SessionOutput> {
+        self.frame_on(
+            link,
+            ServerMessage::Request(Arc::new(RequestFrame {
+                request_id: r(id),
+                model: ModelName::new("m"),
+                endpoint_path: "/v1/chat/completions".into(),
+                is_streaming: true,
+                body: Bytes::from_static(b"{}"),
+                headers: Headers::new(),
+            })),
+        )
     }
 
     fn complete(&mut self, id: u64) -> Vec<SessionOutput> {
         self.handle(SessionInput::BackendComplete {
-            request: r(id),
+            request: k(id),
             status_code: 200,
             headers: Headers::new(),
             body: Bytes::new(),
@@ -129,7 +174,7 @@ fn started(outputs: &[SessionOutput]) -> Vec<u64> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            SessionOutput::StartRequest(frame) => {
+            SessionOutput::StartRequest { frame, .. } => {
                 frame.request_id.as_request_id().map(|id| id.get())
             }
             _ => None,
@@ -142,7 +187,7 @@ fn aborted(outputs: &[SessionOutput]) -> Vec<(u64, CancelReason)> {
         .iter()
         .filter_map(|o| match o {
             SessionOutput::AbortRequest { request, reason } => {
-                Some((request.as_request_id()?.get(), reason.clone()))
+                Some((request.id.as_request_id()?.get(), reason.clone()))
             }
             _ => None,
         })
@@ -153,11 +198,15 @@ fn refusals(outputs: &[SessionOutput]) -> Vec<(u64, String)> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            SessionOutput::Send(WorkerMessage::Error(WorkerError {
-                request_id: Some(id),
-                code,
-                ..
-            })) => Some((id.as_request_id()?.get(), code.clone())),
+            SessionOutput::Send {
+                link: L0,
+                message:
+                    WorkerMessage::Error(WorkerError {
+                        request_id: Some(id),
+                        code,
+                        ..
+                    }),
+            } => Some((id.as_request_id()?.get(), code.clone())),
             _ => None,
         })
         .collect()
@@ -169,9 +218,10 @@ fn ended_in_error(outputs: &[SessionOutput]) -> Vec<(u64, String)> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            SessionOutput::Send(WorkerMessage::ResponseComplete(complete))
-                if complete.status_code >= 500 =>
-            {
+            SessionOutput::Send {
+                link: L0,
+                message: WorkerMessage::ResponseComplete(complete),
+            } if complete.status_code >= 500 => {
                 let body: serde_json::Value = serde_json::from_slice(&complete.body).ok()?;
                 let code = body.pointer("/error/code")?.as_str()?.to_owned();
                 Some((complete.request_id.as_request_id()?.get(), code))
@@ -184,14 +234,20 @@ fn ended_in_error(outputs: &[SessionOutput]) -> Vec<(u64, String)> {
 
 /// Whether any output sends an `error` frame.
 fn sends_error(outputs: &[SessionOutput]) -> bool {
-    outputs
-        .iter()
-        .any(|o| matches!(o, SessionOutput::Send(WorkerMessage::Error(_))))
+    outputs.iter().any(|o| {
+        matches!(
+            o,
+            SessionOutput::Send {
+                link: L0,
+                message: WorkerMessage::Error(_)
+            }
+        )
+    })
 }
 
 fn reconnect_delay(outputs: &[SessionOutput]) -> Option<Duration> {
     outputs.iter().find_map(|o| match o {
-        SessionOutput::Reconnecting { after } => Some(*after),
+        SessionOutput::Reconnecting { link: L0, after } => Some(*after),
         _ => None,
     })
 }
@@ -199,25 +255,29 @@ fn reconnect_delay(outputs: &[SessionOutput]) -> Option<Duration> {
 #[test]
 fn the_session_dials_at_once_and_registers_when_the_link_is_up() {
     let mut h = Harness::new(3);
-    assert_eq!(h.outputs(), [SessionOutput::Connect]);
+    assert_eq!(h.outputs(), [SessionOutput::Connect { link: L0 }]);
     let outputs = h.handle(SessionInput::LinkUp {
+        link: L0,
         wire: WireVersion::V1,
         flow: LinkFlow::Unwindowed,
         liveness: Liveness::Probed,
     });
     assert_eq!(
         outputs,
-        [SessionOutput::Send(WorkerMessage::Register(Register {
-            worker_name: "gpu-1".into(),
-            models: vec!["m".into()],
-            max_concurrent: 3,
-            protocol_version: Some("2026-04-bridge-v1".into()),
-            current_load: Some(0),
-        }))]
+        [SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::Register(Register {
+                worker_name: "gpu-1".into(),
+                models: vec!["m".into()],
+                max_concurrent: 3,
+                protocol_version: Some("2026-04-bridge-v1".into()),
+                current_load: Some(0),
+            })
+        }]
     );
     let outputs = h.ack();
     assert!(
-        matches!(&outputs[..], [SessionOutput::Registered { worker_id, .. }] if worker_id == "7")
+        matches!(&outputs[..], [SessionOutput::Registered { link: L0, worker_id, .. }] if worker_id == "7")
     );
     assert!(h.session.is_serving());
 }
@@ -232,10 +292,13 @@ fn pings_are_answered_with_the_current_load_and_the_echoed_timestamp() {
     }));
     assert_eq!(
         outputs,
-        [SessionOutput::Send(WorkerMessage::Pong(Pong {
-            current_load: 2,
-            timestamp_unix_ms: Some(123),
-        }))]
+        [SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::Pong(Pong {
+                current_load: 2,
+                timestamp_unix_ms: Some(123),
+            })
+        }]
     );
 }
 
@@ -279,20 +342,21 @@ fn backend_results_become_frames_and_results_of_aborted_requests_are_dropped() {
     let mut h = Harness::registered(2);
     h.request(1);
     let outputs = h.handle(SessionInput::BackendChunk {
-        request: r(1),
+        request: k(1),
         chunk: Bytes::from_static(b"data: a\n\n"),
     });
     assert_eq!(
         outputs,
-        [SessionOutput::Send(WorkerMessage::ResponseChunk(
-            ResponseChunk {
+        [SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::ResponseChunk(ResponseChunk {
                 request_id: r(1),
                 chunk: Bytes::from_static(b"data: a\n\n"),
-            }
-        ))]
+            })
+        }]
     );
     let outputs = h.handle(SessionInput::BackendFailed {
-        request: r(1),
+        request: k(1),
         code: "backend_unreachable".into(),
         message: "connection refused".into(),
     });
@@ -302,7 +366,7 @@ fn backend_results_become_frames_and_results_of_aborted_requests_are_dropped() {
     assert!(h.complete(1).is_empty());
     assert!(
         h.handle(SessionInput::BackendChunk {
-            request: r(1),
+            request: k(1),
             chunk: Bytes::from_static(b"x"),
         })
         .is_empty()
@@ -314,7 +378,7 @@ fn losing_the_link_aborts_running_requests_and_reconnects_with_backoff() {
     let mut h = Harness::registered(2);
     h.request(1);
     h.request(2);
-    let outputs = h.handle(SessionInput::LinkDown);
+    let outputs = h.handle(SessionInput::LinkDown { link: L0 });
     assert_eq!(
         aborted(&outputs),
         [
@@ -327,10 +391,10 @@ fn losing_the_link_aborts_running_requests_and_reconnects_with_backoff() {
     assert!(h.advance(first - Duration::from_millis(1)).is_empty());
     assert_eq!(
         h.advance(Duration::from_millis(1)),
-        [SessionOutput::Connect]
+        [SessionOutput::Connect { link: L0 }]
     );
     // The dial fails: the next delay doubles.
-    let second = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
+    let second = reconnect_delay(&h.handle(SessionInput::LinkDown { link: L0 })).unwrap();
     assert!(second >= 2 * SECOND && second <= 3 * SECOND, "{second:?}");
 }
 
@@ -339,16 +403,17 @@ fn a_registration_resets_the_backoff() {
     let mut h = Harness::new(1);
     h.outputs();
     for _ in 0..4 {
-        let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
+        let delay = reconnect_delay(&h.handle(SessionInput::LinkDown { link: L0 })).unwrap();
         h.advance(delay);
     }
     h.handle(SessionInput::LinkUp {
+        link: L0,
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
         liveness: Liveness::Probed,
     });
     h.ack();
-    let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
+    let delay = reconnect_delay(&h.handle(SessionInput::LinkDown { link: L0 })).unwrap();
     assert!(delay <= SECOND * 3 / 2, "{delay:?}");
 }
 
@@ -358,11 +423,12 @@ fn a_refusal_with_retry_after_waits_that_long_however_far_the_backoff_has_grown(
     h.outputs();
     // Seven failed dials: the backoff is at its 30 s cap.
     for _ in 0..7 {
-        let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
+        let delay = reconnect_delay(&h.handle(SessionInput::LinkDown { link: L0 })).unwrap();
         h.advance(delay);
     }
     let retry_after = 12 * SECOND;
     let delay = reconnect_delay(&h.handle(SessionInput::LinkRefused {
+        link: L0,
         retry_after: Some(retry_after),
     }))
     .unwrap();
@@ -373,10 +439,14 @@ fn a_refusal_with_retry_after_waits_that_long_however_far_the_backoff_has_grown(
     assert!(h.advance(retry_after - Duration::from_millis(1)).is_empty());
     assert_eq!(
         h.advance(delay - retry_after + Duration::from_millis(1)),
-        [SessionOutput::Connect]
+        [SessionOutput::Connect { link: L0 }]
     );
     // Refused again without a Retry-After (a wrong secret): the normal backoff goes on.
-    let next = reconnect_delay(&h.handle(SessionInput::LinkRefused { retry_after: None })).unwrap();
+    let next = reconnect_delay(&h.handle(SessionInput::LinkRefused {
+        link: L0,
+        retry_after: None,
+    }))
+    .unwrap();
     assert!(next >= 30 * SECOND, "{next:?}");
 }
 
@@ -385,13 +455,14 @@ fn no_ack_in_time_drops_the_link() {
     let mut h = Harness::new(1);
     h.outputs();
     h.handle(SessionInput::LinkUp {
+        link: L0,
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
         liveness: Liveness::Probed,
     });
     let outputs = h.advance(SessionConfig::default().register_timeout);
-    assert_eq!(outputs, [SessionOutput::CloseLink]);
-    assert!(reconnect_delay(&h.handle(SessionInput::LinkDown)).is_some());
+    assert_eq!(outputs, [SessionOutput::CloseLink { link: L0 }]);
+    assert!(reconnect_delay(&h.handle(SessionInput::LinkDown { link: L0 })).is_some());
 }
 
 #[test]
@@ -407,12 +478,15 @@ fn a_server_drain_refuses_new_work_finishes_the_rest_and_reconnects_after_the_cl
     let outputs = h.complete(1);
     assert!(matches!(
         &outputs[..],
-        [SessionOutput::Send(WorkerMessage::ResponseComplete(_))]
+        [SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::ResponseComplete(_)
+        }]
     ));
     // The server closes the idle link; the worker comes back.
-    let outputs = h.handle(SessionInput::LinkDown);
+    let outputs = h.handle(SessionInput::LinkDown { link: L0 });
     let delay = reconnect_delay(&outputs).unwrap();
-    assert_eq!(h.advance(delay), [SessionOutput::Connect]);
+    assert_eq!(h.advance(delay), [SessionOutput::Connect { link: L0 }]);
     assert!(!h.session.has_exited());
 }
 
@@ -426,7 +500,7 @@ fn a_server_drain_that_never_closes_the_link_is_ended_by_the_worker() {
     assert!(h.advance(10 * SECOND).is_empty());
     assert_eq!(
         h.advance(SessionConfig::default().drain_grace),
-        [SessionOutput::CloseLink]
+        [SessionOutput::CloseLink { link: L0 }]
     );
 }
 
@@ -437,17 +511,21 @@ fn a_local_shutdown_stops_advertising_finishes_running_work_then_exits() {
     let outputs = h.handle(SessionInput::Shutdown);
     assert_eq!(
         outputs,
-        [SessionOutput::Send(WorkerMessage::ModelsUpdate(
-            ModelsUpdate {
+        [SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::ModelsUpdate(ModelsUpdate {
                 models: vec![],
                 current_load: 1,
-            }
-        ))]
+            })
+        }]
     );
     assert_eq!(refusals(&h.request(2)), [(2, REFUSED_DRAINING.to_string())]);
     let outputs = h.complete(1);
-    assert_eq!(outputs.last(), Some(&SessionOutput::CloseLink));
-    assert_eq!(h.handle(SessionInput::LinkDown), [SessionOutput::Exit]);
+    assert_eq!(outputs.last(), Some(&SessionOutput::CloseLink { link: L0 }));
+    assert_eq!(
+        h.handle(SessionInput::LinkDown { link: L0 }),
+        [SessionOutput::Exit]
+    );
     assert!(h.session.has_exited());
     assert_eq!(h.session.poll_timeout(), None);
 }
@@ -455,12 +533,18 @@ fn a_local_shutdown_stops_advertising_finishes_running_work_then_exits() {
 #[test]
 fn a_local_shutdown_when_idle_or_disconnected_exits_at_once() {
     let mut h = Harness::registered(1);
-    assert_eq!(h.handle(SessionInput::Shutdown), [SessionOutput::CloseLink]);
-    assert_eq!(h.handle(SessionInput::LinkDown), [SessionOutput::Exit]);
+    assert_eq!(
+        h.handle(SessionInput::Shutdown),
+        [SessionOutput::CloseLink { link: L0 }]
+    );
+    assert_eq!(
+        h.handle(SessionInput::LinkDown { link: L0 }),
+        [SessionOutput::Exit]
+    );
 
     let mut h = Harness::new(1);
     h.outputs();
-    h.handle(SessionInput::LinkDown);
+    h.handle(SessionInput::LinkDown { link: L0 });
     assert_eq!(h.handle(SessionInput::Shutdown), [SessionOutput::Exit]);
 }
 
@@ -471,8 +555,11 @@ fn the_local_shutdown_deadline_aborts_what_still_runs() {
     h.handle(SessionInput::Shutdown);
     let outputs = h.advance(SessionConfig::default().shutdown_timeout);
     assert_eq!(aborted(&outputs), [(1, CancelReason::ServerShutdown)]);
-    assert_eq!(outputs.last(), Some(&SessionOutput::CloseLink));
-    assert_eq!(h.handle(SessionInput::LinkDown), [SessionOutput::Exit]);
+    assert_eq!(outputs.last(), Some(&SessionOutput::CloseLink { link: L0 }));
+    assert_eq!(
+        h.handle(SessionInput::LinkDown { link: L0 }),
+        [SessionOutput::Exit]
+    );
 }
 
 #[test]
@@ -481,12 +568,13 @@ fn model_changes_are_sent_when_registered_and_owed_until_then() {
     let outputs = h.handle(SessionInput::ModelsChanged(vec!["m".into(), "n".into()]));
     assert_eq!(
         outputs,
-        [SessionOutput::Send(WorkerMessage::ModelsUpdate(
-            ModelsUpdate {
+        [SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::ModelsUpdate(ModelsUpdate {
                 models: vec!["m".into(), "n".into()],
                 current_load: 0,
-            }
-        ))]
+            })
+        }]
     );
     // The same list again is not news.
     assert!(
@@ -498,7 +586,7 @@ fn model_changes_are_sent_when_registered_and_owed_until_then() {
         [SessionOutput::RefreshModels]
     );
     // While disconnected, the new list goes out in the next register.
-    h.handle(SessionInput::LinkDown);
+    h.handle(SessionInput::LinkDown { link: L0 });
     assert!(
         h.handle(SessionInput::ModelsChanged(vec!["o".into()]))
             .is_empty()
@@ -506,13 +594,14 @@ fn model_changes_are_sent_when_registered_and_owed_until_then() {
     let delay = h.session.poll_timeout().unwrap() - h.now;
     h.advance(delay);
     let outputs = h.handle(SessionInput::LinkUp {
+        link: L0,
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
         liveness: Liveness::Probed,
     });
     assert!(matches!(
         &outputs[..],
-        [SessionOutput::Send(WorkerMessage::Register(Register { models, .. }))] if models == &["o".to_string()]
+        [SessionOutput::Send { link: L0, message: WorkerMessage::Register(Register { models, .. }) }] if models == &["o".to_string()]
     ));
 }
 
@@ -523,12 +612,13 @@ fn the_same_seed_gives_the_same_reconnect_schedule() {
             jitter_seed: seed,
             ..SessionConfig::default()
         });
+        session.add_link();
         let mut now = Instant::now();
         let start = now;
         let mut attempts = Vec::new();
         for _ in 0..5 {
             while session.poll_output().is_some() {}
-            session.handle(now, SessionInput::LinkDown);
+            session.handle(now, SessionInput::LinkDown { link: L0 });
             now = session.poll_timeout().unwrap();
             session.handle_timeout(now);
             attempts.push(now - start);
@@ -545,21 +635,21 @@ fn a_link_that_answers_no_probe_is_dropped_and_redialled() {
     h.request(1);
     // Quiet for 15 s: a probe; nothing at all in the 30 s after it: dead.
     assert!(h.advance(LINK_PROBE_AFTER - SECOND).is_empty());
-    assert_eq!(h.advance(SECOND), [SessionOutput::ProbeLink]);
+    assert_eq!(h.advance(SECOND), [SessionOutput::ProbeLink { link: L0 }]);
     assert!(h.advance(LINK_PROBE_TIMEOUT - SECOND).is_empty());
     // What runs is aborted when the link is given up, not when the close completes.
     assert_eq!(
         h.advance(SECOND),
         [
             SessionOutput::AbortRequest {
-                request: r(1),
+                request: k(1),
                 reason: CancelReason::WorkerDisconnect
             },
-            SessionOutput::CloseLink
+            SessionOutput::CloseLink { link: L0 }
         ]
     );
-    let delay = reconnect_delay(&h.handle(SessionInput::LinkDown)).unwrap();
-    assert_eq!(h.advance(delay), [SessionOutput::Connect]);
+    let delay = reconnect_delay(&h.handle(SessionInput::LinkDown { link: L0 })).unwrap();
+    assert_eq!(h.advance(delay), [SessionOutput::Connect { link: L0 }]);
 }
 
 #[test]
@@ -576,28 +666,29 @@ fn ids_from_another_relay_are_echoed_as_given() {
     })));
     assert!(matches!(
         &outputs[..],
-        [SessionOutput::StartRequest(frame), SessionOutput::AllowBackendRead { request, .. }]
-            if frame.request_id == foreign && *request == foreign
+        [SessionOutput::StartRequest { frame, .. }, SessionOutput::AllowBackendRead { request, .. }]
+            if frame.request_id == foreign && request.id == foreign
     ));
     let outputs = h.handle(SessionInput::BackendChunk {
-        request: foreign.clone(),
+        request: LinkRequest::new(L0, foreign.clone()),
         chunk: Bytes::from_static(b"data: a\n\n"),
     });
     assert_eq!(
         outputs,
-        [SessionOutput::Send(WorkerMessage::ResponseChunk(
-            ResponseChunk {
+        [SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::ResponseChunk(ResponseChunk {
                 request_id: foreign.clone(),
                 chunk: Bytes::from_static(b"data: a\n\n"),
-            }
-        ))]
+            })
+        }]
     );
     let outputs = h.frame(ServerMessage::Cancel(Cancel {
         request_id: foreign.clone(),
         reason: CancelReason::ClientDisconnect,
     }));
     assert!(
-        matches!(&outputs[..], [SessionOutput::AbortRequest { request, .. }] if *request == foreign)
+        matches!(&outputs[..], [SessionOutput::AbortRequest { request, .. }] if request.id == foreign)
     );
 }
 
@@ -606,6 +697,7 @@ fn registered_on(wire: WireVersion) -> Harness {
     let mut h = Harness::new(2);
     h.outputs();
     h.handle(SessionInput::LinkUp {
+        link: L0,
         wire,
         flow: LinkFlow::Unwindowed,
         liveness: Liveness::Probed,
@@ -618,7 +710,10 @@ fn sent_chunks(outputs: &[SessionOutput]) -> Vec<Bytes> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            SessionOutput::Send(WorkerMessage::ResponseChunk(c)) => Some(c.chunk.clone()),
+            SessionOutput::Send {
+                link: L0,
+                message: WorkerMessage::ResponseChunk(c),
+            } => Some(c.chunk.clone()),
             _ => None,
         })
         .collect()
@@ -629,7 +724,7 @@ fn on_v1_a_character_split_across_backend_chunks_waits_for_its_end() {
     let mut h = registered_on(WireVersion::V1);
     h.request(1);
     let chunk = |bytes: &'static [u8]| SessionInput::BackendChunk {
-        request: r(1),
+        request: k(1),
         chunk: Bytes::from_static(bytes),
     };
     // "é" is 0xc3 0xa9; "€" is 0xe2 0x82 0xac.
@@ -649,7 +744,10 @@ fn on_v1_a_character_split_across_backend_chunks_waits_for_its_end() {
     let outputs = h.complete(1);
     assert!(matches!(
         &outputs[..],
-        [SessionOutput::Send(WorkerMessage::ResponseComplete(_))]
+        [SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::ResponseComplete(_)
+        }]
     ));
 }
 
@@ -659,7 +757,7 @@ fn output_that_is_not_utf8_fails_only_its_request_on_v1_and_passes_on_v2() {
     h.request(1);
     h.request(2);
     let outputs = h.handle(SessionInput::BackendChunk {
-        request: r(1),
+        request: k(1),
         chunk: Bytes::from_static(b"\xff\xfe"),
     });
     assert_eq!(
@@ -670,7 +768,7 @@ fn output_that_is_not_utf8_fails_only_its_request_on_v1_and_passes_on_v2() {
     assert_eq!(h.session.current_load(), 1, "request 2 goes on");
     // A stream that ends in the middle of a character cannot complete either.
     h.handle(SessionInput::BackendChunk {
-        request: r(2),
+        request: k(2),
         chunk: Bytes::from_static(b"ok \xc3"),
     });
     assert_eq!(
@@ -681,7 +779,7 @@ fn output_that_is_not_utf8_fails_only_its_request_on_v1_and_passes_on_v2() {
     let mut h = registered_on(WireVersion::V2);
     h.request(1);
     let outputs = h.handle(SessionInput::BackendChunk {
-        request: r(1),
+        request: k(1),
         chunk: Bytes::from_static(b"\xff\xfe"),
     });
     assert_eq!(sent_chunks(&outputs), [Bytes::from_static(b"\xff\xfe")]);
@@ -698,7 +796,10 @@ fn any_drain_timeout_from_the_relay_is_taken_without_overflow() {
     // No drain deadline is reachable; only the unanswered probe of the test link ends it.
     assert_eq!(
         h.advance(Duration::from_secs(3600)),
-        [SessionOutput::ProbeLink, SessionOutput::CloseLink]
+        [
+            SessionOutput::ProbeLink { link: L0 },
+            SessionOutput::CloseLink { link: L0 }
+        ]
     );
 }
 
@@ -712,11 +813,18 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
     let kept = &many[1..=MAX_MODELS_PER_WORKER];
     let mut h = Harness::with_models(many.clone());
     let outputs = h.handle(SessionInput::LinkUp {
+        link: L0,
         wire: WireVersion::V2,
         flow: LinkFlow::Unwindowed,
         liveness: Liveness::Probed,
     });
-    let [SessionOutput::Send(message @ WorkerMessage::Register(register))] = &outputs[..] else {
+    let [
+        SessionOutput::Send {
+            link: L0,
+            message: message @ WorkerMessage::Register(register),
+        },
+    ] = &outputs[..]
+    else {
         panic!("a register: {outputs:?}");
     };
     assert_eq!(register.models, kept);
@@ -740,7 +848,13 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
     let mut fewer = many[2..].to_vec();
     fewer.push("new".into());
     let outputs = h.handle(SessionInput::ModelsChanged(fewer.clone()));
-    let [SessionOutput::Send(WorkerMessage::ModelsUpdate(update))] = &outputs[..] else {
+    let [
+        SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::ModelsUpdate(update),
+        },
+    ] = &outputs[..]
+    else {
         panic!("a models_update: {outputs:?}");
     };
     assert_eq!(update.models, fewer[..MAX_MODELS_PER_WORKER]);
@@ -750,18 +864,31 @@ fn a_worker_advertises_no_more_models_than_a_relay_keeps_so_its_register_fits_be
 fn the_worker_never_advertises_the_wildcard_and_serves_any_model_it_is_sent() {
     let mut h = Harness::with_models(vec!["a".into(), "*".into(), " * ".into()]);
     let outputs = h.handle(SessionInput::LinkUp {
+        link: L0,
         wire: WireVersion::V1,
         flow: LinkFlow::Unwindowed,
         liveness: Liveness::Probed,
     });
-    let [SessionOutput::Send(WorkerMessage::Register(register))] = &outputs[..] else {
+    let [
+        SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::Register(register),
+        },
+    ] = &outputs[..]
+    else {
         panic!("a register: {outputs:?}");
     };
     assert_eq!(register.models, ["a"]);
     h.ack();
     // A backend that lists `*` among its models does not make the worker say it.
     let outputs = h.handle(SessionInput::ModelsChanged(vec!["b".into(), "*".into()]));
-    let [SessionOutput::Send(WorkerMessage::ModelsUpdate(update))] = &outputs[..] else {
+    let [
+        SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::ModelsUpdate(update),
+        },
+    ] = &outputs[..]
+    else {
         panic!("a models_update: {outputs:?}");
     };
     assert_eq!(update.models, ["b"]);
@@ -794,18 +921,16 @@ fn paced_on(max_concurrent: u32, flow: LinkFlow) -> Harness {
 
 /// A registered session whose writer window is `link_write_window`, on a link with `flow`.
 fn paced_with(max_concurrent: u32, flow: LinkFlow, link_write_window: u64) -> Harness {
-    let mut h = Harness {
-        session: WorkerSession::new(SessionConfig {
-            worker_name: "gpu-1".into(),
-            models: vec!["m".into()],
-            max_concurrent,
-            link_write_window,
-            ..SessionConfig::default()
-        }),
-        now: Instant::now(),
-    };
+    let mut h = Harness::with_config(SessionConfig {
+        worker_name: "gpu-1".into(),
+        models: vec!["m".into()],
+        max_concurrent,
+        link_write_window,
+        ..SessionConfig::default()
+    });
     h.outputs();
     h.handle(SessionInput::LinkUp {
+        link: L0,
         wire: WireVersion::V2,
         flow,
         liveness: Liveness::Probed,
@@ -818,7 +943,9 @@ fn allowances(outputs: &[SessionOutput]) -> Vec<(WireRequestId, u64)> {
     outputs
         .iter()
         .filter_map(|output| match output {
-            SessionOutput::AllowBackendRead { request, up_to } => Some((request.clone(), *up_to)),
+            SessionOutput::AllowBackendRead { request, up_to } => {
+                Some((request.id.clone(), *up_to))
+            }
             _ => None,
         })
         .collect()
@@ -826,14 +953,14 @@ fn allowances(outputs: &[SessionOutput]) -> Vec<(WireRequestId, u64)> {
 
 fn chunk(h: &mut Harness, id: u64, bytes: usize) -> Vec<SessionOutput> {
     h.handle(SessionInput::BackendChunk {
-        request: r(id),
+        request: k(id),
         chunk: Bytes::from(vec![b'x'; bytes]),
     })
 }
 
 fn wrote(h: &mut Harness, id: u64, total: u64) -> Vec<SessionOutput> {
     h.handle(SessionInput::LinkWrote {
-        request: r(id),
+        request: k(id),
         total,
     })
 }
@@ -843,7 +970,7 @@ fn the_backend_is_read_only_while_the_link_writer_keeps_up() {
     let mut h = paced(2);
     // Started with a whole window to read.
     let outputs = h.request(1);
-    assert!(matches!(outputs[0], SessionOutput::StartRequest(_)));
+    assert!(matches!(outputs[0], SessionOutput::StartRequest { .. }));
     assert_eq!(allowances(&outputs), [(r(1), WINDOW)]);
     // Reading alone never raises the allowance: only the link writer's progress does.
     let mut read = 0;
@@ -988,7 +1115,7 @@ fn without_relay_windows_the_worker_never_waits_for_credit() {
     assert!(
         outputs
             .iter()
-            .all(|o| !matches!(o, SessionOutput::CloseLink))
+            .all(|o| !matches!(o, SessionOutput::CloseLink { link: L0 }))
     );
     // Everything read was written: the allowance is the writer's, a window ahead.
     let last = allowances(&wrote(&mut h, 1, written + chunk_cost(1000)));
@@ -1003,6 +1130,7 @@ fn registered_judged_by(liveness: Liveness) -> Harness {
     let mut h = Harness::new(2);
     h.outputs();
     h.handle(SessionInput::LinkUp {
+        link: L0,
         wire: WireVersion::V1,
         flow: LinkFlow::Unwindowed,
         liveness,
@@ -1021,17 +1149,17 @@ fn a_streaming_worker_keeps_a_link_whose_relay_never_pings_while_its_probes_are_
     for second in 1..=70 {
         let mut outputs = h.advance(SECOND);
         outputs.extend(h.handle(SessionInput::BackendChunk {
-            request: r(1),
+            request: k(1),
             chunk: Bytes::from(format!("data: token {second}\n\n")),
         }));
         assert!(
-            !outputs.contains(&SessionOutput::CloseLink),
+            !outputs.contains(&SessionOutput::CloseLink { link: L0 }),
             "given up at {second} s"
         );
-        if outputs.contains(&SessionOutput::ProbeLink) {
+        if outputs.contains(&SessionOutput::ProbeLink { link: L0 }) {
             probes += 1;
             // Every WebSocket peer answers a ping with a pong.
-            h.handle(SessionInput::SignOfLife);
+            h.handle(SessionInput::SignOfLife { link: L0 });
         }
     }
     assert_eq!(
@@ -1042,12 +1170,18 @@ fn a_streaming_worker_keeps_a_link_whose_relay_never_pings_while_its_probes_are_
     let outputs = h.complete(1);
     assert!(matches!(
         &outputs[..],
-        [SessionOutput::Send(WorkerMessage::ResponseComplete(_))]
+        [SessionOutput::Send {
+            link: L0,
+            message: WorkerMessage::ResponseComplete(_)
+        }]
     ));
     // A relay that pauses just short of the probe timeout keeps its worker, and
     // any frame answers a probe as well as a pong does.
-    h.handle(SessionInput::SignOfLife);
-    assert_eq!(h.advance(LINK_PROBE_AFTER), [SessionOutput::ProbeLink]);
+    h.handle(SessionInput::SignOfLife { link: L0 });
+    assert_eq!(
+        h.advance(LINK_PROBE_AFTER),
+        [SessionOutput::ProbeLink { link: L0 }]
+    );
     assert!(h.advance(LINK_PROBE_TIMEOUT - SECOND).is_empty());
     h.frame(ServerMessage::Ping(Ping {
         timestamp_unix_ms: None,
@@ -1068,14 +1202,19 @@ fn a_link_the_transport_watches_is_never_probed_or_given_up_by_the_session() {
     h.request(1);
     assert!(h.advance(Duration::from_secs(3600)).is_empty());
     assert!(h.session.is_serving());
-    let outputs = h.handle(SessionInput::LinkDown);
+    let outputs = h.handle(SessionInput::LinkDown { link: L0 });
     assert_eq!(aborted(&outputs), [(1, CancelReason::WorkerDisconnect)]);
 }
 
 /// The `response_complete` sent in `outputs`, if exactly one.
 fn the_complete(outputs: &[SessionOutput]) -> &ResponseComplete {
     match outputs {
-        [SessionOutput::Send(WorkerMessage::ResponseComplete(complete))] => complete,
+        [
+            SessionOutput::Send {
+                link: L0,
+                message: WorkerMessage::ResponseComplete(complete),
+            },
+        ] => complete,
         other => panic!("expected one response_complete, got {other:?}"),
     }
 }
@@ -1100,7 +1239,7 @@ fn on_v1_refusals_and_failures_end_as_a_response_complete_and_never_as_an_error(
     );
     // A failed backend call: an error status and body, as ModelRelay's worker passes a backend's.
     let outputs = h.handle(SessionInput::BackendFailed {
-        request: r(1),
+        request: k(1),
         code: "backend_unreachable".into(),
         message: "connection refused".into(),
     });
@@ -1140,7 +1279,7 @@ fn a_backend_cannot_mark_its_own_answer_as_a_refusal() {
     let mut h = registered_on(WireVersion::V1);
     h.request(1);
     let outputs = h.handle(SessionInput::BackendComplete {
-        request: r(1),
+        request: k(1),
         status_code: 503,
         headers: [
             ("content-type", "application/json"),
@@ -1155,4 +1294,276 @@ fn a_backend_cannot_mark_its_own_answer_as_a_refusal() {
     assert_eq!(answer.status_code, 503);
     assert_eq!(answer.headers.get("x-modelrelay-refused"), None);
     assert_eq!(marked_refusal(answer), None);
+}
+
+// ---- Several relays: one worker's links to each ----
+
+/// The frames sent on each link, by link.
+fn sent_on(outputs: &[SessionOutput], on: LinkId) -> Vec<WorkerMessage> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            SessionOutput::Send { link, message } if *link == on => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The loads told to a relay in `models_update`s.
+fn loads_told(outputs: &[SessionOutput], on: LinkId) -> Vec<u32> {
+    sent_on(outputs, on)
+        .into_iter()
+        .filter_map(|message| match message {
+            WorkerMessage::ModelsUpdate(update) => Some(update.current_load),
+            _ => None,
+        })
+        .collect()
+}
+
+fn started_on(outputs: &[SessionOutput]) -> Vec<LinkRequest> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            SessionOutput::StartRequest { request, .. } => Some(request.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_slots_are_the_workers_across_every_link_and_what_does_not_fit_is_refused_as_at_capacity() {
+    let mut h = Harness::registered(2);
+    let (l1, _) = h.add_registered_link();
+    // Both relays may use the same id: they are two requests.
+    let outputs = h.request_on(L0, 1);
+    assert_eq!(started_on(&outputs), [k(1)]);
+    let outputs = h.request_on(l1, 1);
+    assert_eq!(started_on(&outputs), [LinkRequest::new(l1, r(1))]);
+    assert_eq!(h.session.current_load(), 2);
+    // Each relay was told the whole capacity, so both may send more: refused.
+    for link in [L0, l1] {
+        let outputs = h.request_on(link, 2);
+        assert!(started_on(&outputs).is_empty());
+        assert!(matches!(
+            &sent_on(&outputs, link)[..],
+            [WorkerMessage::Error(WorkerError { code, .. })] if code == REFUSED_AT_CAPACITY
+        ));
+    }
+    // A slot freed by one relay's request is free for the other's.
+    h.complete(1);
+    let outputs = h.request_on(l1, 3);
+    assert_eq!(started_on(&outputs), [LinkRequest::new(l1, r(3))]);
+    // A cancel names a request on its own link only.
+    let outputs = h.frame_on(
+        L0,
+        ServerMessage::Cancel(Cancel {
+            request_id: r(3),
+            reason: CancelReason::ClientDisconnect,
+        }),
+    );
+    assert!(aborted(&outputs).is_empty());
+    assert_eq!(h.session.current_load(), 2);
+}
+
+#[test]
+fn every_other_relay_hears_the_workers_load_when_it_changes_once_per_batch() {
+    let mut h = Harness::registered(4);
+    assert!(
+        loads_told(&h.request(1), L0).is_empty(),
+        "one relay: no news"
+    );
+    let (l1, outputs) = h.add_registered_link();
+    assert!(
+        loads_told(&outputs, l1).is_empty(),
+        "register carried the load"
+    );
+    // A request from relay 0 starting: relay 1 hears the load, relay 0 knows it.
+    let outputs = h.request_on(L0, 2);
+    assert_eq!(loads_told(&outputs, l1), [2]);
+    assert!(loads_told(&outputs, L0).is_empty());
+    // Several changes before the driver polls: one update, the latest load.
+    h.session.handle(
+        h.now,
+        SessionInput::Frame {
+            link: l1,
+            message: ServerMessage::Request(Arc::new(RequestFrame {
+                request_id: r(7),
+                model: ModelName::new("m"),
+                endpoint_path: "/v1/chat/completions".into(),
+                is_streaming: true,
+                body: Bytes::from_static(b"{}"),
+                headers: Headers::new(),
+            })),
+        },
+    );
+    h.session.handle(
+        h.now,
+        SessionInput::BackendFailed {
+            request: k(1),
+            code: "backend_error".into(),
+            message: "x".into(),
+        },
+    );
+    h.session.handle(
+        h.now,
+        SessionInput::BackendFailed {
+            request: k(2),
+            code: "backend_error".into(),
+            message: "x".into(),
+        },
+    );
+    let outputs = h.outputs();
+    assert_eq!(
+        loads_told(&outputs, L0),
+        [1],
+        "relay 0 hears of relay 1's request"
+    );
+    assert_eq!(
+        loads_told(&outputs, l1),
+        [1],
+        "relay 1 hears of relay 0's two ending"
+    );
+    // A pong tells the load too: nothing more is owed to a relay just pinged.
+    let outputs = h.frame_on(
+        l1,
+        ServerMessage::Ping(Ping {
+            timestamp_unix_ms: None,
+        }),
+    );
+    assert!(loads_told(&outputs, l1).is_empty());
+}
+
+#[test]
+fn a_relays_drain_drains_its_link_alone_and_the_others_keep_serving() {
+    let mut h = Harness::registered(4);
+    let (l1, _) = h.add_registered_link();
+    h.request_on(L0, 1);
+    h.request_on(l1, 1);
+    h.frame(ServerMessage::GracefulShutdown(GracefulShutdown {
+        reason: None,
+        drain_timeout_secs: Some(10),
+    }));
+    // The draining relay's new requests are refused as draining; the other's start.
+    let outputs = h.request_on(L0, 2);
+    assert_eq!(refusals(&outputs), [(2, REFUSED_DRAINING.to_string())]);
+    let outputs = h.request_on(l1, 2);
+    assert_eq!(started_on(&outputs), [LinkRequest::new(l1, r(2))]);
+    assert!(h.session.is_serving());
+    // At the drain's deadline (plus grace) only its link closes, and only its
+    // request is aborted.
+    let outputs = h.advance(16 * SECOND);
+    assert!(outputs.contains(&SessionOutput::CloseLink { link: L0 }));
+    assert!(!outputs.contains(&SessionOutput::CloseLink { link: l1 }));
+    assert_eq!(aborted(&outputs), [(1, CancelReason::WorkerDisconnect)]);
+    assert!(
+        outputs.iter().all(
+            |o| !matches!(o, SessionOutput::AbortRequest { request, .. } if request.link == l1)
+        )
+    );
+    assert_eq!(h.session.current_load(), 2);
+    // It redials on its own after its backoff; the other link is untouched.
+    let outputs = h.handle(SessionInput::LinkDown { link: L0 });
+    assert!(matches!(
+        &outputs[..],
+        [SessionOutput::Reconnecting { link: L0, .. }]
+    ));
+    let outputs = h.advance(60 * SECOND);
+    assert!(outputs.contains(&SessionOutput::Connect { link: L0 }));
+    assert!(!outputs.contains(&SessionOutput::Connect { link: l1 }));
+}
+
+#[test]
+fn a_link_lost_aborts_only_its_own_requests() {
+    let mut h = Harness::registered(4);
+    let (l1, _) = h.add_registered_link();
+    h.request_on(L0, 1);
+    h.request_on(l1, 1);
+    h.request_on(l1, 2);
+    let outputs = h.handle(SessionInput::LinkDown { link: l1 });
+    let mut lost: Vec<LinkRequest> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            SessionOutput::AbortRequest { request, .. } => Some(request.clone()),
+            _ => None,
+        })
+        .collect();
+    lost.sort();
+    assert_eq!(
+        lost,
+        [LinkRequest::new(l1, r(1)), LinkRequest::new(l1, r(2))]
+    );
+    assert_eq!(
+        loads_told(&outputs, L0),
+        [1],
+        "the surviving relay hears the freed slots"
+    );
+    assert_eq!(h.session.current_load(), 1);
+    assert!(h.session.is_serving());
+}
+
+#[test]
+fn a_local_shutdown_finishes_every_links_requests_then_exits_when_all_are_down() {
+    let mut h = Harness::registered(4);
+    let (l1, _) = h.add_registered_link();
+    h.request_on(L0, 1);
+    let outputs = h.handle(SessionInput::Shutdown);
+    // The link with work hears "no models"; the idle one closes at once.
+    assert!(matches!(
+        &sent_on(&outputs, L0)[..],
+        [WorkerMessage::ModelsUpdate(ModelsUpdate { models, current_load: 1 })] if models.is_empty()
+    ));
+    assert!(outputs.contains(&SessionOutput::CloseLink { link: l1 }));
+    assert!(!outputs.contains(&SessionOutput::CloseLink { link: L0 }));
+    assert!(
+        h.handle(SessionInput::LinkDown { link: l1 })
+            .iter()
+            .all(|o| *o != SessionOutput::Exit)
+    );
+    // The last request ends: its link closes, and once it is down the worker exits.
+    let outputs = h.complete(1);
+    assert!(outputs.contains(&SessionOutput::CloseLink { link: L0 }));
+    assert_eq!(
+        h.handle(SessionInput::LinkDown { link: L0 }),
+        [SessionOutput::Exit]
+    );
+}
+
+#[test]
+fn a_retired_relay_gets_no_new_work_closes_once_idle_and_is_never_redialed() {
+    let mut h = Harness::registered(4);
+    let (l1, _) = h.add_registered_link();
+    h.request_on(l1, 1);
+    h.session.retire_link(l1);
+    assert!(h.outputs().is_empty(), "its request runs on");
+    let outputs = h.request_on(l1, 2);
+    assert!(matches!(
+        &sent_on(&outputs, l1)[..],
+        [WorkerMessage::Error(WorkerError { code, .. })] if code == REFUSED_DRAINING
+    ));
+    let outputs = h.handle(SessionInput::BackendComplete {
+        request: LinkRequest::new(l1, r(1)),
+        status_code: 200,
+        headers: Headers::new(),
+        body: Bytes::new(),
+        token_counts: None,
+    });
+    assert!(outputs.contains(&SessionOutput::CloseLink { link: l1 }));
+    let outputs = h.handle(SessionInput::LinkDown { link: l1 });
+    assert!(outputs.is_empty(), "no reconnect: {outputs:?}");
+    assert!(
+        h.advance(600 * SECOND)
+            .iter()
+            .all(|o| *o != SessionOutput::Connect { link: l1 })
+    );
+    // A retired link that is down is forgotten at once; new links get new ids.
+    let l2 = h.session.add_link();
+    assert_ne!(l2, l1);
+    h.session.retire_link(l2);
+    assert_eq!(
+        h.outputs(),
+        [
+            SessionOutput::Connect { link: l2 },
+            SessionOutput::CloseLink { link: l2 }
+        ]
+    );
 }

@@ -284,6 +284,24 @@ impl SimulatedBackend {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
+    /// The most requests that were ever open at once (received, and neither
+    /// finished nor cancelled yet), by the log's order.
+    pub fn peak_concurrency(&self) -> usize {
+        let (mut open, mut peak) = (0usize, 0usize);
+        for event in self.log.events.lock().expect("log lock").iter() {
+            match event {
+                BackendEvent::Received { .. } => {
+                    open += 1;
+                    peak = peak.max(open);
+                }
+                BackendEvent::Finished { .. } | BackendEvent::Cancelled { .. } => {
+                    open = open.saturating_sub(1);
+                }
+            }
+        }
+        peak
+    }
+
     /// The tags of the requests whose client went away.
     pub fn cancelled_tags(&self) -> Vec<Option<String>> {
         self.events()

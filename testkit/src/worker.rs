@@ -73,6 +73,8 @@ impl Drop for Worker {
 pub struct WorkerSpec<'a> {
     /// The relay's URL (`http://…` for WebSocket, `quic://…` for QUIC).
     pub relay: &'a str,
+    /// More relays it serves too, each over a link of its own.
+    pub also: Vec<String>,
     /// The backend's base URL.
     pub backend: &'a str,
     /// The models it advertises.
@@ -109,6 +111,7 @@ impl<'a> WorkerSpec<'a> {
     pub fn to(relay: &'a str, backend: &'a str, models: &[&str]) -> WorkerSpec<'a> {
         WorkerSpec {
             relay,
+            also: Vec::new(),
             backend,
             models: ModelSource::List(models.iter().map(|m| m.to_string()).collect()),
             secret: SECRET,
@@ -152,6 +155,11 @@ impl<'a> WorkerSpec<'a> {
         let endpoint = RelayEndpoint::parse(self.relay, DEFAULT_PROVIDER)
             .expect("the relay URL is a relay endpoint");
         let mut options = WorkerOptions::new(endpoint, self.secret.to_owned(), self.models);
+        for relay in &self.also {
+            let endpoint = RelayEndpoint::parse(relay, DEFAULT_PROVIDER)
+                .expect("the relay URL is a relay endpoint");
+            options.relays.push(endpoint);
+        }
         options.session = SessionConfig {
             worker_name: self.name.to_owned(),
             max_concurrent: self.max_concurrent,

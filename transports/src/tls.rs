@@ -229,6 +229,9 @@ pub enum Trust {
     Roots(Vec<CertificateDer<'static>>),
     /// Exactly the certificate with this SHA-256 fingerprint (self-signed relays).
     Pinned([u8; 32]),
+    /// Exactly the certificates with these SHA-256 fingerprints (several
+    /// self-signed relays, each with its own certificate).
+    PinnedAny(Vec<[u8; 32]>),
 }
 
 /// rustls client settings for `trust` (also used for `wss://` links).
@@ -236,13 +239,8 @@ pub fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?;
     let config = match trust {
-        Trust::Pinned(fingerprint) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                fingerprint: *fingerprint,
-                provider: provider(),
-            }))
-            .with_no_client_auth(),
+        Trust::Pinned(fingerprint) => pinned(builder, vec![*fingerprint]),
+        Trust::PinnedAny(fingerprints) => pinned(builder, fingerprints.clone()),
         Trust::CaFile(path) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in pem_certs(path)? {
@@ -269,6 +267,20 @@ pub fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
         }
     };
     Ok(config)
+}
+
+/// Client settings that trust exactly the certificates with `fingerprints`.
+fn pinned(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
+    fingerprints: Vec<[u8; 32]>,
+) -> rustls::ClientConfig {
+    builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+            fingerprints,
+            provider: provider(),
+        }))
+        .with_no_client_auth()
 }
 
 /// Creates `dir` (and its parents) if missing; a new `dir` is private to its owner.
@@ -305,10 +317,10 @@ fn write_new(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Trusts one certificate, named by fingerprint; signatures are still checked.
+/// Trusts the certificates named by fingerprint; signatures are still checked.
 #[derive(Debug)]
 struct PinnedCertificate {
-    fingerprint: [u8; 32],
+    fingerprints: Vec<[u8; 32]>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -329,15 +341,23 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if digest(&SHA256, end_entity.as_ref()).as_ref() == self.fingerprint {
+        let presented = digest(&SHA256, end_entity.as_ref());
+        if self
+            .fingerprints
+            .iter()
+            .any(|pinned| presented.as_ref() == pinned)
+        {
             return Ok(ServerCertVerified::assertion());
         }
         let expected = self
-            .fingerprint
+            .fingerprints
             .iter()
-            .map(|b| format!("{b:02X}"))
+            .map(|pinned| {
+                let hex: Vec<String> = pinned.iter().map(|b| format!("{b:02X}")).collect();
+                hex.join(":")
+            })
             .collect::<Vec<_>>()
-            .join(":");
+            .join(" or ");
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
             OtherError(Arc::new(FingerprintMismatch {
                 actual: fingerprint(end_entity),

@@ -1,43 +1,40 @@
-//! The worker's driver: runs the [`WorkerSession`] against a real link and backend.
+//! The worker's driver: runs the [`WorkerSession`] against real links and a backend.
 //!
-//! One task owns the session. Link reader/writer tasks and one task per backend
-//! call report back over a bounded channel (they wait for room; the driver
-//! itself never does); the session's outputs are carried out right after each
-//! event. A backend call reads its backend only as far as the session allows
+//! One task owns the session. It holds a link per relay (one per address a
+//! relay's name resolves to, with `resolve_relays`). Link reader/writer tasks
+//! and one task per backend call report back over a bounded channel (they wait
+//! for room; the driver itself never does); the session's outputs are carried
+//! out right after each event. A backend call reads its backend only as far as the session allows
 //! (`SessionOutput::AllowBackendRead`), which follows what the link's writer has
 //! handed on: a link that stops taking frames stops the backend reads, and TCP
 //! holds the model server back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use http::Method;
-use modelrelay_core::WireRequestId;
+use modelrelay_core::LinkId;
 use modelrelay_core::session::{
-    CHUNK_COST_OVERHEAD, Liveness, SessionConfig, SessionInput, SessionOutput, WorkerSession,
-    chunk_cost, failure_message,
+    CHUNK_COST_OVERHEAD, LinkRequest, Liveness, SessionConfig, SessionInput, SessionOutput,
+    WorkerSession,
 };
 use modelrelay_core::wire::{
-    BackendUsage, FrameLimits, Headers, LinkFlow, RequestFrame, ServerMessage, TokenCounts,
-    WireVersion, WorkerMessage, forwards_request_header,
+    FrameLimits, LinkFlow, RequestFrame, ServerMessage, WireVersion, WorkerMessage,
 };
-use modelrelay_transports::{Heard, LinkReader, LinkWriter, Outgoing};
-use modelrelay_transports::{LINK_CLOSE_WAIT, send_or_wait};
-use modelrelay_transports::{LinkError, close_code};
+use modelrelay_transports::{LINK_CLOSE_WAIT, Outgoing, close_code};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
-use crate::backend::{Backend, BackendError, BackendRequest, collect_body, list_models};
-use crate::endpoint;
+use crate::backend::{Backend, BackendError, list_models};
+use crate::backend_call::{BackendReports, call_backend, failure_code};
 use crate::link::{
     ConnectError, Dialer, Link, ProtocolChoice, RefusalReason, Refused, RelayEndpoint, connect,
 };
+use crate::link_task::run_link;
 use crate::progress::WriteProgress;
 
 /// Events waiting for the driver; whoever reports one waits for room.
@@ -46,16 +43,11 @@ const INBOX: usize = 256;
 /// Backend reports the driver takes per wake-up before it looks at its other inputs.
 const BACKEND_BATCH: usize = 64;
 
-/// Where backend calls report their chunks and results.
-///
-/// Not counted in items: what waits here is bounded by the read windows. A call
-/// reads no further than its window (`link_write_window` of chunk cost) past
-/// what the link's writer has handed on, and a chunk counts as read before it
-/// is reported; so at most each running request's window of chunks waits, plus
-/// one final report, and requests run only in free slots. A count bound on top
-/// made every call wait for the driver chunk by chunk under load, a wake-up per
-/// chunk for nothing.
-type BackendReports = mpsc::UnboundedSender<SessionInput>;
+/// How often relay names are resolved again when `resolve_relays` is on.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+
+/// How long one resolution of a relay's name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Frames the link's outbound queue has room for besides the running requests'
 /// answers: `register`, pongs, model updates, refusals of requests past the slots.
@@ -87,8 +79,12 @@ pub enum ModelSource {
 /// Everything the driver needs besides its dialer and backend.
 #[derive(Clone)]
 pub struct WorkerOptions {
-    /// The relay to connect to.
-    pub endpoint: RelayEndpoint,
+    /// The relays to serve, a link to each; requests from all share the slots.
+    pub relays: Vec<RelayEndpoint>,
+    /// Link to every address each relay's host name resolves to (a Kubernetes
+    /// headless Service), resolving again every [`RESOLVE_EVERY`]; else dial
+    /// each relay by its name.
+    pub resolve_relays: bool,
     /// The shared worker secret.
     pub secret: String,
     /// Name, slots, backoff and timeouts (its `models` are set from `models`).
@@ -110,10 +106,11 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
-    /// Options with the defaults of the `modelrelay-worker` command.
+    /// Options for one relay, with the defaults of the `modelrelay-worker` command.
     pub fn new(endpoint: RelayEndpoint, secret: String, models: ModelSource) -> Self {
         Self {
-            endpoint,
+            relays: vec![endpoint],
+            resolve_relays: false,
             secret,
             session: SessionConfig::default(),
             models,
@@ -131,48 +128,60 @@ impl WorkerOptions {
 /// relay's refusal (see [`ConnectError::refused`]; a 429's `Retry-After` is
 /// followed by the next attempt) as a refusal, like a close with 1008;
 /// anything else as a link down.
-fn link_failed(error: &ConnectError) -> SessionInput {
+fn link_failed(link: LinkId, error: &ConnectError, relay: &str) -> SessionInput {
     if let Some(Refused { why, retry_after }) = error.refused() {
         let retry_after_secs = retry_after.map(|after| after.as_secs());
-        error!(%error, ?retry_after_secs, "{}", why.advice());
-        return SessionInput::LinkRefused { retry_after };
+        error!(%error, ?retry_after_secs, %relay, "{}", why.advice());
+        return SessionInput::LinkRefused { link, retry_after };
     }
-    warn!(%error, "cannot connect to the relay");
-    SessionInput::LinkDown
+    warn!(%error, %relay, "cannot connect to the relay");
+    SessionInput::LinkDown { link }
 }
 
 /// How a link speaks and who judges whether it is alive.
-type LinkTraits = (WireVersion, LinkFlow, Liveness);
+pub(crate) type LinkTraits = (WireVersion, LinkFlow, Liveness);
+
+/// Which link, and which attempt at it, an event is about: a late event from
+/// an earlier attempt is told apart by its generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LinkTag {
+    pub(crate) link: LinkId,
+    pub(crate) generation: u64,
+}
 
 /// Something a helper task reports to the driver.
-enum Event {
+pub(crate) enum Event {
     LinkUp {
-        generation: u64,
+        tag: LinkTag,
         traits: LinkTraits,
         outbound: mpsc::Sender<Outgoing<WorkerMessage>>,
-        progress: Arc<WriteProgress>,
     },
     LinkFailed {
-        generation: u64,
+        tag: LinkTag,
         error: ConnectError,
     },
     Frame {
-        generation: u64,
+        tag: LinkTag,
         message: ServerMessage,
     },
     SignOfLife {
-        generation: u64,
+        tag: LinkTag,
     },
     LinkClosed {
-        generation: u64,
+        tag: LinkTag,
         cause: String,
         refused: bool,
     },
     Models(Result<Vec<String>, BackendError>),
+    /// The addresses relay `relay` (an index into `WorkerOptions::relays`) resolves to.
+    Resolved {
+        relay: usize,
+        addresses: std::io::Result<Vec<SocketAddr>>,
+    },
 }
 
-/// The current link, from the driver's side.
-enum LinkState {
+/// One link's connection, from the driver's side.
+enum Connection {
     None,
     Connecting {
         generation: u64,
@@ -181,8 +190,6 @@ enum LinkState {
     Up {
         generation: u64,
         outbound: mpsc::Sender<Outgoing<WorkerMessage>>,
-        /// What its writer has handed on.
-        progress: Arc<WriteProgress>,
         /// The worker asked for the close itself.
         closing: bool,
         /// The link's task, to end it if a close never completes.
@@ -190,10 +197,29 @@ enum LinkState {
     },
 }
 
+impl Connection {
+    /// The attempt it is at, if any.
+    fn generation(&self) -> Option<u64> {
+        match self {
+            Self::None => None,
+            Self::Connecting { generation, .. } | Self::Up { generation, .. } => Some(*generation),
+        }
+    }
+}
+
+/// One relay's link: where it goes and its connection.
+struct RelayLink {
+    endpoint: RelayEndpoint,
+    /// Which of `WorkerOptions::relays` it serves, and the address it was
+    /// resolved to (with `resolve_relays`).
+    origin: (usize, Option<SocketAddr>),
+    connection: Connection,
+}
+
 /// Runs a worker until it has shut down: `shutdown` resolving starts a graceful stop
 /// (finish running requests, then exit).
 ///
-/// Every task it starts (link, backend calls) belongs to it: dropping the
+/// Every task it starts (links, backend calls) belongs to it: dropping the
 /// returned future aborts them all and drops their connections, as a crash would.
 pub async fn run<D: Dialer>(
     options: WorkerOptions,
@@ -209,6 +235,8 @@ pub async fn run<D: Dialer>(
         ModelSource::List(models) => models.clone(),
         ModelSource::Discover => discover_at_start(&*backend).await,
     };
+    // How often a writer wakes the driver: every quarter of a request's read window written.
+    let progress = WriteProgress::new(session_config.link_write_window / 4);
     let mut session = WorkerSession::new(session_config);
     let mut driver = Driver {
         options,
@@ -216,16 +244,15 @@ pub async fn run<D: Dialer>(
         backend,
         events,
         backend_reports,
-        link: LinkState::None,
+        progress,
+        links: HashMap::new(),
         generation: 0,
         running: HashMap::new(),
         tasks: JoinSet::new(),
     };
-    let mut poll = driver.options.models_poll_interval.map(|every| {
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval
-    });
+    driver.add_relays(&mut session);
+    let mut poll = driver.options.models_poll_interval.map(every);
+    let mut resolve = driver.options.resolve_relays.then(|| every(RESOLVE_EVERY));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut stopping = false;
     loop {
@@ -235,10 +262,7 @@ pub async fn run<D: Dialer>(
             }
         }
         let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
-        let progress = match &driver.link {
-            LinkState::Up { progress, .. } => Some(Arc::clone(progress)),
-            _ => None,
-        };
+        let progress = Arc::clone(&driver.progress);
         tokio::select! {
             Some(event) = inbox.recv() => driver.on_event(event, &mut session),
             Some(report) = reports.recv() => {
@@ -248,7 +272,7 @@ pub async fn run<D: Dialer>(
                     driver.on_backend(report, &mut session);
                 }
             }
-            () = link_wrote(progress.as_deref()) => driver.link_wrote(&mut session),
+            () = progress.changed() => driver.link_wrote(&mut session),
             () = sleep_until(deadline) => session.handle_timeout(now()),
             () = &mut shutdown, if !stopping => {
                 stopping = true;
@@ -256,17 +280,17 @@ pub async fn run<D: Dialer>(
                 session.handle(now(), SessionInput::Shutdown);
             }
             _ = tick(&mut poll) => driver.refresh_models(),
+            _ = tick(&mut resolve), if !stopping => driver.resolve_all(),
             Some(_) = driver.tasks.join_next(), if !driver.tasks.is_empty() => {}
         }
     }
 }
 
-/// Resolves once the link's writer has handed something on.
-async fn link_wrote(progress: Option<&WriteProgress>) {
-    match progress {
-        Some(progress) => progress.changed().await,
-        None => std::future::pending().await,
-    }
+/// An interval that first fires one period from now and never bursts.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
 }
 
 fn now() -> std::time::Instant {
@@ -325,61 +349,123 @@ struct Driver<D: Dialer> {
     backend: Arc<dyn Backend>,
     events: mpsc::Sender<Event>,
     backend_reports: BackendReports,
-    link: LinkState,
+    /// What every link's writer has handed on.
+    progress: Arc<WriteProgress>,
+    /// The links, by the session's ids. One is forgotten once the session
+    /// retired it and it is down.
+    links: HashMap<LinkId, RelayLink>,
     generation: u64,
-    running: HashMap<WireRequestId, Running>,
+    running: HashMap<LinkRequest, Running>,
     /// Everything this driver started; dropped with it.
     tasks: JoinSet<()>,
 }
 
 impl<D: Dialer> Driver<D> {
+    /// A link per relay, or with `resolve_relays`, a first resolution of each
+    /// relay's name (its links follow when the addresses come in).
+    fn add_relays(&mut self, session: &mut WorkerSession) {
+        if self.options.resolve_relays {
+            self.resolve_all();
+            return;
+        }
+        for (relay, endpoint) in self.options.relays.clone().into_iter().enumerate() {
+            self.add_link(session, endpoint, (relay, None));
+        }
+    }
+
+    fn add_link(
+        &mut self,
+        session: &mut WorkerSession,
+        endpoint: RelayEndpoint,
+        origin: (usize, Option<SocketAddr>),
+    ) {
+        let link = session.add_link();
+        info!(%link, relay = %endpoint.connect_url, address = ?origin.1, "linking to a relay");
+        self.links.insert(
+            link,
+            RelayLink {
+                endpoint,
+                origin,
+                connection: Connection::None,
+            },
+        );
+    }
+
+    /// Resolves every relay's host name again, in the background.
+    fn resolve_all(&mut self) {
+        for (relay, endpoint) in self.options.relays.iter().enumerate() {
+            let (dialer, events, endpoint) = (
+                Arc::clone(&self.dialer),
+                self.events.clone(),
+                endpoint.clone(),
+            );
+            self.tasks.spawn(async move {
+                let addresses = tokio::time::timeout(RESOLVE_TIMEOUT, dialer.resolve(&endpoint))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the name did not resolve in time",
+                        ))
+                    });
+                let _ = events.send(Event::Resolved { relay, addresses }).await;
+            });
+        }
+    }
+
+    /// A relay's name resolved: a link to each new address, and the links to
+    /// addresses it no longer has retired. A failed or empty answer changes
+    /// nothing (a DNS hiccup must not drop every relay).
+    fn on_resolved(
+        &mut self,
+        relay: usize,
+        addresses: std::io::Result<Vec<SocketAddr>>,
+        session: &mut WorkerSession,
+    ) {
+        let endpoint = self.options.relays[relay].clone();
+        let addresses: HashSet<SocketAddr> = match addresses {
+            Ok(addresses) if !addresses.is_empty() => addresses.into_iter().collect(),
+            Ok(_) => {
+                warn!(relay = %endpoint.connect_url, "the relay's name has no address; keeping its links");
+                return;
+            }
+            Err(error) => {
+                warn!(relay = %endpoint.connect_url, %error, "cannot resolve the relay's name; keeping its links");
+                return;
+            }
+        };
+        let mut known = HashSet::new();
+        for (link, record) in &self.links {
+            let (origin, address) = record.origin;
+            let Some(address) = address.filter(|_| origin == relay) else {
+                continue;
+            };
+            if addresses.contains(&address) {
+                known.insert(address);
+            } else {
+                info!(%link, %address, "the relay's name no longer has this address; retiring its link");
+                session.retire_link(*link);
+            }
+        }
+        let mut new: Vec<SocketAddr> = addresses.difference(&known).copied().collect();
+        new.sort();
+        for address in new {
+            let mut at = endpoint.clone();
+            at.address = Some(address);
+            self.add_link(session, at, (relay, Some(address)));
+        }
+    }
+
     /// Carries out one session output; returns whether the worker is done.
     fn carry_out(&mut self, output: SessionOutput, session: &mut WorkerSession) -> bool {
         match output {
-            SessionOutput::Connect => self.dial(),
-            SessionOutput::Send(message) => self.enqueue(Outgoing::Message(message), session),
-            SessionOutput::ProbeLink => self.enqueue(Outgoing::Probe, session),
-            SessionOutput::CloseLink => match &mut self.link {
-                // The reader reports the close when the relay answers it.
-                LinkState::Up {
-                    generation,
-                    outbound,
-                    closing,
-                    task,
-                    ..
-                } => {
-                    *closing = true;
-                    // A full queue cannot take the close: the watch below ends the link.
-                    let _ = outbound.try_send(Outgoing::Close {
-                        code: close_code::NORMAL,
-                        reason: "worker closing".into(),
-                    });
-                    // On a dead link the close may sit behind frames that never drain:
-                    // past the linger, end the link's task and report it closed.
-                    let (generation, task, events) =
-                        (*generation, task.clone(), self.events.clone());
-                    self.tasks.spawn(async move {
-                        tokio::time::sleep(LINK_CLOSE_WAIT * 2).await;
-                        if !task.is_finished() {
-                            task.abort();
-                            let _ = events
-                                .send(Event::LinkClosed {
-                                    generation,
-                                    cause: "the close did not complete: link dead".into(),
-                                    refused: false,
-                                })
-                                .await;
-                        }
-                    });
-                }
-                LinkState::Connecting { task, .. } => {
-                    task.abort();
-                    self.link = LinkState::None;
-                    session.handle(now(), SessionInput::LinkDown);
-                }
-                LinkState::None => session.handle(now(), SessionInput::LinkDown),
-            },
-            SessionOutput::StartRequest(frame) => self.start_request(frame),
+            SessionOutput::Connect { link } => self.dial(link),
+            SessionOutput::Send { link, message } => {
+                self.enqueue(link, Outgoing::Message(message), session)
+            }
+            SessionOutput::ProbeLink { link } => self.enqueue(link, Outgoing::Probe, session),
+            SessionOutput::CloseLink { link } => self.close(link, session),
+            SessionOutput::StartRequest { request, frame } => self.start_request(request, frame),
             SessionOutput::AbortRequest { request, reason } => {
                 if let Some(running) = self.running.remove(&request) {
                     debug!(%request, %reason, "aborting the backend call");
@@ -393,20 +479,21 @@ impl<D: Dialer> Driver<D> {
             }
             SessionOutput::RefreshModels => self.refresh_models(),
             SessionOutput::Registered {
+                link,
                 worker_id,
                 models,
                 warnings,
             } => {
-                info!(%worker_id, ?models, relay = %self.options.endpoint.connect_url, "registered with the relay");
+                let relay = self.relay_url(link);
+                info!(%worker_id, ?models, %relay, "registered with the relay");
                 for warning in warnings {
-                    warn!(%warning, "the relay changed the model list");
+                    warn!(%warning, %relay, "the relay changed the model list");
                 }
             }
-            SessionOutput::Reconnecting { after } => {
-                info!(
-                    after_ms = after.as_millis() as u64,
-                    "reconnecting to the relay"
-                );
+            SessionOutput::Reconnecting { link, after } => {
+                let relay = self.relay_url(link);
+                let after_ms = after.as_millis() as u64;
+                info!(after_ms, %relay, "reconnecting to the relay");
             }
             SessionOutput::Exit => {
                 info!("worker stopped");
@@ -416,39 +503,114 @@ impl<D: Dialer> Driver<D> {
         false
     }
 
-    /// Hands `item` to the link's writer, if a link is up.
-    fn enqueue(&mut self, item: Outgoing<WorkerMessage>, session: &mut WorkerSession) {
-        if let LinkState::Up { outbound, task, .. } = &self.link {
-            match outbound.try_send(item) {
-                // Closed: the link's task ended; its reader reports the close.
-                Ok(()) | Err(TrySendError::Closed(_)) => {}
-                Err(TrySendError::Full(_)) => {
-                    error!(
-                        "the link's outbound queue is full: backend reads outran the link's writer; dropping the link"
-                    );
-                    task.abort();
-                    self.link_closed("the outbound queue was full", false, session);
-                }
+    /// The URL of a link's relay, for logs.
+    fn relay_url(&self, link: LinkId) -> String {
+        self.links
+            .get(&link)
+            .map_or_else(String::new, |record| match record.origin.1 {
+                Some(address) => format!("{} ({address})", record.endpoint.connect_url),
+                None => record.endpoint.connect_url.clone(),
+            })
+    }
+
+    /// Closes a link at the session's word.
+    fn close(&mut self, link: LinkId, session: &mut WorkerSession) {
+        let Some(record) = self.links.get_mut(&link) else {
+            session.handle(now(), SessionInput::LinkDown { link });
+            return;
+        };
+        match &mut record.connection {
+            // The reader reports the close when the relay answers it.
+            Connection::Up {
+                generation,
+                outbound,
+                closing,
+                task,
+            } => {
+                *closing = true;
+                // A full queue cannot take the close: the watch below ends the link.
+                let _ = outbound.try_send(Outgoing::Close {
+                    code: close_code::NORMAL,
+                    reason: "worker closing".into(),
+                });
+                // On a dead link the close may sit behind frames that never drain:
+                // past the linger, end the link's task and report it closed.
+                let tag = LinkTag {
+                    link,
+                    generation: *generation,
+                };
+                let (task, events) = (task.clone(), self.events.clone());
+                self.tasks.spawn(async move {
+                    tokio::time::sleep(LINK_CLOSE_WAIT * 2).await;
+                    if !task.is_finished() {
+                        task.abort();
+                        let cause = "the close did not complete: link dead".into();
+                        let closed = Event::LinkClosed {
+                            tag,
+                            cause,
+                            refused: false,
+                        };
+                        let _ = events.send(closed).await;
+                    }
+                });
+            }
+            Connection::Connecting { task, .. } => {
+                task.abort();
+                record.connection = Connection::None;
+                self.link_down(link, SessionInput::LinkDown { link }, session);
+            }
+            Connection::None => self.link_down(link, SessionInput::LinkDown { link }, session),
+        }
+    }
+
+    /// Hands `item` to a link's writer, if the link is up.
+    fn enqueue(
+        &mut self,
+        link: LinkId,
+        item: Outgoing<WorkerMessage>,
+        session: &mut WorkerSession,
+    ) {
+        let Some(RelayLink {
+            connection: Connection::Up { outbound, task, .. },
+            ..
+        }) = self.links.get(&link)
+        else {
+            return;
+        };
+        match outbound.try_send(item) {
+            // Closed: the link's task ended; its reader reports the close.
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                error!(
+                    relay = %self.relay_url(link),
+                    "the link's outbound queue is full: backend reads outran the link's writer; dropping the link"
+                );
+                task.abort();
+                self.link_closed(link, "the outbound queue was full", false, session);
             }
         }
     }
 
-    fn dial(&mut self) {
+    fn dial(&mut self, link: LinkId) {
+        let Some(record) = self.links.get_mut(&link) else {
+            return;
+        };
         self.generation += 1;
-        let generation = self.generation;
+        let tag = LinkTag {
+            link,
+            generation: self.generation,
+        };
         let dialer = Arc::clone(&self.dialer);
         let events = self.events.clone();
         let options = self.options.clone();
-        // The link's queue, and how often its writer wakes the driver: every
-        // quarter of a request's read window written.
-        let pace = (
-            outbound_capacity(&options.session),
-            options.session.link_write_window / 4,
-        );
+        let endpoint = record.endpoint.clone();
+        // The link's queue, and the board its writer reports to.
+        let capacity = outbound_capacity(&options.session);
+        let progress = Arc::clone(&self.progress);
         let task = self.tasks.spawn(async move {
             let result = connect(
                 &*dialer,
-                &options.endpoint,
+                &endpoint,
                 &options.secret,
                 options.protocol,
                 options.limits,
@@ -460,95 +622,108 @@ impl<D: Dialer> Driver<D> {
                 Ok(Link::WebSocket(reader, writer, wire, flow)) => {
                     // The session probes a WebSocket itself: a relay's ping cadence is no evidence.
                     let traits = (wire, flow, Liveness::Probed);
-                    run_link(reader, writer, traits, generation, pace, events).await
+                    run_link((reader, writer), traits, tag, (capacity, progress), events).await
                 }
                 Ok(Link::Quic(reader, writer)) => {
                     // No window_update crosses QUIC: the relay paces each request's
                     // stream by reading it, and QUIC's stream windows push back here.
                     // Its keep-alives and idle timeout judge whether it is alive.
                     let traits = (WireVersion::V2, LinkFlow::Unwindowed, Liveness::Transport);
-                    run_link(reader, writer, traits, generation, pace, events).await
+                    run_link((reader, writer), traits, tag, (capacity, progress), events).await
                 }
                 Err(error) => {
-                    let _ = events.send(Event::LinkFailed { generation, error }).await;
+                    let _ = events.send(Event::LinkFailed { tag, error }).await;
                 }
             }
         });
-        self.link = LinkState::Connecting { generation, task };
+        record.connection = Connection::Connecting {
+            generation: tag.generation,
+            task,
+        };
+    }
+
+    /// Whether an event is about a link's current attempt.
+    fn current(&self, tag: LinkTag) -> bool {
+        self.links
+            .get(&tag.link)
+            .is_some_and(|record| record.connection.generation() == Some(tag.generation))
     }
 
     fn on_event(&mut self, event: Event, session: &mut WorkerSession) {
-        let current = match &self.link {
-            LinkState::None => None,
-            LinkState::Connecting { generation, .. } | LinkState::Up { generation, .. } => {
-                Some(*generation)
-            }
-        };
         match event {
             Event::LinkUp {
-                generation,
-                traits: (wire, flow, liveness),
+                tag,
+                traits,
                 outbound,
-                progress,
-            } => {
-                if current != Some(generation) {
-                    let _ = outbound.try_send(Outgoing::Close {
-                        code: close_code::NORMAL,
-                        reason: "stale link".into(),
-                    });
-                    return;
-                }
-                debug!(url = %self.options.endpoint.connect_url, ?wire, ?flow, "link open, registering");
-                let LinkState::Connecting { task, .. } = &self.link else {
-                    return; // a link of this generation is already up
-                };
-                self.link = LinkState::Up {
-                    generation,
-                    outbound,
-                    progress,
-                    closing: false,
-                    task: task.clone(),
-                };
-                session.handle(
-                    now(),
-                    SessionInput::LinkUp {
-                        wire,
-                        flow,
-                        liveness,
-                    },
-                );
-            }
-            Event::LinkFailed { generation, error } => {
-                if current == Some(generation) {
-                    self.link = LinkState::None;
-                    session.handle(now(), link_failed(&error));
+            } => self.link_up(tag, traits, outbound, session),
+            Event::LinkFailed { tag, error } => {
+                if self.current(tag) {
+                    let input = link_failed(tag.link, &error, &self.relay_url(tag.link));
+                    self.link_down(tag.link, input, session);
                 }
             }
-            Event::Frame {
-                generation,
-                message,
-            } => {
-                if current == Some(generation) {
-                    session.handle(now(), SessionInput::Frame(message));
+            Event::Frame { tag, message } => {
+                if self.current(tag) {
+                    let link = tag.link;
+                    session.handle(now(), SessionInput::Frame { link, message });
                 }
             }
-            Event::SignOfLife { generation } => {
-                if current == Some(generation) {
-                    session.handle(now(), SessionInput::SignOfLife);
+            Event::SignOfLife { tag } => {
+                if self.current(tag) {
+                    session.handle(now(), SessionInput::SignOfLife { link: tag.link });
                 }
             }
             Event::LinkClosed {
-                generation,
+                tag,
                 cause,
                 refused,
             } => {
-                if current == Some(generation) {
-                    self.link_closed(&cause, refused, session);
+                if self.current(tag) {
+                    self.link_closed(tag.link, &cause, refused, session);
                 }
             }
             Event::Models(Ok(models)) => session.handle(now(), SessionInput::ModelsChanged(models)),
             Event::Models(Err(error)) => warn!(%error, "cannot re-read the backend's models"),
+            Event::Resolved { relay, addresses } => self.on_resolved(relay, addresses, session),
         }
+    }
+
+    /// A dial completed: the link registers, unless it is stale.
+    fn link_up(
+        &mut self,
+        tag: LinkTag,
+        (wire, flow, liveness): LinkTraits,
+        outbound: mpsc::Sender<Outgoing<WorkerMessage>>,
+        session: &mut WorkerSession,
+    ) {
+        let url = self.relay_url(tag.link);
+        let record = self.links.get_mut(&tag.link);
+        let Some(record) = record.filter(|r| r.connection.generation() == Some(tag.generation))
+        else {
+            let _ = outbound.try_send(Outgoing::Close {
+                code: close_code::NORMAL,
+                reason: "stale link".into(),
+            });
+            return;
+        };
+        let Connection::Connecting { task, .. } = &record.connection else {
+            return; // a link of this generation is already up
+        };
+        debug!(%url, ?wire, ?flow, "link open, registering");
+        record.connection = Connection::Up {
+            generation: tag.generation,
+            outbound,
+            closing: false,
+            task: task.clone(),
+        };
+        let link = tag.link;
+        let input = SessionInput::LinkUp {
+            link,
+            wire,
+            flow,
+            liveness,
+        };
+        session.handle(now(), input);
     }
 
     /// A backend call reported a chunk, or its end.
@@ -561,30 +736,49 @@ impl<D: Dialer> Driver<D> {
         session.handle(now(), report);
     }
 
-    /// The current link closed: logged by why, and the session told (a close with
-    /// 1008 the worker did not ask for is the relay refusing it).
-    fn link_closed(&mut self, cause: &str, refused: bool, session: &mut WorkerSession) {
-        let asked = matches!(self.link, LinkState::Up { closing: true, .. });
+    /// A link closed: logged by why, and the session told (a close with 1008
+    /// the worker did not ask for is the relay refusing it).
+    fn link_closed(
+        &mut self,
+        link: LinkId,
+        cause: &str,
+        refused: bool,
+        session: &mut WorkerSession,
+    ) {
+        let relay = self.relay_url(link);
+        let asked = self.links.get(&link).is_some_and(|record| {
+            matches!(record.connection, Connection::Up { closing: true, .. })
+        });
         let input = if asked {
-            debug!(%cause, "link to the relay closed");
-            SessionInput::LinkDown
+            debug!(%cause, %relay, "link to the relay closed");
+            SessionInput::LinkDown { link }
         } else if refused {
-            error!(%cause, "{}", RefusalReason::Credentials.advice());
-            SessionInput::LinkRefused { retry_after: None }
+            error!(%cause, %relay, "{}", RefusalReason::Credentials.advice());
+            SessionInput::LinkRefused {
+                link,
+                retry_after: None,
+            }
         } else {
-            warn!(%cause, "link to the relay closed");
-            SessionInput::LinkDown
+            warn!(%cause, %relay, "link to the relay closed");
+            SessionInput::LinkDown { link }
         };
-        self.link = LinkState::None;
-        session.handle(now(), input);
+        self.link_down(link, input, session);
     }
 
-    /// The link's writer handed chunks on: the session hears each request's new total.
+    /// A link is down: the session hears it, and a link it no longer keeps (retired) is forgotten.
+    fn link_down(&mut self, link: LinkId, input: SessionInput, session: &mut WorkerSession) {
+        if let Some(record) = self.links.get_mut(&link) {
+            record.connection = Connection::None;
+        }
+        session.handle(now(), input);
+        if !session.has_link(link) {
+            self.links.remove(&link);
+        }
+    }
+
+    /// The links' writers handed chunks on: the session hears each request's new total.
     fn link_wrote(&mut self, session: &mut WorkerSession) {
-        let LinkState::Up { progress, .. } = &self.link else {
-            return;
-        };
-        for (request, cost) in progress.take() {
+        for (request, cost) in self.progress.take() {
             // A request no longer running has no window left to move.
             if let Some(running) = self.running.get_mut(&request) {
                 running.written = running.written.saturating_add(cost);
@@ -609,30 +803,23 @@ impl<D: Dialer> Driver<D> {
         }
     }
 
-    fn start_request(&mut self, frame: Arc<RequestFrame>) {
-        let request_id = frame.request_id.clone();
+    fn start_request(&mut self, request: LinkRequest, frame: Arc<RequestFrame>) {
         let backend = Arc::clone(&self.backend);
         let reports = self.backend_reports.clone();
         let limit = self.options.max_response_bytes;
         // Nothing is read until the session's first allowance, which follows at once.
         let (allowance, allowed) = watch::channel(0);
+        let key = request.clone();
         let task = self.tasks.spawn(async move {
-            let result = call_backend(&*backend, &frame, limit, &reports, allowed).await;
+            let result =
+                call_backend(&*backend, (&request, &frame), limit, &reports, allowed).await;
             let input = match result {
                 Ok(done) => done,
-                Err(error) => {
-                    let code = match error {
-                        BackendError::Unreachable(_) => "backend_unreachable",
-                        BackendError::Body(_) => "backend_stream_error",
-                        BackendError::Unexpected(_) => "backend_error",
-                        BackendError::Refused(_) => endpoint::REFUSED_CODE,
-                    };
-                    SessionInput::BackendFailed {
-                        request: frame.request_id.clone(),
-                        code: code.into(),
-                        message: error.to_string(),
-                    }
-                }
+                Err(error) => SessionInput::BackendFailed {
+                    request,
+                    code: failure_code(&error).into(),
+                    message: error.to_string(),
+                },
             };
             let _ = reports.send(input);
         });
@@ -641,422 +828,107 @@ impl<D: Dialer> Driver<D> {
             allowance,
             written: 0,
         };
-        self.running.insert(request_id, running);
-    }
-}
-
-/// What goes to the relay instead of a frame it cannot take (too large, or not text on v1):
-/// the failure of that one request, in the form the link's encoding takes, so the
-/// link and every other request go on.
-fn undeliverable(
-    wire: WireVersion,
-    message: WorkerMessage,
-    error: &LinkError,
-) -> Option<WorkerMessage> {
-    let request = match &message {
-        WorkerMessage::ResponseChunk(chunk) => chunk.request_id.clone(),
-        WorkerMessage::ResponseComplete(complete) => complete.request_id.clone(),
-        other => {
-            warn!(%error, message = ?std::mem::discriminant(other), "a frame for the relay could not be sent");
-            return None;
-        }
-    };
-    warn!(%request, %error, "a response could not be sent to the relay; failing the request");
-    Some(failure_message(
-        Some(wire),
-        request,
-        "response_undeliverable".into(),
-        format!("the response cannot travel on this link: {error}"),
-    ))
-}
-
-/// Calls the backend for one request; streams SSE bodies chunk by chunk, collects others.
-///
-/// A streamed body is read only while the cost read so far is below `allowance`:
-/// meanwhile nothing reads the backend's socket, and TCP holds the model server back.
-///
-/// A path that is not an inference endpoint fails this request alone, before
-/// the backend is called: the relay gets an `error` frame for it (code
-/// [`endpoint::REFUSED_CODE`]), like every other failed backend call.
-async fn call_backend(
-    backend: &dyn Backend,
-    frame: &RequestFrame,
-    limit: usize,
-    reports: &BackendReports,
-    mut allowance: watch::Receiver<u64>,
-) -> Result<SessionInput, BackendError> {
-    if let Err(refused) = endpoint::check_inference_path(&frame.endpoint_path) {
-        // The message escapes the path: no raw control characters reach the log.
-        warn!(request = %frame.request_id, %refused, "refusing a request: the relay asked for a path the worker does not call");
-        return Err(BackendError::Refused(refused));
-    }
-    // Whatever the relay sent (a ModelRelay server sends nearly every client
-    // header), the backend gets only the listed ones, a request id well formed.
-    let headers: Headers = frame
-        .headers
-        .iter()
-        .filter(|(name, value)| forwards_request_header(name, value))
-        .collect();
-    let response = backend
-        .send(BackendRequest {
-            method: Method::POST,
-            path: frame.endpoint_path.clone(),
-            headers,
-            body: frame.body.clone(),
-        })
-        .await?;
-    let is_event_stream = response
-        .headers
-        .get("content-type")
-        .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
-    let request = frame.request_id.clone();
-    if frame.is_streaming && (200..300).contains(&response.status) && is_event_stream {
-        let mut body = response.body;
-        let mut read = 0u64;
-        loop {
-            if allowance.wait_for(|up_to| read < *up_to).await.is_err() {
-                return Err(BackendError::Body(
-                    "the worker stopped following this request".into(),
-                ));
-            }
-            let Some(chunk) = body.next().await else {
-                break;
-            };
-            let chunk = chunk?;
-            read = read.saturating_add(chunk_cost(chunk.len()));
-            let _ = reports.send(SessionInput::BackendChunk {
-                request: request.clone(),
-                chunk,
-            });
-        }
-        return Ok(SessionInput::BackendComplete {
-            request,
-            status_code: response.status,
-            headers: response.headers,
-            body: Bytes::new(),
-            token_counts: None,
-        });
-    }
-    let body = collect_body(response.body, limit).await?;
-    Ok(SessionInput::BackendComplete {
-        request,
-        status_code: response.status,
-        token_counts: token_counts(&response.headers, &body),
-        headers: response.headers,
-        body,
-    })
-}
-
-/// Token usage from a JSON body's `usage` (OpenAI or Anthropic field names).
-fn token_counts(headers: &Headers, body: &[u8]) -> Option<TokenCounts> {
-    #[derive(serde::Deserialize)]
-    struct WithUsage {
-        usage: Option<BackendUsage>,
-    }
-    let json = headers
-        .get("content-type")
-        .is_some_and(|t| t.contains("json"));
-    if !json {
-        return None;
-    }
-    let mut counts = serde_json::from_slice::<WithUsage>(body)
-        .ok()?
-        .usage?
-        .counts()?;
-    counts.total_tokens = counts
-        .total_tokens
-        .or_else(|| counts.prompt_tokens?.checked_add(counts.completion_tokens?));
-    Some(counts)
-}
-
-/// Runs one open link: reports it up, forwards frames, writes the session's messages,
-/// and reports it closed. It ends when reading ends, or soon after writing ends
-/// (a dead link never answers a close).
-async fn run_link<R, W>(
-    reader: R,
-    writer: W,
-    traits: LinkTraits,
-    generation: u64,
-    (capacity, notify_every): (usize, u64),
-    events: mpsc::Sender<Event>,
-) where
-    R: LinkReader<ServerMessage>,
-    W: LinkWriter<WorkerMessage>,
-{
-    let (outbound, queue) = mpsc::channel(capacity);
-    let progress = WriteProgress::new(notify_every);
-    let written = {
-        let progress = Arc::clone(&progress);
-        move |message: &WorkerMessage| progress.wrote(message)
-    };
-    let _ = events
-        .send(Event::LinkUp {
-            generation,
-            traits,
-            outbound,
-            progress,
-        })
-        .await;
-    let wire = traits.0;
-    let unsendable = move |message, error: &LinkError| undeliverable(wire, message, error);
-    let reading = read_link(reader, generation, events.clone());
-    tokio::pin!(reading);
-    let (cause, refused) = tokio::select! {
-        biased;
-        ended = &mut reading => ended,
-        result = writer.run(queue, unsendable, written) => {
-            if let Err(error) = result {
-                debug!(%error, "writing to the relay failed");
-            }
-            match tokio::time::timeout(LINK_CLOSE_WAIT, &mut reading).await {
-                Ok(ended) => ended,
-                Err(_) => ("the relay did not answer the close: link dead".to_owned(), false),
-            }
-        }
-    };
-    let _ = events
-        .send(Event::LinkClosed {
-            generation,
-            cause,
-            refused,
-        })
-        .await;
-}
-
-/// Forwards a link's frames and signs of life until it ends; says why it ended
-/// and whether the relay refused us.
-async fn read_link<R: LinkReader<ServerMessage>>(
-    mut reader: R,
-    generation: u64,
-    events: mpsc::Sender<Event>,
-) -> (String, bool) {
-    loop {
-        let event = match reader.next_heard().await {
-            Some(Ok(Heard::Message(message))) => Event::Frame {
-                generation,
-                message,
-            },
-            Some(Ok(Heard::SignOfLife)) => Event::SignOfLife { generation },
-            Some(Err(error)) => return (error.to_string(), false),
-            None => {
-                return match reader.close_frame() {
-                    Some((code, reason)) => (
-                        format!("closed by the relay ({code}: {reason})"),
-                        code == close_code::POLICY_VIOLATION,
-                    ),
-                    None => ("connection lost".to_owned(), false),
-                };
-            }
-        };
-        if send_or_wait(&events, event).await.is_err() {
-            return ("worker stopped".to_owned(), false);
-        }
+        self.running.insert(key, running);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use super::*;
+    use crate::backend::{BackendFuture, BackendRequest};
 
-    fn json() -> Headers {
-        [("content-type", "application/json")].into_iter().collect()
-    }
+    /// A dialer whose dials never complete: links stay connecting.
+    struct NeverDials;
 
-    /// A backend that counts its calls and fails each one.
-    #[derive(Default)]
-    struct CountingBackend(std::sync::atomic::AtomicUsize);
+    impl Dialer for NeverDials {
+        type Stream = tokio::net::TcpStream;
 
-    impl Backend for CountingBackend {
-        fn send(&self, _: BackendRequest) -> crate::backend::BackendFuture {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Box::pin(async { Err(BackendError::Unreachable("a counted call".into())) })
+        async fn dial(&self, _: &RelayEndpoint) -> io::Result<Self::Stream> {
+            std::future::pending().await
+        }
+
+        async fn quic(&self, _: &RelayEndpoint) -> io::Result<(quinn::Endpoint, SocketAddr)> {
+            std::future::pending().await
         }
     }
 
-    fn request_for(path: &str) -> RequestFrame {
-        RequestFrame {
-            request_id: "req-1".into(),
-            model: "m".into(),
-            endpoint_path: path.into(),
-            is_streaming: false,
-            body: Bytes::from_static(b"{}"),
-            headers: Headers::new(),
+    /// A backend never called here.
+    struct Unused;
+
+    impl Backend for Unused {
+        fn send(&self, _: BackendRequest) -> BackendFuture {
+            Box::pin(async { Err(BackendError::Unreachable("not called".into())) })
         }
     }
 
-    #[tokio::test]
-    async fn a_request_for_a_path_that_is_not_an_inference_endpoint_fails_without_calling_the_backend()
-     {
-        let backend = CountingBackend::default();
-        let (reports, _inbox) = mpsc::unbounded_channel();
-        let (_allowance, allowed) = watch::channel(u64::MAX);
-        for path in [
-            "/api/delete",
-            "@evil.example/v1/chat/completions",
-            "/v1/models",
-        ] {
-            let result = call_backend(
-                &backend,
-                &request_for(path),
-                1024,
-                &reports,
-                allowed.clone(),
-            )
-            .await;
-            assert!(
-                matches!(&result, Err(BackendError::Refused(_))),
-                "{path}: {:?}",
-                result.err()
-            );
-        }
-        assert_eq!(backend.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    fn driver() -> (Driver<NeverDials>, WorkerSession) {
+        let endpoint = RelayEndpoint::parse("http://relays.internal:8080", "local").unwrap();
+        let mut options = WorkerOptions::new(endpoint, "s".into(), ModelSource::List(vec![]));
+        options.resolve_relays = true;
+        let (events, _) = mpsc::channel(1);
+        let (backend_reports, _) = mpsc::unbounded_channel();
+        let driver = Driver {
+            options,
+            dialer: Arc::new(NeverDials),
+            backend: Arc::new(Unused),
+            events,
+            backend_reports,
+            progress: WriteProgress::new(1),
+            links: HashMap::new(),
+            generation: 0,
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+        };
+        (driver, WorkerSession::new(SessionConfig::default()))
     }
 
-    /// A backend that keeps the headers of the last request it got, and answers 200.
-    #[derive(Default)]
-    struct HeaderRecorder(std::sync::Mutex<Option<Headers>>);
-
-    impl Backend for HeaderRecorder {
-        fn send(&self, request: BackendRequest) -> crate::backend::BackendFuture {
-            *self.0.lock().unwrap() = Some(request.headers);
-            Box::pin(async {
-                Ok(crate::backend::BackendResponse {
-                    status: 200,
-                    headers: json(),
-                    body: Box::pin(futures_util::stream::empty()),
-                })
-            })
+    /// Carries out the session's outputs, as the run loop does.
+    fn settle(driver: &mut Driver<NeverDials>, session: &mut WorkerSession) {
+        while let Some(output) = session.poll_output() {
+            driver.carry_out(output, session);
         }
     }
 
-    #[tokio::test]
-    async fn the_backend_gets_only_the_listed_headers_and_a_well_formed_request_id() {
-        let (reports, _inbox) = mpsc::unbounded_channel();
-        let (_allowance, allowed) = watch::channel(u64::MAX);
-        let sent = |request_id: &str| {
-            let mut frame = request_for("/v1/chat/completions");
-            frame.headers = [
-                ("Authorization", "Bearer backend-key"),
-                ("openai-project", "proj_1"),
-                ("openai-beta", "assistants=v2"),
-                (
-                    "traceparent",
-                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                ),
-                ("tracestate", "congo=t61rcWkgMzE"),
-                ("x-request-id", request_id),
-                // What a ModelRelay server also passes on.
-                ("cookie", "session=1"),
-                ("x-forwarded-for", "10.0.0.1"),
-            ]
-            .into_iter()
+    /// The addresses the driver has links to.
+    fn linked(driver: &Driver<NeverDials>) -> Vec<SocketAddr> {
+        let mut addresses: Vec<SocketAddr> = driver
+            .links
+            .values()
+            .filter_map(|link| link.endpoint.address)
             .collect();
-            frame
-        };
-        let backend = HeaderRecorder::default();
-        call_backend(&backend, &sent("client-7"), 1024, &reports, allowed.clone())
-            .await
-            .unwrap();
-        let got = backend.0.lock().unwrap().take().unwrap();
-        let names: Vec<&str> = got.iter().map(|(name, _)| name).collect();
-        assert_eq!(
-            names,
-            [
-                "Authorization",
-                "openai-project",
-                "openai-beta",
-                "traceparent",
-                "tracestate",
-                "x-request-id"
-            ]
-        );
-        assert_eq!(got.get("x-request-id"), Some("client-7"));
-        let too_long = "r".repeat(129);
-        call_backend(&backend, &sent(&too_long), 1024, &reports, allowed)
-            .await
-            .unwrap();
-        let got = backend.0.lock().unwrap().take().unwrap();
-        assert_eq!(got.get("x-request-id"), None);
-        assert_eq!(got.len(), 5);
-    }
-
-    /// A backend that streams 100-byte SSE chunks without end, counting those pulled.
-    struct EndlessStream(Arc<std::sync::atomic::AtomicU64>);
-
-    impl Backend for EndlessStream {
-        fn send(&self, _: BackendRequest) -> crate::backend::BackendFuture {
-            let pulled = Arc::clone(&self.0);
-            let body = futures_util::stream::repeat_with(move || {
-                pulled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok(Bytes::from(vec![b'x'; 100]))
-            });
-            Box::pin(async move {
-                Ok(crate::backend::BackendResponse {
-                    status: 200,
-                    headers: [("content-type", "text/event-stream")]
-                        .into_iter()
-                        .collect(),
-                    body: Box::pin(body),
-                })
-            })
-        }
+        addresses.sort();
+        addresses
     }
 
     #[tokio::test]
-    async fn a_streamed_body_is_read_only_up_to_the_allowance() {
-        let pulled = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let backend = EndlessStream(Arc::clone(&pulled));
-        let mut frame = request_for("/v1/chat/completions");
-        frame.is_streaming = true;
-        let (reports, mut inbox) = mpsc::unbounded_channel();
-        let per_chunk = chunk_cost(100);
-        let (allowance, allowed) = watch::channel(10 * per_chunk);
-        let call =
-            tokio::spawn(
-                async move { call_backend(&backend, &frame, 1024, &reports, allowed).await },
-            );
-        let mut chunks = 0;
-        let mut take = async |until: u64| {
-            while chunks < until {
-                match inbox.recv().await {
-                    Some(SessionInput::BackendChunk { .. }) => chunks += 1,
-                    _ => panic!("only chunks are reported"),
-                }
-            }
-            // Nothing further comes while the allowance stands.
-            let more = tokio::time::timeout(Duration::from_millis(100), inbox.recv()).await;
-            assert!(more.is_err(), "read past the allowance");
-        };
-        take(10).await;
-        assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 10);
-        // Any growth lets it read on; a cost part-way into a chunk allows that chunk.
-        allowance.send_replace(15 * per_chunk + 1);
-        take(16).await;
-        assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 16);
-        call.abort();
-    }
-
-    #[test]
-    fn token_counts_come_from_openai_and_anthropic_usage() {
-        let openai = br#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
-        assert_eq!(
-            token_counts(&json(), openai),
-            Some(TokenCounts {
-                prompt_tokens: Some(3),
-                completion_tokens: Some(5),
-                total_tokens: Some(8)
-            })
-        );
-        let anthropic = br#"{"type":"message","usage":{"input_tokens":4,"output_tokens":6}}"#;
-        assert_eq!(
-            token_counts(&json(), anthropic),
-            Some(TokenCounts {
-                prompt_tokens: Some(4),
-                completion_tokens: Some(6),
-                total_tokens: Some(10)
-            })
-        );
-        assert_eq!(token_counts(&json(), b"{}"), None);
-        assert_eq!(token_counts(&Headers::new(), openai), None);
+    async fn a_relay_name_gets_a_link_per_address_and_follows_its_dns_answers() {
+        let (mut driver, mut session) = driver();
+        let [a, b, c]: [SocketAddr; 3] =
+            ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"].map(|a| a.parse().unwrap());
+        driver.on_resolved(0, Ok(vec![b, a]), &mut session);
+        settle(&mut driver, &mut session);
+        assert_eq!(linked(&driver), [a, b]);
+        // Each link dials its own address and still names the relay by its host.
+        for link in driver.links.values() {
+            assert_eq!(link.endpoint.host, "relays.internal");
+            assert!(matches!(link.connection, Connection::Connecting { .. }));
+        }
+        // The same answer again changes nothing; a failed or empty one neither.
+        driver.on_resolved(0, Ok(vec![a, b]), &mut session);
+        driver.on_resolved(0, Err(io::Error::other("SERVFAIL")), &mut session);
+        driver.on_resolved(0, Ok(vec![]), &mut session);
+        settle(&mut driver, &mut session);
+        assert_eq!(linked(&driver), [a, b]);
+        // An address that left is retired (here at once: its link was never up);
+        // a new one gets a link.
+        driver.on_resolved(0, Ok(vec![b, c]), &mut session);
+        settle(&mut driver, &mut session);
+        assert_eq!(linked(&driver), [b, c]);
+        assert_eq!(driver.links.len(), 2);
+        for link in driver.links.keys() {
+            assert!(session.has_link(*link));
+        }
     }
 }

@@ -7,9 +7,11 @@
 //! over a simulated network.
 
 pub mod backend;
+mod backend_call;
 pub mod driver;
 pub mod endpoint;
 pub mod link;
+mod link_task;
 mod progress;
 
 pub use driver::{ModelSource, WorkerOptions, run};

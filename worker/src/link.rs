@@ -35,6 +35,9 @@ pub struct RelayEndpoint {
     pub provider: String,
     /// The `ws://`/`wss://` URL of the worker endpoint with `?provider=`, or the `quic://` URL.
     pub connect_url: String,
+    /// The address to dial instead of resolving `host` (one of the addresses
+    /// `host` resolved to); `host` still names the relay to TLS and HTTP.
+    pub address: Option<SocketAddr>,
 }
 
 /// The kind of link to the relay.
@@ -90,6 +93,7 @@ impl RelayEndpoint {
                 tls: true,
                 transport: RelayTransport::Quic,
                 provider: provider.to_owned(),
+                address: None,
             });
         }
         let (tls, ws_scheme) = match url.scheme() {
@@ -120,6 +124,7 @@ impl RelayEndpoint {
             transport: RelayTransport::WebSocket,
             provider: provider.to_owned(),
             connect_url: connect.to_string(),
+            address: None,
         })
     }
 }
@@ -140,6 +145,15 @@ pub trait Dialer: Send + Sync + 'static {
         &self,
         endpoint: &RelayEndpoint,
     ) -> impl Future<Output = io::Result<(quinn::Endpoint, SocketAddr)>> + Send;
+
+    /// Every address `endpoint`'s host resolves to (for `resolve_relays`).
+    fn resolve(
+        &self,
+        endpoint: &RelayEndpoint,
+    ) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send {
+        let target = (endpoint.host.clone(), endpoint.port);
+        async move { Ok(tokio::net::lookup_host(target).await?.collect()) }
+    }
 }
 
 /// Dials over the machine's network, with TLS from the given settings for `wss://`.
@@ -164,7 +178,10 @@ impl Dialer for NetDialer {
     type Stream = NetStream;
 
     async fn dial(&self, endpoint: &RelayEndpoint) -> io::Result<NetStream> {
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+        let tcp = match endpoint.address {
+            Some(address) => TcpStream::connect(address).await?,
+            None => TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?,
+        };
         tcp.set_nodelay(true)?;
         if !endpoint.tls {
             return Ok(NetStream::Plain(tcp));
@@ -182,15 +199,18 @@ impl Dialer for NetDialer {
     }
 
     async fn quic(&self, endpoint: &RelayEndpoint) -> io::Result<(quinn::Endpoint, SocketAddr)> {
-        let addr = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
-            .await?
-            .next()
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{} has no address", endpoint.host),
-                )
-            })?;
+        let resolved = match endpoint.address {
+            Some(address) => Some(address),
+            None => tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+                .await?
+                .next(),
+        };
+        let addr = resolved.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} has no address", endpoint.host),
+            )
+        })?;
         let mut endpoints = self.quic.lock().expect("endpoint lock");
         if let Some(local) = endpoints
             .iter()

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use super::failure::failure_message;
 use super::read_window::chunk_cost;
 use super::text_carry::NotUtf8;
-use super::{SessionOutput, WorkerSession};
-use crate::ids::WireRequestId;
+use super::{LinkRequest, SessionOutput, WorkerSession};
+use crate::ids::LinkId;
 use crate::wire::{
     CancelReason, REFUSAL_HEADER, ResponseChunk, ResponseComplete, WireVersion, WorkerMessage,
 };
@@ -16,12 +16,12 @@ pub const BACKEND_OUTPUT_NOT_UTF8: &str = "backend_output_not_utf8";
 
 impl WorkerSession {
     /// Response bytes from the backend: passed on while the request runs and the link is up.
-    pub(super) fn on_backend_chunk(&mut self, request: WireRequestId, chunk: Bytes) {
+    pub(super) fn on_backend_chunk(&mut self, request: LinkRequest, chunk: Bytes) {
         if !self.running.contains_key(&request) {
             return;
         }
         let read = chunk_cost(chunk.len());
-        let queued = if !self.linked() {
+        let queued = if self.linked(request.link).is_none() {
             None
         } else {
             match self.sendable_chunk(&request, chunk) {
@@ -34,10 +34,11 @@ impl WorkerSession {
         };
         let queued_cost = queued.as_ref().map_or(0, |chunk| chunk_cost(chunk.len()));
         if let Some(chunk) = queued {
-            self.send(WorkerMessage::ResponseChunk(ResponseChunk {
-                request_id: request.clone(),
+            let message = WorkerMessage::ResponseChunk(ResponseChunk {
+                request_id: request.id.clone(),
                 chunk,
-            }));
+            });
+            self.send(request.link, message);
         }
         let allowance = self
             .running
@@ -47,7 +48,7 @@ impl WorkerSession {
     }
 
     /// The link writer handed on more of a request's chunks: its backend call may read further.
-    pub(super) fn on_link_wrote(&mut self, request: WireRequestId, total: u64) {
+    pub(super) fn on_link_wrote(&mut self, request: LinkRequest, total: u64) {
         let allowance = self
             .running
             .get_mut(&request)
@@ -56,7 +57,7 @@ impl WorkerSession {
     }
 
     /// Tells the driver a request's new allowance, if there is one.
-    pub(super) fn allow_read(&mut self, request: WireRequestId, allowance: Option<u64>) {
+    pub(super) fn allow_read(&mut self, request: LinkRequest, allowance: Option<u64>) {
         if let Some(up_to) = allowance {
             self.outputs
                 .push_back(SessionOutput::AllowBackendRead { request, up_to });
@@ -65,27 +66,28 @@ impl WorkerSession {
 
     /// The backend finished a request: passed on, unless a v1 link cannot carry its output.
     /// Only the worker marks a refusal: a backend's header of that name is dropped.
-    pub(super) fn on_backend_complete(&mut self, mut complete: ResponseComplete) {
+    pub(super) fn on_backend_complete(&mut self, link: LinkId, mut complete: ResponseComplete) {
         complete.headers.remove(REFUSAL_HEADER);
-        let request = &complete.request_id;
-        if !self.running.contains_key(request) {
+        let request = LinkRequest::new(link, complete.request_id.clone());
+        if !self.running.contains_key(&request) {
             return;
         }
-        let leftover = self.text_carry.forget(request);
-        let v1 = self.wire == Some(WireVersion::V1);
+        let leftover = self.text_carry.forget(&request);
+        let v1 = self.wire_of(link) == Some(WireVersion::V1);
         if v1 && (leftover || std::str::from_utf8(&complete.body).is_err()) {
-            self.fail_not_utf8(complete.request_id);
+            self.fail_not_utf8(request);
             return;
         }
-        self.running.remove(request);
-        self.send(WorkerMessage::ResponseComplete(complete));
-        self.after_request_ended();
+        self.running.remove(&request);
+        self.load_changed(link);
+        self.send(link, WorkerMessage::ResponseComplete(complete));
+        self.after_request_ended(link);
     }
 
     /// The backend call failed: the request ends with the backend's error.
     pub(super) fn on_backend_failed(
         &mut self,
-        request: WireRequestId,
+        request: LinkRequest,
         code: String,
         message: String,
     ) {
@@ -93,8 +95,15 @@ impl WorkerSession {
             return;
         }
         self.text_carry.forget(&request);
-        self.send(failure_message(self.wire, request, code, message));
-        self.after_request_ended();
+        self.load_changed(request.link);
+        let failure = failure_message(self.wire_of(request.link), request.id, code, message);
+        self.send(request.link, failure);
+        self.after_request_ended(request.link);
+    }
+
+    /// The encoding of a link that is up.
+    fn wire_of(&self, link: LinkId) -> Option<WireVersion> {
+        self.links.get(&link).and_then(|record| record.wire)
     }
 
     /// The part of `chunk` that can go out now. v2 carries any bytes. On v1 a chunk
@@ -102,30 +111,32 @@ impl WorkerSession {
     /// incomplete end waits for the next chunk.
     fn sendable_chunk(
         &mut self,
-        request: &WireRequestId,
+        request: &LinkRequest,
         chunk: Bytes,
     ) -> Result<Option<Bytes>, NotUtf8> {
-        if self.wire != Some(WireVersion::V1) {
+        if self.wire_of(request.link) != Some(WireVersion::V1) {
             return Ok(Some(chunk));
         }
         self.text_carry.whole_text(request, chunk)
     }
 
     /// Ends a request whose backend output cannot travel in a v1 text frame.
-    fn fail_not_utf8(&mut self, request: WireRequestId) {
+    fn fail_not_utf8(&mut self, request: LinkRequest) {
         self.running.remove(&request);
         self.text_carry.forget(&request);
+        self.load_changed(request.link);
         self.outputs.push_back(SessionOutput::AbortRequest {
             request: request.clone(),
             reason: CancelReason::Other(BACKEND_OUTPUT_NOT_UTF8.into()),
         });
         let message = "the backend's output is not UTF-8 text, which a v1 link cannot carry";
-        self.send(failure_message(
-            self.wire,
-            request,
+        let failure = failure_message(
+            self.wire_of(request.link),
+            request.id,
             BACKEND_OUTPUT_NOT_UTF8.into(),
             message.into(),
-        ));
-        self.after_request_ended();
+        );
+        self.send(request.link, failure);
+        self.after_request_ended(request.link);
     }
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use crate::ids::WireRequestId;
+use super::LinkRequest;
 
 /// Backend output that is not UTF-8 text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,7 +12,7 @@ pub(crate) struct NotUtf8;
 /// Per request, the incomplete character at the end of its last backend chunk.
 #[derive(Debug, Default)]
 pub(crate) struct TextCarry {
-    tails: FxHashMap<WireRequestId, Vec<u8>>,
+    tails: FxHashMap<LinkRequest, Vec<u8>>,
 }
 
 impl TextCarry {
@@ -20,7 +20,7 @@ impl TextCarry {
     /// incomplete character at the end is held back in turn. `None` if nothing is whole yet.
     pub(crate) fn whole_text(
         &mut self,
-        request: &WireRequestId,
+        request: &LinkRequest,
         chunk: Bytes,
     ) -> Result<Option<Bytes>, NotUtf8> {
         let mut text = match self.tails.remove(request) {
@@ -43,12 +43,7 @@ impl TextCarry {
     }
 
     /// Drops what was held back for `request`; whether there was anything.
-    pub(crate) fn forget(&mut self, request: &WireRequestId) -> bool {
+    pub(crate) fn forget(&mut self, request: &LinkRequest) -> bool {
         self.tails.remove(request).is_some()
-    }
-
-    /// Drops everything held back.
-    pub(crate) fn clear(&mut self) {
-        self.tails.clear();
     }
 }

@@ -61,34 +61,42 @@ async fn main() -> anyhow::Result<()> {
     run(settings).await
 }
 
-/// Connects to the relay and serves until a stop signal.
+/// Connects to the relays and serves until a stop signal.
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let endpoint =
-        RelayEndpoint::parse(&settings.proxy_url, &settings.provider).context("the proxy URL")?;
+    let relays = settings
+        .proxy_urls
+        .iter()
+        .map(|url| RelayEndpoint::parse(url, &settings.provider))
+        .collect::<Result<Vec<_>, _>>()
+        .context("the proxy URL")?;
     let trust = match settings.trust {
-        TrustSetting::Pinned(fingerprint) => {
-            Trust::Pinned(parse_fingerprint(&fingerprint).context("--server-cert-sha256")?)
-        }
+        TrustSetting::Pinned(fingerprints) => pinned(&fingerprints)?,
         TrustSetting::CaFile(ca) => Trust::CaFile(ca),
         TrustSetting::SystemRoots => Trust::SystemRoots,
     };
-    let tls = if endpoint.tls {
+    let tls = if relays.iter().any(|relay| relay.tls) {
         Some(Arc::new(
             client_tls(&trust).context("TLS for the relay link")?,
         ))
     } else {
         None
     };
-    let quic = match endpoint.transport {
-        RelayTransport::Quic => Some(quic::client_config(&trust).context("QUIC settings")?),
-        RelayTransport::WebSocket => None,
+    let quic = if relays
+        .iter()
+        .any(|relay| relay.transport == RelayTransport::Quic)
+    {
+        Some(quic::client_config(&trust).context("QUIC settings")?)
+    } else {
+        None
     };
     let backend_url = settings.backend_url;
     let backend = HttpBackend::new(backend_url.clone()).context("the backend URL")?;
     let models = settings.models;
     let poll = (models == ModelSource::Discover && settings.models_poll_interval > 0)
         .then(|| Duration::from_secs(settings.models_poll_interval));
-    let mut options = WorkerOptions::new(endpoint, settings.worker_secret, models);
+    let mut options = WorkerOptions::new(relays[0].clone(), settings.worker_secret, models);
+    options.relays = relays;
+    options.resolve_relays = settings.resolve_relays;
     options.session = SessionConfig {
         worker_name: settings.worker_name.unwrap_or_else(host_name),
         max_concurrent: settings.max_concurrency,
@@ -100,8 +108,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     options.models_poll_interval = poll;
     options.quic = quic;
     options.protocol = settings.protocol;
+    let urls: Vec<&str> = options
+        .relays
+        .iter()
+        .map(|relay| relay.connect_url.as_str())
+        .collect();
     tracing::info!(
-        relay = %options.endpoint.connect_url,
+        relays = %urls.join(", "),
+        resolve_relays = options.resolve_relays,
         backend = %backend_url,
         name = %options.session.worker_name,
         max_concurrency = options.session.max_concurrent,
@@ -110,4 +124,19 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let stop = process::graceful_stop_signal();
     modelrelay_worker::run(options, NetDialer::new(tls), Arc::new(backend), stop).await;
     Ok(())
+}
+
+/// Trust in the certificates with these fingerprints (a comma list: one per relay).
+fn pinned(fingerprints: &str) -> anyhow::Result<Trust> {
+    let mut parsed = fingerprints
+        .split(',')
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(|text| parse_fingerprint(text).context("--server-cert-sha256"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    match parsed.len() {
+        0 => anyhow::bail!("--server-cert-sha256 is empty"),
+        1 => Ok(Trust::Pinned(parsed.remove(0))),
+        _ => Ok(Trust::PinnedAny(parsed)),
+    }
 }

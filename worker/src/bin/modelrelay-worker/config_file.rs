@@ -18,8 +18,9 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 /// Every key the file may hold, as [`FileConfig`] names its fields.
-pub(crate) const KNOWN_KEYS: [&str; 14] = [
+pub(crate) const KNOWN_KEYS: [&str; 15] = [
     "proxy_url",
+    "resolve_relays",
     "provider",
     "worker_secret",
     "worker_name",
@@ -38,7 +39,9 @@ pub(crate) const KNOWN_KEYS: [&str; 14] = [
 /// What the file sets; every key is optional.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct FileConfig {
+    /// One relay's URL, or several, comma-separated.
     pub(crate) proxy_url: Option<String>,
+    pub(crate) resolve_relays: Option<bool>,
     pub(crate) provider: Option<String>,
     pub(crate) worker_secret: Option<String>,
     pub(crate) worker_name: Option<String>,
@@ -291,6 +294,7 @@ server_cert_sha256 = "AB"
 tls_ca = "/etc/ca.pem"
 shutdown_timeout = 5
 log_format = "json"
+resolve_relays = true
 "#,
         );
         assert!(loaded.unknown.is_empty(), "{:?}", loaded.unknown);
@@ -301,7 +305,8 @@ log_format = "json"
         assert_eq!(config.tls_ca, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(config.shutdown_timeout, Some(5));
         assert_eq!(config.log_format, Some(LogFormat::Json));
-        assert_eq!(KNOWN_KEYS.len(), 14, "a key was added: test it here");
+        assert_eq!(config.resolve_relays, Some(true));
+        assert_eq!(KNOWN_KEYS.len(), 15, "a key was added: test it here");
     }
 
     #[test]

@@ -42,9 +42,13 @@ pub(crate) struct Args {
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
-    /// Base URL of the relay (http://, https://, ws://, wss://), or quic://host:port for QUIC [default: http://127.0.0.1:8080].
-    #[arg(long, env = "PROXY_URL")]
-    pub(crate) proxy_url: Option<String>,
+    /// Base URL of the relay (http://, https://, ws://, wss://), or quic://host:port for QUIC; several relays: a comma list or the flag repeated, and the worker serves them all [default: http://127.0.0.1:8080].
+    #[arg(long, env = "PROXY_URL", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub(crate) proxy_url: Vec<String>,
+
+    /// Link to every address each relay URL's host name resolves to (a Kubernetes headless Service), resolving again every 10 s.
+    #[arg(long, env = "RESOLVE_RELAYS", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) resolve_relays: Option<bool>,
 
     /// Shared secret the relay expects from workers (required: a flag, the variable or the file).
     #[arg(long, env = "WORKER_SECRET", hide_env_values = true)]
@@ -79,7 +83,8 @@ pub(crate) struct Args {
     pub(crate) protocol: Option<ProtocolChoice>,
 
     /// Trust only the relay certificate with this SHA-256 fingerprint (for a self-signed
-    /// relay: it prints the fingerprint at start-up). For wss:// and quic://.
+    /// relay: it prints the fingerprint at start-up); several relays with their own
+    /// certificates: a comma list. For wss:// and quic://.
     #[arg(long, env = "SERVER_CERT_SHA256")]
     pub(crate) server_cert_sha256: Option<String>,
 
@@ -118,7 +123,9 @@ pub(crate) enum TrustSetting {
 /// Every setting, resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Settings {
-    pub(crate) proxy_url: String,
+    /// One or more relays.
+    pub(crate) proxy_urls: Vec<String>,
+    pub(crate) resolve_relays: bool,
     pub(crate) worker_secret: String,
     pub(crate) backend_url: Url,
     pub(crate) models: ModelSource,
@@ -158,8 +165,8 @@ impl Settings {
             trust(file.server_cert_sha256, file.tls_ca)
         };
         Ok(Self {
-            proxy_url: (args.proxy_url.or(file.proxy_url))
-                .unwrap_or_else(|| DEFAULT_PROXY_URL.to_owned()),
+            proxy_urls: proxy_urls(args.proxy_url, file.proxy_url),
+            resolve_relays: args.resolve_relays.or(file.resolve_relays).unwrap_or(false),
             worker_secret: (args.worker_secret.or(file.worker_secret))
                 .ok_or(SettingsError::NoSecret)?,
             backend_url: (args.backend_url.or(file.backend_url))
@@ -182,6 +189,26 @@ impl Settings {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
+}
+
+/// The relays: the flags' (or the variable's), else the file's comma list,
+/// else the default; blank items are left out.
+fn proxy_urls(flags: Vec<String>, file: Option<String>) -> Vec<String> {
+    let given = if flags.is_empty() {
+        file.map(|list| list.split(',').map(str::to_owned).collect())
+            .unwrap_or_default()
+    } else {
+        flags
+    };
+    let urls: Vec<String> = given
+        .into_iter()
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return vec![DEFAULT_PROXY_URL.to_owned()];
+    }
+    urls
 }
 
 /// The trust one layer asks for (at most one of the two, as clap and the file check).
@@ -246,7 +273,7 @@ proxy_url = "http://file-relay:1"
         );
         assert_eq!(settings.worker_secret, "from-file");
         assert_eq!(settings.max_concurrency, 3);
-        assert_eq!(settings.proxy_url, "http://file-relay:1");
+        assert_eq!(settings.proxy_urls, ["http://file-relay:1"]);
         let flagged = resolve(&["--max-concurrency", "5", "--worker-secret", "flag"], file);
         assert_eq!(flagged.max_concurrency, 5);
         assert_eq!(flagged.worker_secret, "flag");
@@ -255,8 +282,9 @@ proxy_url = "http://file-relay:1"
     #[test]
     fn what_nothing_gives_takes_modelrelays_defaults() {
         let settings = resolve(&[], "worker_secret = \"s\"");
-        assert_eq!(settings.proxy_url, DEFAULT_PROXY_URL);
-        assert_eq!(settings.proxy_url, "http://127.0.0.1:8080");
+        assert_eq!(settings.proxy_urls, [DEFAULT_PROXY_URL]);
+        assert_eq!(settings.proxy_urls, ["http://127.0.0.1:8080"]);
+        assert!(!settings.resolve_relays);
         assert_eq!(settings.backend_url.as_str(), "http://127.0.0.1:8000/");
         assert_eq!(settings.models, ModelSource::Discover);
         assert_eq!(settings.provider, DEFAULT_PROVIDER);
@@ -268,6 +296,25 @@ proxy_url = "http://file-relay:1"
         assert_eq!(settings.shutdown_timeout, 30);
         assert_eq!(settings.log_level, "info");
         assert_eq!(settings.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn several_relays_come_as_a_comma_list_or_the_flag_repeated() {
+        let secret = "worker_secret = \"s\"\n";
+        let both = ["ws://a:1", "ws://b:2"];
+        let comma = resolve(&["--proxy-url", "ws://a:1, ws://b:2,"], secret);
+        let repeated = resolve(
+            &["--proxy-url", "ws://a:1", "--proxy-url", "ws://b:2"],
+            secret,
+        );
+        let file = resolve(&[], &format!("{secret}proxy_url = \"ws://a:1,ws://b:2\""));
+        for settings in [comma, repeated, file] {
+            assert_eq!(settings.proxy_urls, both);
+        }
+        let resolving = resolve(&["--resolve-relays"], secret);
+        assert!(resolving.resolve_relays);
+        let from_file = resolve(&[], &format!("{secret}resolve_relays = true"));
+        assert!(from_file.resolve_relays);
     }
 
     #[test]
