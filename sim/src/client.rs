@@ -14,6 +14,8 @@ use crate::world::{RELAY, RELAY_PORT};
 pub struct Ask {
     /// Tag that marks it in the backends' logs (and the trace).
     pub tag: String,
+    /// The relay host it goes to.
+    pub relay: String,
     /// Stream or not.
     pub stream: bool,
     /// Tokens in the answer.
@@ -31,11 +33,20 @@ impl Ask {
     pub fn stream(tag: impl Into<String>, tokens: usize, delay_ms: u64) -> Self {
         Self {
             tag: tag.into(),
+            relay: RELAY.to_owned(),
             stream: true,
             tokens,
             delay_ms,
             abandon_after: None,
             pause_after: None,
+        }
+    }
+
+    /// The same ask, sent to relay host `relay`.
+    pub fn to(self, relay: &str) -> Self {
+        Self {
+            relay: relay.to_owned(),
+            ..self
         }
     }
 
@@ -133,8 +144,8 @@ pub async fn send_timed(ask: &Ask, deadline: Duration) -> (Outcome, Vec<Duration
 }
 
 async fn exchange(ask: &Ask, arrivals: &mut Vec<Duration>) -> Outcome {
-    let mut response = match net::post(RELAY, RELAY_PORT, "/v1/chat/completions", ask.body()).await
-    {
+    let posted = net::post(&ask.relay, RELAY_PORT, "/v1/chat/completions", ask.body()).await;
+    let mut response = match posted {
         Ok(response) => response,
         Err(error) => return Outcome::Wrong(format!("no answer: {error}")),
     };

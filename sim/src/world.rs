@@ -1,4 +1,5 @@
-//! A simulated world: one relay, workers, their backends, clients, and the faults a test injects.
+//! A simulated world: one relay (or several), workers, their backends, clients,
+//! and the faults a test injects.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -106,9 +107,12 @@ pub fn session_config(name: &str, max_concurrent: u32, jitter_seed: u64) -> Sess
     }
 }
 
-/// Stops a worker gracefully, as SIGTERM would.
+/// Stops a worker or a relay gracefully, as SIGTERM would.
 #[derive(Clone, Debug, Default)]
 pub struct WorkerStop(Arc<Mutex<CancellationToken>>);
+
+/// Stops a relay gracefully (a drain), as SIGTERM would.
+pub type RelayStop = WorkerStop;
 
 impl WorkerStop {
     /// Begins the current run's graceful stop.
@@ -212,15 +216,26 @@ impl World {
 
     /// Adds the relay host, running the real server with `config`.
     pub fn relay(&mut self, config: ServerConfig) {
+        self.relay_named(RELAY, config);
+    }
+
+    /// Adds a relay host named `name`, running the real server with `config`;
+    /// returns what starts its graceful stop (its drain) in the current run.
+    pub fn relay_named(&mut self, name: &str, config: ServerConfig) -> RelayStop {
         let trace = self.trace.clone();
         let (link, seed) = (self.link, self.seed);
-        let loss = self.packet_loss(RELAY);
-        self.sim.host(RELAY, move || {
+        let loss = self.packet_loss(name);
+        let stop = RelayStop::default();
+        let handle = stop.clone();
+        let host = name.to_owned();
+        self.sim.host(name, move || {
             let config = config.clone();
             let trace = trace.clone();
             let loss = loss.clone();
+            let token = stop.fresh();
+            let name = host.clone();
             async move {
-                trace.record("relay starts");
+                trace.record(format_args!("{name} starts"));
                 let quic = match link {
                     LinkKind::WebSocket => None,
                     LinkKind::Quic => {
@@ -236,12 +251,15 @@ impl World {
                 let listener = listen(RELAY_PORT).await?;
                 let listener = Observed {
                     inner: listener,
-                    trace,
+                    trace: trace.clone(),
+                    name: name.clone(),
                 };
-                modelrelay_relay::serve(config, listener, quic, std::future::pending()).await;
+                modelrelay_relay::serve(config, listener, quic, token.cancelled_owned()).await;
+                trace.record(format_args!("{name} stops"));
                 Ok(())
             }
         });
+        handle
     }
 
     /// Adds a backend host; returns its handle (log, model list).
@@ -270,6 +288,19 @@ impl World {
         max_concurrent: u32,
         start_after: Duration,
     ) -> WorkerStop {
+        self.worker_to(name, backend, (max_concurrent, start_after), &[RELAY])
+    }
+
+    /// Adds a worker host for `backend` linked to every relay host in `relays`,
+    /// with `max_concurrent` slots for all, that starts after `start_after`.
+    pub fn worker_to(
+        &mut self,
+        name: &str,
+        backend: &str,
+        (max_concurrent, start_after): (u32, Duration),
+        relays: &[&str],
+    ) -> WorkerStop {
+        let relays: Vec<String> = relays.iter().map(|relay| (*relay).to_owned()).collect();
         let stop = WorkerStop::default();
         let handle = stop.clone();
         let name = name.to_owned();
@@ -284,19 +315,23 @@ impl World {
             let start = starts.fetch_add(1, Ordering::Relaxed);
             let token = stop.fresh();
             let (name, backend_url, trace) = (name.clone(), backend_url.clone(), trace.clone());
-            let loss = loss.clone();
+            let (loss, relays) = (loss.clone(), relays.clone());
             async move {
                 if start == 0 {
                     tokio::time::sleep(start_after).await;
                 }
                 trace.record(format_args!("{name} starts (run {start})"));
-                let url = match link {
-                    LinkKind::WebSocket => format!("http://{RELAY}:{RELAY_PORT}"),
-                    LinkKind::Quic => format!("quic://{RELAY}:{QUIC_PORT}"),
-                };
-                let endpoint = RelayEndpoint::parse(&url, DEFAULT_PROVIDER)?;
+                let mut endpoints = Vec::new();
+                for relay in &relays {
+                    let url = match link {
+                        LinkKind::WebSocket => format!("http://{relay}:{RELAY_PORT}"),
+                        LinkKind::Quic => format!("quic://{relay}:{QUIC_PORT}"),
+                    };
+                    endpoints.push(RelayEndpoint::parse(&url, DEFAULT_PROVIDER)?);
+                }
                 let models = ModelSource::List(vec!["m".into()]);
-                let mut options = WorkerOptions::new(endpoint, SECRET.into(), models);
+                let mut options = WorkerOptions::new(endpoints[0].clone(), SECRET.into(), models);
+                options.relays = endpoints;
                 options.session =
                     session_config(&name, max_concurrent, base_seed.wrapping_add(start));
                 options.connect_timeout = Duration::from_secs(3);
@@ -464,10 +499,12 @@ fn stable_hash(text: &str) -> u64 {
     hasher.finish()
 }
 
-/// The relay's listener, recording each connection it accepts.
+/// A relay's listener, recording each connection it accepts.
 struct Observed {
     inner: SimListener,
     trace: Trace,
+    /// The relay's host name.
+    name: String,
 }
 
 impl axum::serve::Listener for Observed {
@@ -477,7 +514,8 @@ impl axum::serve::Listener for Observed {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = self.inner.accept().await;
         let peer = turmoil::reverse_lookup(addr.ip()).unwrap_or_else(|| addr.ip().to_string());
-        self.trace.record(format_args!("relay accepts {peer}"));
+        self.trace
+            .record(format_args!("{} accepts {peer}", self.name));
         (io, addr)
     }
 
