@@ -211,6 +211,93 @@ async fn bad_operator_settings_are_refused_with_a_clear_message() {
     }
 }
 
+/// `/health` until it answers `status`, on a new connection each time (a
+/// draining relay closes every connection after one answer); 10 s at most.
+async fn health_until(base: &str, status: StatusCode) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let health = Http::new().get(&format!("{base}/health")).await;
+        if health.status == status {
+            return health.json();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/health still answers {} {}",
+            health.status,
+            health.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_draining_server_answers_health_with_503_and_new_requests_with_503_while_streams_finish()
+{
+    let data_dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("binary-drain-{}", std::process::id()));
+    let mut server = start_server(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--worker-secret",
+        SECRET,
+        "--drain-timeout",
+        "30",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    let listening = server.logged("relay listening").await;
+    let base = format!("http://{}", listening["addr"].as_str().unwrap());
+    let backend = backend(&["m"]).await;
+    let _worker = WorkerSpec::to(&base, &backend.url, &["m"]).start();
+    let http = Http::new();
+    wait_for_workers_at(&http, &base, 1).await;
+    assert_eq!(health_until(&base, StatusCode::OK).await["status"], "ok");
+
+    // A stream long enough to keep the relay draining while we look.
+    let url = format!("{base}/v1/chat/completions");
+    let long = json!({"model": "m", "stream": true, "mock": {"tokens": 400, "delay_ms": 25}});
+    let mut stream = http
+        .send(
+            http::Method::POST,
+            &url,
+            &long.to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let mut streamed = stream
+        .next_chunk()
+        .await
+        .expect("the stream has begun")
+        .to_vec();
+
+    server.sigterm();
+    server.logged("shutting down").await;
+    let draining = health_until(&base, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(draining["status"], "draining", "{draining}");
+    assert_eq!(draining["requests_in_progress"], 1, "{draining}");
+    let refused = Http::new()
+        .post(&url, &json!({"model": "m"}).to_string())
+        .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.json()["error"]["code"], "shutting_down");
+
+    while let Some(chunk) = stream.next_chunk().await {
+        streamed.extend_from_slice(&chunk);
+    }
+    assert_eq!(
+        sse_data(&streamed).last().unwrap(),
+        "[DONE]",
+        "the stream finished"
+    );
+    let status = server
+        .exited(std::time::Duration::from_secs(20))
+        .await
+        .expect("the relay exits once drained");
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
 #[tokio::test]
 async fn the_readme_documents_every_server_flag_as_help_prints_it() {
     let output = Command::new(e2e::binary(e2e::Binary::Server))

@@ -238,19 +238,38 @@ pub async fn serve<L>(
             stopping.clone(),
         ));
     }
-    let on_shutdown = {
+    let hub_done = CancellationToken::new();
+    let hub_task = {
+        let hub_done = hub_done.clone();
+        tokio::spawn(async move {
+            let _ = hub_task.await;
+            hub_done.cancel();
+        })
+    };
+    let draining = {
         let stopping = stopping.clone();
         let hub = hub.clone();
         async move {
             shutdown.await;
-            info!("shutting down: no new connections, draining workers");
+            info!("shutting down: draining workers; new requests and /health get 503");
             hub.send(Command::Shutdown { drain }).await;
             stopping.cancel();
         }
     };
-    let http = crate::http::serve(listener, app, http_limits, on_shutdown);
     // Open responses end once their workers finish or the drain deadline fails them.
     let bound = drain.saturating_add(Duration::from_secs(5));
+    // Connections are taken until the hub has drained, so balancers see the 503s.
+    let drained = {
+        let stopping = stopping.clone();
+        async move {
+            stopping.cancelled().await;
+            tokio::select! {
+                () = hub_done.cancelled() => {}
+                () = tokio::time::sleep(bound) => {}
+            }
+        }
+    };
+    let http = crate::http::serve(listener, app, http_limits, draining, drained);
     tokio::select! {
         () = http => {}
         () = async { stopping.cancelled().await; tokio::time::sleep(bound).await } => {
