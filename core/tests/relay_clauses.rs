@@ -1226,6 +1226,53 @@ fn shutdown_fails_queued_and_new_requests_and_drains_every_worker() {
 }
 
 #[test]
+fn during_a_relay_drain_every_request_ends_once_and_none_waits_past_the_deadline() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 2);
+    h.worker(2, &["m"], 1);
+    h.request(1, "m"); // worker 1: will have streamed
+    h.request(2, "m"); // worker 2: no byte yet, its worker goes away
+    h.request(3, "m"); // worker 1: no byte by the deadline
+    h.request(4, "m"); // waits in the queue
+    h.chunk(1, 1, "data: partial\n\n");
+    h.outputs();
+    h.handle(Input::Shutdown {
+        drain_timeout: 20 * SECOND,
+    });
+    assert_eq!(
+        ended(&h.outputs()),
+        [(4, failed(Failure::ShuttingDown))],
+        "a queued request fails at once: every worker is draining"
+    );
+    // A running request that loses its worker before its first byte is not requeued.
+    h.handle(Input::WorkerDisconnected { worker: w(2) });
+    assert_eq!(ended(&h.outputs()), [(2, failed(Failure::ShuttingDown))]);
+    h.advance(20 * SECOND);
+    let outputs = h.outputs();
+    assert_eq!(
+        cancels(&outputs),
+        [
+            (1, 1, CancelReason::GracefulShutdown),
+            (1, 3, CancelReason::GracefulShutdown)
+        ]
+    );
+    assert_eq!(
+        ended(&outputs),
+        [
+            (
+                1,
+                Outcome::Failed {
+                    failure: Failure::WorkerLost,
+                    streamed: true
+                }
+            ),
+            (3, failed(Failure::ShuttingDown)),
+        ]
+    );
+    assert!(h.relay.is_idle(), "nothing is left to wait on");
+}
+
+#[test]
 fn deadlines_are_disarmed_when_things_end() {
     let mut h = Harness::new();
     h.worker(1, &["m"], 1);

@@ -238,12 +238,24 @@ impl Process {
     /// Asks it to stop as a service manager would (SIGTERM) and waits up to
     /// `within` for it to exit; its exit status, or `None` if it did not.
     pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let pid = self.child.id()?;
+        self.sigterm();
+        self.exited(within).await
+    }
+
+    /// Sends it SIGTERM without waiting (a second one stops our binaries at once).
+    pub fn sigterm(&self) {
+        let Some(pid) = self.child.id() else {
+            return;
+        };
         let sent = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .is_ok_and(|status| status.success());
         assert!(sent, "SIGTERM could not be sent to {pid}");
+    }
+
+    /// Waits up to `within` for it to exit; its exit status, or `None` if it did not.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         tokio::time::timeout(within, self.child.wait())
             .await
             .ok()

@@ -88,6 +88,7 @@ async fn admin_routes_answer_403_without_an_admin_token() {
         "/admin/workers",
         "/admin/stats",
         "/admin/keys",
+        "/admin/relays",
         "/dashboard",
         "/setup",
     ] {
@@ -238,6 +239,157 @@ async fn workers_are_listed_with_their_models_load_transport_and_protocol() {
     let quic = by_name("quic-box");
     assert_eq!(quic["transport"], "quic");
     assert_eq!(quic["protocol"], "v2");
+}
+
+/// `/admin/relays` on `relay` until `done` holds for its list; 10 s at most.
+async fn relays_until(
+    http: &Http,
+    relay: &RunningServer,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = admin_get(http, relay, "/admin/relays").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        let relays = answer.json()["relays"].as_array().unwrap().clone();
+        if done(&relays) {
+            return relays;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{relays:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn named<'a>(relays: &'a [Value], name: &str) -> Option<&'a Value> {
+    relays.iter().find(|r| r["name"] == name)
+}
+
+#[tokio::test]
+async fn relays_sharing_a_database_are_listed_with_their_state_and_this_one_marked() {
+    use modelrelay_relay::keys::RelayRow;
+    use std::time::SystemTime;
+
+    let keys = common::keys::sqlite_keys().await;
+    // Rows a crashed relay left: one a few minutes ago, one yesterday.
+    let left = |name: &str, ago: u64| RelayRow {
+        id: format!("00000000-0000-7000-8000-{ago:012}"),
+        name: name.to_owned(),
+        version: "0.0.1".to_owned(),
+        started_at: SystemTime::now() - Duration::from_secs(ago + 60),
+        last_seen: SystemTime::now() - Duration::from_secs(ago),
+        draining: false,
+        workers: 2,
+        open_requests: 0,
+        queue_depth: 0,
+    };
+    keys.write_relay(&left("crashed", 300)).await.unwrap();
+    keys.write_relay(&left("forgotten", 25 * 3600))
+        .await
+        .unwrap();
+    let (a_keys, b_keys) = (keys.clone(), keys.clone());
+    let a = admin_relay(move |c| {
+        c.relay_name = "relay-a".into();
+        c.keys = Some(a_keys);
+    })
+    .await;
+    let b = admin_relay(move |c| {
+        c.relay_name = "relay-b".into();
+        c.keys = Some(b_keys);
+    })
+    .await;
+    let backend = backend(&["m"]).await;
+    let _worker = WorkerSpec::new(&a, &backend, &["m"]).start();
+    let http = Http::new();
+    wait_for_workers(&http, &a, 1).await;
+
+    let listed = relays_until(&http, &a, |r| {
+        named(r, "relay-b").is_some() && named(r, "forgotten").is_none()
+    })
+    .await;
+    let names: Vec<_> = listed.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["crashed", "relay-a", "relay-b"],
+        "by name; a day unseen is forgotten"
+    );
+    let this = named(&listed, "relay-a").unwrap();
+    assert_eq!(this["this"], true);
+    assert_eq!(this["state"], "serving");
+    assert_eq!(this["workers"], 1, "this relay's numbers are live");
+    assert_eq!(this["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(this["id"].as_str().unwrap().len(), 36);
+    assert_eq!(
+        this["id"].as_str().unwrap().as_bytes()[14],
+        b'7',
+        "a UUIDv7"
+    );
+    for field in ["started_at", "last_seen"] {
+        assert!(this[field].as_str().unwrap().ends_with('Z'), "{this}");
+    }
+    let other = named(&listed, "relay-b").unwrap();
+    assert_eq!(
+        (other["this"].clone(), other["state"].clone()),
+        (json!(false), json!("serving"))
+    );
+    assert_ne!(other["id"], this["id"]);
+    let crashed = named(&listed, "crashed").unwrap();
+    assert_eq!(crashed["state"], "stale");
+    assert_eq!(crashed["workers"], 2, "as it last wrote");
+    // The other relay sees the same list, from its side.
+    let from_b = relays_until(&http, &b, |r| r.len() == 3).await;
+    assert_eq!(named(&from_b, "relay-b").unwrap()["this"], true);
+    assert_eq!(named(&from_b, "relay-a").unwrap()["this"], false);
+
+    // A relay that stops takes its row with it.
+    b.shutdown().await;
+    relays_until(&http, &a, |r| named(r, "relay-b").is_none()).await;
+
+    // Without a key database a relay lists only itself.
+    let alone = relay(|c| {
+        c.admin_token = Some(AdminToken::new(ADMIN));
+        c.relay_name = "alone".into();
+    })
+    .await;
+    let listed = relays_until(&http, &alone, |r| !r.is_empty()).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0]["name"].clone(), listed[0]["this"].clone()),
+        (json!("alone"), json!(true))
+    );
+}
+
+#[tokio::test]
+async fn a_relay_list_the_database_cannot_hold_costs_a_warning_never_serving() {
+    use modelrelay_relay::keys::{KeyStore, KeyStoreLocation, READER_LEVEL, Schema};
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("keys-no-relay-list-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Migrated by a build that knew no relay list: every write to it fails.
+    let keys = KeyStore::open_with(
+        &KeyStoreLocation::Sqlite(dir.clone()),
+        &Schema::of_build(0, READER_LEVEL),
+    )
+    .await
+    .unwrap();
+    let relay = admin_relay(|c| c.keys = Some(std::sync::Arc::new(keys))).await;
+    let backend = backend(&["m"]).await;
+    let _worker = WorkerSpec::new(&relay, &backend, &["m"]).start();
+    let http = Http::new();
+    wait_for_workers(&http, &relay, 1).await;
+    let answer = http
+        .post(
+            &format!("{}/v1/chat/completions", relay.url()),
+            r#"{"model":"m"}"#,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let listed = admin_get(&http, &relay, "/admin/relays").await;
+    assert_eq!(listed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(listed.json()["error"]["code"], "key_store_unavailable");
+    let health = http.get(&format!("{}/health", relay.url())).await;
+    assert_eq!(health.status, StatusCode::OK);
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -8,6 +8,8 @@
 //! the check fails. Without `/usr/bin/chromium` the test fails and says how to
 //! install it, unless `MODELRELAY_SKIP_BROWSER_TESTS=1` asks to skip it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,9 +46,17 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
     let mut config = ServerConfig::new(SECRET);
     config.admin_token = Some(modelrelay_relay::AdminToken::new(ADMIN_TOKEN));
     config.drain_timeout = Duration::from_secs(2);
+    // A second relay on the same database, so the page lists the relays.
+    config.keys = Some(common::keys::sqlite_keys().await);
+    let mut second = config.clone();
+    config.relay_name = "relay-one".into();
+    second.relay_name = "relay-two".into();
     let relay = RunningServer::start(config, "127.0.0.1:0")
         .await
         .expect("start the server");
+    let second = RunningServer::start(second, "127.0.0.1:0")
+        .await
+        .expect("start the second server");
     let backend = modelrelay_testkit::backend_with(SimulatedBackendConfig {
         models: vec![DEMO_MODEL.into()],
         tokens: 40,
@@ -97,6 +107,23 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
         "the worker's row lists its model: {row_text:?}"
     );
     assert!(row_text.contains("active"), "state shown: {row_text:?}");
+    let relays_listed = "!document.getElementById('relays').hidden && \
+        [...document.querySelectorAll('[data-testid=\"relay-row\"]')].map(r => r.textContent).join('|')";
+    let listed = page
+        .wait_for(
+            &format!("({relays_listed}).includes('relay-two')"),
+            Duration::from_secs(10),
+        )
+        .await;
+    let relays_text = page.eval(relays_listed).await;
+    assert!(
+        listed
+            && relays_text
+                .as_str()
+                .is_some_and(|t| t.contains("relay-one (this relay)") && t.contains("serving")),
+        "both relays listed: {relays_text}\n{}",
+        page.diagnostics(&browser).await
+    );
     let location = page
         .eval("location.pathname + location.search + location.hash")
         .await;
@@ -189,6 +216,7 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
         started.elapsed().as_millis()
     ));
     worker.begin_stop();
+    second.shutdown().await;
     relay.shutdown().await;
     worker.exited_within(Duration::from_secs(5)).await;
 }

@@ -5,7 +5,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use modelrelay_relay::keys::{ApiKeyId, KeyStore, KeyStoreError, KeyStoreLocation};
+use modelrelay_relay::keys::{
+    ApiKeyId, KeyStore, KeyStoreError, KeyStoreLocation, READER_LEVEL, RelayRow, Schema,
+};
 
 fn sqlite_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -140,10 +142,8 @@ async fn relays_sharing_a_postgres_database_see_each_others_keys_and_revocations
     assert_eq!(b.authenticate(&key.key, now).await.unwrap(), None);
 }
 
-/// A database written by a newer relay is refused rather than misread.
-async fn a_newer_schema_is_refused(location: &KeyStoreLocation, insert: &'static str) {
-    let store = KeyStore::open(location).await.unwrap();
-    store.close().await;
+/// Runs `sql` on the database behind the store's back (as another program would).
+async fn run_sql(location: &KeyStoreLocation, sql: &'static str) {
     match location {
         KeyStoreLocation::Sqlite(dir) => {
             let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
@@ -152,21 +152,28 @@ async fn a_newer_schema_is_refused(location: &KeyStoreLocation, insert: &'static
             ))
             .await
             .unwrap();
-            sqlx::query(insert).execute(&mut conn).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
         }
         KeyStoreLocation::SqliteUrl(url) => {
             let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(url)
                 .await
                 .unwrap();
-            sqlx::query(insert).execute(&mut conn).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
         }
         KeyStoreLocation::Postgres(url) => {
             let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
                 .await
                 .unwrap();
-            sqlx::query(insert).execute(&mut conn).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
         }
     }
+}
+
+/// A database written by a newer relay is refused rather than misread.
+async fn a_newer_schema_is_refused(location: &KeyStoreLocation, insert: &'static str) {
+    let store = KeyStore::open(location).await.unwrap();
+    store.close().await;
+    run_sql(location, insert).await;
     match KeyStore::open(location).await {
         Err(KeyStoreError::SchemaTooNew {
             found: 99,
@@ -174,6 +181,200 @@ async fn a_newer_schema_is_refused(location: &KeyStoreLocation, insert: &'static
         }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
+}
+
+/// A rolling upgrade: a newer relay migrates the database; an older one
+/// (knowing none of the migrations after the base) still opens it and serves
+/// keys, and neither undoes the other's work.
+async fn an_older_relay_opens_a_database_a_newer_one_migrated(location: &KeyStoreLocation) {
+    let older = Schema::of_build(0, READER_LEVEL);
+    // The older relay came first.
+    let old = KeyStore::open_with(location, &older).await.unwrap();
+    let before = old
+        .create("before the upgrade", SystemTime::now())
+        .await
+        .unwrap();
+    assert!(old.applied_migrations().await.unwrap().is_empty());
+    old.close().await;
+
+    let new = KeyStore::open(location).await.unwrap();
+    let every: Vec<String> = Schema::current()
+        .migration_names()
+        .map(String::from)
+        .collect();
+    assert!(!every.is_empty());
+    assert_eq!(new.applied_migrations().await.unwrap(), every);
+    assert_eq!(
+        new.schema_version().await.unwrap(),
+        1,
+        "the base stays at 1: relays built before named migrations start too"
+    );
+    let during = new
+        .create("during the upgrade", SystemTime::now())
+        .await
+        .unwrap();
+    new.close().await;
+
+    // The older relay restarts on the migrated database and serves every key.
+    let old = KeyStore::open_with(location, &older).await.unwrap();
+    let now = SystemTime::now();
+    assert_eq!(
+        old.authenticate(&before.key, now).await.unwrap(),
+        Some(before.record.id)
+    );
+    assert_eq!(
+        old.authenticate(&during.key, now).await.unwrap(),
+        Some(during.record.id)
+    );
+    let after = old.create("made by the older relay", now).await.unwrap();
+    assert_eq!(old.list().await.unwrap().len(), 3);
+    assert!(old.revoke(before.record.id).await.unwrap());
+    assert_eq!(
+        old.applied_migrations().await.unwrap(),
+        every,
+        "left as they were"
+    );
+    old.close().await;
+
+    let new = KeyStore::open(location).await.unwrap();
+    assert_eq!(
+        new.authenticate(&after.key, now).await.unwrap(),
+        Some(after.record.id)
+    );
+    assert_eq!(new.authenticate(&before.key, now).await.unwrap(), None);
+    new.close().await;
+}
+
+/// A migration marked as breaking relays below a reader level refuses them, naming both.
+async fn a_breaking_migration_refuses_older_readers(location: &KeyStoreLocation) {
+    KeyStore::open(location).await.unwrap().close().await;
+    run_sql(
+        location,
+        "INSERT INTO modelrelay_migrations (name, applied_at_ms, readers_from) \
+         VALUES ('2099-01-drop-something', 0, 99)",
+    )
+    .await;
+    match KeyStore::open(location).await {
+        Err(error @ KeyStoreError::NeedsNewerRelay { .. }) => {
+            let text = error.to_string();
+            assert!(
+                text.contains("2099-01-drop-something")
+                    && text.contains("level 99")
+                    && text.contains(&format!("level {READER_LEVEL}")),
+                "{text}"
+            );
+        }
+        other => panic!("expected NeedsNewerRelay, got {other:?}"),
+    }
+    // A relay of that level works with it.
+    KeyStore::open_with(location, &Schema::of_build(usize::MAX, 99))
+        .await
+        .unwrap()
+        .close()
+        .await;
+}
+
+#[tokio::test]
+async fn sqlite_an_older_relay_opens_a_database_a_newer_one_migrated() {
+    let dir = sqlite_dir("rolling");
+    an_older_relay_opens_a_database_a_newer_one_migrated(&KeyStoreLocation::Sqlite(dir.clone()))
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn postgres_an_older_relay_opens_a_database_a_newer_one_migrated() {
+    let Some(location) = postgres().await else {
+        return;
+    };
+    an_older_relay_opens_a_database_a_newer_one_migrated(&location).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_breaking_migration_refuses_older_readers() {
+    let dir = sqlite_dir("breaking");
+    a_breaking_migration_refuses_older_readers(&KeyStoreLocation::Sqlite(dir.clone())).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn postgres_a_breaking_migration_refuses_older_readers() {
+    let Some(location) = postgres().await else {
+        return;
+    };
+    a_breaking_migration_refuses_older_readers(&location).await;
+}
+
+/// The relay list's table: rows written and replaced by id, listed by name,
+/// pruned by age, removed one by one.
+async fn the_relay_list_keeps_one_row_per_relay(location: &KeyStoreLocation) {
+    let store = KeyStore::open(location).await.unwrap();
+    let now = SystemTime::now();
+    let row = |id: &str, name: &str, secs_ago: u64| RelayRow {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        version: "1.2.3".to_owned(),
+        started_at: now - std::time::Duration::from_secs(secs_ago + 5),
+        last_seen: now - std::time::Duration::from_secs(secs_ago),
+        draining: false,
+        workers: 0,
+        open_requests: 0,
+        queue_depth: 0,
+    };
+    store.write_relay(&row("b", "beta", 0)).await.unwrap();
+    store.write_relay(&row("a", "alpha", 0)).await.unwrap();
+    store
+        .write_relay(&row("old", "gamma", 90_000))
+        .await
+        .unwrap();
+    let mut beta = row("b", "beta", 0);
+    beta.draining = true;
+    beta.workers = 3;
+    beta.open_requests = 7;
+    beta.queue_depth = 2;
+    store.write_relay(&beta).await.unwrap();
+    let listed = store.relays().await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "old"]);
+    let stored = &listed[1];
+    assert_eq!(
+        (
+            stored.draining,
+            stored.workers,
+            stored.open_requests,
+            stored.queue_depth
+        ),
+        (true, 3, 7, 2)
+    );
+    assert_eq!(stored.version, "1.2.3");
+    let cutoff = now - std::time::Duration::from_secs(86_400);
+    assert_eq!(store.forget_relays_seen_before(cutoff).await.unwrap(), 1);
+    assert!(store.remove_relay("a").await.unwrap());
+    assert!(!store.remove_relay("a").await.unwrap());
+    let ids: Vec<_> = store
+        .relays()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["b"]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_the_relay_list_keeps_one_row_per_relay() {
+    let dir = sqlite_dir("relays");
+    the_relay_list_keeps_one_row_per_relay(&KeyStoreLocation::Sqlite(dir.clone())).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn postgres_the_relay_list_keeps_one_row_per_relay() {
+    let Some(location) = postgres().await else {
+        return;
+    };
+    the_relay_list_keeps_one_row_per_relay(&location).await;
 }
 
 #[tokio::test]

@@ -211,6 +211,223 @@ async fn bad_operator_settings_are_refused_with_a_clear_message() {
     }
 }
 
+/// `/health` until it answers `status`, on a new connection each time (a
+/// draining relay closes every connection after one answer); 10 s at most.
+async fn health_until(base: &str, status: StatusCode) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let health = Http::new().get(&format!("{base}/health")).await;
+        if health.status == status {
+            return health.json();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/health still answers {} {}",
+            health.status,
+            health.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_draining_server_answers_health_with_503_and_new_requests_with_503_while_streams_finish()
+{
+    let data_dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("binary-drain-{}", std::process::id()));
+    let mut server = start_server(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--worker-secret",
+        SECRET,
+        "--drain-timeout",
+        "30",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    let listening = server.logged("relay listening").await;
+    let base = format!("http://{}", listening["addr"].as_str().unwrap());
+    let backend = backend(&["m"]).await;
+    let _worker = WorkerSpec::to(&base, &backend.url, &["m"]).start();
+    let http = Http::new();
+    wait_for_workers_at(&http, &base, 1).await;
+    assert_eq!(health_until(&base, StatusCode::OK).await["status"], "ok");
+
+    // A stream long enough to keep the relay draining while we look.
+    let url = format!("{base}/v1/chat/completions");
+    let long = json!({"model": "m", "stream": true, "mock": {"tokens": 400, "delay_ms": 25}});
+    let mut stream = http
+        .send(
+            http::Method::POST,
+            &url,
+            &long.to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let mut streamed = stream
+        .next_chunk()
+        .await
+        .expect("the stream has begun")
+        .to_vec();
+
+    server.sigterm();
+    server.logged("shutting down").await;
+    let draining = health_until(&base, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(draining["status"], "draining", "{draining}");
+    assert_eq!(draining["requests_in_progress"], 1, "{draining}");
+    let refused = Http::new()
+        .post(&url, &json!({"model": "m"}).to_string())
+        .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.json()["error"]["code"], "shutting_down");
+
+    while let Some(chunk) = stream.next_chunk().await {
+        streamed.extend_from_slice(&chunk);
+    }
+    assert_eq!(
+        sse_data(&streamed).last().unwrap(),
+        "[DONE]",
+        "the stream finished"
+    );
+    let status = server
+        .exited(std::time::Duration::from_secs(20))
+        .await
+        .expect("the relay exits once drained");
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// `GET /admin/relays` at `base` until `done` holds for its list; 20 s at most.
+async fn relays_until(
+    base: &str,
+    token: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let bearer = format!("Bearer {token}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let answer = Http::new()
+            .send(
+                http::Method::GET,
+                &format!("{base}/admin/relays"),
+                "",
+                &[("authorization", &bearer)],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let body: serde_json::Value = serde_json::from_slice(&answer.rest().await).unwrap();
+        let relays = body["relays"].as_array().unwrap().clone();
+        if done(&relays) {
+            return relays;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{relays:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The state `name` is listed in, if it is listed.
+fn state_of(relays: &[serde_json::Value], name: &str) -> Option<String> {
+    relays
+        .iter()
+        .find(|r| r["name"] == name)
+        .map(|r| r["state"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn two_relay_processes_on_one_postgres_database_list_each_other_and_a_drain() {
+    let Some(database) = common::postgres::fresh_database().await else {
+        return;
+    };
+    let token = "relays-admin-token";
+    let dir = |name: &str| {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("binary-{name}-{}", std::process::id()))
+    };
+    let start = |name: &str| {
+        let data_dir = dir(name);
+        Process::start_with_env(
+            Binary::Server,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--worker-secret",
+                SECRET,
+                "--admin-token",
+                token,
+                "--relay-name",
+                name,
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--log-format",
+                "json",
+            ],
+            &[("MODELRELAY_DATABASE_URL", &database)],
+        )
+    };
+    let mut a = start("relay-a");
+    let mut b = start("relay-b");
+    let a_base = format!(
+        "http://{}",
+        a.logged("relay listening").await["addr"].as_str().unwrap()
+    );
+    let b_base = format!(
+        "http://{}",
+        b.logged("relay listening").await["addr"].as_str().unwrap()
+    );
+    let backend = backend(&["m"]).await;
+    let _worker = WorkerSpec::to(&b_base, &backend.url, &["m"]).start();
+    wait_for_workers_at(&Http::new(), &b_base, 1).await;
+
+    for (base, this) in [(&a_base, "relay-a"), (&b_base, "relay-b")] {
+        let relays = relays_until(base, token, |r| {
+            r.iter().filter(|r| r["state"] == "serving").count() == 2
+        })
+        .await;
+        let names: Vec<_> = relays.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["relay-a", "relay-b"]);
+        for relay in &relays {
+            assert_eq!(relay["this"], relay["name"] == this, "{relay}");
+        }
+    }
+    // B's numbers reach A through the database (refreshed every 10 s).
+    relays_until(&a_base, token, |r| {
+        r.iter()
+            .any(|r| r["name"] == "relay-b" && r["workers"] == 1)
+    })
+    .await;
+
+    // B drains while a stream keeps it busy: A sees it draining, then gone.
+    let http = Http::new();
+    let long = json!({"model": "m", "stream": true, "mock": {"tokens": 200, "delay_ms": 25}});
+    let mut stream = http
+        .send(
+            http::Method::POST,
+            &format!("{b_base}/v1/chat/completions"),
+            &long.to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    stream.next_chunk().await.expect("the stream has begun");
+    b.sigterm();
+    relays_until(&a_base, token, |r| {
+        state_of(r, "relay-b").as_deref() == Some("draining")
+    })
+    .await;
+    let rest = stream.rest().await;
+    assert_eq!(sse_data(&rest).last().unwrap(), "[DONE]");
+    let status = b
+        .exited(std::time::Duration::from_secs(20))
+        .await
+        .expect("B exits");
+    assert!(status.success(), "{status:?}");
+    let relays = relays_until(&a_base, token, |r| state_of(r, "relay-b").is_none()).await;
+    assert_eq!(relays.len(), 1, "{relays:#?}");
+    a.stop().await;
+    for name in ["relay-a", "relay-b"] {
+        let _ = std::fs::remove_dir_all(dir(name));
+    }
+}
+
 #[tokio::test]
 async fn the_readme_documents_every_server_flag_as_help_prints_it() {
     let output = Command::new(e2e::binary(e2e::Binary::Server))

@@ -1,9 +1,19 @@
 //! What the binaries share: log set-up (`RUST_LOG` wins over `--log-level`), signals,
-//! seeds, shell completions.
+//! seeds, the host's name, shell completions.
 
 mod log;
 
 pub use log::{LogFormat, init};
+
+/// The host's name (`HOSTNAME`, else the kernel's), or `fallback` when neither gives one.
+pub fn host_name(fallback: &str) -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| fallback.to_owned())
+}
 
 /// A seed for reconnect jitter that differs between processes and starts.
 pub fn process_seed() -> u64 {

@@ -23,6 +23,7 @@ use crate::http::HttpLimits;
 use crate::hub::{Command, Hub};
 use crate::keys::KeyStore;
 use crate::operator::{Metrics, SessionKey};
+use crate::relays::{Presence, RelayIdentity};
 use crate::workers::quic::QuicSettings;
 use crate::{clients, operator, request_id, workers};
 
@@ -82,6 +83,8 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Which web pages may call the client API from a browser (CORS).
     pub cors_allow_origins: CorsOrigins,
+    /// This relay's name in the list of relays sharing its database (`/admin/relays`).
+    pub relay_name: String,
 }
 
 impl ServerConfig {
@@ -112,6 +115,7 @@ impl ServerConfig {
             keys: None,
             public_url: None,
             cors_allow_origins: CorsOrigins::Any,
+            relay_name: "relay".to_owned(),
         }
     }
 }
@@ -143,6 +147,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     /// The bytes request bodies may hold in memory at once.
     pub(crate) body_budget: BodyBudget,
+    /// Who this relay process is in the list of relays.
+    pub(crate) relay: RelayIdentity,
 }
 
 /// Every route, by audience, on one router; every answer carries its request's id.
@@ -217,6 +223,7 @@ pub async fn serve<L>(
             "bodies larger than --max-buffered-request-bytes will be refused with 503"
         );
     }
+    let relay_identity = RelayIdentity::new(&config.relay_name);
     let state = Arc::new(AppState {
         limiter: worker_logins,
         admin_limiter: AuthLimiter::new(config.auth_limits),
@@ -228,9 +235,18 @@ pub async fn serve<L>(
         session_key: SessionKey::random(),
         metrics,
         body_budget,
+        relay: relay_identity,
     });
     let app = router(Arc::clone(&state));
     let stopping = CancellationToken::new();
+    let presence = state.config.keys.as_ref().map(|keys| {
+        Presence::start(
+            state.relay.clone(),
+            Arc::clone(keys),
+            hub.clone(),
+            stopping.clone(),
+        )
+    });
     if let Some(endpoint) = &quic {
         tokio::spawn(workers::quic::accept_workers(
             endpoint.clone(),
@@ -238,19 +254,38 @@ pub async fn serve<L>(
             stopping.clone(),
         ));
     }
-    let on_shutdown = {
+    let hub_done = CancellationToken::new();
+    let hub_task = {
+        let hub_done = hub_done.clone();
+        tokio::spawn(async move {
+            let _ = hub_task.await;
+            hub_done.cancel();
+        })
+    };
+    let draining = {
         let stopping = stopping.clone();
         let hub = hub.clone();
         async move {
             shutdown.await;
-            info!("shutting down: no new connections, draining workers");
+            info!("shutting down: draining workers; new requests and /health get 503");
             hub.send(Command::Shutdown { drain }).await;
             stopping.cancel();
         }
     };
-    let http = crate::http::serve(listener, app, http_limits, on_shutdown);
     // Open responses end once their workers finish or the drain deadline fails them.
     let bound = drain.saturating_add(Duration::from_secs(5));
+    // Connections are taken until the hub has drained, so balancers see the 503s.
+    let drained = {
+        let stopping = stopping.clone();
+        async move {
+            stopping.cancelled().await;
+            tokio::select! {
+                () = hub_done.cancelled() => {}
+                () = tokio::time::sleep(bound) => {}
+            }
+        }
+    };
+    let http = crate::http::serve(listener, app, http_limits, draining, drained);
     tokio::select! {
         () = http => {}
         () = async { stopping.cancelled().await; tokio::time::sleep(bound).await } => {
@@ -260,6 +295,9 @@ pub async fn serve<L>(
     match tokio::time::timeout(bound, hub_task).await {
         Ok(_) => info!("relay stopped"),
         Err(_) => warn!("workers did not finish draining in time; stopping anyway"),
+    }
+    if let Some(presence) = presence {
+        presence.finish().await;
     }
     if let Some(endpoint) = quic {
         endpoint.close(

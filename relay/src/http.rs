@@ -55,13 +55,17 @@ pub(crate) struct HttpLimits {
     pub(crate) body_read_timeout: Option<Duration>,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting,
-/// lets each connection finish its requests, and returns once all are closed.
+/// Serves `router` on `listener`. Once `draining` resolves, every connection
+/// (open ones, and those accepted from then on) closes after the request it
+/// serves, so a load balancer's health check still gets an answer (503) while
+/// the relay drains. Once `stop` resolves, it stops accepting, lets each
+/// connection finish its request, and returns once all are closed.
 pub(crate) async fn serve<L>(
     mut listener: L,
     router: Router,
     limits: HttpLimits,
-    shutdown: impl Future<Output = ()> + Send,
+    draining: impl Future<Output = ()> + Send,
+    stop: impl Future<Output = ()> + Send,
 ) where
     L: Listener<Addr = SocketAddr>,
 {
@@ -71,13 +75,19 @@ pub(crate) async fn serve<L>(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_header_size(MAX_HEAD_BUFFER_BYTES)
         .max_buf_size(MAX_HEAD_BUFFER_BYTES);
-    let stopping = CancellationToken::new();
+    // Cancelled when the drain begins, and when serving stops.
+    let (drain_begun, stopping) = (CancellationToken::new(), CancellationToken::new());
     let connections = TaskTracker::new();
-    tokio::pin!(shutdown);
+    tokio::pin!(draining);
+    tokio::pin!(stop);
     loop {
         let (io, peer) = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = &mut stop => break,
+            () = &mut draining, if !drain_begun.is_cancelled() => {
+                drain_begun.cancel();
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let known_worker = limits.worker_logins.has_logged_in(peer.ip());
@@ -91,16 +101,21 @@ pub(crate) async fn serve<L>(
         };
         let router = router.clone();
         let body_read_timeout = limits.body_read_timeout;
+        let draining = drain_begun.clone();
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
             let mut router = router.clone();
             let (request, passed) = with_deadline(request, body_read_timeout);
+            let draining = draining.clone();
             async move {
                 let mut response = router
                     .call(request)
                     .await
                     .unwrap_or_else(|never| match never {});
-                if passed.is_some_and(|passed| passed.load(Ordering::Acquire)) {
+                // During a drain each connection serves one more request at most.
+                if draining.is_cancelled()
+                    || passed.is_some_and(|passed| passed.load(Ordering::Acquire))
+                {
                     response
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -119,13 +134,20 @@ pub(crate) async fn serve<L>(
                 service,
             )
             .with_upgrades();
-        let stopping = stopping.clone();
+        // A connection open when the drain begins finishes the request under
+        // way and closes (at once if idle); one accepted during the drain is
+        // served its request (hyper would close it unread if told to shut down
+        // now) and closes after it, by `Connection: close`, or when serving stops.
+        let close_when = if drain_begun.is_cancelled() {
+            stopping.clone()
+        } else {
+            drain_begun.clone()
+        };
         connections.spawn(async move {
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                () = stopping.cancelled() => {
-                    // Finish the requests under way, then close.
+                () = close_when.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -138,6 +160,7 @@ pub(crate) async fn serve<L>(
         });
     }
     drop(listener);
+    drain_begun.cancel();
     stopping.cancel();
     connections.close();
     connections.wait().await;

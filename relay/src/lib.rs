@@ -14,7 +14,8 @@
 //! - `hub/`: the task that drives the core, its open requests and the response queues.
 //!
 //! Shared by all: `app` (configuration and serving), `http` (the HTTP/1 loop),
-//! `request_id` (every answer's id), `auth`, `keys`, `error` and `codes`.
+//! `request_id` (every answer's id), `auth`, `keys`, `relays` (this relay's
+//! row in the list of relays sharing its database), `error` and `codes`.
 
 mod app;
 pub mod auth;
@@ -28,6 +29,7 @@ mod hub;
 pub mod keys;
 mod log_budget;
 mod operator;
+pub mod relays;
 mod request_id;
 mod workers;
 mod write_progress;

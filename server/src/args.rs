@@ -132,6 +132,10 @@ pub(crate) struct Args {
     )]
     pub(crate) cors_allow_origins: Vec<String>,
 
+    /// This relay's name in the list of relays sharing its database (GET /admin/relays, the dashboard); default: the host name.
+    #[arg(long, env = "MODELRELAY_RELAY_NAME")]
+    pub(crate) relay_name: Option<String>,
+
     /// Run with a built-in simulated model and worker: streams with no GPU and no backend.
     #[arg(long)]
     pub(crate) demo: bool,

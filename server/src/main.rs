@@ -13,6 +13,7 @@ use modelrelay_core::ProviderId;
 use modelrelay_process as process;
 use modelrelay_relay::keys::{KeyStore, KeyStoreLocation};
 use modelrelay_relay::quic::QuicSettings;
+use modelrelay_relay::relays;
 use modelrelay_relay::{AdminToken, CorsOrigins, ServerConfig, WorkerSecrets, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -125,6 +126,14 @@ fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig
         None => None,
         Some("") => anyhow::bail!("--admin-token must not be empty"),
         Some(token) => Some(AdminToken::new(token)),
+    };
+    config.relay_name = match &args.relay_name {
+        Some(name) if !relays::is_valid_relay_name(name) => anyhow::bail!(
+            "--relay-name must be 1 to {} characters, without control characters",
+            relays::MAX_RELAY_NAME_CHARS
+        ),
+        Some(name) => name.trim().to_owned(),
+        None => process::host_name("relay"),
     };
     config.cors_allow_origins =
         CorsOrigins::parse(args.cors_allow_origins.iter().map(String::as_str))

@@ -1,4 +1,4 @@
-//! The JSON admin API: workers, stats, draining a worker, API keys.
+//! The JSON admin API: workers, stats, draining a worker, API keys, the relays sharing the database.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use crate::app::AppState;
 use crate::codes;
 use crate::error::{ApiError, ApiFlavor};
-use crate::keys::{ApiKeyId, ApiKeyRecord, KeyStoreError, rfc3339};
+use crate::keys::{ApiKeyId, ApiKeyRecord, KeyStoreError, RelayRow, rfc3339};
+use crate::relays::{Live, RelayState};
 
 use super::MAX_ADMIN_BODY;
 use super::session::Admin;
@@ -126,6 +127,49 @@ pub(crate) async fn stats(State(app): State<Arc<AppState>>, _admin: Admin) -> Re
         "uptime_secs": app.started.elapsed().as_secs(),
     }))
     .into_response()
+}
+
+/// `GET /admin/relays`: the relays sharing this one's database, this one
+/// with its numbers as they are now (the others' are up to 10 s old).
+pub(crate) async fn relays(State(app): State<Arc<AppState>>, _admin: Admin) -> Response {
+    let now = SystemTime::now();
+    let this = app.relay.row(Live::of(&app.hub).await, now);
+    let mut rows = match &app.config.keys {
+        None => Vec::new(),
+        Some(keys) => match keys.relays().await {
+            Ok(rows) => rows,
+            Err(error) => return store_failed(&error),
+        },
+    };
+    match rows.iter_mut().find(|row| row.id == this.id) {
+        Some(row) => *row = this,
+        None => {
+            // Not written yet (or the write failed): listed all the same, in its place.
+            let at = rows
+                .partition_point(|row| (&row.name, row.started_at) < (&this.name, this.started_at));
+            rows.insert(at, this);
+        }
+    }
+    let listed: Vec<_> = rows
+        .iter()
+        .map(|row| relay_json(row, row.id == app.relay.id, now))
+        .collect();
+    axum::Json(json!({ "relays": listed })).into_response()
+}
+
+fn relay_json(row: &RelayRow, this: bool, now: SystemTime) -> serde_json::Value {
+    json!({
+        "id": row.id,
+        "name": row.name,
+        "version": row.version,
+        "started_at": rfc3339(row.started_at),
+        "last_seen": rfc3339(row.last_seen),
+        "state": RelayState::of(row, now).name(),
+        "workers": row.workers,
+        "open_requests": row.open_requests,
+        "queue_depth": row.queue_depth,
+        "this": this,
+    })
 }
 
 /// `POST /admin/workers/{id}/drain`.

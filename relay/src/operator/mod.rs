@@ -27,6 +27,7 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route("/admin/workers", get(admin_api::workers))
         .route("/admin/workers/{id}/drain", post(admin_api::drain_worker))
         .route("/admin/stats", get(admin_api::stats))
+        .route("/admin/relays", get(admin_api::relays))
         .route(
             "/admin/keys",
             get(admin_api::list_keys).post(admin_api::create_key),
