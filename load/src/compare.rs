@@ -178,7 +178,11 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    fn start(what: &'static str, program: &Path, args: &[String]) -> Result<Self, CompareError> {
+    pub(crate) fn start(
+        what: &'static str,
+        program: &Path,
+        args: &[String],
+    ) -> Result<Self, CompareError> {
         let child = Command::new(program)
             .args(args)
             .env_remove("RUST_LOG")
@@ -204,7 +208,7 @@ impl Running {
     }
 
     /// CPU time used so far, user plus system.
-    fn cpu(&self) -> Option<Duration> {
+    pub(crate) fn cpu(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
         // Fields after the command name, which is in parentheses and may hold spaces.
         let rest = &stat[stat.rfind(')')? + 2..];
@@ -214,6 +218,11 @@ impl Running {
         Some(Duration::from_secs_f64(
             ticks as f64 / clock_ticks_per_sec(),
         ))
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub(crate) async fn kill(mut self) {
+        let _ = self.child.kill().await;
     }
 
     pub(crate) async fn stop(mut self) {
@@ -343,9 +352,9 @@ pub(crate) async fn start_relay(
         _ => worker_args.extend(["--proxy-url".into(), url.clone()]),
     }
     worker_args.extend(extra.worker.iter().cloned());
-    wait_for(&url, 0).await?;
+    wait_for(&url, Some(0)).await?;
     let worker = Running::start("modelrelay-worker", &programs.worker_bin, &worker_args)?;
-    wait_for(&url, 1).await?;
+    wait_for(&url, Some(1)).await?;
     Ok(Relay {
         server,
         worker,
@@ -353,19 +362,19 @@ pub(crate) async fn start_relay(
     })
 }
 
-/// Waits until the relay at `url` answers `/health` with `workers` workers.
-async fn wait_for(url: &str, workers: u64) -> Result<(), CompareError> {
+/// Waits until the relay at `url` answers `/health`, with `workers` workers if given.
+pub(crate) async fn wait_for(url: &str, workers: Option<u64>) -> Result<(), CompareError> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(health) = get_json(&format!("{url}/health")).await
-            && health["workers_connected"].as_u64() == Some(workers)
+            && workers.is_none_or(|n| health["workers_connected"].as_u64() == Some(n))
         {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(process_error(
                 "relay",
-                format!("{url} never reported {workers} workers"),
+                format!("{url} never reported {workers:?} workers"),
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

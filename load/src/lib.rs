@@ -5,6 +5,7 @@ pub mod check;
 pub mod compare;
 pub mod flow;
 pub mod report;
+pub mod scale;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

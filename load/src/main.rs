@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue};
 use modelrelay_load::check::ApiShape;
 use modelrelay_load::compare::{CompareConfig, Programs, compare, unix_us};
 use modelrelay_load::flow::{FlowConfig, flow};
+use modelrelay_load::scale::{ScaleConfig, scale};
 use modelrelay_load::{LoadConfig, Stop, bearer, run};
 use modelrelay_testkit::simulated_backend::{
     BackendEvent, SimulatedBackend, SimulatedBackendConfig,
@@ -36,6 +37,9 @@ enum Command {
     /// Starts a fake backend and the relay, then measures what the relay holds when
     /// it is paused during full-speed streams and when clients never read.
     Flow(FlowArgs),
+    /// One relay against two relays behind HAProxy (workers linked to both), in one
+    /// run, then one of the two killed under load and started again.
+    Scale(ScaleArgs),
     /// Serves the fast fake backend (used by `compare`).
     #[command(hide = true)]
     Backend {
@@ -159,7 +163,40 @@ struct FlowArgs {
     programs: ProgramArgs,
 }
 
-/// Which relay programs `compare` and `flow` start, and how they report.
+#[derive(Debug, clap::Args)]
+struct ScaleArgs {
+    /// Workers, each linked to every relay.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Slots of each worker.
+    #[arg(long, default_value_t = 64)]
+    slots: usize,
+    /// Streams in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Streaming requests per path, at full speed.
+    #[arg(long, default_value_t = 4000)]
+    requests: u64,
+    /// Tokens per stream.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// Seconds the paced load of the kill runs.
+    #[arg(long, default_value_t = 20.0)]
+    kill_load: f64,
+    /// Seconds into that load one relay is killed.
+    #[arg(long, default_value_t = 6.0)]
+    kill_at: f64,
+    /// Seconds the killed relay stays down.
+    #[arg(long, default_value_t = 3.0)]
+    down_for: f64,
+    /// The haproxy program.
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    haproxy: PathBuf,
+    #[command(flatten)]
+    programs: ProgramArgs,
+}
+
+/// Which relay programs `compare`, `flow` and `scale` start, and how they report.
 #[derive(Debug, clap::Args)]
 struct ProgramArgs {
     /// The modelrelay-server program (default: beside this one).
@@ -291,6 +328,33 @@ async fn flow_command(args: FlowArgs) -> anyhow::Result<()> {
     print_report(&report?, args.programs.json)
 }
 
+async fn scale_command(args: ScaleArgs) -> anyhow::Result<()> {
+    let seconds = |value: f64, flag: &str| {
+        if value > 0.0 && value.is_finite() {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(anyhow::anyhow!(
+                "{flag} must be a positive number of seconds"
+            ))
+        }
+    };
+    let config = ScaleConfig {
+        programs: programs(&args.programs)?,
+        haproxy: args.haproxy,
+        workers: args.workers.max(1),
+        slots: args.slots.max(1),
+        concurrency: args.concurrency.max(1),
+        requests: args.requests,
+        tokens: args.tokens,
+        kill_load: seconds(args.kill_load, "--kill-load")?,
+        kill_at: seconds(args.kill_at, "--kill-at")?,
+        down_for: seconds(args.down_for, "--down-for")?,
+    };
+    let report = scale(&config).await;
+    let _ = std::fs::remove_dir_all(&config.programs.data_dir);
+    print_report(&report?, args.programs.json)
+}
+
 /// The fake backend, plus `/_load/cancellations` (when each tagged stream's client
 /// left) and `/_load/streamed` (body bytes each tagged stream has handed on).
 async fn backend_command(listen: String) -> anyhow::Result<()> {
@@ -364,6 +428,7 @@ fn main() -> anyhow::Result<()> {
             Command::Run(run) => run_command(run).await,
             Command::Compare(compare) => compare_command(compare).await,
             Command::Flow(flow) => flow_command(flow).await,
+            Command::Scale(scale) => scale_command(scale).await,
             Command::Backend { listen } => backend_command(listen).await,
             Command::Forward { listen, to } => forward_command(listen, to).await,
         }

@@ -24,16 +24,6 @@ use tracing::warn;
 use crate::config_file::{Loaded, UnknownKey};
 use crate::settings::{Args, Settings, TrustSetting};
 
-/// The host's name, the worker's name when none is given.
-fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "worker".to_owned())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -98,7 +88,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     options.relays = relays;
     options.resolve_relays = settings.resolve_relays;
     options.session = SessionConfig {
-        worker_name: settings.worker_name.unwrap_or_else(host_name),
+        worker_name: settings
+            .worker_name
+            .unwrap_or_else(|| process::host_name("worker")),
         max_concurrent: settings.max_concurrency,
         backoff: BackoffConfig::default(),
         jitter_seed: process::process_seed(),
