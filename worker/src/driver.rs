@@ -49,6 +49,10 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 /// How long one resolution of a relay's name may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most links one relay name may get with `resolve_relays`: a broken or
+/// hostile DNS answer cannot make the worker open thousands of links.
+pub const MAX_ADDRESSES_PER_NAME: usize = 64;
+
 /// Frames the link's outbound queue has room for besides the running requests'
 /// answers: `register`, pongs, model updates, refusals of requests past the slots.
 const CONTROL_ALLOWANCE: usize = 1024;
@@ -424,7 +428,20 @@ impl<D: Dialer> Driver<D> {
     ) {
         let endpoint = self.options.relays[relay].clone();
         let addresses: HashSet<SocketAddr> = match addresses {
-            Ok(addresses) if !addresses.is_empty() => addresses.into_iter().collect(),
+            Ok(mut addresses) if !addresses.is_empty() => {
+                addresses.sort();
+                addresses.dedup();
+                if addresses.len() > MAX_ADDRESSES_PER_NAME {
+                    warn!(
+                        relay = %endpoint.connect_url,
+                        addresses = addresses.len(),
+                        kept = MAX_ADDRESSES_PER_NAME,
+                        "the relay's name has more addresses than the worker links to; keeping the lowest"
+                    );
+                    addresses.truncate(MAX_ADDRESSES_PER_NAME);
+                }
+                addresses.into_iter().collect()
+            }
             Ok(_) => {
                 warn!(relay = %endpoint.connect_url, "the relay's name has no address; keeping its links");
                 return;
@@ -930,5 +947,12 @@ mod tests {
         for link in driver.links.keys() {
             assert!(session.has_link(*link));
         }
+        // However many addresses a name has, it gets at most so many links.
+        let many: Vec<SocketAddr> = (0..1000u16)
+            .map(|n| SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 8080)))
+            .collect();
+        driver.on_resolved(0, Ok(many), &mut session);
+        settle(&mut driver, &mut session);
+        assert_eq!(driver.links.len(), MAX_ADDRESSES_PER_NAME);
     }
 }
