@@ -1206,16 +1206,31 @@ fn a_link_the_transport_watches_is_never_probed_or_given_up_by_the_session() {
     assert_eq!(aborted(&outputs), [(1, CancelReason::WorkerDisconnect)]);
 }
 
-/// The `response_complete` sent in `outputs`, if exactly one.
+/// The `response_complete` sent in `outputs`, if exactly one (a load update
+/// to a relay refused as at capacity may follow it).
 fn the_complete(outputs: &[SessionOutput]) -> &ResponseComplete {
-    match outputs {
-        [
+    let completes: Vec<&ResponseComplete> = outputs
+        .iter()
+        .filter_map(|output| match output {
             SessionOutput::Send {
                 link: L0,
                 message: WorkerMessage::ResponseComplete(complete),
-            },
-        ] => complete,
-        other => panic!("expected one response_complete, got {other:?}"),
+            } => Some(complete),
+            _ => None,
+        })
+        .collect();
+    let others = outputs.iter().filter(|output| {
+        !matches!(
+            output,
+            SessionOutput::Send {
+                message: WorkerMessage::ResponseComplete(_) | WorkerMessage::ModelsUpdate(_),
+                ..
+            }
+        )
+    });
+    match (&completes[..], others.count()) {
+        ([complete], 0) => complete,
+        _ => panic!("expected one response_complete, got {outputs:?}"),
     }
 }
 
@@ -1566,4 +1581,31 @@ fn a_retired_relay_gets_no_new_work_closes_once_idle_and_is_never_redialed() {
             SessionOutput::CloseLink { link: l2 }
         ]
     );
+}
+
+#[test]
+fn a_relay_refused_as_at_capacity_hears_when_its_own_request_frees_a_slot() {
+    let mut h = Harness::registered(2);
+    let (l1, _) = h.add_registered_link();
+    h.request_on(l1, 1);
+    h.request_on(L0, 1);
+    let outputs = h.request_on(L0, 2);
+    assert!(matches!(
+        &sent_on(&outputs, L0)[..],
+        [WorkerMessage::Error(WorkerError { code, .. })] if code == REFUSED_AT_CAPACITY
+    ));
+    assert!(
+        loads_told(&outputs, L0).is_empty(),
+        "a refusal is not followed by \"still full\""
+    );
+    // Its own request ends: the relay that rests the worker hears the slot.
+    let outputs = h.complete(1);
+    assert_eq!(loads_told(&outputs, L0), [1]);
+    assert_eq!(loads_told(&outputs, l1), [1]);
+    // Told once; its next request of its own ending is news to nobody else.
+    // With one relay the same holds: a refused relay hears the slot its own
+    // request (a cancelled one, say) frees, and nothing is sent otherwise.
+    h.request_on(L0, 3);
+    let outputs = h.complete(3);
+    assert!(loads_told(&outputs, L0).is_empty());
 }

@@ -250,6 +250,7 @@ pub async fn run<D: Dialer>(
         backend_reports,
         progress,
         links: HashMap::new(),
+        resolving: 0,
         generation: 0,
         running: HashMap::new(),
         tasks: JoinSet::new(),
@@ -358,6 +359,8 @@ struct Driver<D: Dialer> {
     /// The links, by the session's ids. One is forgotten once the session
     /// retired it and it is down.
     links: HashMap<LinkId, RelayLink>,
+    /// Resolutions of relay names under way.
+    resolving: usize,
     generation: u64,
     running: HashMap<LinkRequest, Running>,
     /// Everything this driver started; dropped with it.
@@ -384,6 +387,9 @@ impl<D: Dialer> Driver<D> {
         origin: (usize, Option<SocketAddr>),
     ) {
         let link = session.add_link();
+        if !session.has_link(link) {
+            return; // the worker is stopping: no new links
+        }
         info!(%link, relay = %endpoint.connect_url, address = ?origin.1, "linking to a relay");
         self.links.insert(
             link,
@@ -395,8 +401,13 @@ impl<D: Dialer> Driver<D> {
         );
     }
 
-    /// Resolves every relay's host name again, in the background.
+    /// Resolves every relay's host name again, in the background (unless the
+    /// last resolution is still under way: answers never arrive out of order).
     fn resolve_all(&mut self) {
+        if self.resolving > 0 {
+            return;
+        }
+        self.resolving = self.options.relays.len();
         for (relay, endpoint) in self.options.relays.iter().enumerate() {
             let (dialer, events, endpoint) = (
                 Arc::clone(&self.dialer),
@@ -464,6 +475,9 @@ impl<D: Dialer> Driver<D> {
                 session.retire_link(*link);
             }
         }
+        // A link retired while down is gone at once; its address, if it
+        // returns, gets a new link.
+        self.links.retain(|link, _| session.has_link(*link));
         let mut new: Vec<SocketAddr> = addresses.difference(&known).copied().collect();
         new.sort();
         for address in new {
@@ -701,7 +715,10 @@ impl<D: Dialer> Driver<D> {
             }
             Event::Models(Ok(models)) => session.handle(now(), SessionInput::ModelsChanged(models)),
             Event::Models(Err(error)) => warn!(%error, "cannot re-read the backend's models"),
-            Event::Resolved { relay, addresses } => self.on_resolved(relay, addresses, session),
+            Event::Resolved { relay, addresses } => {
+                self.resolving = self.resolving.saturating_sub(1);
+                self.on_resolved(relay, addresses, session);
+            }
         }
     }
 
@@ -787,6 +804,9 @@ impl<D: Dialer> Driver<D> {
         if let Some(record) = self.links.get_mut(&link) {
             record.connection = Connection::None;
         }
+        // What its writer noted belongs to requests that ended with it; the
+        // relay may reuse their ids once the link is back.
+        self.progress.forget_link(link);
         session.handle(now(), input);
         if !session.has_link(link) {
             self.links.remove(&link);
@@ -894,6 +914,7 @@ mod tests {
             backend_reports,
             progress: WriteProgress::new(1),
             links: HashMap::new(),
+            resolving: 0,
             generation: 0,
             running: HashMap::new(),
             tasks: JoinSet::new(),
@@ -954,5 +975,42 @@ mod tests {
         driver.on_resolved(0, Ok(many), &mut session);
         settle(&mut driver, &mut session);
         assert_eq!(driver.links.len(), MAX_ADDRESSES_PER_NAME);
+    }
+
+    #[tokio::test]
+    async fn an_address_that_leaves_while_its_link_is_down_is_linked_again_when_it_returns() {
+        let (mut driver, mut session) = driver();
+        let [a, b]: [SocketAddr; 2] =
+            ["10.0.0.1:8080", "10.0.0.2:8080"].map(|a| a.parse().unwrap());
+        driver.on_resolved(0, Ok(vec![a, b]), &mut session);
+        settle(&mut driver, &mut session);
+        let (link_a, _) = driver
+            .links
+            .iter()
+            .find(|(_, record)| record.endpoint.address == Some(a))
+            .unwrap();
+        let link_a = *link_a;
+        // Relay a's link goes down (its pod crashed), then its address leaves DNS.
+        driver.link_down(
+            link_a,
+            SessionInput::LinkDown { link: link_a },
+            &mut session,
+        );
+        settle(&mut driver, &mut session);
+        driver.on_resolved(0, Ok(vec![b]), &mut session);
+        settle(&mut driver, &mut session);
+        assert!(!session.has_link(link_a));
+        assert_eq!(
+            linked(&driver),
+            [b],
+            "no record is left of the retired link"
+        );
+        // The pod restarts with the same address: it gets a new link.
+        driver.on_resolved(0, Ok(vec![a, b]), &mut session);
+        settle(&mut driver, &mut session);
+        assert_eq!(linked(&driver), [a, b]);
+        for link in driver.links.keys() {
+            assert!(session.has_link(*link));
+        }
     }
 }

@@ -82,6 +82,14 @@ impl WriteProgress {
             .remove(&LinkRequest::new(link, request.clone()));
     }
 
+    /// Drops what was noted of `link`'s requests (the link went down with them).
+    pub(crate) fn forget_link(&self, link: LinkId) {
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|request, _| request.link != link);
+    }
+
     /// Resolves once something was written since the last [`WriteProgress::take`]
     /// (at once if it already was).
     pub(crate) async fn changed(&self) {

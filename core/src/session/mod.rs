@@ -293,10 +293,12 @@ impl WorkerSession {
     }
 
     /// A request that came on `link` started or ended: every other relay's
-    /// idea of the worker's load is now out of date.
+    /// idea of the worker's load is now out of date, and so is that of `link`'s
+    /// relay if it rests the worker after a refusal (its own request ending
+    /// frees a slot it would otherwise not hear of until its next ping).
     fn load_changed(&mut self, link: LinkId) {
         for (other, record) in &mut self.links {
-            if *other != link {
+            if *other != link || record.refused_since_told {
                 record.load_owed = true;
             }
         }
@@ -380,6 +382,7 @@ impl WorkerSession {
         };
         record.models_sent = true;
         record.load_owed = false;
+        record.refused_since_told = false;
         self.send(
             link,
             WorkerMessage::ModelsUpdate(ModelsUpdate {

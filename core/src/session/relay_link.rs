@@ -38,6 +38,10 @@ pub(super) struct RelayLink {
     pub(super) models_sent: bool,
     /// The relay last heard a load that is no longer the worker's: a `models_update` is owed.
     pub(super) load_owed: bool,
+    /// The worker refused one of this relay's requests as at capacity since it
+    /// last told it its load: the relay rests the worker until told again, so
+    /// it hears the next change, its own requests' included.
+    pub(super) refused_since_told: bool,
     /// The relay asked this worker to drain: drop the link at this instant.
     pub(super) drain_deadline: Option<Instant>,
     /// The relay asked this worker to drain (until the link ends).
@@ -61,6 +65,7 @@ impl RelayLink {
             flow: LinkFlow::Unwindowed,
             models_sent: false,
             load_owed: false,
+            refused_since_told: false,
             drain_deadline: None,
             draining: false,
             retired: false,
@@ -85,6 +90,9 @@ impl RelayLink {
 
     /// Forgets everything about the link that ended, keeping its backoff.
     pub(super) fn went_down(&mut self) {
+        // The next `register` carries the load.
+        self.load_owed = false;
+        self.refused_since_told = false;
         self.wire = None;
         self.flow = LinkFlow::Unwindowed;
         self.drain_deadline = None;

@@ -80,6 +80,12 @@ impl WorkerSession {
             None
         };
         if let Some((code, message)) = refusal {
+            if code == REFUSED_AT_CAPACITY
+                && let Some(record) = self.links.get_mut(&link)
+            {
+                // Not told at once: "still full" would only start it over.
+                record.refused_since_told = true;
+            }
             self.send(link, refusal_message(wire, request.id, code, message));
             return;
         }
@@ -131,6 +137,7 @@ impl WorkerSession {
     fn on_ping(&mut self, link: LinkId, ping: Ping) {
         if let Some(record) = self.links.get_mut(&link) {
             record.load_owed = false;
+            record.refused_since_told = false;
         }
         self.send(
             link,

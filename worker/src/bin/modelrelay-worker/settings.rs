@@ -47,7 +47,13 @@ pub(crate) struct Args {
     pub(crate) proxy_url: Vec<String>,
 
     /// Link to every address each relay URL's host name resolves to (a Kubernetes headless Service), resolving again every 10 s.
-    #[arg(long, env = "RESOLVE_RELAYS", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(
+        long,
+        env = "RESOLVE_RELAYS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub(crate) resolve_relays: Option<bool>,
 
     /// Shared secret the relay expects from workers (required: a flag, the variable or the file).
@@ -200,11 +206,13 @@ fn proxy_urls(flags: Vec<String>, file: Option<String>) -> Vec<String> {
     } else {
         flags
     };
-    let urls: Vec<String> = given
-        .into_iter()
-        .map(|url| url.trim().to_owned())
-        .filter(|url| !url.is_empty())
-        .collect();
+    let mut urls: Vec<String> = Vec::new();
+    for url in given.into_iter().map(|url| url.trim().to_owned()) {
+        // A relay named twice would get two links, and each its whole capacity.
+        if !url.is_empty() && !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
     if urls.is_empty() {
         return vec![DEFAULT_PROXY_URL.to_owned()];
     }
@@ -313,6 +321,16 @@ proxy_url = "http://file-relay:1"
         }
         let resolving = resolve(&["--resolve-relays"], secret);
         assert!(resolving.resolve_relays);
+        for flag in [
+            "--resolve-relays=1",
+            "--resolve-relays=yes",
+            "--resolve-relays=true",
+        ] {
+            assert!(resolve(&[flag], secret).resolve_relays, "{flag}");
+        }
+        assert!(!resolve(&["--resolve-relays=0"], secret).resolve_relays);
+        let twice = resolve(&["--proxy-url", "ws://a:1,ws://a:1, ws://b:2"], secret);
+        assert_eq!(twice.proxy_urls, both, "a relay named twice gets one link");
         let from_file = resolve(&[], &format!("{secret}resolve_relays = true"));
         assert!(from_file.resolve_relays);
     }
