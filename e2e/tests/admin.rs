@@ -1039,3 +1039,58 @@ async fn setup_shows_commands_with_this_servers_url() {
     .text();
     assert!(page.contains("quic://[2001:db8::1]:"), "{page}");
 }
+
+#[tokio::test]
+async fn setup_offers_this_relays_downloads_checked_by_checksum_or_a_build_and_names_its_provider()
+{
+    let http = Http::new();
+    // No downloads: how to build it, and no address the project has not verified.
+    let plain = admin_relay(|_| {}).await;
+    let page = admin_get(&http, &plain, "/setup").await.text();
+    assert!(
+        page.contains("cargo build --release --locked --bin modelrelay-worker"),
+        "{page}"
+    );
+    assert!(!page.contains("github.com"), "{page}");
+    assert!(
+        !page.contains("--provider"),
+        "the default provider needs no flag"
+    );
+
+    let dir =
+        std::env::temp_dir().join(format!("modelrelay-setup-downloads-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("modelrelay-worker-x86_64-linux"), b"linux build").unwrap();
+    std::fs::write(
+        dir.join("modelrelay-worker-x86_64-windows.exe"),
+        b"windows build",
+    )
+    .unwrap();
+    let downloads =
+        std::sync::Arc::new(modelrelay_relay::downloads::Downloads::scan(&dir).unwrap());
+    let serving = admin_relay(move |config| {
+        config.downloads = Some(downloads);
+        config.provider = modelrelay_core::ProviderId::new("gpu");
+    })
+    .await;
+    let page = admin_get(&http, &serving, "/setup").await.text();
+    let url = serving.url();
+    assert!(
+        page.contains(&format!(
+            "curl -fsSLO '{url}/downloads/modelrelay-worker-x86_64-linux'"
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains("modelrelay-worker-x86_64-linux.sha256' | sha256sum -c -"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Get-FileHash modelrelay-worker-x86_64-windows.exe"),
+        "{page}"
+    );
+    assert!(page.contains("--provider 'gpu'"), "{page}");
+    assert!(!page.contains("{{"), "every placeholder is filled");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::auth::{AdminToken, AuthLimiter, AuthLimits, WorkerSecrets};
 use crate::clients::{BodyBudget, CorsOrigins};
 use crate::connections::ConnectionLimits;
+use crate::downloads::{self, Downloads};
 use crate::http::HttpLimits;
 use crate::hub::{Command, Hub};
 use crate::keys::KeyStore;
@@ -85,6 +86,8 @@ pub struct ServerConfig {
     pub cors_allow_origins: CorsOrigins,
     /// This relay's name in the list of relays sharing its database (`/admin/relays`).
     pub relay_name: String,
+    /// The worker binaries served at `/downloads` (`--downloads-dir`), if any.
+    pub downloads: Option<Arc<Downloads>>,
 }
 
 impl ServerConfig {
@@ -116,6 +119,7 @@ impl ServerConfig {
             public_url: None,
             cors_allow_origins: CorsOrigins::Any,
             relay_name: "relay".to_owned(),
+            downloads: None,
         }
     }
 }
@@ -157,6 +161,7 @@ fn router(state: Arc<AppState>) -> Router {
         .merge(clients::router(&state.config.cors_allow_origins))
         .merge(workers::router())
         .merge(operator::router())
+        .merge(downloads::router())
         .fallback(clients::not_found)
         // After the fallback, so that 404s are stamped too.
         .layer(axum::middleware::from_fn(request_id::stamp))

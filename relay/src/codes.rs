@@ -26,6 +26,8 @@ pub(crate) const INVALID_STREAM: &str = "invalid_stream";
 pub(crate) const MISSING_MODEL: &str = "missing_model";
 /// No route for the method and path.
 pub(crate) const NOT_FOUND: &str = "not_found";
+/// A download whose file changed since the relay read it (`--downloads-dir`).
+pub(crate) const DOWNLOAD_CHANGED: &str = "download_changed";
 /// A client route called with a method it does not take.
 pub(crate) const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 /// A client route called without an API key.

@@ -23,6 +23,7 @@ mod body_deadline;
 mod clients;
 mod codes;
 mod connections;
+pub mod downloads;
 pub mod error;
 mod http;
 mod hub;

@@ -132,6 +132,10 @@ pub(crate) struct Args {
     )]
     pub(crate) cors_allow_origins: Vec<String>,
 
+    /// A directory of worker binaries to serve at /downloads, each with its size and SHA-256 (read at start-up).
+    #[arg(long, env = "MODELRELAY_DOWNLOADS_DIR", value_name = "DIR")]
+    pub(crate) downloads_dir: Option<std::path::PathBuf>,
+
     /// This relay's name in the list of relays sharing its database (GET /admin/relays, the dashboard); default: the host name.
     #[arg(long, env = "MODELRELAY_RELAY_NAME")]
     pub(crate) relay_name: Option<String>,

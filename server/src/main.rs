@@ -11,6 +11,7 @@ use axum::serve::ListenerExt;
 use clap::{CommandFactory, FromArgMatches};
 use modelrelay_core::ProviderId;
 use modelrelay_process as process;
+use modelrelay_relay::downloads::Downloads;
 use modelrelay_relay::keys::{KeyStore, KeyStoreLocation};
 use modelrelay_relay::quic::QuicSettings;
 use modelrelay_relay::relays;
@@ -138,6 +139,12 @@ fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig
     config.cors_allow_origins =
         CorsOrigins::parse(args.cors_allow_origins.iter().map(String::as_str))
             .context("--cors-allow-origins")?;
+    if let Some(dir) = &args.downloads_dir {
+        let downloads = Downloads::scan(dir).context("--downloads-dir")?;
+        let files: Vec<&str> = downloads.files().iter().map(|f| f.name.as_str()).collect();
+        info!(dir = %dir.display(), ?files, "serving downloads at /downloads");
+        config.downloads = Some(Arc::new(downloads));
+    }
     Ok(config)
 }
 

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
+use modelrelay_core::DEFAULT_PROVIDER;
 
 use super::session::{Refusal, authorize, peer_of};
 
@@ -155,10 +156,98 @@ pub(crate) async fn setup(
         }
         None => String::new(),
     };
+    let (provider_unix, provider_windows) = provider_flags(app.config.provider.as_str());
     let html = SETUP_HTML
+        .replace("{{GET_WORKER}}", &get_worker(&app, &url))
+        .replace("{{PROVIDER_UNIX}}", &provider_unix)
+        .replace("{{PROVIDER_WINDOWS}}", &provider_windows)
         .replace("{{PUBLIC_URL}}", &escape_html(&url))
         .replace("{{QUIC_HINT}}", &quic_hint);
     page(StatusCode::OK, html)
+}
+
+/// The `--provider` line of the commands (none for the default provider), for
+/// bash and for PowerShell; the provider is quoted, so only plain names are
+/// put in a command.
+fn provider_flags(provider: &str) -> (String, String) {
+    if provider == DEFAULT_PROVIDER {
+        return (String::new(), String::new());
+    }
+    let plain = !provider.is_empty()
+        && provider
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let value = if plain {
+        provider.to_owned()
+    } else {
+        "THE-PROVIDER".to_owned()
+    };
+    let value = escape_html(&value);
+    (
+        format!("  --provider '{value}' \\\n"),
+        format!("  --provider '{value}' `\n"),
+    )
+}
+
+/// How to get the worker: this relay's downloads, each with a command that
+/// checks its checksum, or how to build it from a checkout of the source.
+fn get_worker(app: &AppState, url: &str) -> String {
+    let files = app
+        .config
+        .downloads
+        .as_ref()
+        .map(|downloads| downloads.files())
+        .unwrap_or_default();
+    if files.is_empty() {
+        return "<p>This relay serves no worker binaries (its operator can give it a \
+                <code>--downloads-dir</code>). Build the worker in a checkout of this project's \
+                source, with Rust (<code>cargo</code>; see rustup.rs):</p>\n\
+                <div class=\"cmd\"><pre><code>cargo build --release --locked --bin modelrelay-worker</code></pre></div>\n\
+                <p>The program is <code>target/release/modelrelay-worker</code> \
+                (<code>modelrelay-worker.exe</code> on Windows); \
+                <code>cargo install --locked --path worker</code> puts it on your <code>PATH</code>.</p>"
+            .to_owned();
+    }
+    let url = escape_html(url);
+    let mut html = String::from(
+        "<p>This relay serves these worker binaries. Each command downloads one and checks \
+         it against the checksum the relay lists.</p>\n<table><thead><tr>\
+         <th scope=\"col\">File</th><th scope=\"col\">Size</th><th scope=\"col\">SHA-256</th>\
+         </tr></thead><tbody>",
+    );
+    for file in files {
+        let name = escape_html(&file.name);
+        html.push_str(&format!(
+            "<tr><td><code>{name}</code></td><td>{:.1} MB</td><td><code>{}</code></td></tr>",
+            file.size as f64 / 1_000_000.0,
+            file.sha256
+        ));
+    }
+    html.push_str("</tbody></table>\n");
+    for file in files {
+        let name = escape_html(&file.name);
+        let command = if file.name.ends_with(".exe") {
+            format!(
+                "Invoke-WebRequest -OutFile {name} '{url}/downloads/{name}'\n\
+                 if ((Get-FileHash {name} -Algorithm SHA256).Hash -ne '{sha}') {{ Remove-Item {name}; throw 'checksum mismatch' }}",
+                sha = file.sha256
+            )
+        } else {
+            format!(
+                "curl -fsSLO '{url}/downloads/{name}' &amp;&amp; \\\n\
+                 curl -fsSL '{url}/downloads/{name}.sha256' | sha256sum -c - &amp;&amp; \\\n\
+                 chmod +x {name}"
+            )
+        };
+        html.push_str(&format!(
+            "<p><code>{name}</code>:</p><div class=\"cmd\"><pre><code>{command}</code></pre></div>\n"
+        ));
+    }
+    html.push_str(
+        "<p class=\"muted\">On macOS, use <code>shasum -a 256 -c -</code> in place of \
+         <code>sha256sum -c -</code>.</p>",
+    );
+    html
 }
 
 #[cfg(test)]
