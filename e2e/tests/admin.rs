@@ -1091,6 +1091,46 @@ async fn setup_offers_this_relays_downloads_checked_by_checksum_or_a_build_and_n
         "{page}"
     );
     assert!(page.contains("--provider 'gpu'"), "{page}");
+    assert!(
+        page.contains("loopback"),
+        "a loopback URL comes with a warning"
+    );
     assert!(!page.contains("{{"), "every placeholder is filled");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn setup_shows_the_address_a_trusted_proxy_was_reached_at_and_warns_about_plain_http() {
+    let http = Http::new();
+    let forwarded = [
+        ("authorization", BEARER),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "relay.example.com"),
+    ];
+    let behind = admin_relay(|config| config.trust_forwarded_for = true).await;
+    let page = get_with(&http, &format!("{}/setup", behind.url()), &forwarded)
+        .await
+        .text();
+    assert!(
+        page.contains("--proxy-url 'https://relay.example.com'"),
+        "{page}"
+    );
+    assert!(!page.contains("loopback"), "{page}");
+    assert!(!page.contains("plain HTTP"), "{page}");
+    // Forwarded headers from a proxy that is not trusted are not believed.
+    let direct = admin_relay(|_| {}).await;
+    let page = get_with(&http, &format!("{}/setup", direct.url()), &forwarded)
+        .await
+        .text();
+    assert!(!page.contains("relay.example.com"), "{page}");
+    // A plain-HTTP address others can reach: the secret would cross it in clear.
+    let page = get_with(
+        &http,
+        &format!("{}/setup", direct.url()),
+        &[("authorization", BEARER), ("host", "relay.lan:8080")],
+    )
+    .await
+    .text();
+    assert!(page.contains("plain HTTP"), "{page}");
+    assert!(page.contains("--public-url"), "{page}");
 }

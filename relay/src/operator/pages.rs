@@ -96,18 +96,33 @@ pub(super) fn is_https(app: &AppState, headers: &HeaderMap) -> bool {
             .is_some_and(|u| u.starts_with("https://"))
 }
 
-/// This server's base URL as clients see it.
+/// This server's base URL as clients see it: `--public-url`, else the address
+/// the browser used (behind a proxy whose forwarded headers are trusted,
+/// `--trust-forwarded-for`, the one the browser gave the proxy).
 fn public_url(app: &AppState, headers: &HeaderMap) -> String {
     if let Some(url) = &app.config.public_url {
         return url.trim_end_matches('/').to_owned();
     }
-    let host = headers
-        .get(header::HOST)
+    let plain_host = |h: &&str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+    };
+    let forwarded_host = app
+        .config
+        .trust_forwarded_for
+        .then(|| headers.get("x-forwarded-host"))
+        .flatten()
         .and_then(|v| v.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(plain_host);
+    let host = forwarded_host
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .filter(plain_host)
         })
         .unwrap_or("127.0.0.1:8080");
     let scheme = if is_https(app, headers) {
@@ -116,6 +131,33 @@ fn public_url(app: &AppState, headers: &HeaderMap) -> String {
         "http"
     };
     format!("{scheme}://{host}")
+}
+
+/// What /setup warns about the URL it shows: one only this machine reaches,
+/// or a plain-HTTP one (the worker secret crosses it).
+fn url_warning(url: &str) -> String {
+    let parsed = url::Url::parse(url).ok();
+    let loopback = match parsed.as_ref().and_then(|u| u.host()) {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if loopback {
+        return "<p class=\"warn\"><strong>This address is this machine's own (loopback):</strong> \
+                a worker on another machine cannot reach it. Open this page through the address \
+                workers will use, or start the relay with <code>--public-url</code> \
+                (for example <code>--public-url https://relay.your-domain</code>).</p>"
+            .to_owned();
+    }
+    if parsed.is_some_and(|u| u.scheme() == "http") {
+        return "<p class=\"warn\">This address is plain HTTP: the worker secret and every \
+                prompt cross it unencrypted. On a network you do not trust, put the relay behind \
+                TLS (the nginx example in <code>extras/nginx/</code>), start it with \
+                <code>--public-url https://…</code>, and use that URL here.</p>"
+            .to_owned();
+    }
+    String::new()
 }
 
 fn escape_html(text: &str) -> String {
@@ -161,6 +203,7 @@ pub(crate) async fn setup(
         .replace("{{GET_WORKER}}", &get_worker(&app, &url))
         .replace("{{PROVIDER_UNIX}}", &provider_unix)
         .replace("{{PROVIDER_WINDOWS}}", &provider_windows)
+        .replace("{{URL_WARNING}}", &url_warning(&url))
         .replace("{{PUBLIC_URL}}", &escape_html(&url))
         .replace("{{QUIC_HINT}}", &quic_hint);
     page(StatusCode::OK, html)
