@@ -1134,3 +1134,39 @@ async fn setup_shows_the_address_a_trusted_proxy_was_reached_at_and_warns_about_
     assert!(page.contains("plain HTTP"), "{page}");
     assert!(page.contains("--public-url"), "{page}");
 }
+
+#[tokio::test]
+async fn the_history_holds_the_last_hours_requests_first_chunks_and_tokens_in_ten_second_buckets() {
+    let relay = admin_relay(|_| {}).await;
+    let backend = backend(&["m"]).await;
+    let _worker = WorkerSpec::new(&relay, &backend, &["m"]).start();
+    let http = Http::new();
+    wait_for_model(&http, &relay, "m").await;
+    for _ in 0..4 {
+        let reply = http
+            .post(
+                &format!("{}/v1/chat/completions", relay.url()),
+                r#"{"model":"m","stream":true,"messages":[]}"#,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let history = admin_get(&http, &relay, "/admin/history").await;
+    assert_eq!(history.status, StatusCode::OK);
+    let history = history.json();
+    assert_eq!(history["bucket_secs"], 10);
+    let buckets = history["buckets"].as_array().unwrap();
+    assert!(!buckets.is_empty() && buckets.len() <= 360, "{history}");
+    let completed: u64 = buckets
+        .iter()
+        .map(|b| b["completed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(completed, 4, "{history}");
+    assert!(
+        buckets.iter().any(|b| b["first_chunk_p50_ms"].is_u64()),
+        "streams have a first-chunk time: {history}"
+    );
+    // Like every admin route, only for the operator.
+    let anonymous = http.get(&format!("{}/admin/history", relay.url())).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use modelrelay_relay::{RunningServer, ServerConfig};
-use modelrelay_testkit::WorkerSpec;
 use modelrelay_testkit::simulated_backend::SimulatedBackendConfig;
+use modelrelay_testkit::{Http, WorkerSpec};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -107,6 +107,27 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
         "the worker's row lists its model: {row_text:?}"
     );
     assert!(row_text.contains("active"), "state shown: {row_text:?}");
+    // Some traffic, then the last hour's charts draw it.
+    let http = Http::new();
+    for n in 0..3 {
+        let body = format!(
+            r#"{{"model":"{DEMO_MODEL}","stream":true,"messages":[],"mock":{{"tokens":3,"tag":"chart-{n}"}}}}"#
+        );
+        let reply = http
+            .post(&format!("{}/v1/chat/completions", relay.url()), &body)
+            .await;
+        assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    }
+    let drawn = "!!document.querySelector('#chart-requests polyline[data-series=\"completed\"]')         && !!document.querySelector('#chart-first-chunk polyline[data-series=\"p50\"]')";
+    let charted = page.wait_for(drawn, Duration::from_secs(20)).await;
+    let charts = artifacts_dir().join("dashboard-charts.png");
+    page.screenshot(&charts).await;
+    note(&format!("dashboard with charts: {}", charts.display()));
+    assert!(
+        charted,
+        "the last hour's charts draw the requests\n{}",
+        page.diagnostics(&browser).await
+    );
     let relays_listed = "!document.getElementById('relays').hidden && \
         [...document.querySelectorAll('[data-testid=\"relay-row\"]')].map(r => r.textContent).join('|')";
     let listed = page

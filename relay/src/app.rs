@@ -252,6 +252,11 @@ pub async fn serve<L>(
             stopping.clone(),
         )
     });
+    tokio::spawn(operator::sample_every_bucket(
+        hub.clone(),
+        Arc::clone(&state.metrics),
+        stopping.clone(),
+    ));
     if let Some(endpoint) = &quic {
         tokio::spawn(workers::quic::accept_workers(
             endpoint.clone(),

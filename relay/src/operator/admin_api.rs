@@ -129,6 +129,15 @@ pub(crate) async fn stats(State(app): State<Arc<AppState>>, _admin: Admin) -> Re
     .into_response()
 }
 
+/// `GET /admin/history`: the last hour in 10-second buckets, oldest first.
+pub(crate) async fn history(State(app): State<Arc<AppState>>, _admin: Admin) -> Response {
+    axum::Json(json!({
+        "bucket_secs": super::history::BUCKET.as_secs(),
+        "buckets": app.metrics.history.view(),
+    }))
+    .into_response()
+}
+
 /// `GET /admin/relays`: the relays sharing this one's database, this one
 /// with its numbers as they are now (the others' are up to 10 s old).
 pub(crate) async fn relays(State(app): State<Arc<AppState>>, _admin: Admin) -> Response {

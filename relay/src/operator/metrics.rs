@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use modelrelay_core::relay::{Failure, FlowView, Outcome, RelayStats};
 use modelrelay_core::wire::TokenCounts;
@@ -28,6 +28,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
+use super::history::{Ended, History};
 use crate::app::AppState;
 use crate::codes;
 use crate::error::{ApiError, ApiFlavor};
@@ -135,6 +136,8 @@ pub(crate) struct Metrics {
     window_updates: Counter,
     /// Model label values in use (workers may keep renaming their models).
     model_labels: Mutex<HashSet<String>>,
+    /// The last hour in 10-second buckets, for the dashboard's charts.
+    pub(crate) history: History,
 }
 
 /// Workers by state, for the `workers` gauge.
@@ -284,6 +287,7 @@ impl Metrics {
             streamed_bytes,
             tokens,
             model_labels: Mutex::new(HashSet::new()),
+            history: History::default(),
         }
     }
 
@@ -309,6 +313,7 @@ impl Metrics {
 
     /// A streaming request's first chunk went out `after` its arrival.
     pub(crate) fn first_chunk(&self, route: &'static str, after: Duration) {
+        self.history.first_chunk(SystemTime::now(), after);
         self.first_chunk
             .get_or_create(&RouteLabels { route })
             .observe(after.as_secs_f64());
@@ -370,6 +375,11 @@ impl Metrics {
         {
             self.count_tokens(model, counts);
         }
+        self.history.ended(
+            SystemTime::now(),
+            ended_as(outcome),
+            completion_tokens(outcome),
+        );
     }
 
     fn count_tokens(&self, model: &str, counts: &TokenCounts) {
@@ -450,6 +460,27 @@ fn advance(counter: &Counter, total: u64) {
 }
 
 /// The `outcome` label of a request end.
+/// How the charts group an outcome: a backend's 5xx counts as failed.
+fn ended_as(outcome: &Outcome) -> Ended {
+    match outcome {
+        Outcome::Completed(completion) if completion.status_code < 500 => Ended::Completed,
+        Outcome::Completed(_) | Outcome::Failed { .. } => Ended::Failed,
+        Outcome::Cancelled => Ended::Cancelled,
+    }
+}
+
+/// The completion tokens a backend reported for a request, if it did.
+fn completion_tokens(outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Completed(completion) => completion
+            .token_counts
+            .as_ref()
+            .and_then(|counts| counts.completion_tokens)
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 pub(crate) fn outcome_label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Completed(completion) => match completion.status_code {

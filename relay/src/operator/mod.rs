@@ -1,6 +1,7 @@
 //! What operators use: login and sessions, the JSON admin API, the HTML pages, and `/metrics`.
 
 mod admin_api;
+mod history;
 mod login;
 mod metrics;
 mod pages;
@@ -13,6 +14,7 @@ use axum::routing::{delete, get, post};
 
 use crate::app::AppState;
 
+pub(crate) use history::sample_every_bucket;
 pub(crate) use metrics::{Metrics, WorkerStates, outcome_label};
 pub use session::CSRF_HEADER;
 pub(crate) use session::SessionKey;
@@ -27,6 +29,7 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route("/admin/workers", get(admin_api::workers))
         .route("/admin/workers/{id}/drain", post(admin_api::drain_worker))
         .route("/admin/stats", get(admin_api::stats))
+        .route("/admin/history", get(admin_api::history))
         .route("/admin/relays", get(admin_api::relays))
         .route(
             "/admin/keys",
