@@ -202,6 +202,33 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
         json!(false),
         "a placeholder was left on the setup page"
     );
+    // Named on the page, the worker is put in every command and watched for.
+    page.eval(&format!(
+        "(() => {{ const i = document.getElementById('worker-name'); i.value = {}; \
+         i.dispatchEvent(new Event('input')); return true; }})()",
+        json!(DEMO_WORKER)
+    ))
+    .await;
+    let named = page
+        .eval(&format!(
+            "[...document.querySelectorAll('#linux pre')].some(p => p.textContent.includes(\"--worker-name '\" + {} + \"'\"))",
+            json!(DEMO_WORKER)
+        ))
+        .await;
+    assert_eq!(named, json!(true), "the commands carry the name chosen");
+    let connected = format!(
+        "document.getElementById('worker-watch').textContent.includes({} + ' is connected: ' + {})",
+        json!(DEMO_WORKER),
+        json!(DEMO_MODEL)
+    );
+    let seen = page.wait_for(&connected, Duration::from_secs(20)).await;
+    page.screenshot(&artifacts_dir().join("setup-connected.png"))
+        .await;
+    assert!(
+        seen,
+        "the setup page sees the worker it names connect\n{}",
+        page.diagnostics(&browser).await
+    );
 
     // Logging out from the page sends the CSRF header the server now wants,
     // and the session is gone afterwards.
