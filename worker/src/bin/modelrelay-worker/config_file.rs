@@ -310,6 +310,37 @@ resolve_relays = true
     }
 
     #[test]
+    fn the_shipped_example_file_names_every_key_and_only_known_ones() {
+        // extras/env/worker.toml.example, which the launchd agent and the
+        // Windows service use, with its commented-out settings switched on.
+        let example = include_str!("../../../../extras/env/worker.toml.example");
+        let settings = example.lines().map(|line| {
+            let setting = line.strip_prefix('#').unwrap_or(line);
+            let is_setting = setting.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            });
+            if is_setting { setting } else { line }
+        });
+        let uncommented: String = settings.map(|line| format!("{line}\n")).collect();
+        let loaded = parsed(&uncommented);
+        assert!(loaded.unknown.is_empty(), "{:?}", loaded.unknown);
+        let left_out: Vec<&str> = KNOWN_KEYS
+            .into_iter()
+            .filter(|key| !uncommented.contains(&format!("\n{key} = ")))
+            .collect();
+        assert!(left_out.is_empty(), "the example leaves out {left_out:?}");
+        let config = loaded.config;
+        assert_eq!(
+            config.worker_secret.as_deref(),
+            Some("the-relays-worker-secret")
+        );
+        assert_eq!(config.models.map(ModelList::names), Some(vec!["*".into()]));
+    }
+
+    #[test]
     fn unknown_keys_are_named_with_their_lines_and_the_rest_is_read() {
         let loaded = parsed("worker_secret = \"s\"\nmax_concurrent = 4\n\n[extra]\nx = 1\n");
         assert_eq!(
