@@ -5,11 +5,12 @@ mod log;
 
 pub use log::{LogFormat, init};
 
-/// The host's name (`HOSTNAME`, else the kernel's), or `fallback` when neither gives one.
+/// The host's name (`HOSTNAME`, else the system's, on Linux, macOS and
+/// Windows alike), or `fallback` when neither gives one.
 pub fn host_name(fallback: &str) -> String {
     std::env::var("HOSTNAME")
         .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| gethostname::gethostname().into_string().ok())
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| fallback.to_owned())
@@ -61,4 +62,19 @@ pub fn print_completions<C: clap::CommandFactory>(shell: clap_complete::Shell) {
     let mut command = C::command();
     let name = command.get_name().to_owned();
     clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_host_name_is_the_systems_one_trimmed() {
+        let name = super::host_name("fallback");
+        assert!(!name.is_empty() && name.trim() == name, "{name:?}");
+        let system = gethostname::gethostname().into_string().unwrap_or_default();
+        let from_env = std::env::var("HOSTNAME").unwrap_or_default();
+        assert!(
+            name == system.trim() || name == from_env.trim(),
+            "{name:?} is neither the system's {system:?} nor HOSTNAME {from_env:?}"
+        );
+    }
 }
