@@ -1091,6 +1091,17 @@ async fn setup_offers_this_relays_downloads_checked_by_checksum_or_a_build_and_n
         "{page}"
     );
     assert!(page.contains("--provider 'gpu'"), "{page}");
+    // Keeping it running: the service recipe of each platform, with the provider.
+    assert!(
+        page.contains("systemctl enable --now modelrelay-worker@gpu0"),
+        "{page}"
+    );
+    assert!(page.contains("PROVIDER_NAME='gpu'"), "{page}");
+    assert!(
+        page.contains("extras/launchd/com.modelrelay.worker.plist"),
+        "{page}"
+    );
+    assert!(page.contains("extras/windows/install-worker.ps1"), "{page}");
     assert!(
         page.contains("loopback"),
         "a loopback URL comes with a warning"

@@ -199,10 +199,22 @@ pub(crate) async fn setup(
         None => String::new(),
     };
     let (provider_unix, provider_windows) = provider_flags(app.config.provider.as_str());
+    let provider_env = match provider_unix.is_empty() {
+        true => String::new(),
+        false => format!(
+            ", PROVIDER_NAME={}",
+            provider_unix
+                .trim()
+                .trim_start_matches("--provider ")
+                .trim_end_matches('\\')
+                .trim()
+        ),
+    };
     let html = SETUP_HTML
         .replace("{{GET_WORKER}}", &get_worker(&app, &url))
         .replace("{{PROVIDER_UNIX}}", &provider_unix)
         .replace("{{PROVIDER_WINDOWS}}", &provider_windows)
+        .replace("{{PROVIDER_ENV}}", &provider_env)
         .replace("{{URL_WARNING}}", &url_warning(&url))
         .replace("{{PUBLIC_URL}}", &escape_html(&url))
         .replace("{{QUIC_HINT}}", &quic_hint);
