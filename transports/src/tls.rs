@@ -38,7 +38,10 @@ pub enum TlsError {
     #[error("TLS settings: {0}")]
     Rustls(#[from] rustls::Error),
     /// A fingerprint that is not 32 bytes of hex.
-    #[error("invalid SHA-256 fingerprint {0:?}: expected 64 hex digits (colons allowed)")]
+    #[error(
+        "invalid SHA-256 fingerprint {0:?}: expected 64 hex digits (colons allowed), \
+         alone or as `openssl x509 -noout -fingerprint -sha256` prints them"
+    )]
     BadFingerprint(String),
     /// No system root certificates could be loaded.
     #[error("no system root certificates could be loaded")]
@@ -65,13 +68,28 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
         .join(":")
 }
 
-/// Reads a fingerprint written with or without colons, in either case.
+/// What `openssl x509 -noout -fingerprint -sha256` prints before the digits:
+/// `sha256 Fingerprint=` (OpenSSL 3) or `SHA256 Fingerprint=` (older, LibreSSL).
+const OPENSSL_LABEL: &str = "sha256 fingerprint";
+
+/// Reads a fingerprint written with or without colons, in either case, alone
+/// or as `openssl x509 -noout -fingerprint -sha256` prints it (label and all).
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
-    let hex: String = text
+    let bad = || TlsError::BadFingerprint(text.to_owned());
+    let digits = match text.split_once('=') {
+        None => text,
+        Some((label, digits)) => {
+            let label = label.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !label.eq_ignore_ascii_case(OPENSSL_LABEL) {
+                return Err(bad());
+            }
+            digits
+        }
+    };
+    let hex: String = digits
         .chars()
         .filter(|c| *c != ':' && !c.is_whitespace())
         .collect();
-    let bad = || TlsError::BadFingerprint(text.to_owned());
     if hex.len() != 64 {
         return Err(bad());
     }
@@ -416,6 +434,36 @@ mod tests {
         );
         assert!(parse_fingerprint("AB:CD").is_err());
         assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn fingerprints_read_as_openssl_prints_them() {
+        let digits = "72:3F:C8:9A:30:61:C3:F1:C2:DA:97:59:65:93:5A:72:EF:70:9E:0F:6D:3B:73:B8:D3:A6:70:EF:CE:31:D7:95";
+        let bytes = parse_fingerprint(digits).unwrap();
+        for text in [
+            // OpenSSL 3, then OpenSSL 1.1 and LibreSSL.
+            format!("sha256 Fingerprint={digits}"),
+            format!("SHA256 Fingerprint={digits}"),
+            // Pasted with the line's end, or without colons in lower case.
+            format!("  sha256 Fingerprint={digits}\n"),
+            format!(
+                "SHA256  fingerprint = {}",
+                digits.replace(':', "").to_lowercase()
+            ),
+        ] {
+            assert_eq!(parse_fingerprint(&text).unwrap(), bytes, "{text:?}");
+        }
+        // Another digest's label, or digits of another length, are refused.
+        let sha1 = "SHA1 Fingerprint=72:3F:C8:9A:30:61:C3:F1:C2:DA:97:59:65:93:5A:72:EF:70:9E:0F";
+        assert!(parse_fingerprint(sha1).is_err());
+        assert!(parse_fingerprint(&format!("sha1 Fingerprint={digits}")).is_err());
+        assert!(parse_fingerprint(&format!("Fingerprint={digits}")).is_err());
+        assert!(parse_fingerprint(&format!("sha256 Fingerprint={digits}=")).is_err());
+        let error = parse_fingerprint(sha1).unwrap_err().to_string();
+        assert!(
+            error.contains("openssl x509 -noout -fingerprint -sha256"),
+            "{error}"
+        );
     }
 
     #[test]
