@@ -4,7 +4,11 @@
 
 mod common;
 
+use std::path::PathBuf;
+
 use e2e::{Binary, Process};
+use modelrelay_transports::tls::RelayIdentity;
+use tokio::process::Command;
 
 /// The escape that starts an ANSI colour sequence.
 const ANSI_ESCAPE: &str = "\u{1b}[";
@@ -30,4 +34,91 @@ async fn logs_through_a_pipe_carry_no_colour_codes() {
         "{lines:?}"
     );
     server.stop().await;
+}
+
+/// What the server binary wrote on standard error when it refused to start
+/// with `args` (errors only in its log).
+async fn refused_start(args: &[&str]) -> String {
+    let output = Command::new(e2e::binary(Binary::Server))
+        .args(["--listen", "127.0.0.1:0", "--worker-secret", "s"])
+        .args(["--log-level", "error"])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "it started with {args:?}: {stderr}"
+    );
+    stderr
+}
+
+/// The one `error: …` line of `stderr`, whatever else it holds.
+fn the_error_line(stderr: &str) -> &str {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0]
+}
+
+/// A folder of its own for `test` under cargo's temporary folder, empty.
+fn scratch(test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("first-hour-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_the_certificates_is_reported_once_naming_both_files() {
+    let dir = scratch("tls");
+    let names = ["localhost".to_owned()];
+    RelayIdentity::self_signed_in(&dir.join("a"), &names).unwrap();
+    RelayIdentity::self_signed_in(&dir.join("b"), &names).unwrap();
+    let cert = dir.join("a/quic-cert.pem");
+    let key = dir.join("b/quic-key.pem");
+    let data = dir.join("data");
+    let stderr = refused_start(&[
+        "--quic-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    let line = the_error_line(&stderr);
+    for named in [&cert, &key] {
+        assert!(line.contains(named.to_str().unwrap()), "{line}");
+    }
+    assert!(line.contains("does not hold the private key"), "{line}");
+    assert_eq!(stderr.matches("private key").count(), 1, "{stderr}");
+    assert!(!stderr.contains("Caused by"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_named_with_its_cause_and_never_its_password() {
+    let dir = scratch("database");
+    let stderr = refused_start(&[
+        "--database-url",
+        "postgres://relay:pw-never-shown@127.0.0.1:1/keys",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ])
+    .await;
+    let line = the_error_line(&stderr);
+    assert!(line.contains("127.0.0.1:1"), "{line}");
+    assert!(line.contains("database keys"), "{line}");
+    assert!(line.to_lowercase().contains("connection refused"), "{line}");
+    assert!(!line.contains("pool timed out"), "{line}");
+    assert!(!stderr.contains("pw-never-shown"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,7 +28,12 @@ const DEMO_TOKEN_DELAY: Duration = Duration::from_millis(60);
 const DEMO_WORKER_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    process::exit_code(run().await)
+}
+
+/// Reads the flags, starts the relay and serves until a stop signal.
+async fn run() -> anyhow::Result<()> {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     if let Some(shell) = args.completions {
@@ -177,7 +182,11 @@ async fn open_key_store(args: &Args, url: Option<&DatabaseUrl>) -> anyhow::Resul
         .with_context(|| format!("the database URL from {}", from.unwrap_or("--data-dir")))?;
     let store = KeyStore::open(&location)
         .await
-        .with_context(|| format!("opening the API-key database ({location:?})"))?;
+        .with_context(|| match &location {
+            // Its errors name the server and database (never the URL).
+            KeyStoreLocation::Postgres(_) => "opening the API-key database".to_owned(),
+            other => format!("opening the API-key database ({other:?})"),
+        })?;
     info!(database = ?location, url_from = from, "API-key database open");
     if let Some(live) = store.modelrelay_keys().await? {
         info!(

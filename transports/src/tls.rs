@@ -14,7 +14,10 @@ use ring::digest::{SHA256, digest};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, InconsistentKeys, OtherError, SignatureScheme,
+};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,25 @@ pub enum TlsError {
         /// What went wrong.
         #[source]
         source: std::io::Error,
+    },
+    /// The private key is not the one of the certificate.
+    #[error("{key} does not hold the private key of the certificate in {cert}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The certificate and key were read but cannot be used together.
+    #[error("{cert} with {key}: {source}")]
+    Unusable {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls found wrong.
+        #[source]
+        source: rustls::Error,
     },
     /// A PEM file holds no certificate or no key.
     #[error("{0}: no {1} found in the PEM file")]
@@ -155,11 +177,29 @@ fn pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 impl RelayIdentity {
-    /// The certificate and key in these PEM files.
+    /// The certificate and key in these PEM files, checked to go together
+    /// (the error names both files).
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let certs = pem_certs(cert)?;
+        let private_key = pem_key(key)?;
+        CertifiedKey::from_der(certs.clone(), private_key.clone_key(), &provider()).map_err(
+            |error| match error {
+                rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch) => {
+                    TlsError::KeyMismatch {
+                        cert: cert.to_owned(),
+                        key: key.to_owned(),
+                    }
+                }
+                source => TlsError::Unusable {
+                    cert: cert.to_owned(),
+                    key: key.to_owned(),
+                    source,
+                },
+            },
+        )?;
         Ok(Self {
-            certs: pem_certs(cert)?,
-            key: pem_key(key)?,
+            certs,
+            key: private_key,
             generated: false,
         })
     }
@@ -170,10 +210,9 @@ impl RelayIdentity {
         let key_path = dir.join("quic-key.pem");
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => {
-                return Ok(Self {
-                    certs: pem_certs(&cert_path)?,
-                    key: pem_key(&key_path)?,
+                return Self::from_pem_files(&cert_path, &key_path).map(|identity| Self {
                     generated: true,
+                    ..identity
                 });
             }
             (false, false) => {}
@@ -487,5 +526,29 @@ mod tests {
         let error = RelayIdentity::self_signed_in(&dir, &names).unwrap_err();
         assert!(matches!(error, TlsError::HalfAnIdentity { .. }), "{error}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_naming_both_files() {
+        let root = std::env::temp_dir().join(format!("modelrelay-tls-pair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let names = vec!["localhost".to_owned()];
+        let (a, b) = (root.join("a"), root.join("b"));
+        RelayIdentity::self_signed_in(&a, &names).unwrap();
+        RelayIdentity::self_signed_in(&b, &names).unwrap();
+        let cert = a.join("quic-cert.pem");
+        assert!(RelayIdentity::from_pem_files(&cert, &a.join("quic-key.pem")).is_ok());
+        let wrong_key = b.join("quic-key.pem");
+        let error = RelayIdentity::from_pem_files(&cert, &wrong_key).unwrap_err();
+        assert!(matches!(error, TlsError::KeyMismatch { .. }), "{error:?}");
+        let text = error.to_string();
+        for named in [&cert, &wrong_key] {
+            assert!(text.contains(&named.display().to_string()), "{text}");
+        }
+        // The stored pair of a data directory is checked the same way.
+        std::fs::copy(&wrong_key, a.join("quic-key.pem")).unwrap();
+        let stored = RelayIdentity::self_signed_in(&a, &names).unwrap_err();
+        assert!(matches!(stored, TlsError::KeyMismatch { .. }), "{stored:?}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
