@@ -122,3 +122,56 @@ async fn an_unreachable_database_is_named_with_its_cause_and_never_its_password(
     assert!(!stderr.contains("pw-never-shown"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn settings_that_cannot_work_are_warned_about_at_start_naming_the_flags() {
+    let dir = scratch("warnings");
+    let mut server = Process::start(
+        Binary::Server,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--worker-secret",
+            "s",
+            "--log-format",
+            "json",
+            "--require-api-keys",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let warnings = [
+        "--require-api-keys without --admin-token",
+        "--tls-cert and --tls-key are for QUIC worker links only",
+    ];
+    for warning in warnings {
+        server.logged(warning).await;
+    }
+    server.logged("relay listening").await;
+    let lines = server.lines.lock().unwrap().clone();
+    for warning in warnings {
+        let said: Vec<&String> = lines.iter().filter(|l| l.contains(warning)).collect();
+        assert_eq!(said.len(), 1, "said once: {lines:?}");
+        assert!(said[0].contains(r#""level":"WARN""#), "{}", said[0]);
+    }
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_public_url_that_is_not_http_or_https_is_refused() {
+    // A URL parser reads `relay.example:8080` as scheme `relay.example`.
+    for url in ["relay.example:8080", "ftp://relay.example"] {
+        let stderr = refused_start(&["--public-url", url]).await;
+        let line = the_error_line(&stderr);
+        assert!(
+            line.contains("--public-url must be an http:// or https:// URL"),
+            "{line}"
+        );
+        assert!(line.contains(url), "{line}");
+    }
+}

@@ -2,6 +2,7 @@
 
 mod args;
 mod demo;
+mod warnings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,9 @@ async fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     process::init(&args.log_level, args.log_format);
+    for warning in warnings::unworkable(&args) {
+        tracing::warn!("{warning}");
+    }
     check_open_file_limit(args.max_connections);
     let secrets = worker_secrets(&args)?;
     let mut config = server_config(&args, &secrets)?;
@@ -124,6 +128,10 @@ fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig
         Some(url) if url.as_str().contains(['\'', '"', '`', '\\']) => {
             anyhow::bail!("--public-url must not contain quotes or backslashes")
         }
+        // `relay.example:8080` parses as a URL of scheme `relay.example`.
+        Some(url) if !matches!(url.scheme(), "http" | "https") => anyhow::bail!(
+            "--public-url must be an http:// or https:// URL such as https://relay.example.com, not {url}"
+        ),
         Some(url) => Some(url.to_string()),
         None => None,
     };
