@@ -175,3 +175,117 @@ async fn a_public_url_that_is_not_http_or_https_is_refused() {
         assert!(line.contains(url), "{line}");
     }
 }
+
+/// The metric names in the runbook's `/metrics` table, each with whether its
+/// row lists labels (a family with labels is exported once it has a sample).
+fn runbook_metric_names() -> Vec<(String, bool)> {
+    let runbook = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/runbook.md"),
+    )
+    .unwrap();
+    let table = runbook
+        .split("| metric | type, labels | what it counts |")
+        .nth(1)
+        .expect("the runbook has its /metrics table");
+    let rows = table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'));
+    let mut names = Vec::new();
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').collect();
+        let labelled = cells[2].contains(';');
+        for name in cells[1]
+            .split('`')
+            .filter(|part| part.starts_with("modelrelay_"))
+        {
+            names.push((name.to_owned(), labelled));
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_unless_the_scraper_asks_for_openmetrics() {
+    let relay = common::relay(|_| {}).await;
+    let http = common::Http::new();
+    // One request, for a model nobody serves, so that the requests counter has a sample.
+    let chat = format!("{}/v1/chat/completions", relay.url());
+    let unknown = http.post(&chat, r#"{"model":"nobody-serves-it"}"#).await;
+    assert_eq!(unknown.status, http::StatusCode::NOT_FOUND);
+    let url = format!("{}/metrics", relay.url());
+    let scrape = |accept: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let headers: &[(&str, &str)] = if accept.is_empty() {
+                &[]
+            } else {
+                &[("accept", accept)]
+            };
+            let streaming = http.send(http::Method::GET, &url, "", headers).await;
+            let content_type = streaming.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let vary = streaming.headers["vary"].to_str().unwrap().to_owned();
+            let body = streaming.rest().await;
+            (
+                content_type,
+                vary,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+    };
+
+    for accept in ["", "*/*", "text/plain;version=0.0.4"] {
+        let (content_type, vary, text) = scrape(accept).await;
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{accept:?}: {content_type}"
+        );
+        assert_eq!(vary, "accept");
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE modelrelay_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP modelrelay_requeues_total "), "{text}");
+        assert!(text.contains("\nmodelrelay_requeues_total 0\n"), "{text}");
+        // Every family the relay exports is in the runbook's table, and the
+        // other way round, under the names `# HELP` gives.
+        let exported: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        let documented = runbook_metric_names();
+        for name in &exported {
+            assert!(
+                documented.iter().any(|(d, _)| d == name),
+                "{name} is not in the runbook"
+            );
+        }
+        for (name, labelled) in &documented {
+            assert!(
+                *labelled || exported.contains(&name.as_str()),
+                "the runbook's {name} is not exported"
+            );
+        }
+    }
+
+    // Prometheus asks for OpenMetrics first (text 0.0.4 as its fallback).
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (content_type, _, text) = scrape(prometheus).await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.contains("# TYPE modelrelay_requests counter\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nmodelrelay_requeues_total 0\n"), "{text}");
+}
