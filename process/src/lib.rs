@@ -1,8 +1,10 @@
 //! What the binaries share: log set-up (`RUST_LOG` wins over `--log-level`), signals,
-//! seeds, the host's name, shell completions.
+//! seeds, the host's name, shell completions, the error they stop with.
 
+mod failure;
 mod log;
 
+pub use failure::{error_line, exit_code};
 pub use log::{LogFormat, init};
 
 /// The host's name (`HOSTNAME`, else the system's, on Linux, macOS and

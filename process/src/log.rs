@@ -1,7 +1,10 @@
-//! Log set-up: the filter, the format, and escaping every value so that what
-//! came from the network cannot forge a line or colour a terminal.
+//! Log set-up: the filter, the format, colour only on a terminal, and escaping
+//! every value so that what came from the network cannot forge a line or
+//! colour a terminal.
 
+use std::ffi::OsString;
 use std::fmt::{self, Write as _};
+use std::io::IsTerminal;
 
 use tracing::field::Field;
 use tracing_subscriber::EnvFilter;
@@ -18,18 +21,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// The variable that turns colour off when set to anything but the empty
+/// string (<https://no-color.org>).
+const NO_COLOR: &str = "NO_COLOR";
+
 /// Installs the global subscriber; `level` is a filter such as `info` or `modelrelay=debug`.
 ///
 /// Text lines write every field, the message included, with control
 /// characters escaped (`\n`, `\u{1b}`…): a provider name, a model name or a
 /// decoder's error text from a stranger stays on its one line. JSON lines are
-/// escaped by JSON itself.
+/// escaped by JSON itself. Lines are coloured only when standard error is a
+/// terminal and `NO_COLOR` is unset or empty: a file, a pipe or journald gets
+/// plain text.
 pub fn init(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = wants_colour(std::io::stderr().is_terminal(), std::env::var_os(NO_COLOR));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     // A second call (tests, embedded use) keeps the first subscriber.
     let _ = match format {
@@ -38,6 +49,12 @@ pub fn init(level: &str, format: LogFormat) {
             .try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Whether to colour log lines: on a terminal, unless `no_color` (the
+/// variable's value) is set to something.
+fn wants_colour(on_a_terminal: bool, no_color: Option<OsString>) -> bool {
+    on_a_terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// One field of a text line: the message bare, any other as `name=value`.
@@ -82,6 +99,16 @@ mod tests {
         let mut out = String::new();
         Escaped(&mut Writer::new(&mut out)).write_str(text).unwrap();
         out
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_and_without_no_color() {
+        assert!(wants_colour(true, None));
+        assert!(wants_colour(true, Some("".into())), "NO_COLOR empty: unset");
+        assert!(!wants_colour(true, Some("1".into())));
+        assert!(!wants_colour(true, Some("false".into())), "any value");
+        assert!(!wants_colour(false, None), "a file or a pipe");
+        assert!(!wants_colour(false, Some("".into())));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use sqlx::Row as _;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tracing::warn;
 
@@ -210,6 +210,14 @@ pub enum KeyStoreError {
     /// The system's random source failed.
     #[error("the system random source failed")]
     Random,
+    /// The database server could not be reached at start.
+    #[error("cannot connect to {server}: {cause}")]
+    Connect {
+        /// Which server and database (never the URL).
+        server: String,
+        /// Why, in words.
+        cause: String,
+    },
     /// The database failed.
     #[error("key database: {0}")]
     Database(#[from] sqlx::Error),
@@ -255,6 +263,7 @@ macro_rules! on_pool {
 }
 
 pub mod modelrelay;
+mod postgres;
 mod relays;
 mod schema;
 
@@ -290,13 +299,7 @@ impl KeyStore {
             }
             KeyStoreLocation::SqliteUrl(url) => open_sqlite(url.parse()?).await?,
             KeyStoreLocation::Postgres(url) => {
-                let options: PgConnectOptions = url.parse()?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options)
-                    .await?;
-                Database::Postgres(pool)
+                Database::Postgres(postgres::open(url.parse()?).await?)
             }
         };
         schema::migrate(&db, schema).await?;

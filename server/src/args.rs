@@ -119,7 +119,7 @@ pub(crate) struct Args {
     #[arg(long, env = "MODELRELAY_DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
 
-    /// This server's URL as workers and clients reach it, shown on /setup (default: from the request).
+    /// This server's http:// or https:// URL as workers and clients reach it, shown on /setup (default: from the request).
     #[arg(long, env = "MODELRELAY_PUBLIC_URL")]
     pub(crate) public_url: Option<url::Url>,
 

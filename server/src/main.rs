@@ -2,6 +2,7 @@
 
 mod args;
 mod demo;
+mod warnings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,12 @@ const DEMO_TOKEN_DELAY: Duration = Duration::from_millis(60);
 const DEMO_WORKER_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    process::exit_code(run().await)
+}
+
+/// Reads the flags, starts the relay and serves until a stop signal.
+async fn run() -> anyhow::Result<()> {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     if let Some(shell) = args.completions {
@@ -37,6 +43,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     process::init(&args.log_level, args.log_format);
+    for warning in warnings::unworkable(&args) {
+        tracing::warn!("{warning}");
+    }
     check_open_file_limit(args.max_connections);
     let secrets = worker_secrets(&args)?;
     let mut config = server_config(&args, &secrets)?;
@@ -120,6 +129,10 @@ fn server_config(args: &Args, secrets: &[String]) -> anyhow::Result<ServerConfig
         Some(url) if url.as_str().contains(['\'', '"', '`', '\\']) => {
             anyhow::bail!("--public-url must not contain quotes or backslashes")
         }
+        // `relay.example:8080` parses as a URL of scheme `relay.example`.
+        Some(url) if !matches!(url.scheme(), "http" | "https") => anyhow::bail!(
+            "--public-url must be an http:// or https:// URL such as https://relay.example.com, not {url}"
+        ),
         Some(url) => Some(url.to_string()),
         None => None,
     };
@@ -184,7 +197,11 @@ async fn open_key_store(args: &Args, url: Option<&DatabaseUrl>) -> anyhow::Resul
         .with_context(|| format!("the database URL from {}", from.unwrap_or("--data-dir")))?;
     let store = KeyStore::open(&location)
         .await
-        .with_context(|| format!("opening the API-key database ({location:?})"))?;
+        .with_context(|| match &location {
+            // Its errors name the server and database (never the URL).
+            KeyStoreLocation::Postgres(_) => "opening the API-key database".to_owned(),
+            other => format!("opening the API-key database ({other:?})"),
+        })?;
     info!(database = ?location, url_from = from, "API-key database open");
     if let Some(live) = store.modelrelay_keys().await? {
         info!(

@@ -14,7 +14,10 @@ use ring::digest::{SHA256, digest};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, InconsistentKeys, OtherError, SignatureScheme,
+};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,25 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
+    /// The private key is not the one of the certificate.
+    #[error("{key} does not hold the private key of the certificate in {cert}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The certificate and key were read but cannot be used together.
+    #[error("{cert} with {key}: {source}")]
+    Unusable {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls found wrong.
+        #[source]
+        source: rustls::Error,
+    },
     /// A PEM file holds no certificate or no key.
     #[error("{0}: no {1} found in the PEM file")]
     Missing(PathBuf, &'static str),
@@ -38,7 +60,10 @@ pub enum TlsError {
     #[error("TLS settings: {0}")]
     Rustls(#[from] rustls::Error),
     /// A fingerprint that is not 32 bytes of hex.
-    #[error("invalid SHA-256 fingerprint {0:?}: expected 64 hex digits (colons allowed)")]
+    #[error(
+        "invalid SHA-256 fingerprint {0:?}: expected 64 hex digits (colons allowed), \
+         alone or as `openssl x509 -noout -fingerprint -sha256` prints them"
+    )]
     BadFingerprint(String),
     /// No system root certificates could be loaded.
     #[error("no system root certificates could be loaded")]
@@ -65,13 +90,28 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
         .join(":")
 }
 
-/// Reads a fingerprint written with or without colons, in either case.
+/// What `openssl x509 -noout -fingerprint -sha256` prints before the digits:
+/// `sha256 Fingerprint=` (OpenSSL 3) or `SHA256 Fingerprint=` (older, LibreSSL).
+const OPENSSL_LABEL: &str = "sha256 fingerprint";
+
+/// Reads a fingerprint written with or without colons, in either case, alone
+/// or as `openssl x509 -noout -fingerprint -sha256` prints it (label and all).
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
-    let hex: String = text
+    let bad = || TlsError::BadFingerprint(text.to_owned());
+    let digits = match text.split_once('=') {
+        None => text,
+        Some((label, digits)) => {
+            let label = label.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !label.eq_ignore_ascii_case(OPENSSL_LABEL) {
+                return Err(bad());
+            }
+            digits
+        }
+    };
+    let hex: String = digits
         .chars()
         .filter(|c| *c != ':' && !c.is_whitespace())
         .collect();
-    let bad = || TlsError::BadFingerprint(text.to_owned());
     if hex.len() != 64 {
         return Err(bad());
     }
@@ -137,11 +177,29 @@ fn pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 impl RelayIdentity {
-    /// The certificate and key in these PEM files.
+    /// The certificate and key in these PEM files, checked to go together
+    /// (the error names both files).
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let certs = pem_certs(cert)?;
+        let private_key = pem_key(key)?;
+        CertifiedKey::from_der(certs.clone(), private_key.clone_key(), &provider()).map_err(
+            |error| match error {
+                rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch) => {
+                    TlsError::KeyMismatch {
+                        cert: cert.to_owned(),
+                        key: key.to_owned(),
+                    }
+                }
+                source => TlsError::Unusable {
+                    cert: cert.to_owned(),
+                    key: key.to_owned(),
+                    source,
+                },
+            },
+        )?;
         Ok(Self {
-            certs: pem_certs(cert)?,
-            key: pem_key(key)?,
+            certs,
+            key: private_key,
             generated: false,
         })
     }
@@ -152,10 +210,9 @@ impl RelayIdentity {
         let key_path = dir.join("quic-key.pem");
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => {
-                return Ok(Self {
-                    certs: pem_certs(&cert_path)?,
-                    key: pem_key(&key_path)?,
+                return Self::from_pem_files(&cert_path, &key_path).map(|identity| Self {
                     generated: true,
+                    ..identity
                 });
             }
             (false, false) => {}
@@ -419,6 +476,36 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_read_as_openssl_prints_them() {
+        let digits = "72:3F:C8:9A:30:61:C3:F1:C2:DA:97:59:65:93:5A:72:EF:70:9E:0F:6D:3B:73:B8:D3:A6:70:EF:CE:31:D7:95";
+        let bytes = parse_fingerprint(digits).unwrap();
+        for text in [
+            // OpenSSL 3, then OpenSSL 1.1 and LibreSSL.
+            format!("sha256 Fingerprint={digits}"),
+            format!("SHA256 Fingerprint={digits}"),
+            // Pasted with the line's end, or without colons in lower case.
+            format!("  sha256 Fingerprint={digits}\n"),
+            format!(
+                "SHA256  fingerprint = {}",
+                digits.replace(':', "").to_lowercase()
+            ),
+        ] {
+            assert_eq!(parse_fingerprint(&text).unwrap(), bytes, "{text:?}");
+        }
+        // Another digest's label, or digits of another length, are refused.
+        let sha1 = "SHA1 Fingerprint=72:3F:C8:9A:30:61:C3:F1:C2:DA:97:59:65:93:5A:72:EF:70:9E:0F";
+        assert!(parse_fingerprint(sha1).is_err());
+        assert!(parse_fingerprint(&format!("sha1 Fingerprint={digits}")).is_err());
+        assert!(parse_fingerprint(&format!("Fingerprint={digits}")).is_err());
+        assert!(parse_fingerprint(&format!("sha256 Fingerprint={digits}=")).is_err());
+        let error = parse_fingerprint(sha1).unwrap_err().to_string();
+        assert!(
+            error.contains("openssl x509 -noout -fingerprint -sha256"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_generated_certificate_is_kept_and_reused() {
         let dir = std::env::temp_dir().join(format!("modelrelay-tls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -439,5 +526,29 @@ mod tests {
         let error = RelayIdentity::self_signed_in(&dir, &names).unwrap_err();
         assert!(matches!(error, TlsError::HalfAnIdentity { .. }), "{error}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_naming_both_files() {
+        let root = std::env::temp_dir().join(format!("modelrelay-tls-pair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let names = vec!["localhost".to_owned()];
+        let (a, b) = (root.join("a"), root.join("b"));
+        RelayIdentity::self_signed_in(&a, &names).unwrap();
+        RelayIdentity::self_signed_in(&b, &names).unwrap();
+        let cert = a.join("quic-cert.pem");
+        assert!(RelayIdentity::from_pem_files(&cert, &a.join("quic-key.pem")).is_ok());
+        let wrong_key = b.join("quic-key.pem");
+        let error = RelayIdentity::from_pem_files(&cert, &wrong_key).unwrap_err();
+        assert!(matches!(error, TlsError::KeyMismatch { .. }), "{error:?}");
+        let text = error.to_string();
+        for named in [&cert, &wrong_key] {
+            assert!(text.contains(&named.display().to_string()), "{text}");
+        }
+        // The stored pair of a data directory is checked the same way.
+        std::fs::copy(&wrong_key, a.join("quic-key.pem")).unwrap();
+        let stored = RelayIdentity::self_signed_in(&a, &names).unwrap_err();
+        assert!(matches!(stored, TlsError::KeyMismatch { .. }), "{stored:?}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -25,13 +25,15 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
 use super::history::{Ended, History};
 use crate::app::AppState;
 use crate::codes;
 use crate::error::{ApiError, ApiFlavor};
+
+use super::exposition::{Format, OPENMETRICS_TEXT, PROMETHEUS_TEXT, prometheus_text};
 
 /// The model label of a request for a model no worker serves.
 const UNKNOWN_MODEL: &str = "unknown";
@@ -86,22 +88,27 @@ struct StateLabels {
     state: &'static str,
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub(super) async fn scrape(State(app): State<Arc<AppState>>) -> Response {
+/// `GET /metrics`: Prometheus text format 0.0.4, or OpenMetrics for a
+/// scraper that asks for it ([`exposition`](super::exposition)).
+pub(super) async fn scrape(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let Some(snapshot) = app.hub.counts().await else {
         return ApiError::shutting_down().into_response(ApiFlavor::OpenAi);
     };
-    let text = app.metrics.render(
+    let openmetrics = app.metrics.render(
         app.config.provider.as_str(),
         snapshot.queue_depth,
         snapshot.open_requests,
         snapshot.worker_states,
     );
+    let (content_type, text) = match Format::negotiate(&headers) {
+        Format::OpenMetrics => (OPENMETRICS_TEXT, openmetrics),
+        Format::Prometheus => (PROMETHEUS_TEXT, prometheus_text(&openmetrics)),
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::VARY, "accept"),
+        ],
         text,
     )
         .into_response()
@@ -417,7 +424,7 @@ impl Metrics {
             .set(gauge_value(flow.waiting_for_budget));
     }
 
-    /// Sets the gauges from a hub snapshot and renders everything as Prometheus text.
+    /// Sets the gauges from a hub snapshot and renders everything as OpenMetrics text.
     pub(crate) fn render(
         &self,
         provider: &str,

@@ -1,6 +1,7 @@
 //! What operators use: login and sessions, the JSON admin API, the HTML pages, and `/metrics`.
 
 mod admin_api;
+mod exposition;
 mod history;
 mod login;
 mod metrics;

@@ -25,7 +25,12 @@ use crate::config_file::{Loaded, UnknownKey};
 use crate::settings::{Args, Settings, TrustSetting};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    process::exit_code(start().await)
+}
+
+/// Reads the flags and the config file, then serves until a stop signal.
+async fn start() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(shell) = args.completions {
         process::print_completions::<Args>(shell);

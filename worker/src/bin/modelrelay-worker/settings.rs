@@ -89,8 +89,9 @@ pub(crate) struct Args {
     pub(crate) protocol: Option<ProtocolChoice>,
 
     /// Trust only the relay certificate with this SHA-256 fingerprint (for a self-signed
-    /// relay: it prints the fingerprint at start-up); several relays with their own
-    /// certificates: a comma list. For wss:// and quic://.
+    /// relay: it prints the fingerprint at start-up), hex with or without colons, or the
+    /// line `openssl x509 -noout -fingerprint -sha256` prints; several relays with their
+    /// own certificates: a comma list. For wss:// and quic://.
     #[arg(long, env = "SERVER_CERT_SHA256")]
     pub(crate) server_cert_sha256: Option<String>,
 
