@@ -289,3 +289,85 @@ async fn metrics_are_prometheus_text_unless_the_scraper_asks_for_openmetrics() {
     );
     assert!(text.contains("\nmodelrelay_requeues_total 0\n"), "{text}");
 }
+
+/// The admin token of the in-process relays here.
+const ADMIN: &str = "first-hour-admin-token";
+
+/// An in-process relay with the admin token [`ADMIN`].
+async fn relay_with_admin_token() -> modelrelay_relay::RunningServer {
+    common::relay(|config| {
+        config.admin_token = Some(modelrelay_relay::AdminToken::new(ADMIN));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_login_during_the_cooldown_gets_the_login_page_with_the_wait_and_a_429() {
+    let relay = relay_with_admin_token().await;
+    let http = common::Http::new();
+    let login = format!("{}/dashboard/login", relay.url());
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let mut wrong = 0;
+    let cooled = loop {
+        let answer = http.post_with(&login, "token=wrong", &form).await;
+        if answer.status != http::StatusCode::SEE_OTHER {
+            break answer;
+        }
+        wrong += 1;
+        assert!(wrong <= 10, "no cooldown after {wrong} wrong tokens");
+    };
+    assert_eq!(cooled.status, http::StatusCode::TOO_MANY_REQUESTS);
+    let content_type = cooled.headers["content-type"].to_str().unwrap();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let wait: u64 = cooled.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let page = cooled.text();
+    assert!(page.contains("<form"), "the form again: {page}");
+    assert!(
+        page.contains(&format!(
+            "Too many failed logins from this address. Try again in {wait} seconds."
+        )),
+        "{page}"
+    );
+    assert!(!page.contains("auth_cooldown"), "no JSON error: {page}");
+
+    // The right token waits out the cooldown too, on the same page.
+    let right = http
+        .post_with(&login, &format!("token={ADMIN}"), &form)
+        .await;
+    assert_eq!(right.status, http::StatusCode::TOO_MANY_REQUESTS);
+    assert!(right.text().contains("Too many failed logins"));
+    assert!(!right.headers.contains_key("set-cookie"));
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_uptime_in_its_own_tile_not_in_requeues() {
+    let relay = relay_with_admin_token().await;
+    let http = common::Http::new();
+    let bearer = format!("Bearer {ADMIN}");
+    let page = http
+        .send(
+            http::Method::GET,
+            &format!("{}/dashboard", relay.url()),
+            "",
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(page.status, http::StatusCode::OK);
+    let html = String::from_utf8_lossy(&page.rest().await).into_owned();
+    let card = |label: &str| -> String {
+        let start = html
+            .find(&format!(r#"<span class="label">{label}</span>"#))
+            .unwrap_or_else(|| panic!("no {label} tile"));
+        let end = start + html[start..].find("</li>").unwrap();
+        html[start..end].to_owned()
+    };
+    let requeues = card("Requeues");
+    assert!(requeues.contains(r#"id="stat-requeues""#), "{requeues}");
+    assert!(!requeues.contains("uptime"), "{requeues}");
+    assert!(card("Uptime").contains(r#"id="stat-uptime""#));
+}

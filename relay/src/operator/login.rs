@@ -1,7 +1,7 @@
 //! Dashboard login and logout: the session cookie handed out and taken back.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -16,9 +16,12 @@ use crate::log_budget::LogBudget;
 use super::MAX_ADMIN_BODY;
 use super::admin_api::admin_error;
 use super::pages::{disabled_page, is_https, page, redirect};
-use super::session::{Refusal, SESSION_COOKIE, SESSION_LIFETIME, authorize, session_value};
+use super::session::{SESSION_COOKIE, SESSION_LIFETIME, authorize, session_value};
 
 const LOGIN_HTML: &str = include_str!("../../assets/login.html");
+
+/// The login page's refusal banner, hidden until a refusal shows it.
+const REFUSAL_BANNER: &str = r#"<div class="banner" id="error" role="alert" hidden>That token was not accepted. Check it and try again.</div>"#;
 
 /// `GET /dashboard/login`.
 pub(crate) async fn login_page(State(app): State<Arc<AppState>>) -> Response {
@@ -50,7 +53,7 @@ pub(crate) async fn login(
     let now = tokio::time::Instant::now().into_std();
     let address = client_address(peer.0.ip(), &headers, app.config.trust_forwarded_for);
     if let Err(retry) = app.admin_limiter.check(address, now) {
-        return Refusal::CoolingDown(retry).into_response();
+        return cooldown_page(retry);
     }
     let Ok(body) = axum::body::to_bytes(request.into_body(), MAX_ADMIN_BODY).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
@@ -88,6 +91,22 @@ pub(crate) async fn login(
     if let Ok(cookie) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
+    response
+}
+
+/// The login page again, answered 429 with `Retry-After` while this address
+/// cools down after failed logins, its banner saying how long to wait: the
+/// form is posted by a browser, which would show a JSON error raw.
+fn cooldown_page(retry: Duration) -> Response {
+    let secs = retry.as_secs().max(1);
+    let banner = format!(
+        r#"<div class="banner" id="error" role="alert">Too many failed logins from this address. Try again in {secs} seconds.</div>"#
+    );
+    let html = LOGIN_HTML.replacen(REFUSAL_BANNER, &banner, 1);
+    let mut response = page(StatusCode::TOO_MANY_REQUESTS, html);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     response
 }
 
@@ -133,6 +152,23 @@ pub(crate) async fn logout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cooldown_page_is_the_login_page_with_the_wait_in_its_banner() {
+        assert!(
+            LOGIN_HTML.contains(REFUSAL_BANNER),
+            "login.html's banner changed: update REFUSAL_BANNER"
+        );
+        let response = cooldown_page(Duration::from_millis(42_500));
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "42");
+        assert!(
+            response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+    }
 
     #[test]
     fn cross_site_posts_are_told_apart_from_the_relays_own_pages() {
