@@ -26,7 +26,8 @@ pub async fn post_raw_chat(addr: std::net::SocketAddr, body: &str) -> tokio::net
         "POST /v1/chat/completions HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    client.write_all(head.as_bytes()).await.unwrap();
-    client.write_all(body.as_bytes()).await.unwrap();
+    // One write, as a client that has its whole request at hand sends it.
+    let request = [head.as_bytes(), body.as_bytes()].concat();
+    client.write_all(&request).await.unwrap();
     client
 }
