@@ -198,18 +198,17 @@ pub(crate) async fn setup(
         }
         None => String::new(),
     };
-    let (provider_unix, provider_windows) = provider_flags(app.config.provider.as_str());
-    let provider_env = match provider_unix.is_empty() {
-        true => String::new(),
-        false => format!(
-            ", PROVIDER_NAME={}",
-            provider_unix
-                .trim()
-                .trim_start_matches("--provider ")
-                .trim_end_matches('\\')
-                .trim()
-        ),
+    // The provider in the commands (bash, PowerShell) and the env file; none for the default.
+    let provider = provider_value(app.config.provider.as_str());
+    let line = |end: &str| {
+        provider
+            .as_ref()
+            .map_or_else(String::new, |p| format!("  --provider '{p}' {end}\n"))
     };
+    let (provider_unix, provider_windows) = (line("\\"), line("`"));
+    let provider_env = provider
+        .as_ref()
+        .map_or_else(String::new, |p| format!(", PROVIDER_NAME='{p}'"));
     let html = SETUP_HTML
         .replace("{{GET_WORKER}}", &get_worker(&app, &url))
         .replace("{{PROVIDER_UNIX}}", &provider_unix)
@@ -221,27 +220,18 @@ pub(crate) async fn setup(
     page(StatusCode::OK, html)
 }
 
-/// The `--provider` line of the commands (none for the default provider), for
-/// bash and for PowerShell; the provider is quoted, so only plain names are
-/// put in a command.
-fn provider_flags(provider: &str) -> (String, String) {
+/// The provider as the commands name it (HTML-escaped, to go in single
+/// quotes), or `None` for the default provider, which needs no flag. Only a
+/// plain name is put in a command; another shows a placeholder.
+fn provider_value(provider: &str) -> Option<String> {
     if provider == DEFAULT_PROVIDER {
-        return (String::new(), String::new());
+        return None;
     }
     let plain = !provider.is_empty()
         && provider
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    let value = if plain {
-        provider.to_owned()
-    } else {
-        "THE-PROVIDER".to_owned()
-    };
-    let value = escape_html(&value);
-    (
-        format!("  --provider '{value}' \\\n"),
-        format!("  --provider '{value}' `\n"),
-    )
+    Some(escape_html(if plain { provider } else { "THE-PROVIDER" }))
 }
 
 /// How to get the worker: this relay's downloads, each with a command that
