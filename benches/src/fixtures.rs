@@ -95,6 +95,7 @@ impl LoadedRelay {
             streaming: true,
             body: Bytes::from_static(br#"{"model":"m","stream":true}"#),
             headers: Headers::new(),
+            pinned_to: None,
         }));
         id
     }

@@ -104,6 +104,9 @@ pub enum Transition {
     Pong(Index, u32),
     /// A client asks for a model (an index for [`model_name`]).
     Request(usize),
+    /// The operator sends a request for a model pinned to one worker (any
+    /// connected one; with none, an id no worker has).
+    PinnedRequest(Index, usize),
     /// A running request's worker streams a chunk.
     Chunk(Index),
     /// A running request's worker completes it.
@@ -231,6 +234,8 @@ pub struct ModelRequest {
     pub status: ModelStatus,
     /// Its client left with the whole stream: cancelled unless completed by then, ms.
     pub client_done: Option<u64>,
+    /// The only worker that may serve it, if the operator pinned it.
+    pub pinned: Option<u64>,
 }
 
 /// A connected worker.
@@ -423,7 +428,11 @@ impl RelayModel {
                     self.pong(w);
                 }
             }
-            Transition::Request(model) => self.request(*model),
+            Transition::Request(model) => self.request(*model, None),
+            Transition::PinnedRequest(pick, model) => {
+                let worker = self.pick_worker(pick, true).unwrap_or(self.next_worker);
+                self.request(*model, Some(worker));
+            }
             Transition::Chunk(pick) => {
                 if let Some((w, r)) = self.pick_running(pick) {
                     self.stimulus(chunk_frame(w, r));
@@ -672,7 +681,7 @@ impl RelayModel {
         self.finish(r, Outcome::Cancelled);
     }
 
-    fn request(&mut self, model: usize) {
+    fn request(&mut self, model: usize, pinned: Option<u64>) {
         let r = self.next_request;
         self.next_request += 1;
         let name = model_name(model);
@@ -684,6 +693,7 @@ impl RelayModel {
             streaming: true,
             body: Bytes::from_static(b"{}"),
             headers: Headers::new(),
+            pinned_to: pinned.map(worker_id),
         })));
         let failure = if self.shutting_down {
             Some(Failure::ShuttingDown)
@@ -706,6 +716,7 @@ impl RelayModel {
                 requeues: 0,
                 status: ModelStatus::Detached,
                 client_done: None,
+                pinned,
             },
         );
         if !self.try_assign(r) {
@@ -755,9 +766,19 @@ impl RelayModel {
             .extend(models.iter().copied().filter(|m| *m != WILDCARD));
     }
 
+    /// Assigns a request to the best worker for its model or, pinned, to its
+    /// worker if that one takes work and serves the model.
     fn try_assign(&mut self, r: u64) -> bool {
-        let model = self.requests[&r].model;
-        match self.best_worker(model) {
+        let ModelRequest { model, pinned, .. } = self.requests[&r];
+        let choice = match pinned {
+            Some(w) => self
+                .workers
+                .get(&w)
+                .filter(|worker| self.takes_work(worker) && serves(worker, model))
+                .map(|_| w),
+            None => self.best_worker(model),
+        };
+        match choice {
             Some(w) => {
                 self.assign(r, w);
                 true
@@ -782,10 +803,15 @@ impl RelayModel {
         self.step.expect.dispatched.push((w, r));
     }
 
+    /// Queues a request no worker takes now, or ends it: a pinned one always ends.
     fn enqueue(&mut self, r: u64, front: bool) {
-        let arrived = self.requests[&r].arrived;
+        let ModelRequest {
+            arrived, pinned, ..
+        } = self.requests[&r];
         let failure = if self.shutting_down {
             Some(Failure::ShuttingDown)
+        } else if pinned.is_some() {
+            Some(Failure::WorkerUnavailable)
         } else if arrived + QUEUE_TIMEOUT_MS <= self.now {
             Some(Failure::QueueTimeout)
         } else if self.queue.len() >= QUEUE_BOUND {
@@ -900,8 +926,8 @@ impl RelayModel {
                 unreachable!("in flight means assigned");
             };
             request.status = ModelStatus::Detached;
-            if streamed {
-                self.finish(r, failed(Failure::WorkerLost, true));
+            if streamed || request.pinned.is_some() {
+                self.finish(r, failed(Failure::WorkerLost, streamed));
             } else if self.count_requeue(r) && !self.try_assign(r) {
                 to_front.push(r);
             }
@@ -1196,6 +1222,7 @@ pub fn transitions() -> BoxedStrategy<Transition> {
         1 => (any::<Index>(), model_list()).prop_map(|(w, m)| Transition::ModelsUpdate(w, m)),
         1 => (any::<Index>(), 0u32..=2).prop_map(|(w, l)| Transition::Pong(w, l)),
         8 => requested_model().prop_map(Transition::Request),
+        2 => (any::<Index>(), requested_model()).prop_map(|(w, m)| Transition::PinnedRequest(w, m)),
         4 => any::<Index>().prop_map(Transition::Chunk),
         4 => any::<Index>().prop_map(Transition::Complete),
         1 => any::<Index>().prop_map(Transition::Fail),
@@ -1235,6 +1262,7 @@ pub fn churn_transitions() -> BoxedStrategy<Transition> {
         1 => any::<Index>().prop_map(Transition::Silence),
         1 => (any::<Index>(), 0u32..=2).prop_map(|(w, l)| Transition::Pong(w, l)),
         4 => (0..MODELS.len()).prop_map(Transition::Request),
+        1 => (any::<Index>(), 0..MODELS.len()).prop_map(|(w, m)| Transition::PinnedRequest(w, m)),
         1 => any::<Index>().prop_map(Transition::Chunk),
         1 => any::<Index>().prop_map(Transition::Complete),
         1 => any::<Index>().prop_map(Transition::ClientGone),

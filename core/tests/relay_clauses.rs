@@ -98,6 +98,11 @@ impl Harness {
     }
 
     fn request(&mut self, id: u64, model: &str) {
+        self.request_pinned(id, model, None);
+    }
+
+    /// A request only `pinned_to` may serve, if given (an operator's test).
+    fn request_pinned(&mut self, id: u64, model: &str, pinned_to: Option<u64>) {
         self.handle(Input::RequestArrived(NewRequest {
             id: r(id),
             provider: self.provider.clone(),
@@ -106,6 +111,7 @@ impl Harness {
             streaming: true,
             body: Bytes::from(format!("{{\"model\":\"{model}\"}}")),
             headers: Headers::new(),
+            pinned_to: pinned_to.map(w),
         }));
     }
 
@@ -407,6 +413,7 @@ fn duplicate_live_ids_are_driver_errors() {
             streaming: false,
             body: Bytes::new(),
             headers: Headers::new(),
+            pinned_to: None,
         }),
     );
     assert_eq!(again, Err(InputError::DuplicateRequest(r(1))));
@@ -1957,4 +1964,74 @@ fn no_queue_timeout_still_leaves_a_waiting_request_under_the_request_timeout() {
         ends.contains(&(2, failed(Failure::RequestTimeout))),
         "{ends:?}"
     );
+}
+
+#[test]
+fn a_pinned_request_runs_on_its_worker_or_fails_at_once() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 2);
+    h.worker(2, &["m"], 1);
+    h.worker(3, &["*"], 1);
+    // Worker 2 is busier than worker 1, but the request names it.
+    h.request(1, "m");
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    h.request(2, "m");
+    assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
+    h.request_pinned(3, "m", Some(1));
+    assert_eq!(dispatched(&h.outputs()), [(1, 3)]);
+    // A wildcard worker serves any model pinned to it.
+    h.request_pinned(4, "m", Some(3));
+    assert_eq!(dispatched(&h.outputs()), [(3, 4)]);
+    // Full, unknown, or not serving the model: it fails at once and never waits.
+    h.worker(4, &["other"], 1);
+    for (id, worker) in [(5, 2), (6, 9), (7, 4)] {
+        h.request_pinned(id, "m", Some(worker));
+        assert_eq!(
+            ended(&h.outputs()),
+            [(id, failed(Failure::WorkerUnavailable))],
+            "pinned to worker {worker}"
+        );
+    }
+    // Draining: no new work, pinned or not.
+    h.handle(Input::DrainWorker {
+        worker: w(1),
+        timeout: 30 * SECOND,
+        reason: None,
+    });
+    h.outputs();
+    h.request_pinned(8, "m", Some(1));
+    assert_eq!(
+        ended(&h.outputs()),
+        [(8, failed(Failure::WorkerUnavailable))]
+    );
+}
+
+#[test]
+fn a_pinned_request_is_never_moved_to_another_worker() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.worker(2, &["m"], 1);
+    // Lost before any chunk: it fails, where an unpinned request would move.
+    h.request_pinned(1, "m", Some(1));
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    let outputs = h.outputs();
+    assert_eq!(dispatched(&outputs), []);
+    assert_eq!(ended(&outputs), [(1, failed(Failure::WorkerLost))]);
+    // Refused: it fails as unavailable; the free worker 2 is not tried.
+    h.request_pinned(2, "m", Some(2));
+    assert_eq!(dispatched(&h.outputs()), [(2, 2)]);
+    h.error(2, 2, REFUSED_AT_CAPACITY, "full");
+    let outputs = h.outputs();
+    assert_eq!(dispatched(&outputs), []);
+    assert_eq!(ended(&outputs), [(2, failed(Failure::WorkerUnavailable))]);
+    // A waiting unpinned request never takes a pinned one's place either:
+    // when worker 2 speaks again, the queue's request goes to it.
+    h.worker(3, &["m"], 1);
+    h.request(3, "m");
+    assert_eq!(dispatched(&h.outputs()), [(3, 3)]);
+    h.request(4, "m");
+    assert_eq!(dispatched(&h.outputs()), []);
+    h.pong(2, 0);
+    assert_eq!(dispatched(&h.outputs()), [(2, 4)]);
 }

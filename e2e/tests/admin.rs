@@ -1181,3 +1181,148 @@ async fn the_history_holds_the_last_hours_requests_first_chunks_and_tokens_in_te
     let anonymous = http.get(&format!("{}/admin/history", relay.url())).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
+
+/// A streamed chat request tagged `tag` for the simulated backend.
+fn tagged_chat(tag: &str) -> String {
+    json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}],
+           "mock": {"tokens": 4, "tag": tag}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_request_pinned_to_a_worker_runs_there_and_only_the_operator_may_send_one() {
+    let relay = admin_relay(|_| {}).await;
+    let (backend_a, backend_b) = (backend(&["m"]).await, backend(&["m"]).await);
+    let mut spec = WorkerSpec::new(&relay, &backend_a, &["m"]);
+    spec.name = "box-a";
+    let _a = spec.start();
+    let mut spec = WorkerSpec::new(&relay, &backend_b, &["m"]);
+    spec.name = "box-b";
+    let _b = spec.start();
+    let http = Http::new();
+    wait_for_workers(&http, &relay, 2).await;
+    let listed = admin_get(&http, &relay, "/admin/workers").await.json();
+    let id_of = |name: &str| {
+        listed["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .and_then(|w| w["id"].as_u64())
+            .unwrap_or_else(|| panic!("{name} listed: {listed}"))
+    };
+    let a = id_of("box-a");
+
+    // Every request pinned to box-a runs on box-a, though box-b is as free.
+    for n in 0..4 {
+        let path = format!("/admin/workers/{a}/v1/chat/completions");
+        let answer = admin_send(
+            &http,
+            &relay,
+            Method::POST,
+            &path,
+            &tagged_chat(&format!("pin-{n}")),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert!(answer.text().contains("data: [DONE]"), "{}", answer.text());
+    }
+    let on = |backend: &Backend| {
+        backend
+            .sim
+            .streamed()
+            .into_keys()
+            .filter(|tag| tag.starts_with("pin-"))
+            .count()
+    };
+    assert_eq!((on(&backend_a), on(&backend_b)), (4, 0));
+    // Unpinned, the same relay spreads requests over both.
+    for n in 0..4 {
+        let answer = http
+            .post(
+                &format!("{}/v1/chat/completions", relay.url()),
+                &tagged_chat(&format!("spread-{n}")),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert!(
+        !backend_b.sim.streamed().is_empty(),
+        "box-b serves unpinned requests"
+    );
+
+    // Errors come in the route's API shape.
+    let no_worker = admin_send(
+        &http,
+        &relay,
+        Method::POST,
+        "/admin/workers/999/v1/chat/completions",
+        &chat(true),
+    )
+    .await;
+    assert_eq!(
+        no_worker.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        no_worker.text()
+    );
+    assert_eq!(no_worker.json()["error"]["code"], "worker_not_found");
+    let bad_id = admin_send(
+        &http,
+        &relay,
+        Method::POST,
+        "/admin/workers/x/v1/messages",
+        &anthropic(),
+    )
+    .await;
+    assert_eq!(bad_id.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad_id.json()["type"],
+        "error",
+        "Anthropic's shape: {}",
+        bad_id.text()
+    );
+    let other_model = admin_send(
+        &http,
+        &relay,
+        Method::POST,
+        &format!("/admin/workers/{a}/v1/chat/completions"),
+        &json!({"model": "n", "messages": []}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        other_model.status,
+        StatusCode::NOT_FOUND,
+        "no worker serves n: {}",
+        other_model.text()
+    );
+
+    // Only the operator: no token, a client's bearer, or a session cookie
+    // without the CSRF header is refused before the body is read.
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer not-the-admin-token")],
+    ] {
+        let refused = reply(
+            http.send(
+                Method::POST,
+                &format!("{}/admin/workers/{a}/v1/chat/completions", relay.url()),
+                &chat(true),
+                &headers,
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNAUTHORIZED,
+            "{headers:?}: {}",
+            refused.text()
+        );
+    }
+    assert_eq!(
+        on(&backend_a),
+        4,
+        "a refused request never reached the worker"
+    );
+}

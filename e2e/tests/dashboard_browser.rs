@@ -758,3 +758,224 @@ fn base64_decodes_every_padding() {
     assert!(base64_decode("Z").is_none());
     assert!(base64_decode("Zm9v!").is_none());
 }
+
+/// The setup wizard's name for the worker it starts.
+const WIZARD_WORKER: &str = "wizard-box";
+
+#[tokio::test]
+async fn the_setup_wizard_starts_a_real_worker_sees_it_connect_and_gets_its_answer() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let mut config = ServerConfig::new(SECRET);
+    config.admin_token = Some(modelrelay_relay::AdminToken::new(ADMIN_TOKEN));
+    let relay = RunningServer::start(config, "127.0.0.1:0")
+        .await
+        .expect("start the server");
+    let tokens = 12;
+    let backend = modelrelay_testkit::backend_with(SimulatedBackendConfig {
+        models: vec![DEMO_MODEL.into()],
+        tokens,
+        token_delay: Duration::from_millis(5),
+    })
+    .await;
+    // A second worker on the same model: the test request must still go to the wizard's.
+    let other_backend = modelrelay_testkit::backend(&[DEMO_MODEL]).await;
+    let mut spec = WorkerSpec::new(&relay, &other_backend, &[DEMO_MODEL]);
+    spec.secret = SECRET;
+    spec.name = "another-box";
+    let other = spec.start();
+
+    let browser = Browser::launch(&chromium).await;
+    let page = browser.new_page().await;
+    page.navigate(&format!(
+        "{}/dashboard/login#token={ADMIN_TOKEN}",
+        relay.url()
+    ))
+    .await;
+    assert!(
+        page.wait_for(
+            "location.pathname === '/dashboard'",
+            Duration::from_secs(10)
+        )
+        .await,
+        "logged in\n{}",
+        page.diagnostics(&browser).await
+    );
+    page.navigate(&format!("{}/setup", relay.url())).await;
+    let wizard = "document.body.classList.contains('wizard') && \
+                  document.getElementById('step-platform').classList.contains('current')";
+    assert!(
+        page.wait_for(wizard, Duration::from_secs(10)).await,
+        "the wizard opens on its first step\n{}",
+        page.diagnostics(&browser).await
+    );
+    let shot = |name: &'static str| artifacts_dir().join(name);
+    page.screenshot(&shot("wizard-1-platform.png")).await;
+    assert_eq!(
+        page.eval("document.querySelector('input[name=platform]:checked').value")
+            .await,
+        json!("linux"),
+        "the platform is taken from the browser (Chromium on Linux)"
+    );
+
+    // The model server: another one, at the simulated backend's address.
+    let next = "(() => { document.querySelector('section.step.current .step-nav .next').click(); return true; })()";
+    page.eval(next).await;
+    let set_value = |id: &str, value: &str| {
+        format!(
+            "(() => {{ const i = document.getElementById({}); i.value = {}; \
+             i.dispatchEvent(new Event('input')); return true; }})()",
+            json!(id),
+            json!(value)
+        )
+    };
+    page.eval("(() => { const r = document.querySelector('input[name=backend][value=other]'); r.click(); return true; })()")
+        .await;
+    page.eval(&set_value("backend-url", &backend.url)).await;
+    let check_command = page
+        .eval("document.querySelector('#step-backend pre').innerText")
+        .await;
+    assert_eq!(
+        check_command,
+        json!(format!("curl -s {}/v1/models", backend.url)),
+        "how to check the backend is up"
+    );
+    page.screenshot(&shot("wizard-2-backend.png")).await;
+    page.eval(next).await; // get the worker
+    page.screenshot(&shot("wizard-3-get.png")).await;
+    page.eval(next).await; // configure
+    page.eval(&set_value("worker-name", WIZARD_WORKER)).await;
+    page.eval(&set_value("worker-models", DEMO_MODEL)).await;
+    page.eval(&set_value("worker-concurrency", "2")).await;
+    page.screenshot(&shot("wizard-4-configure.png")).await;
+    page.eval(next).await; // start it
+
+    // The command the page shows, run as it is with the secret in the environment.
+    let shown = page
+        .eval("document.querySelector('#linux [data-testid=start-command]').innerText")
+        .await;
+    let shown = shown.as_str().expect("a start command").to_owned();
+    assert!(
+        !shown.contains(SECRET),
+        "the secret is never on the page: {shown}"
+    );
+    let argv = shell_words(&shown);
+    assert_eq!(
+        argv.first().map(String::as_str),
+        Some("modelrelay-worker"),
+        "{shown}"
+    );
+    let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+    for expected in [
+        ["--proxy-url", &relay.url()],
+        ["--backend-url", &backend.url],
+        ["--worker-name", WIZARD_WORKER],
+        ["--models", DEMO_MODEL],
+        ["--max-concurrency", "2"],
+    ] {
+        assert!(
+            args.windows(2).any(|w| w == expected),
+            "{expected:?} in {shown}"
+        );
+    }
+    let mut worker =
+        e2e::Process::start_with_env(e2e::Binary::Worker, &args, &[("WORKER_SECRET", SECRET)]);
+    let connected = format!(
+        "document.getElementById('worker-watch').textContent.includes({} + ' is connected: ' + {})",
+        json!(WIZARD_WORKER),
+        json!(DEMO_MODEL)
+    );
+    let seen = page.wait_for(&connected, Duration::from_secs(30)).await;
+    page.screenshot(&shot("wizard-5-connected.png")).await;
+    assert!(
+        seen,
+        "the wizard sees the worker it started connect\n{}\nworker: {:?}",
+        page.diagnostics(&browser).await,
+        worker.lines.lock().unwrap()
+    );
+
+    // The test request, from the page, to that worker.
+    page.eval(next).await;
+    assert_eq!(
+        page.eval("document.getElementById('test-model').value")
+            .await,
+        json!(DEMO_MODEL),
+        "the worker's model is offered"
+    );
+    page.eval("(() => { document.getElementById('test-send').click(); return true; })()")
+        .await;
+    let answered = "document.getElementById('test-status').textContent.includes('answered')";
+    let done = page.wait_for(answered, Duration::from_secs(30)).await;
+    page.screenshot(&shot("wizard-6-tested.png")).await;
+    let output = page
+        .eval("document.getElementById('test-output').textContent")
+        .await;
+    assert!(
+        done && output == json!(modelrelay_testkit::simulated_backend::expected_text(tokens)),
+        "the page shows the streamed answer: {output}\n{}",
+        page.diagnostics(&browser).await
+    );
+    assert_eq!(
+        page.statuses("/v1/chat/completions"),
+        [200],
+        "one pinned request, answered"
+    );
+    assert!(
+        other_backend.sim.events().is_empty(),
+        "the other worker got nothing: {:?}",
+        other_backend.sim.events()
+    );
+
+    // Keeping it running: this platform's recipe only, with the worker's name.
+    page.eval(next).await;
+    let recipe = page
+        .eval("[...document.querySelectorAll('#persist li')].filter(li => !li.hidden).map(li => li.dataset.platform + ':' + li.innerText).join('|')")
+        .await;
+    let recipe = recipe.as_str().unwrap_or_default();
+    assert!(
+        recipe.starts_with("linux:")
+            && !recipe.contains('|')
+            && recipe.contains(&format!("WORKER_NAME={WIZARD_WORKER}"))
+            && recipe.contains(&format!("BACKEND_URL={}", backend.url)),
+        "the systemd recipe alone, filled in: {recipe}"
+    );
+    page.screenshot(&shot("wizard-7-persist.png")).await;
+    let exceptions = page.exceptions();
+    assert!(exceptions.is_empty(), "the page threw: {exceptions:#?}");
+
+    drop(page);
+    browser.close().await;
+    worker.terminate(Duration::from_secs(5)).await;
+    other.begin_stop();
+    relay.shutdown().await;
+}
+
+/// The words of a POSIX shell command as the page writes them: backslash-newline
+/// continues a line, single quotes keep what they hold, whitespace separates.
+fn shell_words(command: &str) -> Vec<String> {
+    let joined = command.replace("\\\n", " ");
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quoted = false;
+    for c in joined.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                word.get_or_insert_with(String::new);
+            }
+            c if c.is_whitespace() && !quoted => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+#[test]
+fn shell_words_joins_continued_lines_and_keeps_quoted_text() {
+    assert_eq!(
+        shell_words("a \\\n  --x 'b c' \\\n  --y ''"),
+        ["a", "--x", "b c", "--y", ""]
+    );
+}

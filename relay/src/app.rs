@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub auth_limits: AuthLimits,
     /// QUIC worker links, if enabled (`--quic-listen`).
     pub quic: Option<QuicSettings>,
+    /// The SHA-256 fingerprint of the QUIC certificate, for the commands
+    /// `/setup` shows; set by whoever binds the QUIC endpoint.
+    pub quic_fingerprint: Option<String>,
     /// Most bytes an unwindowed stream may hold for a client that reads too
     /// slowly, or a windowed worker may send past its window; past it, the
     /// stream is stopped with `client_too_slow`.
@@ -111,6 +114,7 @@ impl ServerConfig {
             frame_limits: FrameLimits::default(),
             auth_limits: AuthLimits::default(),
             quic: None,
+            quic_fingerprint: None,
             max_client_buffer_bytes: FlowConfig::default().legacy_cap,
             trust_forwarded_for: false,
             admin_token: None,
@@ -328,17 +332,20 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Binds `addr` (port 0 picks a free one) and serves in the background.
-    pub async fn start(config: ServerConfig, addr: &str) -> std::io::Result<Self> {
+    pub async fn start(mut config: ServerConfig, addr: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let (endpoint, quic) = match &config.quic {
+        let (endpoint, quic) = match &mut config.quic {
             Some(settings) => {
                 let (endpoint, fingerprint) =
                     workers::quic::endpoint(settings).map_err(std::io::Error::other)?;
                 let quic_addr = endpoint.local_addr()?;
+                // Port 0 picked a port: /setup names the one bound.
+                settings.listen = quic_addr;
+                config.quic_fingerprint = Some(fingerprint.clone());
                 (Some(endpoint), Some((quic_addr, fingerprint)))
             }
             None => (None, None),

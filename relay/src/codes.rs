@@ -76,6 +76,8 @@ pub(crate) const REQUEUE_EXHAUSTED: &str = "requeue_exhausted";
 pub(crate) const NO_CAPACITY: &str = "no_capacity";
 /// The worker running the request went away.
 pub(crate) const WORKER_LOST: &str = "worker_lost";
+/// The one worker a request was pinned to cannot take it.
+pub(crate) const WORKER_UNAVAILABLE: &str = "worker_unavailable";
 /// The worker reported an error.
 pub(crate) const WORKER_ERROR: &str = "worker_error";
 /// The worker's stream grew past its limit.

@@ -57,6 +57,9 @@ impl ApiError {
             Failure::WorkerError { .. } => (StatusCode::BAD_GATEWAY, codes::WORKER_ERROR),
             Failure::StreamTooLarge => (StatusCode::BAD_GATEWAY, codes::STREAM_TOO_LARGE),
             Failure::ClientTooSlow => (StatusCode::SERVICE_UNAVAILABLE, codes::CLIENT_TOO_SLOW),
+            Failure::WorkerUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, codes::WORKER_UNAVAILABLE)
+            }
         };
         let message = match failure {
             Failure::UnknownModel => {
@@ -65,6 +68,10 @@ impl ApiError {
             Failure::WorkerError { code, message } => {
                 format!("The backend failed ({code}): {message}")
             }
+            Failure::WorkerUnavailable => format!(
+                "The worker this request is sent to cannot take it now: it is gone, \
+                 draining, full, resting after a refusal, or does not serve `{model}`."
+            ),
             other => format!("{}.", capitalize(&other.to_string())),
         };
         let mut error = Self::new(status, code, message);

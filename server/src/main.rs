@@ -218,7 +218,7 @@ fn quic_endpoint(
     listen: std::net::SocketAddr,
     config: &mut ServerConfig,
 ) -> anyhow::Result<quinn::Endpoint> {
-    let settings = QuicSettings {
+    let mut settings = QuicSettings {
         listen,
         cert: args.tls_cert.clone(),
         key: args.tls_key.clone(),
@@ -227,7 +227,9 @@ fn quic_endpoint(
     let (endpoint, fingerprint) =
         modelrelay_relay::quic::endpoint(&settings).context("--quic-listen")?;
     info!(addr = %endpoint.local_addr()?, %fingerprint, "QUIC worker links on");
+    settings.listen = endpoint.local_addr()?;
     config.quic = Some(settings);
+    config.quic_fingerprint = Some(fingerprint);
     Ok(endpoint)
 }
 

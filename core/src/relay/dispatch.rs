@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::flow::AnswerBudget;
 use super::request_entry::RequestState;
-use super::routes::QueueEnd;
+use super::routes::{QueueEnd, is_wildcard};
 use super::worker_entry::Phase;
 use super::{Failure, Relay, WorkerLoad};
 use crate::ids::{RequestId, WorkerId};
@@ -21,6 +21,13 @@ impl Relay {
         let Some(request) = self.requests.get(&request_id) else {
             return false;
         };
+        if let Some(worker) = request.pinned_to {
+            let ready = self.pinned_worker_ready(request_id, worker);
+            if ready {
+                self.assign(request_id, worker);
+            }
+            return ready;
+        }
         let Some(provider) = self.providers.get(&request.provider) else {
             return false;
         };
@@ -50,11 +57,41 @@ impl Relay {
         }
     }
 
-    /// Puts a request that no worker can take now in its queue, or fails it.
+    /// Whether the worker a request is pinned to takes it now: connected in
+    /// the request's pool, eligible for new work (see [`Self::rerank`]),
+    /// serving its model by name or wildcard, and (windowed, flow control on)
+    /// within the answer budget.
+    fn pinned_worker_ready(&self, request_id: RequestId, worker_id: WorkerId) -> bool {
+        let (Some(request), Some(worker)) =
+            (self.requests.get(&request_id), self.workers.get(&worker_id))
+        else {
+            return false;
+        };
+        let model = request.frame.model.as_str();
+        let serves = worker
+            .models
+            .iter()
+            .any(|m| m.as_str() == model || is_wildcard(m));
+        let budget_open = worker.flow == LinkFlow::Unwindowed
+            || self.budget.as_ref().is_none_or(AnswerBudget::fits_new);
+        worker.provider == request.provider && worker.ranked.is_some() && serves && budget_open
+    }
+
+    /// Puts a request that no worker can take now in its queue, or fails it
+    /// (a pinned request, which waits for no other worker, always fails).
     pub(super) fn enqueue(&mut self, now: Instant, request_id: RequestId, end: QueueEnd) {
         let Some(request) = self.requests.get(&request_id) else {
             return;
         };
+        if request.pinned_to.is_some() {
+            let failure = if self.shutting_down {
+                Failure::ShuttingDown
+            } else {
+                Failure::WorkerUnavailable
+            };
+            self.fail(request_id, failure, false);
+            return;
+        }
         let provider = self
             .providers
             .get(&request.provider)

@@ -76,6 +76,10 @@ pub enum Failure {
     /// The client read the stream so slowly that too much piled up for it.
     #[error("the client read the stream too slowly")]
     ClientTooSlow,
+    /// The worker a pinned request names cannot take it now: gone, draining,
+    /// resting after a refusal, full, or not serving its model.
+    #[error("the worker the request is pinned to cannot take it now")]
+    WorkerUnavailable,
 }
 
 /// Why the relay closes a worker link.

@@ -50,6 +50,8 @@ pub(crate) struct RequestEntry {
     pub(crate) armed: ArmedDeadlines,
     /// Its answer's window and counts while it runs on a worker (flow control on).
     pub(crate) flow: Option<StreamFlow>,
+    /// The only worker that may serve it (see [`NewRequest::pinned_to`]).
+    pub(crate) pinned_to: Option<WorkerId>,
 }
 
 impl RequestEntry {
@@ -57,6 +59,7 @@ impl RequestEntry {
     pub(crate) fn new(now: Instant, new: NewRequest, arrival: u64, config: &RelayConfig) -> Self {
         Self {
             provider: new.provider,
+            pinned_to: new.pinned_to,
             frame: Arc::new(RequestFrame {
                 request_id: new.id.into(),
                 model: new.model,

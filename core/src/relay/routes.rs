@@ -71,7 +71,7 @@ impl Default for Provider {
     }
 }
 
-fn is_wildcard(model: &ModelName) -> bool {
+pub(super) fn is_wildcard(model: &ModelName) -> bool {
     model.as_str() == WILDCARD_MODEL
 }
 

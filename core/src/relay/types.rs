@@ -36,6 +36,9 @@ pub struct NewRequest {
     pub body: Bytes,
     /// Client headers to forward to the backend.
     pub headers: Headers,
+    /// The one worker that may serve it (an operator's test of that worker):
+    /// it is never queued and never moved to another worker.
+    pub pinned_to: Option<WorkerId>,
 }
 
 /// Something that happened, for [`Relay::handle`].

@@ -454,10 +454,12 @@ impl Relay {
                 continue;
             };
             request.state = RequestState::Detached;
+            let pinned = request.pinned_to.is_some();
             // Requeued before its first byte or failed: either way its flow starts over or ends.
             self.release_flow(request_id);
-            if streamed {
-                self.fail(request_id, Failure::WorkerLost, true);
+            if streamed || pinned {
+                // A pinned request has no other worker to go to.
+                self.fail(request_id, Failure::WorkerLost, streamed);
             } else if self.count_requeue(request_id) && !self.try_assign(request_id) {
                 to_front.push(request_id);
             }

@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use modelrelay_core::relay::NewRequest;
 use modelrelay_core::wire::{FORWARDED_REQUEST_HEADERS, Headers, forwards_request_header};
-use modelrelay_core::{ModelName, RequestId};
+use modelrelay_core::{ModelName, RequestId, WorkerId};
 
 use crate::app::AppState;
 use crate::error::{ApiError, ClientError};
@@ -28,8 +28,31 @@ pub(super) async fn inference(
     route: InferenceRoute,
     request: Request,
 ) -> Result<Response, ClientError> {
+    require_api_key(&app, route.flavor, request.headers()).await?;
+    serve(&app, route, request, None).await
+}
+
+/// Serves an inference request the operator sent to one worker (the caller
+/// checked the operator's credentials): it runs there or fails, never elsewhere.
+pub(crate) async fn inference_on(
+    app: &AppState,
+    route: InferenceRoute,
+    request: Request,
+    worker: WorkerId,
+) -> Response {
+    let answer = serve(app, route, request, Some(worker)).await;
+    super::headers::harden(answer.into_response())
+}
+
+/// Reads the request, hands it to the hub (pinned to `pinned_to` if given),
+/// and answers with what comes back.
+async fn serve(
+    app: &AppState,
+    route: InferenceRoute,
+    request: Request,
+    pinned_to: Option<WorkerId>,
+) -> Result<Response, ClientError> {
     let flavor = route.flavor;
-    require_api_key(&app, flavor, request.headers()).await?;
     let ids = RequestIds {
         relay: request_id::of(&request),
         client: request_id::from_client(request.headers()),
@@ -42,7 +65,8 @@ pub(super) async fn inference(
     let parsed = parse(body, limits, route)
         .await
         .map_err(|error| error.for_api(flavor))?;
-    let events = dispatch(&app, route, ids, &parsed, &parts.headers)
+    let target = Target { route, pinned_to };
+    let events = dispatch(app, target, ids, &parsed, &parts.headers)
         .await
         .ok_or_else(|| ApiError::shutting_down().for_api(flavor))?;
     let ParsedRequest {
@@ -60,10 +84,17 @@ pub(super) async fn inference(
     Ok(respond::answer(events, asked).await)
 }
 
+/// Where a request goes: its route, and the one worker it is pinned to, if any.
+#[derive(Clone, Copy)]
+struct Target {
+    route: InferenceRoute,
+    pinned_to: Option<WorkerId>,
+}
+
 /// Hands the request to the hub: the queue its answer comes on, or `None` if the hub stopped.
 async fn dispatch(
     app: &AppState,
-    route: InferenceRoute,
+    Target { route, pinned_to }: Target,
     ids: RequestIds,
     parsed: &ParsedRequest,
     headers: &HeaderMap,
@@ -80,6 +111,7 @@ async fn dispatch(
             // A reference count, not a copy.
             body: parsed.body.clone(),
             headers: forwarded_headers(headers, app.config.require_api_keys),
+            pinned_to,
         },
         route,
         ids,

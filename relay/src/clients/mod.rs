@@ -34,6 +34,7 @@ use crate::error::ApiFlavor;
 
 pub(crate) use body::BodyBudget;
 pub use cors::{ANY_ORIGIN, CorsError, CorsOrigins};
+pub(crate) use inference::inference_on;
 pub(crate) use not_found::not_found;
 pub(crate) use routes::{INFERENCE_ROUTES, InferenceRoute};
 pub(crate) use sse::stream_usage;

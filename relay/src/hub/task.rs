@@ -299,6 +299,7 @@ mod tests {
             streaming: false,
             body: Bytes::from_static(b"{}"),
             headers: Default::default(),
+            pinned_to: None,
         }
     }
 

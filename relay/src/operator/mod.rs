@@ -6,6 +6,7 @@ mod history;
 mod login;
 mod metrics;
 mod pages;
+mod pinned;
 mod session;
 
 use std::sync::Arc;
@@ -23,7 +24,8 @@ pub(crate) use session::SessionKey;
 /// Largest admin request body (a key name, a login form).
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
-/// The operator's routes: `/metrics`, `/admin/*`, `/dashboard*` and `/setup`.
+/// The operator's routes: `/metrics`, `/admin/*` (with requests pinned to one
+/// worker), `/dashboard*` and `/setup`.
 pub(crate) fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/metrics", get(metrics::scrape))
@@ -44,4 +46,5 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         )
         .route("/dashboard/logout", post(login::logout))
         .route("/setup", get(pages::setup))
+        .merge(pinned::routes())
 }

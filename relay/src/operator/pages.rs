@@ -182,22 +182,16 @@ pub(crate) async fn setup(
     headers: HeaderMap,
 ) -> Response {
     let url = public_url(&app, &headers);
-    let quic_hint = match &app.config.quic {
-        Some(quic) => {
-            // The host without its port; an IPv6 address keeps its brackets.
-            let parsed = url::Url::parse(&url).ok();
-            let host = parsed
-                .as_ref()
-                .and_then(|u| u.host_str())
-                .unwrap_or("127.0.0.1");
-            format!(
-                "<p>On a lossy link (Wi-Fi, mobile), connect over QUIC instead: <code>--proxy-url quic://{}:{}</code> (with <code>--server-cert-sha256</code> as the relay printed at start-up).</p>",
-                escape_html(host),
-                quic.listen.port()
-            )
-        }
-        None => String::new(),
-    };
+    let quic_url = quic_url(&app, &url);
+    let quic_hint = quic_url.as_deref().map_or_else(String::new, |quic_url| {
+        format!(
+            "<p class=\"muted\">QUIC links go to <code>{}</code>, checked against the relay's \
+             certificate fingerprint (<code>--server-cert-sha256</code>, as the relay printed at \
+             start-up); UDP to that port must be open.</p>",
+            escape_html(quic_url)
+        )
+    });
+    let fingerprint = app.config.quic_fingerprint.as_deref().unwrap_or_default();
     // The provider in the commands (bash, PowerShell) and the env file; none for the default.
     let provider = provider_value(app.config.provider.as_str());
     let line = |end: &str| {
@@ -216,8 +210,25 @@ pub(crate) async fn setup(
         .replace("{{PROVIDER_ENV}}", &provider_env)
         .replace("{{URL_WARNING}}", &url_warning(&url))
         .replace("{{PUBLIC_URL}}", &escape_html(&url))
-        .replace("{{QUIC_HINT}}", &quic_hint);
+        .replace("{{QUIC_HINT}}", &quic_hint)
+        .replace(
+            "{{QUIC_URL}}",
+            &escape_html(quic_url.as_deref().unwrap_or_default()),
+        )
+        .replace("{{QUIC_FINGERPRINT}}", &escape_html(fingerprint));
     page(StatusCode::OK, html)
+}
+
+/// The `quic://host:port` workers dial, if the relay takes QUIC links: the
+/// host of `url` (an IPv6 address keeps its brackets) and the QUIC port.
+fn quic_url(app: &AppState, url: &str) -> Option<String> {
+    let quic = app.config.quic.as_ref()?;
+    let parsed = url::Url::parse(url).ok();
+    let host = parsed
+        .as_ref()
+        .and_then(|u| u.host_str())
+        .unwrap_or("127.0.0.1");
+    Some(format!("quic://{host}:{}", quic.listen.port()))
 }
 
 /// The provider as the commands name it (HTML-escaped, to go in single
