@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::error::{ApiError, ClientError};
 use crate::hub::Command;
 use crate::hub::response_queue::ResponseReceiver;
+use crate::keys::ApiKeyId;
 use crate::request_id::{self, RequestIds};
 
 use super::api_key::{carries_relay_key, require_api_key};
@@ -29,7 +30,7 @@ pub(super) async fn inference(
     request: Request,
 ) -> Result<Response, ClientError> {
     let flavor = route.flavor;
-    require_api_key(&app, flavor, request.headers()).await?;
+    let key = require_api_key(&app, flavor, request.headers()).await?;
     let ids = RequestIds {
         relay: request_id::of(&request),
         client: request_id::from_client(request.headers()),
@@ -42,7 +43,7 @@ pub(super) async fn inference(
     let parsed = parse(body, limits, route)
         .await
         .map_err(|error| error.for_api(flavor))?;
-    let events = dispatch(&app, route, ids, &parsed, &parts.headers)
+    let events = dispatch(&app, route, ids, key, &parsed, &parts.headers)
         .await
         .ok_or_else(|| ApiError::shutting_down().for_api(flavor))?;
     let ParsedRequest {
@@ -60,11 +61,13 @@ pub(super) async fn inference(
     Ok(respond::answer(events, asked).await)
 }
 
-/// Hands the request to the hub: the queue its answer comes on, or `None` if the hub stopped.
+/// Hands the request to the hub, with its ids and the API key it came with (to
+/// count its usage): the queue its answer comes on, or `None` if the hub stopped.
 async fn dispatch(
     app: &AppState,
     route: InferenceRoute,
     ids: RequestIds,
+    key: Option<ApiKeyId>,
     parsed: &ParsedRequest,
     headers: &HeaderMap,
 ) -> Option<ResponseReceiver> {
@@ -83,6 +86,7 @@ async fn dispatch(
         },
         route,
         ids,
+        key,
         responder,
     });
     sent.await.then_some(events)

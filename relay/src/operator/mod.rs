@@ -7,6 +7,7 @@ mod login;
 mod metrics;
 mod pages;
 mod session;
+mod usage_api;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
             get(admin_api::list_keys).post(admin_api::create_key),
         )
         .route("/admin/keys/{id}", delete(admin_api::revoke_key))
+        .route("/admin/usage", get(usage_api::usage))
         .route("/dashboard", get(pages::dashboard))
         .route(
             "/dashboard/login",
