@@ -36,10 +36,15 @@ struct Keyed {
 impl Keyed {
     /// The relay alone.
     async fn start(keys: KeyStore, flush: Duration) -> Self {
+        Self::start_with(keys, flush, true).await
+    }
+
+    /// The relay alone, checking API keys on client routes or not.
+    async fn start_with(keys: KeyStore, flush: Duration, require_api_keys: bool) -> Self {
         let relay = relay(|config| {
             config.admin_token = Some(AdminToken::new(ADMIN));
             config.keys = Some(Arc::new(keys));
-            config.require_api_keys = true;
+            config.require_api_keys = require_api_keys;
             config.usage_flush_every = flush;
         })
         .await;
@@ -52,7 +57,11 @@ impl Keyed {
 
     /// The relay with a worker registered.
     async fn with_worker(keys: KeyStore, flush: Duration) -> Self {
-        let mut world = Self::start(keys, flush).await;
+        Self::served(Self::start(keys, flush).await).await
+    }
+
+    /// `world` with a worker registered.
+    async fn served(mut world: Self) -> Self {
         let backend = backend(&["m"]).await;
         let worker = WorkerSpec::new(&world.relay, &backend, &["m"]).start();
         wait_for_workers(&world.http, &world.relay, 1).await;
@@ -317,5 +326,24 @@ async fn the_dashboard_has_a_usage_table_read_from_the_admin_api_with_the_other_
         "refreshed with the keys, relays and charts"
     );
     world.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn nothing_is_counted_while_keys_are_not_required() {
+    let dir = data_dir("not-required");
+    let location = KeyStoreLocation::Sqlite(dir.clone());
+    let hour = Duration::from_secs(3600);
+    let open = Keyed::start_with(KeyStore::open(&location).await.unwrap(), hour, false).await;
+    let world = Keyed::served(open).await;
+    let (_, key) = world.create_key("unchecked").await;
+    let asked = [asking(false, false), asking(true, true)];
+    assert_eq!(world.chat(&key, &asked).await, [OK, OK]);
+    assert_eq!(world.chat("", &asked).await, [OK, OK]);
+    world.shutdown().await; // writes whatever was counted
+
+    let again = Keyed::start(KeyStore::open(&location).await.unwrap(), hour).await;
+    assert_eq!(again.usage().await, Vec::<Value>::new());
+    again.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
