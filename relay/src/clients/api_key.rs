@@ -22,8 +22,9 @@ pub(super) fn carries_relay_key(value: &str) -> bool {
 }
 
 /// With `--require-api-keys` (else nothing to check, and `None`): the client's
-/// key, checked before the request is read; the key's id, to count its usage. The key is taken from `Authorization: Bearer`, or on `/v1/messages`
-/// from `x-api-key` (as Anthropic clients send it), preferring whichever has a
+/// key, checked before the request is read; its id, to count its usage. The
+/// key is taken from `Authorization: Bearer`, or on `/v1/messages` from
+/// `x-api-key` (as Anthropic clients send it), preferring whichever has a
 /// relay key's shape, so a client may also carry a backend credential in the
 /// other header.
 pub(super) async fn require_api_key(
