@@ -89,6 +89,7 @@ async fn admin_routes_answer_403_without_an_admin_token() {
         "/admin/stats",
         "/admin/keys",
         "/admin/relays",
+        "/admin/usage",
         "/dashboard",
         "/setup",
     ] {

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use modelrelay_relay::keys::{
-    ApiKeyId, KeyStore, KeyStoreError, KeyStoreLocation, READER_LEVEL, RelayRow, Schema,
+    ApiKeyId, KeyStore, KeyStoreError, KeyStoreLocation, READER_LEVEL, RelayRow, Schema, UsageDay,
+    UsageRow, UsageTally,
 };
 
 fn sqlite_dir(name: &str) -> PathBuf {
@@ -375,6 +376,65 @@ async fn postgres_the_relay_list_keeps_one_row_per_relay() {
         return;
     };
     the_relay_list_keeps_one_row_per_relay(&location).await;
+}
+
+/// Usage rows: two stores on one database (two relays) add to the same rows,
+/// per key and day; a listing starts at the day asked for, newest first.
+async fn usage_from_two_relays_adds_up(location: &KeyStoreLocation) {
+    let (a, b) = tokio::join!(KeyStore::open(location), KeyStore::open(location));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let today = UsageDay::of(SystemTime::now());
+    let (laptop, ci) = (
+        ApiKeyId::new(1),
+        ApiKeyId::parse("0a1b2c3d-4e5f-6789-abcd-ef0123456789").unwrap(),
+    );
+    let row = |key, day, requests, prompt_tokens, completion_tokens| UsageRow {
+        key,
+        day,
+        tally: UsageTally {
+            requests,
+            prompt_tokens,
+            completion_tokens,
+        },
+    };
+    let from_a = [row(laptop, today, 2, 10, 20), row(ci, today, 1, 1, 1)];
+    let from_b = [
+        row(laptop, today, 3, 5, 5),
+        row(laptop, today.minus(1), 1, 0, 0),
+    ];
+    let (first, second) = tokio::join!(a.add_usage(&from_a), b.add_usage(&from_b));
+    first.unwrap();
+    second.unwrap();
+    b.add_usage(&[row(laptop, today.minus(9), 7, 7, 7)])
+        .await
+        .unwrap();
+    let listed = a.usage_since(today.minus(1)).await.unwrap();
+    assert!(!listed.truncated);
+    let mut today_rows = listed.rows[..2].to_vec();
+    today_rows.sort_by_key(|r| r.key);
+    assert_eq!(
+        today_rows,
+        [row(laptop, today, 5, 15, 25), row(ci, today, 1, 1, 1)]
+    );
+    assert_eq!(listed.rows[2..], [row(laptop, today.minus(1), 1, 0, 0)]);
+    assert_eq!(b.usage_since(today.minus(30)).await.unwrap().rows.len(), 4);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_usage_from_two_relays_adds_up() {
+    let dir = sqlite_dir("usage");
+    usage_from_two_relays_adds_up(&KeyStoreLocation::Sqlite(dir.clone())).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn postgres_usage_from_two_relays_adds_up() {
+    let Some(location) = postgres().await else {
+        return;
+    };
+    usage_from_two_relays_adds_up(&location).await;
 }
 
 #[tokio::test]

@@ -25,6 +25,7 @@ use crate::hub::{Command, Hub};
 use crate::keys::KeyStore;
 use crate::operator::{Metrics, SessionKey};
 use crate::relays::{Presence, RelayIdentity};
+use crate::usage::flush::UsageFlusher;
 use crate::workers::quic::QuicSettings;
 use crate::{clients, operator, request_id, workers};
 
@@ -91,6 +92,9 @@ pub struct ServerConfig {
     pub relay_name: String,
     /// The worker binaries served at `/downloads` (`--downloads-dir`), if any.
     pub downloads: Option<Arc<Downloads>>,
+    /// How often the requests and tokens counted per API key are added to the
+    /// key database (and once more at shutdown).
+    pub usage_flush_every: Duration,
 }
 
 impl ServerConfig {
@@ -124,6 +128,7 @@ impl ServerConfig {
             cors_allow_origins: CorsOrigins::Any,
             relay_name: "relay".to_owned(),
             downloads: None,
+            usage_flush_every: Duration::from_secs(10),
         }
     }
 }
@@ -256,6 +261,13 @@ pub async fn serve<L>(
             stopping.clone(),
         )
     });
+    let usage = state.config.keys.as_ref().map(|keys| {
+        UsageFlusher::start(
+            Arc::clone(&state.metrics.usage),
+            Arc::clone(keys),
+            state.config.usage_flush_every,
+        )
+    });
     tokio::spawn(operator::sample_every_bucket(
         hub.clone(),
         Arc::clone(&state.metrics),
@@ -309,6 +321,10 @@ pub async fn serve<L>(
     match tokio::time::timeout(bound, hub_task).await {
         Ok(_) => info!("relay stopped"),
         Err(_) => warn!("workers did not finish draining in time; stopping anyway"),
+    }
+    // After the hub: the requests that ended during the drain are counted too.
+    if let Some(usage) = usage {
+        usage.finish().await;
     }
     if let Some(presence) = presence {
         presence.finish().await;

@@ -60,6 +60,8 @@ pub(crate) const INVALID_KEY_ID: &str = "invalid_key_id";
 pub(crate) const KEY_NOT_FOUND: &str = "key_not_found";
 /// A key name the store refuses.
 pub(crate) const INVALID_KEY_NAME: &str = "invalid_key_name";
+/// A `days` that is not a whole number (`/admin/usage`).
+pub(crate) const INVALID_DAYS: &str = "invalid_days";
 /// A request frame that could not be sent on its worker's link.
 pub(crate) const REQUEST_UNDELIVERABLE: &str = "request_undeliverable";
 /// No worker serves the model.

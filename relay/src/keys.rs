@@ -8,6 +8,9 @@
 //!
 //! A database that also holds ModelRelay's key table (`server_api_keys`) has
 //! those keys (`mr_live_…`) checked, listed and revoked in place ([`modelrelay`]).
+//!
+//! The same database holds the relays sharing it (`relays`) and what each key
+//! used, per day (`usage`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -266,10 +269,12 @@ pub mod modelrelay;
 mod postgres;
 mod relays;
 mod schema;
+mod usage;
 
 pub use modelrelay::ModelRelayKeyId;
 pub use relays::RelayRow;
 pub use schema::{READER_LEVEL, Schema};
+pub use usage::{MAX_USAGE_ROWS, UsageDay, UsageListing, UsageRow, UsageTally};
 
 /// What kind of key a presented text is shaped like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -647,7 +652,17 @@ pub fn rfc3339(at: SystemTime) -> String {
         .unwrap_or(0);
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let (year, month, day) = civil_date(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The year, month and day of `days` since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_date(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -657,12 +672,7 @@ pub fn rfc3339(at: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (year, month, day)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ mod log_budget;
 mod operator;
 pub mod relays;
 mod request_id;
+mod usage;
 mod workers;
 mod write_progress;
 

@@ -132,7 +132,18 @@ impl Http {
 
     /// POSTs `body` with `headers` and reads the whole answer.
     pub async fn post_with(&self, url: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
-        let streaming = self.send(Method::POST, url, body, headers).await;
+        self.call(Method::POST, url, body, headers).await
+    }
+
+    /// Sends a request and reads the whole answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let streaming = self.send(method, url, body, headers).await;
         let (status, headers) = (streaming.status, streaming.headers.clone());
         Reply {
             status,
@@ -165,13 +176,7 @@ impl Http {
 
     /// GETs `url` and reads the whole answer.
     pub async fn get(&self, url: &str) -> Reply {
-        let streaming = self.send(Method::GET, url, "", &[]).await;
-        let (status, headers) = (streaming.status, streaming.headers.clone());
-        Reply {
-            status,
-            headers,
-            body: streaming.rest().await,
-        }
+        self.call(Method::GET, url, "", &[]).await
     }
 }
 

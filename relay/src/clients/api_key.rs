@@ -9,7 +9,7 @@ use crate::app::AppState;
 use crate::auth::{bare_authorization, bearer};
 use crate::codes;
 use crate::error::{ApiError, ApiFlavor, ClientError};
-use crate::keys::is_key_shaped;
+use crate::keys::{ApiKeyId, is_key_shaped};
 
 /// Whether a header value is, or is a bearer of, something shaped like one of the relay's keys.
 pub(super) fn carries_relay_key(value: &str) -> bool {
@@ -21,18 +21,19 @@ pub(super) fn carries_relay_key(value: &str) -> bool {
     is_key_shaped(token)
 }
 
-/// With `--require-api-keys` (else nothing to check): the client's key,
-/// checked before the request is read. The key is taken from `Authorization: Bearer`, or on `/v1/messages`
-/// from `x-api-key` (as Anthropic clients send it), preferring whichever has a
+/// With `--require-api-keys` (else nothing to check, and `None`): the client's
+/// key, checked before the request is read; its id, to count its usage. The
+/// key is taken from `Authorization: Bearer`, or on `/v1/messages` from
+/// `x-api-key` (as Anthropic clients send it), preferring whichever has a
 /// relay key's shape, so a client may also carry a backend credential in the
 /// other header.
 pub(super) async fn require_api_key(
     app: &AppState,
     flavor: ApiFlavor,
     headers: &HeaderMap,
-) -> Result<(), ClientError> {
+) -> Result<Option<ApiKeyId>, ClientError> {
     if !app.config.require_api_keys {
-        return Ok(());
+        return Ok(None);
     }
     let Some(keys) = &app.config.keys else {
         return Err(ApiError::new(
@@ -54,7 +55,7 @@ pub(super) async fn require_api_key(
         ));
     };
     match keys.authenticate(presented, SystemTime::now()).await {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(key)) => Ok(Some(key)),
         Ok(None) => Err(unauthorized(
             flavor,
             codes::INVALID_API_KEY,

@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::error::{ApiError, ClientError};
 use crate::hub::Command;
 use crate::hub::response_queue::ResponseReceiver;
+use crate::keys::ApiKeyId;
 use crate::request_id::{self, RequestIds};
 
 use super::api_key::{carries_relay_key, require_api_key};
@@ -28,8 +29,13 @@ pub(super) async fn inference(
     route: InferenceRoute,
     request: Request,
 ) -> Result<Response, ClientError> {
-    require_api_key(&app, route.flavor, request.headers()).await?;
-    serve(&app, route, request, None).await
+    let key = require_api_key(&app, route.flavor, request.headers()).await?;
+    let target = Target {
+        route,
+        pinned_to: None,
+        key,
+    };
+    serve(&app, target, request).await
 }
 
 /// Serves an inference request the operator sent to one worker (the caller
@@ -40,19 +46,19 @@ pub(crate) async fn inference_on(
     request: Request,
     worker: WorkerId,
 ) -> Response {
-    let answer = serve(app, route, request, Some(worker)).await;
+    let target = Target {
+        route,
+        pinned_to: Some(worker),
+        key: None,
+    };
+    let answer = serve(app, target, request).await;
     super::headers::harden(answer.into_response())
 }
 
-/// Reads the request, hands it to the hub (pinned to `pinned_to` if given),
-/// and answers with what comes back.
-async fn serve(
-    app: &AppState,
-    route: InferenceRoute,
-    request: Request,
-    pinned_to: Option<WorkerId>,
-) -> Result<Response, ClientError> {
-    let flavor = route.flavor;
+/// Reads the request, hands it to the hub for `target`, and answers with what comes back.
+async fn serve(app: &AppState, target: Target, request: Request) -> Result<Response, ClientError> {
+    let flavor = target.route.flavor;
+    let route = target.route;
     let ids = RequestIds {
         relay: request_id::of(&request),
         client: request_id::from_client(request.headers()),
@@ -65,7 +71,6 @@ async fn serve(
     let parsed = parse(body, limits, route)
         .await
         .map_err(|error| error.for_api(flavor))?;
-    let target = Target { route, pinned_to };
     let events = dispatch(app, target, ids, &parsed, &parts.headers)
         .await
         .ok_or_else(|| ApiError::shutting_down().for_api(flavor))?;
@@ -84,17 +89,24 @@ async fn serve(
     Ok(respond::answer(events, asked).await)
 }
 
-/// Where a request goes: its route, and the one worker it is pinned to, if any.
+/// Where a request goes: its route, the one worker it is pinned to if any,
+/// and the API key it came with (to count its usage).
 #[derive(Clone, Copy)]
 struct Target {
     route: InferenceRoute,
     pinned_to: Option<WorkerId>,
+    key: Option<ApiKeyId>,
 }
 
-/// Hands the request to the hub: the queue its answer comes on, or `None` if the hub stopped.
+/// Hands the request to the hub, with its ids: the queue its answer comes
+/// on, or `None` if the hub stopped.
 async fn dispatch(
     app: &AppState,
-    Target { route, pinned_to }: Target,
+    Target {
+        route,
+        pinned_to,
+        key,
+    }: Target,
     ids: RequestIds,
     parsed: &ParsedRequest,
     headers: &HeaderMap,
@@ -115,6 +127,7 @@ async fn dispatch(
         },
         route,
         ids,
+        key,
         responder,
     });
     sent.await.then_some(events)

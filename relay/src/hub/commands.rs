@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::InferenceRoute;
+use crate::keys::ApiKeyId;
 use crate::request_id::RequestIds;
 
 use super::response_queue::ResponseSender;
@@ -70,6 +71,8 @@ pub(crate) enum Command {
         route: InferenceRoute,
         /// What it is called outside the relay, for its log line.
         ids: RequestIds,
+        /// The API key it came with, whose usage it counts (with `--require-api-keys`).
+        key: Option<ApiKeyId>,
         responder: ResponseSender,
     },
     /// Numbers and models for `/admin/stats`.

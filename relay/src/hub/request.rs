@@ -1,6 +1,6 @@
 //! One client request while the hub has it open: where its answer goes, and what is measured of it.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use modelrelay_core::relay::{NewRequest, Outcome};
@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::clients::{InferenceRoute, stream_usage};
 use crate::error::ApiError;
+use crate::keys::{ApiKeyId, UsageDay};
 use crate::operator::{Metrics, outcome_label};
 use crate::request_id::RequestIds;
 
@@ -42,6 +43,8 @@ pub(super) struct OpenRequest {
     named: bool,
     /// Token usage seen in the stream, if the backend reported any there.
     stream_usage: Option<TokenCounts>,
+    /// The API key it came with, whose usage it counts.
+    key: Option<ApiKeyId>,
 }
 
 impl OpenRequest {
@@ -50,6 +53,7 @@ impl OpenRequest {
         request: &NewRequest,
         route: InferenceRoute,
         ids: RequestIds,
+        key: Option<ApiKeyId>,
         responder: ResponseSender,
     ) -> Self {
         Self {
@@ -68,6 +72,7 @@ impl OpenRequest {
             bytes: None,
             named: false,
             stream_usage: None,
+            key,
         }
     }
 
@@ -123,7 +128,7 @@ impl OpenRequest {
     }
 
     /// Ends it: usage seen in the stream fills a completion without counts, then
-    /// the metrics, the log line, and the end for the client. `known` says
+    /// the metrics, its key's usage, the log line, and the end for the client. `known` says
     /// whether a worker has advertised its model by name (reaching a worker is
     /// not enough: a wildcard worker serves names clients make up).
     pub(super) fn end(mut self, mut outcome: Outcome, known: bool, metrics: &Metrics) {
@@ -134,6 +139,14 @@ impl OpenRequest {
         }
         let took = now().saturating_duration_since(self.arrived);
         metrics.ended(self.route.path, self.model.as_str(), known, &outcome, took);
+        if let Some(key) = self.key {
+            let tokens = match &outcome {
+                Outcome::Completed(completion) => completion.token_counts.as_ref(),
+                _ => None,
+            };
+            let day = UsageDay::of(SystemTime::now());
+            metrics.usage.record(key, day, tokens);
+        }
         self.log_end(&outcome, took);
         let _ = self.responder.send(ResponseEvent::Ended(outcome));
     }

@@ -17,6 +17,7 @@ use super::response_queue::Left;
 
 use crate::clients::InferenceRoute;
 use crate::codes;
+use crate::keys::ApiKeyId;
 use crate::operator::Metrics;
 use crate::request_id::RequestIds;
 
@@ -152,8 +153,9 @@ impl HubTask {
                 request,
                 route,
                 ids,
+                key,
                 responder,
-            } => self.request_arrived(request, route, ids, responder),
+            } => self.request_arrived(request, route, ids, key, responder),
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -195,10 +197,11 @@ impl HubTask {
         request: NewRequest,
         route: InferenceRoute,
         ids: RequestIds,
+        key: Option<ApiKeyId>,
         responder: ResponseSender,
     ) {
         let id = request.id;
-        let open = OpenRequest::new(&request, route, ids, responder);
+        let open = OpenRequest::new(&request, route, ids, key, responder);
         self.requests.insert(id, open);
         self.feed(Input::RequestArrived(request));
         // Its client may have left before the hub saw the request: its board
@@ -369,6 +372,7 @@ mod tests {
             request: request(1, "m"),
             route: INFERENCE_ROUTES[0],
             ids: ids(),
+            key: None,
             responder,
         });
         hub.flush();
@@ -396,6 +400,7 @@ mod tests {
             request: request(1, "made-up-for-the-wildcard"),
             route: INFERENCE_ROUTES[0],
             ids: ids(),
+            key: None,
             responder,
         });
         hub.flush();
@@ -440,6 +445,7 @@ mod tests {
                 request: request(id, model),
                 route: INFERENCE_ROUTES[0],
                 ids: ids(),
+                key: None,
                 responder,
             });
             hub.flush();

@@ -83,11 +83,12 @@ struct Migration {
 }
 
 /// Every migration after the base, in the order they run. Append only.
-const MIGRATIONS: &[Migration] = &[Migration {
-    name: "2026-05-relays",
-    readers_from: 0,
-    step: Step {
-        sqlite: &["CREATE TABLE modelrelay_relays (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "2026-05-relays",
+        readers_from: 0,
+        step: Step {
+            sqlite: &["CREATE TABLE modelrelay_relays (
                 id TEXT PRIMARY KEY,
                 name TEXT NOT NULL,
                 version TEXT NOT NULL,
@@ -98,7 +99,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
                 open_requests INTEGER NOT NULL DEFAULT 0,
                 queue_depth INTEGER NOT NULL DEFAULT 0
             )"],
-        postgres: &["CREATE TABLE modelrelay_relays (
+            postgres: &["CREATE TABLE modelrelay_relays (
                 id TEXT PRIMARY KEY,
                 name TEXT NOT NULL,
                 version TEXT NOT NULL,
@@ -109,8 +110,40 @@ const MIGRATIONS: &[Migration] = &[Migration {
                 open_requests BIGINT NOT NULL DEFAULT 0,
                 queue_depth BIGINT NOT NULL DEFAULT 0
             )"],
+        },
     },
-}];
+    // Requests and tokens per API key per UTC day (see `keys/usage.rs`). A key
+    // is named as the admin API names it (a number, or a ModelRelay key's
+    // UUID), so one column holds both kinds; a day is days since 1970-01-01.
+    Migration {
+        name: "2026-12-api-key-usage",
+        readers_from: 0,
+        step: Step {
+            sqlite: &[
+                "CREATE TABLE api_key_usage (
+                    key_id TEXT NOT NULL,
+                    day INTEGER NOT NULL,
+                    requests INTEGER NOT NULL DEFAULT 0,
+                    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+                    completion_tokens INTEGER NOT NULL DEFAULT 0,
+                    PRIMARY KEY (key_id, day)
+                )",
+                "CREATE INDEX api_key_usage_by_day ON api_key_usage (day)",
+            ],
+            postgres: &[
+                "CREATE TABLE api_key_usage (
+                    key_id TEXT NOT NULL,
+                    day BIGINT NOT NULL,
+                    requests BIGINT NOT NULL DEFAULT 0,
+                    prompt_tokens BIGINT NOT NULL DEFAULT 0,
+                    completion_tokens BIGINT NOT NULL DEFAULT 0,
+                    PRIMARY KEY (key_id, day)
+                )",
+                "CREATE INDEX api_key_usage_by_day ON api_key_usage (day)",
+            ],
+        },
+    },
+];
 
 /// What a relay build knows of the schema: its migrations and its reader level.
 #[derive(Clone, Copy, Debug)]

@@ -1,4 +1,5 @@
-//! The JSON admin API: workers, stats, draining a worker, API keys, the relays sharing the database.
+//! The JSON admin API: workers, stats, draining a worker, API keys, the relays
+//! sharing the database (usage per key is in `usage_api`).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -56,7 +57,8 @@ fn hub_stopped() -> Response {
     ApiError::shutting_down().into_response(ApiFlavor::OpenAi)
 }
 
-fn store_failed(error: &KeyStoreError) -> Response {
+/// A 503 for a key database that failed, logged.
+pub(super) fn store_failed(error: &KeyStoreError) -> Response {
     warn!(%error, "the key store failed");
     unavailable(
         codes::KEY_STORE_UNAVAILABLE,
@@ -64,7 +66,8 @@ fn store_failed(error: &KeyStoreError) -> Response {
     )
 }
 
-fn no_key_store() -> Response {
+/// A 503 for a server without a key database.
+pub(super) fn no_key_store() -> Response {
     unavailable(
         codes::KEY_STORE_UNAVAILABLE,
         "This server has no API-key database.",

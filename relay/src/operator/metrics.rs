@@ -32,6 +32,7 @@ use super::history::{Ended, History};
 use crate::app::AppState;
 use crate::codes;
 use crate::error::{ApiError, ApiFlavor};
+use crate::usage::UsageLedger;
 
 use super::exposition::{Format, OPENMETRICS_TEXT, PROMETHEUS_TEXT, prometheus_text};
 
@@ -145,6 +146,8 @@ pub(crate) struct Metrics {
     model_labels: Mutex<HashSet<String>>,
     /// The last hour in 10-second buckets, for the dashboard's charts.
     pub(crate) history: History,
+    /// Requests and tokens per API key not yet written to the key database.
+    pub(crate) usage: Arc<UsageLedger>,
 }
 
 /// Workers by state, for the `workers` gauge.
@@ -295,6 +298,7 @@ impl Metrics {
             tokens,
             model_labels: Mutex::new(HashSet::new()),
             history: History::default(),
+            usage: Arc::default(),
         }
     }
 

@@ -8,6 +8,7 @@ mod metrics;
 mod pages;
 mod pinned;
 mod session;
+mod usage_api;
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
             get(admin_api::list_keys).post(admin_api::create_key),
         )
         .route("/admin/keys/{id}", delete(admin_api::revoke_key))
+        .route("/admin/usage", get(usage_api::usage))
         .route("/dashboard", get(pages::dashboard))
         .route(
             "/dashboard/login",
