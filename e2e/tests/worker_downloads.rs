@@ -6,6 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use common::checksum::sha256_hex;
 use common::*;
 use http::StatusCode;
 use modelrelay_relay::RunningServer;
@@ -30,14 +31,6 @@ fn downloads_dir(tag: &str) -> (PathBuf, Vec<u8>) {
 async fn serving(dir: &std::path::Path) -> RunningServer {
     let downloads = Arc::new(Downloads::scan(dir).unwrap());
     relay(move |config| config.downloads = Some(downloads)).await
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[tokio::test]

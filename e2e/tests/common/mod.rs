@@ -4,6 +4,7 @@
 
 pub use modelrelay_testkit::*;
 
+pub mod checksum;
 pub mod fake_v1_relay;
 pub mod keys;
 pub mod memory_link;
