@@ -50,6 +50,9 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
     config.keys = Some(common::keys::sqlite_keys().await);
     let mut second = config.clone();
     config.relay_name = "relay-one".into();
+    // Clients need a key, so the usage table has something to show.
+    config.require_api_keys = true;
+    config.usage_flush_every = Duration::from_millis(200);
     second.relay_name = "relay-two".into();
     let relay = RunningServer::start(config, "127.0.0.1:0")
         .await
@@ -107,14 +110,35 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
         "the worker's row lists its model: {row_text:?}"
     );
     assert!(row_text.contains("active"), "state shown: {row_text:?}");
-    // Some traffic, then the last hour's charts draw it.
+    // Some traffic with a key, then the last hour's charts and the usage table draw it.
     let http = Http::new();
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let made = http
+        .post_with(
+            &format!("{}/admin/keys", relay.url()),
+            r#"{"name":"browser-key"}"#,
+            &[
+                ("authorization", &admin),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, http::StatusCode::CREATED, "{}", made.text());
+    let key = made.json()["key"].as_str().expect("the new key").to_owned();
+    let bearer = format!("Bearer {key}");
     for n in 0..3 {
         let body = format!(
             r#"{{"model":"{DEMO_MODEL}","stream":true,"messages":[],"mock":{{"tokens":3,"tag":"chart-{n}"}}}}"#
         );
         let reply = http
-            .post(&format!("{}/v1/chat/completions", relay.url()), &body)
+            .post_with(
+                &format!("{}/v1/chat/completions", relay.url()),
+                &body,
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                ],
+            )
             .await;
         assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
     }
@@ -126,6 +150,27 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
     assert!(
         charted,
         "the last hour's charts draw the requests\n{}",
+        page.diagnostics(&browser).await
+    );
+    // The usage table: the key's row, today's cell counting its three requests.
+    let usage = "[...document.querySelectorAll('#usage-table tr[data-testid=\"usage-row\"]')]\
+        .map(r => r.querySelector('th').textContent + ':' + r.querySelector('td[data-day=\"total\"]').dataset.requests).join('|')";
+    let counted = page
+        .wait_for(
+            &format!("({usage}) === 'browser-key:3'"),
+            Duration::from_secs(30),
+        )
+        .await;
+    let usage_shot = artifacts_dir().join("dashboard-usage.png");
+    page.eval(
+        "(() => { document.getElementById('usage-table').scrollIntoView(); return true; })()",
+    )
+    .await;
+    page.screenshot(&usage_shot).await;
+    assert!(
+        counted,
+        "the usage table counts the key's requests: {}\n{}",
+        page.eval(usage).await,
         page.diagnostics(&browser).await
     );
     let relays_listed = "!document.getElementById('relays').hidden && \
