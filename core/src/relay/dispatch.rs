@@ -22,11 +22,7 @@ impl Relay {
             return false;
         };
         if let Some(worker) = request.pinned_to {
-            let ready = self.pinned_worker_ready(request_id, worker);
-            if ready {
-                self.assign(request_id, worker);
-            }
-            return ready;
+            return self.try_assign_pinned(request_id, worker);
         }
         let Some(provider) = self.providers.get(&request.provider) else {
             return false;
@@ -57,6 +53,18 @@ impl Relay {
         }
     }
 
+    /// Hands a pinned request to its worker if that worker takes it now.
+    /// Out of line and cold: an operator's test, never on the clients' path.
+    #[cold]
+    #[inline(never)]
+    fn try_assign_pinned(&mut self, request_id: RequestId, worker: WorkerId) -> bool {
+        let ready = self.pinned_worker_ready(request_id, worker);
+        if ready {
+            self.assign(request_id, worker);
+        }
+        ready
+    }
+
     /// Whether the worker a request is pinned to takes it now: connected in
     /// the request's pool, eligible for new work (see [`Self::rerank`]),
     /// serving its model by name or wildcard, and (windowed, flow control on)
@@ -84,12 +92,7 @@ impl Relay {
             return;
         };
         if request.pinned_to.is_some() {
-            let failure = if self.shutting_down {
-                Failure::ShuttingDown
-            } else {
-                Failure::WorkerUnavailable
-            };
-            self.fail(request_id, failure, false);
+            self.fail_pinned(request_id);
             return;
         }
         let provider = self
@@ -121,6 +124,18 @@ impl Relay {
             .enqueue(&request.frame.model, request_id, end);
         request.state = RequestState::Queued { seq };
         request.rearm(request_id, &mut self.timers);
+    }
+
+    /// Fails a pinned request its worker cannot take: it waits for no other.
+    #[cold]
+    #[inline(never)]
+    fn fail_pinned(&mut self, request_id: RequestId) {
+        let failure = if self.shutting_down {
+            Failure::ShuttingDown
+        } else {
+            Failure::WorkerUnavailable
+        };
+        self.fail(request_id, failure, false);
     }
 
     /// Puts a request on a worker and sends it the request frame.
