@@ -3,11 +3,13 @@
 //! served by this test (it records the items that register), the app starts
 //! against a relay and the simulated backend (as an executable). The test
 //! checks the item registers with the watcher, its `Status` and `ToolTip` say
-//! connected, its menu (dbusmenu) has the items, the relay lists the worker,
+//! connected (and relaying while a request runs), its menu (dbusmenu) has the items, the relay lists the worker,
 //! Disconnect clicked through dbusmenu takes it off the relay, and it keeps a
 //! screenshot of the settings window (opened with `--open-settings`) at
 //! `target/test-artifacts/desktop-settings.png`, taken with `xwd` and
-//! converted by ImageMagick's `convert`.
+//! converted by ImageMagick's `convert`. A second test packs the `.deb` from
+//! the binary this test ran and checks it with `dpkg-deb`; it unpacks it
+//! rather than installing it, leaving the machine's packages alone.
 //!
 //! The keyring: the private bus has no Secret Service, so the app uses its
 //! documented fallback, the secret in the settings file (mode 600); the test
@@ -335,6 +337,25 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
                 "{wanted:?} is not in the menu {shown:?}"
             );
         }
+
+        // A request running through the worker: the tray says relaying, then connected again.
+        let url = format!("{}/v1/chat/completions", relay.url());
+        let asking = tokio::spawn(async move {
+            let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}],
+                "mock":{"tokens":20,"delay_ms":100}}"#;
+            Http::new().post(&url, body).await.status
+        });
+        until("the tooltip to say relaying", || async {
+            let tip: ToolTip = sni.get_property("ToolTip").await.ok()?;
+            (tip.2 == "ModelRelay: relaying" && tip.0 == "network-transmit-receive").then_some(())
+        })
+        .await;
+        assert_eq!(asking.await.unwrap(), 200);
+        until("the tooltip to say connected again", || async {
+            let tip: ToolTip = sni.get_property("ToolTip").await.ok()?;
+            (tip.2 == "ModelRelay: connected").then_some(())
+        })
+        .await;
 
         let png = e2e::artifacts_dir().join("desktop-settings.png");
         until("the settings window to be drawn", || {
