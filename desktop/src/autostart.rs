@@ -50,6 +50,8 @@ fn platform(enabled: bool, exe: &std::path::Path) -> anyhow::Result<()> {
     let launcher = auto_launch::AutoLaunchBuilder::new()
         .set_app_name(NAME)
         .set_app_path(&exe)
+        // macOS: a LaunchAgent rather than an AppleScript login item.
+        .set_use_launch_agent(true)
         .build()?;
     if enabled {
         launcher.enable()?;
