@@ -119,34 +119,31 @@ impl Desktop {
     }
 }
 
-/// Xvfb on the first free display from :90, once its socket is there.
+/// Xvfb on a display it picks itself (`-displayfd 1`: it writes the number
+/// to its standard output once it accepts connections).
 async fn start_xvfb() -> (String, Child) {
-    for number in 90..190 {
-        let lock = format!("/tmp/.X{number}-lock");
-        if Path::new(&lock).exists() {
-            continue;
-        }
-        let display = format!(":{number}");
-        let mut child = Command::new("/usr/bin/Xvfb")
-            .args([&display, "-nolisten", "tcp", "-screen", "0", "1024x768x24"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("Xvfb starts");
-        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-        let started = Instant::now();
-        while started.elapsed() < WAIT {
-            if socket.exists() {
-                return (display, child);
-            }
-            if child.try_wait().ok().flatten().is_some() {
-                break; // taken by another server meanwhile: try the next
-            }
-            tokio::time::sleep(LOOK_EVERY).await;
-        }
-    }
-    panic!("no free X display between :90 and :189");
+    let mut child = Command::new("/usr/bin/Xvfb")
+        .args([
+            "-displayfd",
+            "1",
+            "-nolisten",
+            "tcp",
+            "-screen",
+            "0",
+            "1024x768x24",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("Xvfb starts");
+    let stdout = child.stdout.take().expect("piped");
+    let number = tokio::time::timeout(WAIT, BufReader::new(stdout).lines().next_line())
+        .await
+        .expect("Xvfb says its display")
+        .expect("readable")
+        .expect("a display number");
+    (format!(":{}", number.trim()), child)
 }
 
 /// Whether the test runs; panics with the install hint when a tool is missing.
@@ -242,28 +239,114 @@ async fn screenshot(display: &str, png: &Path) {
     let _ = std::fs::remove_file(&xwd);
 }
 
+impl Desktop {
+    /// The desktop with the test's watcher served on its bus, and a bus connection for the test.
+    async fn with_watcher() -> (Self, Watcher, zbus::Connection) {
+        let desktop = Self::start().await;
+        let watcher = Watcher::default();
+        let bus = zbus::connection::Builder::address(desktop.bus.as_str())
+            .unwrap()
+            .name("org.kde.StatusNotifierWatcher")
+            .unwrap()
+            .serve_at("/StatusNotifierWatcher", watcher.clone())
+            .unwrap()
+            .build()
+            .await
+            .expect("the watcher is on the bus");
+        (desktop, watcher, bus)
+    }
+
+    /// The app on this display and bus with `args`, its settings in `config`
+    /// and its home beside them (so no autostart file lands in the real one).
+    fn app(&self, args: &[&str], config: &Path) -> Process {
+        let home = config.join("home");
+        let mut all = args.to_vec();
+        all.extend(["--config-dir", config.to_str().unwrap()]);
+        Process::start_with_env(
+            Binary::Desktop,
+            &all,
+            &[
+                ("DISPLAY", self.display.as_str()),
+                ("DBUS_SESSION_BUS_ADDRESS", self.bus.as_str()),
+                ("HOME", home.to_str().unwrap()),
+                ("XDG_CONFIG_HOME", home.join(".config").to_str().unwrap()),
+                ("LIBGL_ALWAYS_SOFTWARE", "1"),
+            ],
+        )
+    }
+}
+
+/// The first item that registered with the watcher.
+async fn registered(watcher: &Watcher) -> String {
+    until("the item to register with the watcher", || {
+        let items = watcher.items.clone();
+        async move { items.lock().unwrap().first().cloned() }
+    })
+    .await
+}
+
+/// Waits until the app wrote a line containing `text`.
+async fn wrote(app: &Process, what: &str, text: &str) {
+    until(what, || {
+        let lines = app.lines.clone();
+        async move {
+            let lines = lines.lock().unwrap();
+            lines.iter().any(|l| l.contains(text)).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_with_nothing_configured_opens_the_settings_and_offers_no_connect() {
+    if !tools_or_skip() {
+        return;
+    }
+    let (desktop, watcher, bus) = Desktop::with_watcher().await;
+    let config = std::env::temp_dir().join(format!("desktop-first-{}", std::process::id()));
+    let mut app = desktop.app(&[], &config);
+    let item = registered(&watcher).await;
+    wrote(
+        &app,
+        "the settings window to open by itself",
+        "settings window shown",
+    )
+    .await;
+    let sni = proxy(
+        &bus,
+        &item,
+        "/StatusNotifierItem",
+        "org.kde.StatusNotifierItem",
+    )
+    .await;
+    let status: String = sni.get_property("Status").await.unwrap();
+    assert_eq!(status, "Passive");
+    let menu = proxy(&bus, &item, "/MenuBar", "com.canonical.dbusmenu").await;
+    let labels = menu_labels(&menu).await;
+    let connect = labels
+        .iter()
+        .find(|(_, l)| *l == "Connect")
+        .map(|(id, _)| *id);
+    let connect = connect.expect("the menu offers Connect");
+    let enabled: OwnedValue = menu
+        .call("GetProperty", &(connect, "enabled"))
+        .await
+        .expect("GetProperty answers");
+    assert!(
+        !bool::try_from(&*enabled).unwrap(),
+        "nothing to connect with"
+    );
+    app.terminate(Duration::from_secs(20)).await;
+    let _ = std::fs::remove_dir_all(&config);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_the_worker_off_the_relay()
  {
     if !tools_or_skip() {
         return;
     }
-    let desktop = Desktop::start().await;
-    let watcher = Watcher::default();
-    let _served = zbus::connection::Builder::address(desktop.bus.as_str())
-        .unwrap()
-        .name("org.kde.StatusNotifierWatcher")
-        .unwrap()
-        .serve_at("/StatusNotifierWatcher", watcher.clone())
-        .unwrap()
-        .build()
-        .await
-        .expect("the watcher is on the bus");
-    let bus = zbus::connection::Builder::address(desktop.bus.as_str())
-        .unwrap()
-        .build()
-        .await
-        .expect("the test's bus connection");
+    let (desktop, watcher, bus) = Desktop::with_watcher().await;
 
     let relay = RunningServer::start(ServerConfig::new(SECRET), "127.0.0.1:0")
         .await
@@ -282,24 +365,9 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
         ),
     )
     .unwrap();
-    let home = config.join("home");
-    let app = Process::start_with_env(
-        Binary::Desktop,
-        &["--open-settings", "--config-dir", config.to_str().unwrap()],
-        &[
-            ("DISPLAY", desktop.display.as_str()),
-            ("DBUS_SESSION_BUS_ADDRESS", desktop.bus.as_str()),
-            ("HOME", home.to_str().unwrap()),
-            ("XDG_CONFIG_HOME", home.join(".config").to_str().unwrap()),
-            ("LIBGL_ALWAYS_SOFTWARE", "1"),
-        ],
-    );
+    let app = desktop.app(&["--open-settings"], &config);
     let check = async {
-        let item = until("the item to register with the watcher", || {
-            let items = watcher.items.clone();
-            async move { items.lock().unwrap().first().cloned() }
-        })
-        .await;
+        let item = registered(&watcher).await;
         let sni = proxy(
             &bus,
             &item,
@@ -358,16 +426,11 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
         .await;
 
         let png = e2e::artifacts_dir().join("desktop-settings.png");
-        until("the settings window to be drawn", || {
-            let lines = app.lines.clone();
-            async move {
-                let lines = lines.lock().unwrap();
-                lines
-                    .iter()
-                    .any(|l| l.contains("settings window shown"))
-                    .then_some(())
-            }
-        })
+        wrote(
+            &app,
+            "the settings window to be drawn",
+            "settings window shown",
+        )
         .await;
         screenshot(&desktop.display, &png).await;
         assert!(std::fs::metadata(&png).expect("the screenshot").len() > 1000);
