@@ -24,6 +24,8 @@ pub enum Binary {
     Worker,
     /// `modelrelay-simulated-backend`, the test kit's model server.
     SimulatedBackend,
+    /// `modelrelay-desktop`, the tray app.
+    Desktop,
 }
 
 impl Binary {
@@ -33,6 +35,7 @@ impl Binary {
             Self::Server => "modelrelay-server",
             Self::Worker => "modelrelay-worker",
             Self::SimulatedBackend => "modelrelay-simulated-backend",
+            Self::Desktop => "modelrelay-desktop",
         }
     }
 }
@@ -266,4 +269,30 @@ impl Process {
     pub async fn stop(mut self) {
         self.child.kill().await.expect("the process can be killed");
     }
+}
+
+/// Where test artifacts (screenshots) go: `<target dir>/test-artifacts`, created if needed.
+pub fn artifacts_dir() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = workspace_root(&manifest);
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    };
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("create the test-artifacts folder");
+    dir
+}
+
+/// The nearest folder at or above `start` whose Cargo.toml declares a workspace.
+pub fn workspace_root(start: &Path) -> PathBuf {
+    start
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|text| text.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .unwrap_or(start)
+        .to_path_buf()
 }

@@ -89,7 +89,7 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
     );
     let found = page.wait_for(&format!("!!{row}"), WAIT_FOR_ROW).await;
     // Kept whether or not the row appeared: a failure's picture is the useful one.
-    let screenshot = artifacts_dir().join("dashboard.png");
+    let screenshot = e2e::artifacts_dir().join("dashboard.png");
     page.screenshot(&screenshot).await;
     note(&format!(
         "dashboard screenshot: {} ({} ms after launching Chromium)",
@@ -144,7 +144,7 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
     }
     let drawn = "!!document.querySelector('#chart-requests polyline[data-series=\"completed\"]')         && !!document.querySelector('#chart-first-chunk polyline[data-series=\"p50\"]')";
     let charted = page.wait_for(drawn, Duration::from_secs(20)).await;
-    let charts = artifacts_dir().join("dashboard-charts.png");
+    let charts = e2e::artifacts_dir().join("dashboard-charts.png");
     page.screenshot(&charts).await;
     note(&format!("dashboard with charts: {}", charts.display()));
     assert!(
@@ -161,7 +161,7 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
             Duration::from_secs(30),
         )
         .await;
-    let usage_shot = artifacts_dir().join("dashboard-usage.png");
+    let usage_shot = e2e::artifacts_dir().join("dashboard-usage.png");
     page.eval(
         "(() => { document.getElementById('usage-table').scrollIntoView(); return true; })()",
     )
@@ -232,7 +232,8 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
         json!(relay.url())
     );
     let setup_ok = page.wait_for(&setup_ready, Duration::from_secs(10)).await;
-    page.screenshot(&artifacts_dir().join("setup.png")).await;
+    page.screenshot(&e2e::artifacts_dir().join("setup.png"))
+        .await;
     assert!(
         setup_ok,
         "the setup page shows the server's URL {}\n{}",
@@ -267,7 +268,7 @@ async fn dashboard_in_headless_chromium_shows_the_connected_worker() {
         json!(DEMO_MODEL)
     );
     let seen = page.wait_for(&connected, Duration::from_secs(20)).await;
-    page.screenshot(&artifacts_dir().join("setup-connected.png"))
+    page.screenshot(&e2e::artifacts_dir().join("setup-connected.png"))
         .await;
     assert!(
         seen,
@@ -337,32 +338,6 @@ fn chromium_or_skip() -> Option<PathBuf> {
 #[allow(clippy::print_stderr)]
 fn note(line: &str) {
     eprintln!("{line}");
-}
-
-/// Where test artifacts go: `<target dir>/test-artifacts`, created if needed.
-fn artifacts_dir() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let root = workspace_root(&manifest);
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    };
-    let dir = target.join("test-artifacts");
-    std::fs::create_dir_all(&dir).expect("create the test-artifacts folder");
-    dir
-}
-
-/// The nearest folder at or above `start` whose Cargo.toml declares a workspace.
-fn workspace_root(start: &Path) -> PathBuf {
-    start
-        .ancestors()
-        .find(|dir| {
-            std::fs::read_to_string(dir.join("Cargo.toml"))
-                .is_ok_and(|text| text.lines().any(|l| l.trim() == "[workspace]"))
-        })
-        .unwrap_or(start)
-        .to_path_buf()
 }
 
 /// Headless Chromium with a fresh profile, and a DevTools connection to it.
@@ -855,7 +830,7 @@ async fn the_setup_wizard_starts_a_real_worker_sees_it_connect_and_gets_its_answ
         "the wizard opens on its first step\n{}",
         page.diagnostics(&browser).await
     );
-    let shot = |name: &'static str| artifacts_dir().join(name);
+    let shot = |name: &'static str| e2e::artifacts_dir().join(name);
     page.screenshot(&shot("wizard-1-platform.png")).await;
     assert_eq!(
         page.eval("document.querySelector('input[name=platform]:checked').value")

@@ -107,6 +107,20 @@ pub struct WorkerOptions {
     pub max_response_bytes: usize,
     /// QUIC client settings (TLS trust), needed for `quic://` relays.
     pub quic: Option<quinn::ClientConfig>,
+    /// Where to report the link state as it changes (`None`: nobody asks; the
+    /// desktop app shows it in its tray).
+    pub status: Option<watch::Sender<WorkerStatus>>,
+}
+
+/// The worker's state as a watcher sees it, sent only when it changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStatus {
+    /// Links the worker keeps (one per relay, or per address with `resolve_relays`).
+    pub relays: usize,
+    /// Of those, the links that are open.
+    pub links_up: usize,
+    /// Backend calls running.
+    pub running: usize,
 }
 
 impl WorkerOptions {
@@ -124,6 +138,7 @@ impl WorkerOptions {
             connect_timeout: Duration::from_secs(10),
             max_response_bytes: 64 * 1024 * 1024,
             quic: None,
+            status: None,
         }
     }
 }
@@ -266,6 +281,7 @@ pub async fn run<D: Dialer>(
                 return;
             }
         }
+        driver.report_status();
         let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
         let progress = Arc::clone(&driver.progress);
         tokio::select! {
@@ -532,6 +548,28 @@ impl<D: Dialer> Driver<D> {
             }
         }
         false
+    }
+
+    /// Tells the status watcher, if any, the link state when it changed: a
+    /// count over the few links, no message when nothing changed.
+    fn report_status(&self) {
+        let Some(status) = &self.options.status else {
+            return;
+        };
+        let now = WorkerStatus {
+            relays: self.links.len(),
+            links_up: self
+                .links
+                .values()
+                .filter(|record| matches!(record.connection, Connection::Up { .. }))
+                .count(),
+            running: self.running.len(),
+        };
+        status.send_if_modified(|shown| {
+            let changed = *shown != now;
+            *shown = now;
+            changed
+        });
     }
 
     /// The URL of a link's relay, for logs.
@@ -938,6 +976,37 @@ mod tests {
             .collect();
         addresses.sort();
         addresses
+    }
+
+    #[tokio::test]
+    async fn the_status_watcher_hears_the_link_count_only_when_it_changes() {
+        let (mut driver, mut session) = driver();
+        let (sender, mut status) = watch::channel(WorkerStatus::default());
+        driver.options.status = Some(sender);
+        driver.report_status();
+        assert!(
+            !status.has_changed().unwrap(),
+            "nothing changed: no message"
+        );
+        let [a, b]: [SocketAddr; 2] =
+            ["10.0.0.1:8080", "10.0.0.2:8080"].map(|a| a.parse().unwrap());
+        driver.on_resolved(0, Ok(vec![a, b]), &mut session);
+        settle(&mut driver, &mut session);
+        driver.report_status();
+        assert!(status.has_changed().unwrap());
+        let seen = *status.borrow_and_update();
+        // Two links, both still dialing: none up, nothing running.
+        let expected = WorkerStatus {
+            relays: 2,
+            links_up: 0,
+            running: 0,
+        };
+        assert_eq!(seen, expected);
+        driver.report_status();
+        assert!(
+            !status.has_changed().unwrap(),
+            "the same state is not sent again"
+        );
     }
 
     #[tokio::test]

@@ -14,4 +14,4 @@ pub mod link;
 mod link_task;
 mod progress;
 
-pub use driver::{ModelSource, WorkerOptions, run};
+pub use driver::{ModelSource, WorkerOptions, WorkerStatus, run};

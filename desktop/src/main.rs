@@ -1,0 +1,65 @@
+//! `modelrelay-desktop`: the ModelRelay worker in a tray app.
+
+mod app;
+mod autostart;
+mod command;
+mod connection;
+mod notify;
+mod opener;
+mod secret;
+mod settings_file;
+mod tray;
+mod validate;
+mod window;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The window process's exit status when it closed without saving.
+const NOT_SAVED: u8 = 3;
+
+/// ModelRelay's desktop app: serves your local model server's models through a
+/// ModelRelay relay, from a tray icon.
+#[derive(Debug, Parser)]
+#[command(name = "modelrelay-desktop", version)]
+struct Args {
+    /// The folder of the settings file (default: the platform's config
+    /// directory, e.g. ~/.config/modelrelay-desktop).
+    #[arg(long, env = "MODELRELAY_DESKTOP_CONFIG_DIR", value_name = "DIR")]
+    config_dir: Option<PathBuf>,
+    /// Open the settings window at start.
+    #[arg(long)]
+    open_settings: bool,
+    /// Show only the settings window (the tray starts it so); exits 0 when it saved.
+    #[arg(long, hide = true)]
+    settings_window: bool,
+    /// Log level: error, warn, info, debug, trace (RUST_LOG wins).
+    #[arg(long, env = "MODELRELAY_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    modelrelay_process::init(&args.log_level, modelrelay_process::LogFormat::Text);
+    let dir = args.config_dir.unwrap_or_else(settings_file::default_dir);
+    if args.settings_window {
+        return match window::show(dir) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(NOT_SAVED),
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "the settings window failed");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "no async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    modelrelay_process::exit_code(runtime.block_on(app::run(dir, args.open_settings)))
+}
