@@ -926,8 +926,15 @@ impl RelayModel {
                 unreachable!("in flight means assigned");
             };
             request.status = ModelStatus::Detached;
-            if streamed || request.pinned.is_some() {
-                self.finish(r, failed(Failure::WorkerLost, streamed));
+            if streamed {
+                self.finish(r, failed(Failure::WorkerLost, true));
+            } else if request.pinned.is_some() {
+                let failure = if self.shutting_down {
+                    Failure::ShuttingDown
+                } else {
+                    Failure::WorkerLost
+                };
+                self.finish(r, failed(failure, false));
             } else if self.count_requeue(r) && !self.try_assign(r) {
                 to_front.push(r);
             }
@@ -966,8 +973,11 @@ impl RelayModel {
         worker.refusing = true;
         self.ended.insert(r, Some(w));
         self.requests.get_mut(&r).expect("live").status = ModelStatus::Detached;
-        // Uncounted: a refusal does not spend the request's requeues.
-        self.requeues += 1;
+        // Uncounted: a refusal does not spend the request's requeues. A pinned
+        // request is not requeued at all: it fails.
+        if self.requests[&r].pinned.is_none() {
+            self.requeues += 1;
+        }
         if !self.try_assign(r) {
             self.enqueue(r, true);
         }

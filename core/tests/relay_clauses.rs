@@ -2025,6 +2025,7 @@ fn a_pinned_request_is_never_moved_to_another_worker() {
     let outputs = h.outputs();
     assert_eq!(dispatched(&outputs), []);
     assert_eq!(ended(&outputs), [(2, failed(Failure::WorkerUnavailable))]);
+    assert_eq!(h.relay.stats().requeues, 0, "nothing was requeued");
     // A waiting unpinned request never takes a pinned one's place either:
     // when worker 2 speaks again, the queue's request goes to it.
     h.worker(3, &["m"], 1);
@@ -2034,4 +2035,22 @@ fn a_pinned_request_is_never_moved_to_another_worker() {
     assert_eq!(dispatched(&h.outputs()), []);
     h.pong(2, 0);
     assert_eq!(dispatched(&h.outputs()), [(2, 4)]);
+}
+
+#[test]
+fn a_pinned_request_whose_worker_is_lost_during_a_shutdown_ends_as_shutting_down() {
+    let mut h = Harness::new();
+    h.worker(1, &["m"], 1);
+    h.request_pinned(1, "m", Some(1));
+    assert_eq!(dispatched(&h.outputs()), [(1, 1)]);
+    h.handle(Input::Shutdown {
+        drain_timeout: 10 * SECOND,
+    });
+    h.outputs();
+    h.handle(Input::WorkerDisconnected { worker: w(1) });
+    assert_eq!(
+        ended(&h.outputs()),
+        [(1, failed(Failure::ShuttingDown))],
+        "as an unpinned request with no worker left would end"
+    );
 }

@@ -1237,6 +1237,16 @@ async fn a_request_pinned_to_a_worker_runs_there_and_only_the_operator_may_send_
             .count()
     };
     assert_eq!((on(&backend_a), on(&backend_b)), (4, 0));
+    // The operator's token is the relay's business: the backend never sees it.
+    for event in backend_a.sim.events() {
+        if let modelrelay_testkit::simulated_backend::BackendEvent::Received { headers, .. } = event
+        {
+            assert!(
+                headers.iter().all(|(_, value)| !value.contains(ADMIN)),
+                "the backend saw the admin token: {headers:?}"
+            );
+        }
+    }
     // Unpinned, the same relay spreads requests over both.
     for n in 0..4 {
         let answer = http

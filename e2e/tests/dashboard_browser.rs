@@ -858,7 +858,7 @@ async fn the_setup_wizard_starts_a_real_worker_sees_it_connect_and_gets_its_answ
         .await;
     assert_eq!(
         check_command,
-        json!(format!("curl -s {}/v1/models", backend.url)),
+        json!(format!("curl -s '{}/v1/models'", backend.url)),
         "how to check the backend is up"
     );
     page.screenshot(&shot("wizard-2-backend.png")).await;

@@ -27,6 +27,11 @@ use crate::keys::{ApiKeyId, UsageDay, UsageRow, UsageTally};
 /// Most (key, day) entries the ledger holds.
 pub(crate) const MAX_ENTRIES: usize = 65_536;
 
+/// Most tokens one request counts for, on each side: far above any model's
+/// context, and small enough that sums of them never overflow the database's
+/// 64-bit columns.
+pub(crate) const MAX_TOKENS_PER_REQUEST: u64 = u32::MAX as u64;
+
 /// Usage counted and not yet written to the database.
 #[derive(Debug)]
 pub(crate) struct UsageLedger {
@@ -66,11 +71,14 @@ impl UsageLedger {
     }
 
     /// Counts one request of `key` that ended on `day`, with the tokens its backend reported.
+    /// A count above [`MAX_TOKENS_PER_REQUEST`] (a backend's own number) counts
+    /// as that, so no sum in the database can overflow.
     pub(crate) fn record(&self, key: ApiKeyId, day: UsageDay, tokens: Option<&TokenCounts>) {
+        let count = |n: Option<u64>| n.unwrap_or(0).min(MAX_TOKENS_PER_REQUEST);
         let tally = UsageTally {
             requests: 1,
-            prompt_tokens: tokens.and_then(|t| t.prompt_tokens).unwrap_or(0),
-            completion_tokens: tokens.and_then(|t| t.completion_tokens).unwrap_or(0),
+            prompt_tokens: count(tokens.and_then(|t| t.prompt_tokens)),
+            completion_tokens: count(tokens.and_then(|t| t.completion_tokens)),
         };
         let mut pending = self.lock();
         pending.add(key, day, tally, self.max_entries);
@@ -82,10 +90,13 @@ impl UsageLedger {
         let counts = std::mem::take(&mut pending.counts);
         let dropped = std::mem::take(&mut pending.dropped);
         drop(pending);
-        let rows = counts
+        let mut rows: Vec<UsageRow> = counts
             .into_iter()
             .map(|((key, day), tally)| UsageRow { key, day, tally })
             .collect();
+        // One order on every relay: two relays' transactions then lock shared
+        // rows in the same order, so they cannot deadlock on PostgreSQL.
+        rows.sort_unstable_by_key(|row| (row.key, row.day));
         Taken { rows, dropped }
     }
 
@@ -172,6 +183,23 @@ mod tests {
             ]
         );
         assert_eq!(ledger.take(), Taken::default(), "taking empties it");
+    }
+
+    #[test]
+    fn a_backends_huge_token_count_counts_as_the_cap_and_rows_come_out_in_one_order() {
+        let ledger = UsageLedger::default();
+        let day = UsageDay::from_days(20_000);
+        let (a, b) = (ApiKeyId::new(1), ApiKeyId::new(2));
+        ledger.record(b, day, Some(&tokens(u64::MAX, 3)));
+        ledger.record(a, day, None);
+        let rows = ledger.take().rows;
+        assert_eq!(
+            rows.iter().map(|row| row.key).collect::<Vec<_>>(),
+            [a, b],
+            "sorted by key and day, as every relay writes them"
+        );
+        assert_eq!(rows[1].tally.prompt_tokens, MAX_TOKENS_PER_REQUEST);
+        assert_eq!(rows[1].tally.completion_tokens, 3);
     }
 
     #[test]

@@ -312,8 +312,14 @@ impl Relay {
         // "Try another worker": nothing reached the client and the worker was
         // only full or leaving, so the requeue limit (meant for lost workers)
         // is not spent. The refusing worker rests, and the queue timeout still
-        // bounds the request's wait.
-        self.stats.requeues += 1;
+        // bounds the request's wait. A pinned request is not requeued: it fails.
+        if self
+            .requests
+            .get(&request_id)
+            .is_some_and(|r| r.pinned_to.is_none())
+        {
+            self.stats.requeues += 1;
+        }
         if !self.try_assign(request_id) {
             self.enqueue(now, request_id, QueueEnd::Front);
         }
@@ -457,9 +463,17 @@ impl Relay {
             let pinned = request.pinned_to.is_some();
             // Requeued before its first byte or failed: either way its flow starts over or ends.
             self.release_flow(request_id);
-            if streamed || pinned {
-                // A pinned request has no other worker to go to.
-                self.fail(request_id, Failure::WorkerLost, streamed);
+            if streamed {
+                self.fail(request_id, Failure::WorkerLost, true);
+            } else if pinned {
+                // No other worker may take it: it ends as an unpinned one
+                // would end if no worker could.
+                let failure = if self.shutting_down {
+                    Failure::ShuttingDown
+                } else {
+                    Failure::WorkerLost
+                };
+                self.fail(request_id, failure, false);
             } else if self.count_requeue(request_id) && !self.try_assign(request_id) {
                 to_front.push(request_id);
             }

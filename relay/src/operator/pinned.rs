@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::post;
 use modelrelay_core::WorkerId;
@@ -29,7 +29,10 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
                 move |State(app): State<Arc<AppState>>,
                       _admin: Admin,
                       Path(id): Path<String>,
-                      request: Request| async move {
+                      mut request: Request| async move {
+                    // The operator's credential is the relay's business, never
+                    // the worker's or its backend's.
+                    request.headers_mut().remove(header::AUTHORIZATION);
                     pinned(&app, route, &id, request).await
                 },
             );

@@ -68,7 +68,8 @@ struct Writer {
 impl Writer {
     /// Writes every `every` until `done`, then once more.
     async fn run(mut self, done: CancellationToken) {
-        let mut tick = tokio::time::interval(self.every);
+        // `interval` panics on zero; the config field is public.
+        let mut tick = tokio::time::interval(self.every.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
