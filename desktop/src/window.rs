@@ -31,6 +31,10 @@ struct Window {
     saved: Arc<AtomicBool>,
     /// Frames drawn, up to [`SHOWN_AFTER`].
     frames: u32,
+    /// The first field has been given the keyboard (done once, when the
+    /// window first has the keyboard focus), so one can type at once and move
+    /// on with Tab.
+    first_field_focused: bool,
 }
 
 /// Frames after which the window counts as shown (logged once: the first frame
@@ -51,6 +55,7 @@ pub(crate) fn show(dir: PathBuf) -> anyhow::Result<bool> {
         outcome: None,
         saved: Arc::clone(&saved),
         frames: 0,
+        first_field_focused: false,
         settings,
     };
     let options = eframe::NativeOptions {
@@ -69,29 +74,33 @@ pub(crate) fn show(dir: PathBuf) -> anyhow::Result<bool> {
     Ok(saved.load(Ordering::SeqCst))
 }
 
-/// A text field with its label and, under it, its problem.
+/// A text field with its label and, under it, its problem; whether Enter was
+/// pressed in it (which saves, as in most forms).
 fn field(
     ui: &mut egui::Ui,
     label: &str,
     text: &mut String,
     problem: Option<&String>,
     password: bool,
-) {
+) -> (egui::Response, bool) {
     ui.label(label);
-    ui.add(
+    let response = ui.add(
         egui::TextEdit::singleline(text)
             .password(password)
             .desired_width(f32::INFINITY),
     );
+    let entered = response.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
     if let Some(problem) = problem {
         ui.colored_label(PROBLEM, problem);
     }
     ui.add_space(4.0);
+    (response, entered)
 }
 
 impl Window {
-    /// Checks everything, then saves: the secret to the keyring (or the file), the file, autostart.
-    fn save(&mut self) {
+    /// Checks everything, then saves: the secret to the keyring (or the file),
+    /// the file, autostart; whether it saved.
+    fn save(&mut self) -> bool {
         let poll = self.poll.trim().parse::<u64>();
         self.problems = validate::all(&self.settings, &self.secret);
         if poll.is_err() {
@@ -99,13 +108,13 @@ impl Window {
         }
         let (Ok(poll), true) = (poll, self.problems.is_empty()) else {
             self.outcome = Some("Not saved: see the problems above.".into());
-            return;
+            return false;
         };
         self.settings.models_poll_interval = poll;
         let stored = secret::store(&mut self.settings, self.secret.trim());
         if let Err(error) = settings::save(&self.dir, &self.settings) {
             self.outcome = Some(format!("Not saved: {error}"));
-            return;
+            return false;
         }
         if let Err(error) = autostart::apply(self.settings.start_on_login) {
             tracing::warn!(%error, "start on login");
@@ -117,6 +126,64 @@ impl Window {
                              readable by you alone."
                 .into(),
         });
+        true
+    }
+}
+
+impl Window {
+    /// Draws the fields; whether Enter was pressed in one of them.
+    fn fields(&mut self, ui: &mut egui::Ui) -> bool {
+        let problems = self.problems.clone();
+        let s = &mut self.settings;
+        let (relay, mut entered) = field(
+            ui,
+            "Relay URL (http, https, ws, wss or quic)",
+            &mut s.relay_url,
+            problems.relay.as_ref(),
+            false,
+        );
+        if !self.first_field_focused && ui.input(|i| i.focused) {
+            relay.request_focus();
+            self.first_field_focused = true;
+            tracing::info!("the first field has the keyboard");
+        }
+        let rest = [
+            (
+                "Worker secret",
+                &mut self.secret,
+                problems.secret.as_ref(),
+                true,
+            ),
+            (
+                "Backend URL (your model server)",
+                &mut s.backend_url,
+                problems.backend.as_ref(),
+                false,
+            ),
+            (
+                "Models (* for all the backend lists, or a comma list)",
+                &mut s.models,
+                None,
+                false,
+            ),
+            (
+                "Re-read the backend's models every (seconds, 0: never)",
+                &mut self.poll,
+                problems.models.as_ref(),
+                false,
+            ),
+            (
+                "Worker name (empty: this computer's name)",
+                &mut s.worker_name,
+                None,
+                false,
+            ),
+        ];
+        for (label, text, problem, password) in rest {
+            entered |= field(ui, label, text, problem, password).1;
+        }
+        ui.checkbox(&mut s.start_on_login, "Start on login");
+        entered
     }
 }
 
@@ -133,60 +200,19 @@ impl eframe::App for Window {
         egui::CentralPanel::default().show(ctx, |ui| {
             ui.heading("ModelRelay");
             ui.add_space(6.0);
-            let problems = self.problems.clone();
-            let s = &mut self.settings;
-            field(
-                ui,
-                "Relay URL (http, https, ws, wss or quic)",
-                &mut s.relay_url,
-                problems.relay.as_ref(),
-                false,
-            );
-            field(
-                ui,
-                "Worker secret",
-                &mut self.secret,
-                problems.secret.as_ref(),
-                true,
-            );
-            field(
-                ui,
-                "Backend URL (your model server)",
-                &mut s.backend_url,
-                problems.backend.as_ref(),
-                false,
-            );
-            field(
-                ui,
-                "Models (* for all the backend lists, or a comma list)",
-                &mut s.models,
-                None,
-                false,
-            );
-            field(
-                ui,
-                "Re-read the backend's models every (seconds, 0: never)",
-                &mut self.poll,
-                problems.models.as_ref(),
-                false,
-            );
-            field(
-                ui,
-                "Worker name (empty: this computer's name)",
-                &mut s.worker_name,
-                None,
-                false,
-            );
-            ui.checkbox(&mut s.start_on_login, "Start on login");
+            let mut save = self.fields(ui);
             ui.add_space(8.0);
             ui.horizontal(|ui| {
-                if ui.button("Save and connect").clicked() {
-                    self.save();
-                }
+                save |= ui.button("Save and connect").clicked();
                 if ui.button("Close").clicked() {
                     ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 }
             });
+            // A save that worked closes the window: the tray then connects
+            // with the new settings (it hears of the save from this process's exit).
+            if save && self.save() {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
             if let Some(outcome) = &self.outcome {
                 ui.label(outcome);
             }

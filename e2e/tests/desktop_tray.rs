@@ -7,7 +7,10 @@
 //! Disconnect clicked through dbusmenu takes it off the relay, and it keeps a
 //! screenshot of the settings window (opened with `--open-settings`) at
 //! `target/test-artifacts/desktop-settings.png`, taken with `xwd` and
-//! converted by ImageMagick's `convert`. A second test packs the `.deb` from
+//! converted by ImageMagick's `convert`. Another test starts with nothing
+//! configured and types the relay URL, the secret and the backend URL into the
+//! settings window with `xdotool` (Tab between fields, Enter saves), then
+//! checks the relay lists the worker and the item says connected. A third test packs the `.deb` from
 //! the binary this test ran and checks it with `dpkg-deb`; it unpacks it
 //! rather than installing it, leaving the machine's packages alone.
 //!
@@ -15,7 +18,7 @@
 //! documented fallback, the secret in the settings file (mode 600); the test
 //! writes it there.
 //!
-//! Without Xvfb, dbus-daemon, xwd or convert the test fails and says how to
+//! Without Xvfb, dbus-daemon, xwd, convert or xdotool the test fails and says how to
 //! install them, unless `MODELRELAY_SKIP_DESKTOP_TESTS=1` asks to skip it.
 #![cfg(target_os = "linux")]
 
@@ -39,7 +42,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/dbus-daemon", "dbus"),
     ("/usr/bin/xwd", "x11-apps"),
     ("/usr/bin/convert", "imagemagick"),
+    (XDOTOOL, "xdotool"),
 ];
+/// Types into the settings window and presses its keys, as a person would.
+const XDOTOOL: &str = "/usr/bin/xdotool";
 const SECRET: &str = "desktop-secret";
 const WORKER_NAME: &str = "desktop-test";
 /// How long the app may take to reach a state the test waits for.
@@ -297,45 +303,121 @@ async fn wrote(app: &Process, what: &str, text: &str) {
     .await;
 }
 
+/// Runs `xdotool` on `display` with `args`; its standard output. Bounded by [`WAIT`].
+async fn xdotool(display: &str, args: &[&str]) -> String {
+    let run = Command::new(XDOTOOL)
+        .args(args)
+        .env("DISPLAY", display)
+        .stderr(Stdio::inherit())
+        .output();
+    let output = tokio::time::timeout(WAIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("xdotool {args:?} took more than {WAIT:?}"))
+        .expect("xdotool runs");
+    assert!(output.status.success(), "xdotool {args:?} failed");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Fills the settings window from the keyboard as a person would: the
+/// window gets the keyboard, the relay URL field has it at once, Tab moves to
+/// the secret and the backend URL (each field's text replaced), Enter saves. Keeps a screenshot before Enter.
+async fn fill_in_the_settings(display: &str, app: &Process, relay: &str, backend: &str) {
+    let found = xdotool(
+        display,
+        &["search", "--sync", "--name", "ModelRelay settings"],
+    )
+    .await;
+    let window = found.lines().next().expect("the window's id").to_owned();
+    xdotool(display, &["windowfocus", "--sync", &window]).await;
+    wrote(
+        app,
+        "the relay URL field to take the keyboard",
+        "the first field has the keyboard",
+    )
+    .await;
+    for (text, then) in [(relay, "Tab"), (SECRET, "Tab"), (backend, "")] {
+        // Ctrl+A first: a field may hold a default (the backend URL does).
+        xdotool(display, &["key", "ctrl+a"]).await;
+        xdotool(display, &["type", "--delay", "20", text]).await;
+        if !then.is_empty() {
+            xdotool(display, &["key", then]).await;
+        }
+    }
+    let png = e2e::artifacts_dir().join("desktop-first-start.png");
+    screenshot(display, &png).await;
+    xdotool(display, &["key", "Return"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_start_with_nothing_configured_opens_the_settings_and_offers_no_connect() {
+async fn a_first_start_opens_the_settings_and_typing_a_relay_secret_and_backend_there_connects_the_worker()
+ {
     if !tools_or_skip() {
         return;
     }
     let (desktop, watcher, bus) = Desktop::with_watcher().await;
-    let config = std::env::temp_dir().join(format!("desktop-first-{}", std::process::id()));
-    let mut app = desktop.app(&[], &config);
-    let item = registered(&watcher).await;
-    wrote(
-        &app,
-        "the settings window to open by itself",
-        "settings window shown",
-    )
-    .await;
-    let sni = proxy(
-        &bus,
-        &item,
-        "/StatusNotifierItem",
-        "org.kde.StatusNotifierItem",
-    )
-    .await;
-    let status: String = sni.get_property("Status").await.unwrap();
-    assert_eq!(status, "Passive");
-    let menu = proxy(&bus, &item, "/MenuBar", "com.canonical.dbusmenu").await;
-    let labels = menu_labels(&menu).await;
-    let connect = labels
-        .iter()
-        .find(|(_, l)| *l == "Connect")
-        .map(|(id, _)| *id);
-    let connect = connect.expect("the menu offers Connect");
-    let enabled: OwnedValue = menu
-        .call("GetProperty", &(connect, "enabled"))
+    let relay = RunningServer::start(ServerConfig::new(SECRET), "127.0.0.1:0")
         .await
-        .expect("GetProperty answers");
+        .unwrap();
+    let mut backend = Process::start(Binary::SimulatedBackend, &["--models", "m"]);
+    let backend_url = format!("http://{}", backend.announced().await);
+    let config = std::env::temp_dir().join(format!("desktop-first-{}", std::process::id()));
+    let app = desktop.app(&[], &config);
+    let check = async {
+        let item = registered(&watcher).await;
+        wrote(
+            &app,
+            "the settings window to open by itself",
+            "settings window shown",
+        )
+        .await;
+        let sni = proxy(
+            &bus,
+            &item,
+            "/StatusNotifierItem",
+            "org.kde.StatusNotifierItem",
+        )
+        .await;
+        let status: String = sni.get_property("Status").await.unwrap();
+        assert_eq!(status, "Passive");
+        let menu = proxy(&bus, &item, "/MenuBar", "com.canonical.dbusmenu").await;
+        let labels = menu_labels(&menu).await;
+        let connect = labels
+            .iter()
+            .find(|(_, l)| *l == "Connect")
+            .map(|(id, _)| *id);
+        let connect = connect.expect("the menu offers Connect");
+        let enabled: OwnedValue = menu
+            .call("GetProperty", &(connect, "enabled"))
+            .await
+            .expect("GetProperty answers");
+        assert!(
+            !bool::try_from(&*enabled).unwrap(),
+            "nothing to connect with"
+        );
+
+        fill_in_the_settings(&desktop.display, &app, &relay.url(), &backend_url).await;
+        let http = Http::new();
+        until("the relay to list the worker", || async {
+            (workers_connected(&http, &relay).await == 1).then_some(())
+        })
+        .await;
+        until("the item to say connected", || async {
+            let status: String = sni.get_property("Status").await.ok()?;
+            type ToolTip = (String, Vec<(i32, i32, Vec<u8>)>, String, String);
+            let tip: ToolTip = sni.get_property("ToolTip").await.ok()?;
+            (status == "Active" && tip.2 == "ModelRelay: connected").then_some(())
+        })
+        .await;
+        let saved = std::fs::read_to_string(config.join("settings.toml")).unwrap();
+        assert!(saved.contains(&backend_url), "{saved}");
+    };
+    let outcome = tokio::time::timeout(WAIT * 4, check).await;
+    let logs = app.lines.lock().unwrap().join("\n");
     assert!(
-        !bool::try_from(&*enabled).unwrap(),
-        "nothing to connect with"
+        outcome.is_ok(),
+        "the test timed out; the app wrote:\n{logs}"
     );
+    let mut app = app;
     app.terminate(Duration::from_secs(20)).await;
     let _ = std::fs::remove_dir_all(&config);
 }
