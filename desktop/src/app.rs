@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::Sender;
 
-use crate::command::Command;
+use crate::command::{self, Command};
 use crate::connection::{LinkState, Worker};
 use crate::settings_file::{self as settings, Settings};
 use crate::tray::{Tray, TrayView};
@@ -14,7 +14,7 @@ use crate::{notify, opener, secret, validate};
 /// The app's state between events.
 struct App {
     dir: PathBuf,
-    commands: UnboundedSender<Command>,
+    commands: Sender<Command>,
     settings: Option<Settings>,
     worker: Option<Worker>,
     /// The user wants the worker running (Connect, or a start with settings).
@@ -27,7 +27,7 @@ struct App {
 
 /// Runs the tray app until Quit or a stop signal.
 pub(crate) async fn run(dir: PathBuf, open_settings: bool) -> anyhow::Result<()> {
-    let (commands, mut inbox) = unbounded_channel();
+    let (commands, mut inbox) = command::queue();
     let mut app = App {
         dir,
         commands: commands.clone(),
@@ -41,7 +41,7 @@ pub(crate) async fn run(dir: PathBuf, open_settings: bool) -> anyhow::Result<()>
     app.load();
     let tray = Tray::start(app.view(), commands.clone()).await;
     if open_settings || !app.view().configured {
-        let _ = commands.send(Command::OpenSettings);
+        command::click(&commands, Command::OpenSettings);
     }
     if app.view().configured {
         app.connect().await;
@@ -216,7 +216,9 @@ impl App {
                 let commands = self.commands.clone();
                 tokio::spawn(async move {
                     let saved = child.wait().await.is_ok_and(|status| status.success());
-                    let _ = commands.send(Command::SettingsClosed { saved });
+                    // Waits for room rather than being dropped: the app must
+                    // hear that the window closed.
+                    let _ = commands.send(Command::SettingsClosed { saved }).await;
                 });
             }
             Err(error) => tracing::error!(%error, "cannot open the settings window"),

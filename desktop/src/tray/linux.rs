@@ -3,10 +3,10 @@
 
 use ksni::menu::{MenuItem, StandardItem};
 use ksni::{Status, ToolTip, TrayMethods};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use super::{TrayView, icon_name};
-use crate::command::Command;
+use crate::command::{self, Command};
 
 /// The item's id on the bus.
 const ID: &str = "modelrelay-desktop";
@@ -14,7 +14,7 @@ const ID: &str = "modelrelay-desktop";
 /// The tray item: what it shows and where its clicks go.
 struct Item {
     view: TrayView,
-    commands: UnboundedSender<Command>,
+    commands: Sender<Command>,
 }
 
 impl Item {
@@ -24,7 +24,7 @@ impl Item {
             label: label.into(),
             enabled,
             activate: Box::new(move |item: &mut Self| {
-                let _ = item.commands.send(command);
+                command::click(&item.commands, command);
             }),
             ..Default::default()
         }
@@ -57,7 +57,7 @@ impl ksni::Tray for Item {
         }
     }
     fn activate(&mut self, _x: i32, _y: i32) {
-        let _ = self.commands.send(Command::OpenSettings);
+        command::click(&self.commands, Command::OpenSettings);
     }
     fn menu(&self) -> Vec<MenuItem<Self>> {
         let view = &self.view;
@@ -90,7 +90,7 @@ pub(crate) struct Tray {
 
 impl Tray {
     /// Puts the item on the session bus; without a bus the app runs on, trayless (logged).
-    pub(crate) async fn start(view: TrayView, commands: UnboundedSender<Command>) -> Self {
+    pub(crate) async fn start(view: TrayView, commands: Sender<Command>) -> Self {
         match (Item { view, commands }).spawn().await {
             Ok(handle) => Self {
                 handle: Some(handle),
