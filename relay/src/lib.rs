@@ -25,6 +25,7 @@ mod codes;
 mod connections;
 pub mod downloads;
 pub mod error;
+mod exit_writer;
 mod http;
 mod hub;
 pub mod keys;

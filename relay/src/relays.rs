@@ -12,11 +12,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::exit_writer::ExitWriter;
 use crate::hub::Hub;
 use crate::keys::{KeyStore, RelayRow};
 
@@ -28,9 +28,6 @@ pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// A row not refreshed for this long is deleted by whichever relay refreshes next.
 pub const FORGET_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// How long the last write at exit may take.
-const EXIT_WRITE_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest relay name.
 pub const MAX_RELAY_NAME_CHARS: usize = 100;
@@ -138,10 +135,7 @@ impl RelayState {
 }
 
 /// The task that keeps this relay's row: started with the server, finished at its exit.
-pub(crate) struct Presence {
-    done: CancellationToken,
-    task: JoinHandle<()>,
-}
+pub(crate) struct Presence(ExitWriter);
 
 impl Presence {
     /// Starts keeping `identity`'s row in `keys`, marked draining once `draining` is cancelled.
@@ -151,20 +145,16 @@ impl Presence {
         hub: Hub,
         draining: CancellationToken,
     ) -> Self {
-        let done = CancellationToken::new();
-        let task = tokio::spawn(keep_row(identity, keys, hub, draining, done.clone()));
-        Self { done, task }
+        Self(ExitWriter::spawn(|done| {
+            keep_row(identity, keys, hub, draining, done)
+        }))
     }
 
     /// Deletes the row and ends the task (waiting at most a few seconds).
     pub(crate) async fn finish(self) {
-        self.done.cancel();
-        if tokio::time::timeout(EXIT_WRITE_WAIT, self.task)
-            .await
-            .is_err()
-        {
-            warn!("the relay list's row could not be removed in time; it will show as stale");
-        }
+        self.0
+            .finish("the relay list's row stays, shown as stale")
+            .await;
     }
 }
 

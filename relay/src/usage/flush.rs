@@ -8,27 +8,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::exit_writer::ExitWriter;
 use crate::keys::KeyStore;
 
 use super::{MAX_ENTRIES, UsageLedger};
 
-/// How long the last write at exit may take.
-const EXIT_WRITE_WAIT: Duration = Duration::from_secs(5);
-
 /// The running task: started with the server, finished once its hub has stopped.
-pub(crate) struct UsageFlusher {
-    done: CancellationToken,
-    task: JoinHandle<()>,
-}
+pub(crate) struct UsageFlusher(ExitWriter);
 
 impl UsageFlusher {
     /// Starts adding what `ledger` counts to `keys`, every `every`.
     pub(crate) fn start(ledger: Arc<UsageLedger>, keys: Arc<KeyStore>, every: Duration) -> Self {
-        let done = CancellationToken::new();
         let writer = Writer {
             ledger,
             keys,
@@ -36,21 +29,14 @@ impl UsageFlusher {
             failing: 0,
             dropped: 0,
         };
-        let task = tokio::spawn(writer.run(done.clone()));
-        Self { done, task }
+        Self(ExitWriter::spawn(|done| writer.run(done)))
     }
 
     /// Writes what is left and ends the task (waiting at most a few seconds).
     pub(crate) async fn finish(self) {
-        self.done.cancel();
-        if tokio::time::timeout(EXIT_WRITE_WAIT, self.task)
-            .await
-            .is_err()
-        {
-            warn!(
-                "API-key usage could not be written in time at exit; the last seconds of it are lost"
-            );
-        }
+        self.0
+            .finish("the last seconds of API-key usage are lost")
+            .await;
     }
 }
 
