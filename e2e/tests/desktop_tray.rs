@@ -348,6 +348,16 @@ async fn fill_in_the_settings(display: &str, app: &Process, relay: &str, backend
     xdotool(display, &["key", "Return"]).await;
 }
 
+/// A relay taking the test's secret, and the simulated backend (serving `m`) with its URL.
+async fn relay_and_backend() -> (RunningServer, Process, String) {
+    let relay = RunningServer::start(ServerConfig::new(SECRET), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut backend = Process::start(Binary::SimulatedBackend, &["--models", "m"]);
+    let backend_url = format!("http://{}", backend.announced().await);
+    (relay, backend, backend_url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_start_opens_the_settings_and_typing_a_relay_secret_and_backend_there_connects_the_worker()
  {
@@ -355,11 +365,7 @@ async fn a_first_start_opens_the_settings_and_typing_a_relay_secret_and_backend_
         return;
     }
     let (desktop, watcher, bus) = Desktop::with_watcher().await;
-    let relay = RunningServer::start(ServerConfig::new(SECRET), "127.0.0.1:0")
-        .await
-        .unwrap();
-    let mut backend = Process::start(Binary::SimulatedBackend, &["--models", "m"]);
-    let backend_url = format!("http://{}", backend.announced().await);
+    let (relay, _backend, backend_url) = relay_and_backend().await;
     let config = std::env::temp_dir().join(format!("desktop-first-{}", std::process::id()));
     let app = desktop.app(&[], &config);
     let check = async {
@@ -429,12 +435,7 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
         return;
     }
     let (desktop, watcher, bus) = Desktop::with_watcher().await;
-
-    let relay = RunningServer::start(ServerConfig::new(SECRET), "127.0.0.1:0")
-        .await
-        .unwrap();
-    let mut backend = Process::start(Binary::SimulatedBackend, &["--models", "m"]);
-    let backend_url = format!("http://{}", backend.announced().await);
+    let (relay, _backend, backend_url) = relay_and_backend().await;
     let config = std::env::temp_dir().join(format!("desktop-tray-{}", std::process::id()));
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(
