@@ -429,6 +429,29 @@ async fn sqlite_usage_from_two_relays_adds_up() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Relays started together on a SQLite file that does not exist yet all open
+/// it: making the file WAL takes a lock SQLite does not wait for, so the ones
+/// that lose the race try again. Several rounds, each on a new file, since one
+/// race is lost only now and then.
+#[tokio::test]
+async fn sqlite_relays_opening_one_new_file_at_once_all_open() {
+    const ROUNDS: usize = 24;
+    for round in 0..ROUNDS {
+        let dir = sqlite_dir(&format!("race-{round}"));
+        let location = KeyStoreLocation::Sqlite(dir.clone());
+        let (a, b, c) = tokio::join!(
+            KeyStore::open(&location),
+            KeyStore::open(&location),
+            KeyStore::open(&location)
+        );
+        for store in [a, b, c] {
+            let store = store.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            store.close().await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[tokio::test]
 async fn postgres_usage_from_two_relays_adds_up() {
     let Some(location) = postgres().await else {

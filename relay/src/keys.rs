@@ -245,6 +245,20 @@ enum Database {
     Postgres(PgPool),
 }
 
+impl Database {
+    /// The statement that opens a transaction which will write. SQLite's plain
+    /// `BEGIN` takes the write lock only at the first write, so two relays on
+    /// one file that both read first cannot both upgrade: one fails at once
+    /// with "database is locked". `BEGIN IMMEDIATE` takes the lock up front,
+    /// where the busy timeout makes the second wait its turn.
+    fn begin_writing(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "BEGIN IMMEDIATE",
+            Database::Postgres(_) => "BEGIN",
+        }
+    }
+}
+
 impl fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.db {
@@ -609,17 +623,48 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How long a writer waits for another's lock on the SQLite file.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pause between tries to open a SQLite file another relay is switching to WAL.
+const SQLITE_OPEN_RETRY: Duration = Duration::from_millis(25);
+
 /// A pool on the SQLite file `options` names, made if missing.
+///
+/// Turning a new file into WAL mode needs an exclusive lock that SQLite does
+/// not wait for, so a relay that opens the file while another is creating it
+/// gets "database is locked" at once; it tries again for up to the busy timeout.
 async fn open_sqlite(options: SqliteConnectOptions) -> Result<Database, KeyStoreError> {
     let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await?;
-    Ok(Database::Sqlite(pool))
+        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    let started = std::time::Instant::now();
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => return Ok(Database::Sqlite(pool)),
+            Err(error) if is_sqlite_busy(&error) && started.elapsed() < SQLITE_BUSY_TIMEOUT => {
+                tokio::time::sleep(SQLITE_OPEN_RETRY).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Whether `error` is SQLite's `SQLITE_BUSY` (any extended code of it).
+fn is_sqlite_busy(error: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i64 = 5;
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    error
+        .code()
+        .and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
 }
 
 fn unix_ms(at: SystemTime) -> i64 {

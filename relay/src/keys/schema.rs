@@ -214,9 +214,10 @@ fn bookkeeping(postgres: bool) -> [&'static str; 2] {
 /// database that needs a newer relay.
 pub(super) async fn migrate(db: &Database, schema: &Schema) -> Result<(), KeyStoreError> {
     let postgres = matches!(db, Database::Postgres(_));
+    let begin = db.begin_writing();
     on_pool!(db, |pool| {
         let mut conn = pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = conn.begin_with(begin).await?;
         if postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(MIGRATION_LOCK)

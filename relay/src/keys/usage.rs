@@ -111,9 +111,10 @@ impl KeyStore {
         if rows.is_empty() {
             return Ok(());
         }
+        let begin = self.db.begin_writing();
         on_pool!(&self.db, |pool| {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_with(begin).await?;
             for row in rows {
                 sqlx::query(UPSERT)
                     .bind(row.key.to_string())
