@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::{Receiver, Sender};
 
 use crate::command::{self, Command};
 use crate::connection::{LinkState, Worker};
@@ -25,9 +25,14 @@ struct App {
     window_open: bool,
 }
 
-/// Runs the tray app until Quit or a stop signal.
-pub(crate) async fn run(dir: PathBuf, open_settings: bool) -> anyhow::Result<()> {
-    let (commands, mut inbox) = command::queue();
+/// Runs the tray app until Quit or a stop signal, reading its commands from
+/// `inbox` (`commands` is its sending end) and showing its state on `tray`.
+pub(crate) async fn run(
+    dir: PathBuf,
+    open_settings: bool,
+    tray: Tray,
+    (commands, mut inbox): (Sender<Command>, Receiver<Command>),
+) -> anyhow::Result<()> {
     let mut app = App {
         dir,
         commands: commands.clone(),
@@ -39,7 +44,7 @@ pub(crate) async fn run(dir: PathBuf, open_settings: bool) -> anyhow::Result<()>
         window_open: false,
     };
     app.load();
-    let tray = Tray::start(app.view(), commands.clone()).await;
+    tray.show(app.view());
     if open_settings || !app.view().configured {
         command::click(&commands, Command::OpenSettings);
     }
@@ -47,7 +52,7 @@ pub(crate) async fn run(dir: PathBuf, open_settings: bool) -> anyhow::Result<()>
         app.connect().await;
     }
     let mut shown = app.view();
-    tray.show(shown.clone()).await;
+    tray.show(shown.clone());
     let mut stop = std::pin::pin!(modelrelay_process::shutdown_signal());
     loop {
         tokio::select! {
@@ -64,12 +69,13 @@ pub(crate) async fn run(dir: PathBuf, open_settings: bool) -> anyhow::Result<()>
         let view = app.view();
         if view != shown {
             tracing::info!(state = app.state.word(), wanted = app.wanted, "tray");
-            tray.show(view.clone()).await;
+            tray.show(view.clone());
             shown = view;
         }
     }
     app.disconnect().await;
-    tray.remove().await;
+    // Dropping the tray takes it down.
+    drop(tray);
     Ok(())
 }
 

@@ -1,5 +1,8 @@
 //! `modelrelay-desktop`: the ModelRelay worker in a tray app.
 
+// No console window on Windows: the app is its tray icon (and the settings window).
+#![cfg_attr(windows, windows_subsystem = "windows")]
+
 mod app;
 mod autostart;
 mod command;
@@ -54,12 +57,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "no async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    modelrelay_process::exit_code(runtime.block_on(app::run(dir, args.open_settings)))
+    let commands = command::queue();
+    let sender = commands.0.clone();
+    let open_settings = args.open_settings;
+    let outcome = tray::run_with_tray(sender, move |tray| {
+        let runtime = tokio::runtime::Runtime::new()
+            .map_err(|error| anyhow::anyhow!("no async runtime: {error}"))?;
+        runtime.block_on(app::run(dir, open_settings, tray, commands))
+    });
+    modelrelay_process::exit_code(outcome)
 }

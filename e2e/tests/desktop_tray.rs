@@ -2,8 +2,8 @@
 //! with a private session bus and a minimal `org.kde.StatusNotifierWatcher`
 //! served by this test (it records the items that register), the app starts
 //! against a relay and the simulated backend (as an executable). The test
-//! checks the item registers with the watcher, its `Status` and `ToolTip` say
-//! connected (and relaying while a request runs), its menu (dbusmenu) has the items, the relay lists the worker,
+//! checks the item registers with the watcher, its `Status`, `ToolTip` and
+//! `IconPixmap` say connected (and relaying while a request runs), its menu (dbusmenu) has the items, the relay lists the worker,
 //! Disconnect clicked through dbusmenu takes it off the relay, and it keeps a
 //! screenshot of the settings window (opened with `--open-settings`) at
 //! `target/test-artifacts/desktop-settings.png`, taken with `xwd` and
@@ -11,8 +11,9 @@
 //! configured and types the relay URL, the secret and the backend URL into the
 //! settings window with `xdotool` (Tab between fields, Enter saves), then
 //! checks the relay lists the worker and the item says connected. A third test packs the `.deb` from
-//! the binary this test ran and checks it with `dpkg-deb`; it unpacks it
-//! rather than installing it, leaving the machine's packages alone.
+//! the binary this test ran, checks it with `dpkg-deb`, and (as root, with no
+//! copy of the package already there) installs it with `apt-get`, runs it
+//! from the PATH and removes it again, leaving the machine as it was.
 //!
 //! The keyring: the private bus has no Secret Service, so the app uses its
 //! documented fallback, the secret in the settings file (mode 600); the test
@@ -207,6 +208,29 @@ async fn proxy<'a>(
         .build()
         .await
         .expect("a proxy on the item")
+}
+
+/// An item's icons: width, height and ARGB pixels in network byte order.
+type Pixmaps = Vec<(i32, i32, Vec<u8>)>;
+
+/// The `ToolTip` property: icon name, icons, title, description.
+type ToolTip = (String, Pixmaps, String, String);
+
+/// The icon's colours (RGB) while connected and while relaying, as
+/// `desktop/src/tray/icon.rs` draws them.
+const CONNECTED_COLOUR: [u8; 3] = [0x2e, 0x9d, 0x4f];
+const RELAYING_COLOUR: [u8; 3] = [0x2d, 0x7f, 0xf9];
+
+/// The RGB at the centre of the first icon, if it is opaque there.
+fn centre_colour(icons: &Pixmaps) -> Option<[u8; 3]> {
+    let (width, height, argb) = icons.first()?;
+    let (width, height) = (
+        usize::try_from(*width).ok()?,
+        usize::try_from(*height).ok()?,
+    );
+    let at = (height / 2 * width + width / 2) * 4;
+    let [a, r, g, b] = argb.get(at..at + 4)?.try_into().ok()?;
+    (a == 255).then_some([r, g, b])
 }
 
 /// The menu's labels by item id (dbusmenu `GetGroupProperties` over the first ids).
@@ -409,7 +433,6 @@ async fn a_first_start_opens_the_settings_and_typing_a_relay_secret_and_backend_
         .await;
         until("the item to say connected", || async {
             let status: String = sni.get_property("Status").await.ok()?;
-            type ToolTip = (String, Vec<(i32, i32, Vec<u8>)>, String, String);
             let tip: ToolTip = sni.get_property("ToolTip").await.ok()?;
             (status == "Active" && tip.2 == "ModelRelay: connected").then_some(())
         })
@@ -468,10 +491,12 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
             (status == "Active").then_some(())
         })
         .await;
-        type ToolTip = (String, Vec<(i32, i32, Vec<u8>)>, String, String);
         let tip: ToolTip = sni.get_property("ToolTip").await.expect("a tooltip");
         assert_eq!(tip.2, "ModelRelay: connected", "{tip:?}");
-        assert_eq!(tip.0, "network-idle");
+        assert_eq!(tip.3, relay.url(), "the tooltip names the relay");
+        assert_eq!(centre_colour(&tip.1), Some(CONNECTED_COLOUR));
+        let icon: Pixmaps = sni.get_property("IconPixmap").await.expect("an icon");
+        assert_eq!(centre_colour(&icon), Some(CONNECTED_COLOUR));
         let menu = proxy(&bus, &item, "/MenuBar", "com.canonical.dbusmenu").await;
         let labels = menu_labels(&menu).await;
         let mut shown: Vec<&str> = labels.values().map(String::as_str).collect();
@@ -498,7 +523,9 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
         });
         until("the tooltip to say relaying", || async {
             let tip: ToolTip = sni.get_property("ToolTip").await.ok()?;
-            (tip.2 == "ModelRelay: relaying" && tip.0 == "network-transmit-receive").then_some(())
+            let icon: Pixmaps = sni.get_property("IconPixmap").await.ok()?;
+            (tip.2 == "ModelRelay: relaying" && centre_colour(&icon) == Some(RELAYING_COLOUR))
+                .then_some(())
         })
         .await;
         assert_eq!(asking.await.unwrap(), 200);
@@ -562,7 +589,7 @@ fn output_of(command: &mut std::process::Command) -> String {
 }
 
 #[test]
-fn the_deb_package_is_built_from_the_tested_binary_and_its_binary_runs_once_unpacked() {
+fn the_deb_package_is_built_from_the_tested_binary_and_installs_runs_and_removes_cleanly() {
     let binary = e2e::binary(Binary::Desktop);
     let script = e2e::workspace_root(Path::new(env!("CARGO_MANIFEST_DIR")))
         .join("desktop/packaging/build-deb");
@@ -607,4 +634,98 @@ fn the_deb_package_is_built_from_the_tested_binary_and_its_binary_runs_once_unpa
         "{help}"
     );
     std::fs::remove_dir_all(&unpacked).unwrap();
+    if may_install_the_package() {
+        installs_runs_and_removes_cleanly(&deb);
+    }
+}
+
+/// The package's name, as dpkg knows it.
+const PACKAGE: &str = "modelrelay-desktop";
+
+/// What dpkg says of the package: `install ok installed`, or `None` when it
+/// does not know it.
+fn package_status() -> Option<String> {
+    let output = std::process::Command::new("dpkg-query")
+        .args(["--show", "--showformat=${Status}", PACKAGE])
+        .output()
+        .expect("dpkg-query starts");
+    let status = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (output.status.success() && !status.is_empty()).then_some(status)
+}
+
+/// Whether this run may install the package: as root (CI is), with no copy
+/// of it on the machine already (which the test would then remove). Either
+/// way out is a recorded skip of that part.
+fn may_install_the_package() -> bool {
+    let uid = output_of(std::process::Command::new("id").arg("-u"));
+    if uid.trim() != "0" {
+        modelrelay_testkit::skip::skipped(
+            "installing the desktop .deb",
+            "installing a package needs root (CI runs as root)",
+        );
+        return false;
+    }
+    if let Some(status) = package_status()
+        && status.ends_with(" installed")
+    {
+        modelrelay_testkit::skip::skipped(
+            "installing the desktop .deb",
+            &format!(
+                "{PACKAGE} is already installed here ({status}), and the test \
+                 would remove it: `apt-get remove {PACKAGE}` first"
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// Purges the package when dropped, so a failing check leaves no package behind.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("dpkg")
+            .args(["--purge", PACKAGE])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Installs `deb` as a user would (`apt-get install ./…deb`, its
+/// dependencies from Debian), runs the binary from the PATH, finds the menu
+/// entry and icon where desktops look, then removes it and finds nothing left.
+fn installs_runs_and_removes_cleanly(deb: &Path) {
+    let files = [
+        "/usr/bin/modelrelay-desktop",
+        "/usr/share/applications/modelrelay-desktop.desktop",
+        "/usr/share/icons/hicolor/scalable/apps/modelrelay-desktop.svg",
+    ];
+    let apt = |args: &[&str]| {
+        output_of(
+            std::process::Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                // Another apt (scripts/test-deps in a parallel run) may hold the lock a while.
+                .args(["-o", "DPkg::Lock::Timeout=120", "-y", "-q"])
+                .args(args),
+        )
+    };
+    let installed = Installed;
+    apt(&[
+        "install",
+        "--no-install-recommends",
+        &deb.display().to_string(),
+    ]);
+    assert_eq!(package_status().as_deref(), Some("install ok installed"));
+    for file in files {
+        assert!(Path::new(file).exists(), "{file} was not installed");
+    }
+    let version = output_of(std::process::Command::new("modelrelay-desktop").arg("--version"));
+    assert!(version.starts_with("modelrelay-desktop "), "{version}");
+    apt(&["remove", "--purge", PACKAGE]);
+    assert_eq!(package_status(), None, "dpkg still knows {PACKAGE}");
+    for file in files {
+        assert!(!Path::new(file).exists(), "{file} was left behind");
+    }
+    drop(installed);
 }

@@ -1,15 +1,14 @@
-//! The tray icon: its icon, tooltip and status follow the link state; its menu
-//! holds a status line, Settings…, Connect/Disconnect, Open dashboard and Quit.
+//! The tray icon: its icon, title, tooltip and status follow the link state;
+//! its menu holds a status line, Settings…, Connect/Disconnect, Open dashboard
+//! and Quit. One implementation for every platform (`tray-icon`): ksni's
+//! StatusNotifierItem on Linux, the status bar on macOS, the notification area
+//! on Windows; it lives on the event loop of the main thread ([`host`]).
 
-#[cfg(target_os = "linux")]
-mod linux;
-#[cfg(not(target_os = "linux"))]
-mod other;
+mod host;
+mod icon;
+mod menu;
 
-#[cfg(target_os = "linux")]
-pub(crate) use linux::Tray;
-#[cfg(not(target_os = "linux"))]
-pub(crate) use other::Tray;
+pub(crate) use host::{Tray, run_with_tray};
 
 use crate::connection::LinkState;
 
@@ -27,18 +26,18 @@ pub(crate) struct TrayView {
 }
 
 impl TrayView {
+    /// What the tray shows before the app has said anything.
+    pub(crate) fn starting() -> Self {
+        Self {
+            state: LinkState::Disconnected,
+            wanted: false,
+            configured: false,
+            detail: String::new(),
+        }
+    }
+
     /// The title and status line: `ModelRelay: connected`.
     pub(crate) fn title(&self) -> String {
         format!("ModelRelay: {}", self.state.word())
-    }
-}
-
-/// The freedesktop icon name for a state (from the standard icon theme).
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn icon_name(state: LinkState) -> &'static str {
-    match state {
-        LinkState::Disconnected => "network-offline",
-        LinkState::Connected => "network-idle",
-        LinkState::Relaying => "network-transmit-receive",
     }
 }
