@@ -46,9 +46,10 @@ pub enum TlsError {
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
-        /// What rustls found wrong.
+        /// What rustls found wrong (boxed: with two paths beside it the error
+        /// outgrew clippy's `result_large_err` on Windows, where paths are larger).
         #[source]
-        source: rustls::Error,
+        source: Box<rustls::Error>,
     },
     /// A PEM file holds no certificate or no key.
     #[error("{0}: no {1} found in the PEM file")]
@@ -193,7 +194,7 @@ impl RelayIdentity {
                 source => TlsError::Unusable {
                     cert: cert.to_owned(),
                     key: key.to_owned(),
-                    source,
+                    source: Box::new(source),
                 },
             },
         )?;
