@@ -15,7 +15,7 @@ mod tray;
 mod validate;
 mod window;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -45,8 +45,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    modelrelay_process::init(&args.log_level, modelrelay_process::LogFormat::Text);
     let dir = args.config_dir.unwrap_or_else(settings_file::default_dir);
+    init_logs(&args.log_level, &dir, args.settings_window);
     if args.settings_window {
         return match window::show(dir) {
             Ok(true) => ExitCode::SUCCESS,
@@ -66,4 +66,25 @@ fn main() -> ExitCode {
         runtime.block_on(app::run(dir, open_settings, tray, commands))
     });
     modelrelay_process::exit_code(outcome)
+}
+
+/// Logs to standard error, or on Windows (where the app has no console) to
+/// `modelrelay-desktop.log` in the config directory, emptied at each start
+/// (`modelrelay-desktop-settings.log` for the settings window's process).
+/// Where that file cannot be made, standard error it is.
+fn init_logs(level: &str, dir: &Path, settings_window: bool) {
+    let format = modelrelay_process::LogFormat::Text;
+    if cfg!(windows) {
+        let name = if settings_window {
+            "modelrelay-desktop-settings.log"
+        } else {
+            "modelrelay-desktop.log"
+        };
+        let opened =
+            std::fs::create_dir_all(dir).and_then(|()| std::fs::File::create(dir.join(name)));
+        if let Ok(file) = opened {
+            return modelrelay_process::init_to_file(level, format, file);
+        }
+    }
+    modelrelay_process::init(level, format);
 }

@@ -190,6 +190,45 @@ async fn workers_connected(http: &Http, relay: &RunningServer) -> u64 {
     health["workers_connected"].as_u64().expect("a count")
 }
 
+/// Waits until the relay lists `count` workers.
+async fn until_the_relay_lists(http: &Http, relay: &RunningServer, count: u64) {
+    until(&format!("the relay to list {count} workers"), || async {
+        (workers_connected(http, relay).await == count).then_some(())
+    })
+    .await;
+}
+
+/// Runs `check` for at most four waits; past that, fails with what the app wrote.
+async fn within_the_wait(app: &Process, check: impl Future<Output = ()>) {
+    let outcome = tokio::time::timeout(WAIT * 4, check).await;
+    let logs = app.lines.lock().unwrap().join("\n");
+    assert!(
+        outcome.is_ok(),
+        "the test timed out; the app wrote:\n{logs}"
+    );
+}
+
+/// Waits until the item is `Active` with the tooltip `ModelRelay: connected`.
+async fn until_it_says_connected(sni: &zbus::Proxy<'_>) {
+    until("the item to say connected", || async {
+        let status: String = sni.get_property("Status").await.ok()?;
+        let tip: ToolTip = sni.get_property("ToolTip").await.ok()?;
+        (status == "Active" && tip.2 == "ModelRelay: connected").then_some(())
+    })
+    .await;
+}
+
+/// The `StatusNotifierItem` interface of `item`.
+async fn sni<'a>(bus: &zbus::Connection, item: &'a str) -> zbus::Proxy<'a> {
+    proxy(
+        bus,
+        item,
+        "/StatusNotifierItem",
+        "org.kde.StatusNotifierItem",
+    )
+    .await
+}
+
 /// A proxy on the item's `interface` at `path`, reading properties afresh each time.
 async fn proxy<'a>(
     bus: &zbus::Connection,
@@ -289,6 +328,11 @@ impl Desktop {
     /// The app on this display and bus with `args`, its settings in `config`
     /// and its home beside them (so no autostart file lands in the real one).
     fn app(&self, args: &[&str], config: &Path) -> Process {
+        self.app_on(&self.display, args, config)
+    }
+
+    /// [`Desktop::app`] on X display `display` (empty: none).
+    fn app_on(&self, display: &str, args: &[&str], config: &Path) -> Process {
         let home = config.join("home");
         let mut all = args.to_vec();
         all.extend(["--config-dir", config.to_str().unwrap()]);
@@ -296,7 +340,7 @@ impl Desktop {
             Binary::Desktop,
             &all,
             &[
-                ("DISPLAY", self.display.as_str()),
+                ("DISPLAY", display),
                 ("DBUS_SESSION_BUS_ADDRESS", self.bus.as_str()),
                 ("HOME", home.to_str().unwrap()),
                 ("XDG_CONFIG_HOME", home.join(".config").to_str().unwrap()),
@@ -382,6 +426,24 @@ async fn relay_and_backend() -> (RunningServer, Process, String) {
     (relay, backend, backend_url)
 }
 
+/// A config directory named after `name` whose settings connect to `relay`
+/// with `backend_url` (the secret in the file, the keyring's fallback).
+fn configured(name: &str, relay: &RunningServer, backend_url: &str) -> PathBuf {
+    let config = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("settings.toml"),
+        format!(
+            "backend_url = \"{backend_url}\"\nrelay_url = \"{}\"\nmodels = \"*\"\n\
+             models_poll_interval = 60\nworker_name = \"{WORKER_NAME}\"\n\
+             start_on_login = false\nworker_secret = \"{SECRET}\"\n",
+            relay.url()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_start_opens_the_settings_and_typing_a_relay_secret_and_backend_there_connects_the_worker()
  {
@@ -400,13 +462,7 @@ async fn a_first_start_opens_the_settings_and_typing_a_relay_secret_and_backend_
             "settings window shown",
         )
         .await;
-        let sni = proxy(
-            &bus,
-            &item,
-            "/StatusNotifierItem",
-            "org.kde.StatusNotifierItem",
-        )
-        .await;
+        let sni = sni(&bus, &item).await;
         let status: String = sni.get_property("Status").await.unwrap();
         assert_eq!(status, "Passive");
         let menu = proxy(&bus, &item, "/MenuBar", "com.canonical.dbusmenu").await;
@@ -427,25 +483,12 @@ async fn a_first_start_opens_the_settings_and_typing_a_relay_secret_and_backend_
 
         fill_in_the_settings(&desktop.display, &app, &relay.url(), &backend_url).await;
         let http = Http::new();
-        until("the relay to list the worker", || async {
-            (workers_connected(&http, &relay).await == 1).then_some(())
-        })
-        .await;
-        until("the item to say connected", || async {
-            let status: String = sni.get_property("Status").await.ok()?;
-            let tip: ToolTip = sni.get_property("ToolTip").await.ok()?;
-            (status == "Active" && tip.2 == "ModelRelay: connected").then_some(())
-        })
-        .await;
+        until_the_relay_lists(&http, &relay, 1).await;
+        until_it_says_connected(&sni).await;
         let saved = std::fs::read_to_string(config.join("settings.toml")).unwrap();
         assert!(saved.contains(&backend_url), "{saved}");
     };
-    let outcome = tokio::time::timeout(WAIT * 4, check).await;
-    let logs = app.lines.lock().unwrap().join("\n");
-    assert!(
-        outcome.is_ok(),
-        "the test timed out; the app wrote:\n{logs}"
-    );
+    within_the_wait(&app, check).await;
     let mut app = app;
     app.terminate(Duration::from_secs(20)).await;
     let _ = std::fs::remove_dir_all(&config);
@@ -459,33 +502,13 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
     }
     let (desktop, watcher, bus) = Desktop::with_watcher().await;
     let (relay, _backend, backend_url) = relay_and_backend().await;
-    let config = std::env::temp_dir().join(format!("desktop-tray-{}", std::process::id()));
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("settings.toml"),
-        format!(
-            "backend_url = \"{backend_url}\"\nrelay_url = \"{}\"\nmodels = \"*\"\n\
-             models_poll_interval = 60\nworker_name = \"{WORKER_NAME}\"\n\
-             start_on_login = false\nworker_secret = \"{SECRET}\"\n",
-            relay.url()
-        ),
-    )
-    .unwrap();
+    let config = configured("desktop-tray", &relay, &backend_url);
     let app = desktop.app(&["--open-settings"], &config);
     let check = async {
         let item = registered(&watcher).await;
-        let sni = proxy(
-            &bus,
-            &item,
-            "/StatusNotifierItem",
-            "org.kde.StatusNotifierItem",
-        )
-        .await;
+        let sni = sni(&bus, &item).await;
         let http = Http::new();
-        until("the relay to list the worker", || async {
-            (workers_connected(&http, &relay).await == 1).then_some(())
-        })
-        .await;
+        until_the_relay_lists(&http, &relay, 1).await;
         until("the item's Status to say connected", || async {
             let status: String = sni.get_property("Status").await.ok()?;
             (status == "Active").then_some(())
@@ -554,10 +577,7 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
             .call("Event", &(disconnect, "clicked", Value::from(""), 0u32))
             .await
             .expect("the click is taken");
-        until("the relay to drop the worker", || async {
-            (workers_connected(&http, &relay).await == 0).then_some(())
-        })
-        .await;
+        until_the_relay_lists(&http, &relay, 0).await;
         until("the item's Status to say disconnected", || async {
             let status: String = sni.get_property("Status").await.ok()?;
             (status == "Passive").then_some(())
@@ -566,18 +586,45 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
         let labels = menu_labels(&menu).await;
         assert!(labels.values().any(|l| l == "Connect"), "{labels:?}");
     };
-    let outcome = tokio::time::timeout(WAIT * 4, check).await;
-    let logs = app.lines.lock().unwrap().join("\n");
-    assert!(
-        outcome.is_ok(),
-        "the test timed out; the app wrote:\n{logs}"
-    );
+    within_the_wait(&app, check).await;
     let mut app = app;
     app.terminate(Duration::from_secs(40)).await;
     let _ = std::fs::remove_dir_all(&config);
 }
 
 /// Runs a command to its end; its standard output, or a panic with its standard error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_display_the_tray_goes_on_the_bus_alone_and_the_worker_connects() {
+    if !tools_or_skip() {
+        return;
+    }
+    let (desktop, watcher, bus) = Desktop::with_watcher().await;
+    let (relay, _backend, backend_url) = relay_and_backend().await;
+    let config = configured("desktop-no-display", &relay, &backend_url);
+    // No DISPLAY (a Wayland-only session, or a start before X is up): no
+    // event loop, and the item still goes on the session bus.
+    let app = desktop.app_on("", &[], &config);
+    let check = async {
+        let item = registered(&watcher).await;
+        let sni = sni(&bus, &item).await;
+        let http = Http::new();
+        until_the_relay_lists(&http, &relay, 1).await;
+        until_it_says_connected(&sni).await;
+        wrote(&app, "the app to say why", "the tray goes on D-Bus alone").await;
+    };
+    within_the_wait(&app, check).await;
+    // A stop signal ends it as on a display: the worker leaves the relay.
+    let mut app = app;
+    let status = app.terminate(Duration::from_secs(40)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "it ended with {status:?}"
+    );
+    let http = Http::new();
+    until_the_relay_lists(&http, &relay, 0).await;
+    let _ = std::fs::remove_dir_all(&config);
+}
+
 fn output_of(command: &mut std::process::Command) -> String {
     let output = command.output().expect("the command starts");
     assert!(

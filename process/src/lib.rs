@@ -5,7 +5,7 @@ mod failure;
 mod log;
 
 pub use failure::{error_line, exit_code};
-pub use log::{LogFormat, init};
+pub use log::{LogFormat, init, init_to_file};
 
 /// The host's name (`HOSTNAME`, else the system's, on Linux, macOS and
 /// Windows alike), or `fallback` when neither gives one.

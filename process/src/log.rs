@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 use tracing::field::Field;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::{Writer, debug_fn};
 
 /// How log lines are written.
@@ -34,14 +35,29 @@ const NO_COLOR: &str = "NO_COLOR";
 /// terminal and `NO_COLOR` is unset or empty: a file, a pipe or journald gets
 /// plain text.
 pub fn init(level: &str, format: LogFormat) {
+    let colour = wants_colour(std::io::stderr().is_terminal(), std::env::var_os(NO_COLOR));
+    install(level, format, colour, std::io::stderr);
+}
+
+/// Installs the global subscriber as [`init`] does, writing plain lines to
+/// `file` instead of standard error (for a program with no console, such as
+/// a Windows GUI app).
+pub fn init_to_file(level: &str, format: LogFormat, file: std::fs::File) {
+    install(level, format, false, std::sync::Mutex::new(file));
+}
+
+/// The global subscriber with `level`'s filter, writing to `writer`.
+fn install<W>(level: &str, format: LogFormat, colour: bool, writer: W)
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let colour = wants_colour(std::io::stderr().is_terminal(), std::env::var_os(NO_COLOR));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A second call (tests, embedded use) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder

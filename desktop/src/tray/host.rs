@@ -2,8 +2,9 @@
 //! items only there, Windows delivers the icon's messages to the thread that
 //! made it), with the app on a thread of its own sending it what to show.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::Sender;
 use tray_icon::menu::MenuEvent;
@@ -34,88 +35,143 @@ pub(crate) enum TrayEvent {
     Exit,
 }
 
-/// The app's handle on the tray: sends it views, takes it down. Without an
-/// event loop (no display) it has nothing to send to and the app runs trayless.
+/// Where the app's events go: the event loop, a plain channel (Linux with no
+/// display, where ksni needs only D-Bus), or nowhere (no tray).
+enum Outbox {
+    Loop(EventLoopProxy<TrayEvent>),
+    Channel(mpsc::Sender<TrayEvent>),
+    Nowhere,
+}
+
+/// The app's handle on the tray: sends it views, and takes it down when dropped.
 pub(crate) struct Tray {
-    proxy: Option<EventLoopProxy<TrayEvent>>,
+    outbox: Outbox,
 }
 
 impl Tray {
-    /// Shows `view` (dropped once the loop has ended).
+    /// Shows `view` (dropped once the tray has gone).
     pub(crate) fn show(&self, view: TrayView) {
-        if let Some(proxy) = &self.proxy {
-            let _ = proxy.send_event(TrayEvent::Show(view));
+        self.send(TrayEvent::Show(view));
+    }
+
+    fn send(&self, event: TrayEvent) {
+        match &self.outbox {
+            Outbox::Loop(proxy) => {
+                let _ = proxy.send_event(event);
+            }
+            Outbox::Channel(sender) => {
+                let _ = sender.send(event);
+            }
+            Outbox::Nowhere => {}
         }
     }
 }
 
 impl Drop for Tray {
-    /// Ends the tray's loop however the app ended (returned, failed or panicked).
+    /// Ends the tray however the app ended (returned, failed or panicked).
     fn drop(&mut self) {
-        if let Some(proxy) = &self.proxy {
-            let _ = proxy.send_event(TrayEvent::Exit);
-        }
+        self.send(TrayEvent::Exit);
     }
 }
 
-/// Runs `app` on a thread of its own while this thread runs the tray's event
-/// loop, until the app ends; returns what the app returned. With no event loop
-/// to be had (no display) the app runs here, trayless, and that is logged.
+/// Runs `app` on a thread of its own while this thread keeps the tray, until
+/// the app ends; returns what the app returned. The tray lives on an event
+/// loop; on Linux with no display it lives on a plain loop instead (ksni needs
+/// only D-Bus); elsewhere, with no event loop, the app runs trayless (logged).
 pub(crate) fn run_with_tray<F>(commands: Sender<Command>, app: F) -> anyhow::Result<()>
 where
     F: FnOnce(Tray) -> anyhow::Result<()> + Send + 'static,
 {
-    let event_loop = match EventLoop::<TrayEvent>::with_user_event().build() {
+    let event_loop = match event_loop() {
         Ok(event_loop) => event_loop,
+        Err(error) if cfg!(target_os = "linux") => {
+            tracing::warn!(%error, "no display for an event loop: the tray goes on D-Bus alone");
+            return run_on_a_channel(commands, app);
+        }
         Err(error) => {
-            tracing::error!(%error, "no tray: no event loop for it (is there a display?)");
-            return app(Tray { proxy: None });
+            tracing::error!(%error, "no tray: no event loop for it");
+            return app(Tray {
+                outbox: Outbox::Nowhere,
+            });
         }
     };
     event_loop.set_control_flow(ControlFlow::Wait);
-    let tray = Tray {
-        proxy: Some(event_loop.create_proxy()),
-    };
+    let outbox = Outbox::Loop(event_loop.create_proxy());
     let app = std::thread::Builder::new()
         .name("app".into())
-        .spawn(move || app(tray))?;
-    let mut host = Host::new(commands.clone());
+        .spawn(move || app(Tray { outbox }))?;
+    let mut host = Host::new(commands, app);
     if let Err(error) = event_loop.run_app(&mut host) {
         tracing::error!(%error, "the tray's event loop failed");
     }
-    if !host.exit_asked {
-        // The loop ended without the app asking (the platform quit it): the
-        // app must leave too, so this waits for room rather than drop it.
-        let _ = commands.blocking_send(Command::Quit);
-    }
-    app.join()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the app's thread panicked")))
+    host.finish()
 }
 
-/// The tray on the event loop: made once the loop runs, changed by the app's events.
+/// The event loop, made for a tray-only app: on macOS no Dock icon, no menu
+/// bar and no focus taken at start, even outside an app bundle.
+fn event_loop() -> Result<EventLoop<TrayEvent>, winit::error::EventLoopError> {
+    #[cfg_attr(not(target_os = "macos"), allow(unused_mut))]
+    let mut builder = EventLoop::<TrayEvent>::with_user_event();
+    #[cfg(target_os = "macos")]
+    {
+        use winit::platform::macos::{ActivationPolicy, EventLoopBuilderExtMacOS};
+        builder
+            .with_activation_policy(ActivationPolicy::Accessory)
+            .with_default_menu(false)
+            .with_activate_ignoring_other_apps(false);
+    }
+    builder.build()
+}
+
+/// The tray on a plain loop reading the app's events from a channel.
+fn run_on_a_channel<F>(commands: Sender<Command>, app: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Tray) -> anyhow::Result<()> + Send + 'static,
+{
+    let (sender, events) = mpsc::channel();
+    let outbox = Outbox::Channel(sender);
+    let app = std::thread::Builder::new()
+        .name("app".into())
+        .spawn(move || app(Tray { outbox }))?;
+    let mut host = Host::new(commands, app);
+    host.create();
+    // Ends at Exit, which the app's handle always sends when dropped.
+    while let Ok(event) = events.recv() {
+        if !host.on_event(event) {
+            break;
+        }
+    }
+    host.finish()
+}
+
+/// The tray on the main thread: made once its loop runs, changed by the app's events.
 struct Host {
+    commands: Sender<Command>,
     /// Whether the worker is wanted, for the Connect/Disconnect item's clicks.
     wanted: Arc<AtomicBool>,
     view: TrayView,
     tray: Option<(TrayIcon, TrayMenu)>,
     /// The app sent [`TrayEvent::Exit`].
     exit_asked: bool,
+    /// The app's thread, until [`Host::finish`] has waited for it.
+    app: Option<JoinHandle<anyhow::Result<()>>>,
+    /// What the app returned, once waited for.
+    outcome: Option<anyhow::Result<()>>,
 }
 
 impl Host {
     /// Sends the menu's and the icon's clicks to `commands` (through the
     /// bounded queue: clicks past it are dropped, never kept).
-    fn new(commands: Sender<Command>) -> Self {
+    fn new(commands: Sender<Command>, app: JoinHandle<anyhow::Result<()>>) -> Self {
         let wanted = Arc::new(AtomicBool::new(false));
         let (menu_commands, menu_wanted) = (commands.clone(), wanted.clone());
         MenuEvent::set_event_handler(Some(move |event: MenuEvent| {
-            if let Some(command) =
-                menu::command_for(event.id.as_ref(), menu_wanted.load(Ordering::Relaxed))
-            {
+            let wanted = menu_wanted.load(Ordering::Relaxed);
+            if let Some(command) = menu::command_for(event.id.as_ref(), wanted) {
                 command::click(&menu_commands, command);
             }
         }));
-        let icon_commands = commands;
+        let icon_commands = commands.clone();
         TrayIconEvent::set_event_handler(Some(move |event: TrayIconEvent| {
             if let TrayIconEvent::Click {
                 button: MouseButton::Left,
@@ -127,11 +183,49 @@ impl Host {
             }
         }));
         Self {
+            commands,
             wanted,
             view: TrayView::starting(),
             tray: None,
             exit_asked: false,
+            app: Some(app),
+            outcome: None,
         }
+    }
+
+    /// Handles one of the app's events; `false` once it asked the tray to go.
+    fn on_event(&mut self, event: TrayEvent) -> bool {
+        match event {
+            TrayEvent::Show(view) => {
+                self.view = view;
+                self.apply();
+                true
+            }
+            TrayEvent::Exit => {
+                self.exit_asked = true;
+                self.tray = None;
+                false
+            }
+        }
+    }
+
+    /// Takes the tray down and waits for the app, first telling it to quit
+    /// when the loop ended without the app asking (the platform quit it);
+    /// gives what the app returned. Safe to call twice: macOS ends the
+    /// process after [`ApplicationHandler::exiting`], so that calls it too.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.tray = None;
+        if let Some(app) = self.app.take() {
+            if !self.exit_asked {
+                // Waits for room rather than drop it: the app must leave too.
+                let _ = self.commands.blocking_send(Command::Quit);
+            }
+            let ended = app
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the app's thread panicked")));
+            self.outcome = Some(ended);
+        }
+        self.outcome.take().unwrap_or(Ok(()))
     }
 
     /// Puts the tray up; where the platform has none the app runs on, trayless.
@@ -182,14 +276,36 @@ impl Host {
     }
 }
 
+/// Windows keeps at most 127 UTF-16 units of a tooltip (and tray-icon would
+/// copy 128 with no terminator), so it is cut to that there.
+const WINDOWS_TOOLTIP_UNITS: usize = 127;
+
 /// The tooltip's text: the detail under the title, where there is no title
-/// of its own. (Windows cuts it at 127 characters.)
+/// of its own.
 fn tooltip(view: &TrayView) -> String {
-    match view.detail.as_str() {
+    let text = match view.detail.as_str() {
         detail if HAS_TITLE => detail.to_owned(),
         "" => view.title(),
         detail => format!("{}\n{detail}", view.title()),
+    };
+    if cfg!(windows) {
+        cut_to_utf16_units(&text, WINDOWS_TOOLTIP_UNITS).to_owned()
+    } else {
+        text
     }
+}
+
+/// The longest start of `text` that is at most `units` UTF-16 units, cut
+/// between characters (never inside a surrogate pair).
+fn cut_to_utf16_units(text: &str, units: usize) -> &str {
+    let mut used = 0;
+    for (at, character) in text.char_indices() {
+        used += character.len_utf16();
+        if used > units {
+            return &text[..at];
+        }
+    }
+    text
 }
 
 /// On Linux the item is `Passive` (hosts may tuck it away) while no link is
@@ -215,16 +331,35 @@ impl ApplicationHandler<TrayEvent> for Host {
     fn window_event(&mut self, _event_loop: &ActiveEventLoop, _id: WindowId, _event: WindowEvent) {}
 
     fn user_event(&mut self, event_loop: &ActiveEventLoop, event: TrayEvent) {
-        match event {
-            TrayEvent::Show(view) => {
-                self.view = view;
-                self.apply();
-            }
-            TrayEvent::Exit => {
-                self.exit_asked = true;
-                self.tray = None;
-                event_loop.exit();
-            }
+        if !self.on_event(event) {
+            event_loop.exit();
         }
+    }
+
+    /// The loop is ending, by the app's Exit or the platform's quit (on macOS
+    /// the process ends right after this): the worker is stopped here.
+    fn exiting(&mut self, _event_loop: &ActiveEventLoop) {
+        let outcome = self.finish();
+        self.outcome = Some(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tooltip_is_cut_between_characters_at_the_windows_limit() {
+        assert_eq!(cut_to_utf16_units("short", WINDOWS_TOOLTIP_UNITS), "short");
+        let long = "a".repeat(200);
+        assert_eq!(cut_to_utf16_units(&long, WINDOWS_TOOLTIP_UNITS).len(), 127);
+        // 126 units, then a character of two: it does not fit and is left out whole.
+        let pair = format!("{}😀tail", "a".repeat(126));
+        assert_eq!(
+            cut_to_utf16_units(&pair, WINDOWS_TOOLTIP_UNITS),
+            "a".repeat(126)
+        );
+        assert_eq!(cut_to_utf16_units("é😀", 3), "é😀");
+        assert_eq!(cut_to_utf16_units("é😀", 2), "é");
     }
 }

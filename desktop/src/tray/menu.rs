@@ -87,7 +87,12 @@ mod tests {
         assert_eq!(command_for("someone-else's", true), None);
     }
 
+    // macOS makes menus on the main thread only, which a test thread is not.
     #[test]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "muda makes menus on the main thread only"
+    )]
     fn the_items_follow_the_view() {
         let mut view = TrayView::starting();
         let menu = TrayMenu::new(&view).unwrap();
