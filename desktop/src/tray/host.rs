@@ -3,7 +3,7 @@
 //! made it), with the app on a thread of its own sending it what to show.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::Sender;
@@ -29,10 +29,32 @@ const HAS_TITLE: bool = cfg!(target_os = "linux");
 /// What the app asks of the tray's loop.
 #[derive(Debug)]
 pub(crate) enum TrayEvent {
-    /// Show this.
-    Show(TrayView),
+    /// Show the latest view (in [`LatestView`]).
+    ViewChanged,
     /// Take the tray down and end the loop.
     Exit,
+}
+
+/// The newest view the app has not had shown yet: one slot, so that however
+/// fast the app's state changes and however slow the tray is to show it,
+/// at most one view and one [`TrayEvent::ViewChanged`] wait.
+#[derive(Clone, Default)]
+struct LatestView(Arc<Mutex<Option<TrayView>>>);
+
+impl LatestView {
+    /// Puts `view` in the slot; whether the slot was empty (no wake-up pending).
+    fn put(&self, view: TrayView) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(view)
+            .is_none()
+    }
+
+    /// Takes the view out of the slot.
+    fn take(&self) -> Option<TrayView> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 /// Where the app's events go: the event loop, a plain channel (Linux with no
@@ -46,12 +68,16 @@ enum Outbox {
 /// The app's handle on the tray: sends it views, and takes it down when dropped.
 pub(crate) struct Tray {
     outbox: Outbox,
+    latest: LatestView,
 }
 
 impl Tray {
-    /// Shows `view` (dropped once the tray has gone).
+    /// Shows `view`, in place of any the tray has not shown yet (nothing once
+    /// the tray has gone).
     pub(crate) fn show(&self, view: TrayView) {
-        self.send(TrayEvent::Show(view));
+        if self.latest.put(view) {
+            self.send(TrayEvent::ViewChanged);
+        }
     }
 
     fn send(&self, event: TrayEvent) {
@@ -92,15 +118,13 @@ where
             tracing::error!(%error, "no tray: no event loop for it");
             return app(Tray {
                 outbox: Outbox::Nowhere,
+                latest: LatestView::default(),
             });
         }
     };
     event_loop.set_control_flow(ControlFlow::Wait);
     let outbox = Outbox::Loop(event_loop.create_proxy());
-    let app = std::thread::Builder::new()
-        .name("app".into())
-        .spawn(move || app(Tray { outbox }))?;
-    let mut host = Host::new(commands, app);
+    let mut host = Host::new(commands, spawn_app(app, outbox)?);
     if let Err(error) = event_loop.run_app(&mut host) {
         tracing::error!(%error, "the tray's event loop failed");
     }
@@ -128,12 +152,9 @@ fn run_on_a_channel<F>(commands: Sender<Command>, app: F) -> anyhow::Result<()>
 where
     F: FnOnce(Tray) -> anyhow::Result<()> + Send + 'static,
 {
+    // Unbounded, yet at most one ViewChanged and the Exit ever wait in it.
     let (sender, events) = mpsc::channel();
-    let outbox = Outbox::Channel(sender);
-    let app = std::thread::Builder::new()
-        .name("app".into())
-        .spawn(move || app(Tray { outbox }))?;
-    let mut host = Host::new(commands, app);
+    let mut host = Host::new(commands, spawn_app(app, Outbox::Channel(sender))?);
     host.create();
     // Ends at Exit, which the app's handle always sends when dropped.
     while let Ok(event) = events.recv() {
@@ -144,12 +165,34 @@ where
     host.finish()
 }
 
+/// The app on a thread of its own, its tray handle sending to `outbox`; the
+/// views it sends wait in a slot shared with the host.
+fn spawn_app<F>(
+    app: F,
+    outbox: Outbox,
+) -> std::io::Result<(JoinHandle<anyhow::Result<()>>, LatestView)>
+where
+    F: FnOnce(Tray) -> anyhow::Result<()> + Send + 'static,
+{
+    let latest = LatestView::default();
+    let tray = Tray {
+        outbox,
+        latest: latest.clone(),
+    };
+    let app = std::thread::Builder::new()
+        .name("app".into())
+        .spawn(move || app(tray))?;
+    Ok((app, latest))
+}
+
 /// The tray on the main thread: made once its loop runs, changed by the app's events.
 struct Host {
     commands: Sender<Command>,
     /// Whether the worker is wanted, for the Connect/Disconnect item's clicks.
     wanted: Arc<AtomicBool>,
     view: TrayView,
+    /// Where the app leaves the views to show.
+    latest: LatestView,
     tray: Option<(TrayIcon, TrayMenu)>,
     /// The app sent [`TrayEvent::Exit`].
     exit_asked: bool,
@@ -162,7 +205,10 @@ struct Host {
 impl Host {
     /// Sends the menu's and the icon's clicks to `commands` (through the
     /// bounded queue: clicks past it are dropped, never kept).
-    fn new(commands: Sender<Command>, app: JoinHandle<anyhow::Result<()>>) -> Self {
+    fn new(
+        commands: Sender<Command>,
+        (app, latest): (JoinHandle<anyhow::Result<()>>, LatestView),
+    ) -> Self {
         let wanted = Arc::new(AtomicBool::new(false));
         let (menu_commands, menu_wanted) = (commands.clone(), wanted.clone());
         MenuEvent::set_event_handler(Some(move |event: MenuEvent| {
@@ -186,6 +232,7 @@ impl Host {
             commands,
             wanted,
             view: TrayView::starting(),
+            latest,
             tray: None,
             exit_asked: false,
             app: Some(app),
@@ -196,9 +243,11 @@ impl Host {
     /// Handles one of the app's events; `false` once it asked the tray to go.
     fn on_event(&mut self, event: TrayEvent) -> bool {
         match event {
-            TrayEvent::Show(view) => {
-                self.view = view;
-                self.apply();
+            TrayEvent::ViewChanged => {
+                if let Some(view) = self.latest.take() {
+                    self.view = view;
+                    self.apply();
+                }
                 true
             }
             TrayEvent::Exit => {
@@ -347,6 +396,20 @@ impl ApplicationHandler<TrayEvent> for Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn views_the_tray_has_not_shown_wait_in_one_slot_the_newest_kept() {
+        let latest = LatestView::default();
+        let mut view = TrayView::starting();
+        assert!(latest.put(view.clone()), "the first view wakes the tray");
+        view.state = LinkState::Relaying;
+        assert!(!latest.put(view.clone()), "a wake-up is already pending");
+        view.state = LinkState::Connected;
+        assert!(!latest.put(view.clone()));
+        assert_eq!(latest.take(), Some(view.clone()));
+        assert_eq!(latest.take(), None);
+        assert!(latest.put(view), "once taken, the next view wakes it again");
+    }
 
     #[test]
     fn a_tooltip_is_cut_between_characters_at_the_windows_limit() {
