@@ -190,10 +190,11 @@ struct Host {
     commands: Sender<Command>,
     /// Whether the worker is wanted, for the Connect/Disconnect item's clicks.
     wanted: Arc<AtomicBool>,
+    /// The app's newest view (what a tray made later starts with).
     view: TrayView,
     /// Where the app leaves the views to show.
     latest: LatestView,
-    tray: Option<(TrayIcon, TrayMenu)>,
+    tray: Option<ShownTray>,
     /// The app sent [`TrayEvent::Exit`].
     exit_asked: bool,
     /// The app's thread, until [`Host::finish`] has waited for it.
@@ -245,8 +246,11 @@ impl Host {
         match event {
             TrayEvent::ViewChanged => {
                 if let Some(view) = self.latest.take() {
+                    self.wanted.store(view.wanted, Ordering::Relaxed);
+                    if let Some(tray) = &mut self.tray {
+                        tray.show(&view);
+                    }
                     self.view = view;
-                    self.apply();
                 }
                 true
             }
@@ -277,51 +281,66 @@ impl Host {
         self.outcome.take().unwrap_or(Ok(()))
     }
 
-    /// Puts the tray up; where the platform has none the app runs on, trayless.
+    /// Puts the tray up, showing the newest view; where the platform has
+    /// none the app runs on, trayless.
     fn create(&mut self) {
         let menu = match TrayMenu::new(&self.view) {
             Ok(menu) => menu,
             Err(error) => return tracing::error!(%error, "no tray: its menu failed"),
         };
-        let mut builder = TrayIconBuilder::new()
+        let built = TrayIconBuilder::new()
             .with_id(ID)
             .with_menu(Box::new(menu.menu.clone()))
             // A left click opens the settings; the menu is on the right button.
             .with_menu_on_left_click(false)
-            .with_tooltip(tooltip(&self.view));
-        if HAS_TITLE {
-            builder = builder.with_title(self.view.title());
-        }
-        if let Some(icon) = icon::of(self.view.state) {
-            builder = builder.with_icon(icon);
-        }
-        match builder.build() {
-            Ok(tray) => {
-                self.tray = Some((tray, menu));
-                self.apply();
+            .build();
+        match built {
+            Ok(icon) => {
+                let mut tray = ShownTray {
+                    icon,
+                    menu,
+                    showing: None,
+                };
+                tray.show(&self.view);
+                self.tray = Some(tray);
             }
             Err(error) => tracing::error!(%error, "no tray: the desktop took no tray icon"),
         }
     }
+}
 
-    /// Makes the tray show `self.view`.
-    fn apply(&self) {
-        let Some((tray, menu)) = &self.tray else {
-            return;
-        };
-        let view = &self.view;
-        self.wanted.store(view.wanted, Ordering::Relaxed);
-        menu.show(view);
-        if HAS_TITLE {
-            tray.set_title(Some(view.title()));
+/// The tray as made, and the view it shows.
+struct ShownTray {
+    icon: TrayIcon,
+    menu: TrayMenu,
+    /// `None` until the first view is shown.
+    showing: Option<TrayView>,
+}
+
+impl ShownTray {
+    /// Makes the tray show `view`, changing only what differs from the view
+    /// it shows (each change is a message to the desktop; on Linux a D-Bus
+    /// signal), so a request starting or ending redraws the icon and the
+    /// status line, not the tooltip.
+    fn show(&mut self, view: &TrayView) {
+        let before = self.showing.as_ref();
+        self.menu.show(view);
+        if before.is_none_or(|before| before.state != view.state) {
+            if HAS_TITLE {
+                self.icon.set_title(Some(view.title()));
+            }
+            if let Err(error) = self.icon.set_icon(icon::of(view.state)) {
+                tracing::warn!(%error, "the tray's icon");
+            }
+            passive_when_disconnected(&self.icon, view.state);
         }
-        if let Err(error) = tray.set_tooltip(Some(tooltip(view))) {
+        let text = tooltip(view);
+        if before.is_none_or(|before| tooltip(before) != text)
+            && let Err(error) = self.icon.set_tooltip(Some(text))
+        {
             tracing::warn!(%error, "the tray's tooltip");
         }
-        if let Err(error) = tray.set_icon(icon::of(view.state)) {
-            tracing::warn!(%error, "the tray's icon");
-        }
-        passive_when_disconnected(tray, view.state);
+        self.showing = Some(view.clone());
     }
 }
 
