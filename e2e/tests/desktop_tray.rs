@@ -509,11 +509,7 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
         let sni = sni(&bus, &item).await;
         let http = Http::new();
         until_the_relay_lists(&http, &relay, 1).await;
-        until("the item's Status to say connected", || async {
-            let status: String = sni.get_property("Status").await.ok()?;
-            (status == "Active").then_some(())
-        })
-        .await;
+        until_it_says_connected(&sni).await;
         let tip: ToolTip = sni.get_property("ToolTip").await.expect("a tooltip");
         assert_eq!(tip.2, "ModelRelay: connected", "{tip:?}");
         assert_eq!(tip.3, relay.url(), "the tooltip names the relay");
@@ -592,7 +588,6 @@ async fn the_tray_app_registers_shows_its_state_and_menu_and_disconnect_takes_th
     let _ = std::fs::remove_dir_all(&config);
 }
 
-/// Runs a command to its end; its standard output, or a panic with its standard error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_display_the_tray_goes_on_the_bus_alone_and_the_worker_connects() {
     if !tools_or_skip() {
@@ -625,6 +620,7 @@ async fn without_a_display_the_tray_goes_on_the_bus_alone_and_the_worker_connect
     let _ = std::fs::remove_dir_all(&config);
 }
 
+/// Runs a command to its end; its standard output, or a panic with its standard error.
 fn output_of(command: &mut std::process::Command) -> String {
     let output = command.output().expect("the command starts");
     assert!(
@@ -655,17 +651,13 @@ fn the_deb_package_is_built_from_the_tested_binary_and_installs_runs_and_removes
             .arg("--contents")
             .arg(&deb),
     );
-    for path in [
-        "./usr/bin/modelrelay-desktop",
-        "./usr/share/applications/modelrelay-desktop.desktop",
-        "./usr/share/icons/hicolor/scalable/apps/modelrelay-desktop.svg",
-    ] {
+    for path in PACKAGED_FILES {
         assert!(
-            contents.contains(path),
+            contents.contains(&format!(".{path}")),
             "{path} is not in the package:\n{contents}"
         );
     }
-    // Unpacked rather than installed: the test does not change the machine's packages.
+    // Unpacked: it runs without being installed.
     let unpacked = std::env::temp_dir().join(format!("desktop-deb-{}", std::process::id()));
     output_of(
         std::process::Command::new("dpkg-deb")
@@ -688,6 +680,13 @@ fn the_deb_package_is_built_from_the_tested_binary_and_installs_runs_and_removes
 
 /// The package's name, as dpkg knows it.
 const PACKAGE: &str = "modelrelay-desktop";
+
+/// What the package installs besides its documentation.
+const PACKAGED_FILES: [&str; 3] = [
+    "/usr/bin/modelrelay-desktop",
+    "/usr/share/applications/modelrelay-desktop.desktop",
+    "/usr/share/icons/hicolor/scalable/apps/modelrelay-desktop.svg",
+];
 
 /// What dpkg says of the package: `install ok installed`, or `None` when it
 /// does not know it.
@@ -727,7 +726,8 @@ fn may_install_the_package() -> bool {
     true
 }
 
-/// Purges the package when dropped, so a failing check leaves no package behind.
+/// Purges the package when dropped before the test removed it, so a failing
+/// check leaves no package behind.
 struct Installed;
 
 impl Drop for Installed {
@@ -743,11 +743,6 @@ impl Drop for Installed {
 /// dependencies from Debian), runs the binary from the PATH, finds the menu
 /// entry and icon where desktops look, then removes it and finds nothing left.
 fn installs_runs_and_removes_cleanly(deb: &Path) {
-    let files = [
-        "/usr/bin/modelrelay-desktop",
-        "/usr/share/applications/modelrelay-desktop.desktop",
-        "/usr/share/icons/hicolor/scalable/apps/modelrelay-desktop.svg",
-    ];
     let apt = |args: &[&str]| {
         output_of(
             std::process::Command::new("apt-get")
@@ -764,15 +759,16 @@ fn installs_runs_and_removes_cleanly(deb: &Path) {
         &deb.display().to_string(),
     ]);
     assert_eq!(package_status().as_deref(), Some("install ok installed"));
-    for file in files {
+    for file in PACKAGED_FILES {
         assert!(Path::new(file).exists(), "{file} was not installed");
     }
     let version = output_of(std::process::Command::new("modelrelay-desktop").arg("--version"));
     assert!(version.starts_with("modelrelay-desktop "), "{version}");
     apt(&["remove", "--purge", PACKAGE]);
+    // Removed: nothing left for the guard to purge.
+    std::mem::forget(installed);
     assert_eq!(package_status(), None, "dpkg still knows {PACKAGE}");
-    for file in files {
+    for file in PACKAGED_FILES {
         assert!(!Path::new(file).exists(), "{file} was left behind");
     }
-    drop(installed);
 }
